@@ -1,0 +1,1 @@
+# xymqtt_generate(): filled in by the generator.

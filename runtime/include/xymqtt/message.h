@@ -1,0 +1,60 @@
+/// @file message.h
+/// A message as the runtime stores, sends and delivers it: topic, payload bytes and MQTT 5 properties.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace xymqtt {
+
+/// How a command's payloads are encoded on the wire.
+enum class wire_format : std::uint8_t {
+    json,    ///< The seed's format: a JSON object with `messageId` merged in.
+    binary,  ///< Protocol Buffers bytes; message id and reject details in MQTT 5 properties.
+};
+
+/// The MQTT 5 properties xymqtt carries. Ignored (not sent) under MQTT 3.1.1.
+struct message_properties {
+    std::string content_type;
+    std::string correlation_data;
+    std::string response_topic;
+    /// Message expiry in seconds; the broker discards the message when it runs out.
+    std::optional<std::uint32_t> expiry_seconds;
+    std::vector<std::pair<std::string, std::string>> user;
+
+    /// @return the first user property named `key`, if any.
+    std::optional<std::string> user_property(const std::string& key) const {
+        for (const auto& kv : user)
+            if (kv.first == key) return kv.second;
+        return std::nullopt;
+    }
+    bool operator==(const message_properties& o) const {
+        return content_type == o.content_type && correlation_data == o.correlation_data &&
+               response_topic == o.response_topic && expiry_seconds == o.expiry_seconds && user == o.user;
+    }
+};
+
+/// A delivered message, as a subscription handler sees it.
+struct message {
+    std::string topic;
+    std::string payload;
+    message_properties props;
+    /// Store id of this delivery (ordered, unique within the store).
+    std::string id;
+    /// 1 on the first attempt, 2 on the first retry, and so on (also across restarts).
+    std::uint32_t attempt = 1;
+    /// When the message was committed to the inbox, in milliseconds since the Unix epoch.
+    std::int64_t received_at_ms = 0;
+};
+
+/// Options of one publish. Every publish is QoS 2.
+struct publish_options {
+    message_properties props;
+    bool retain = false;
+};
+
+}  // namespace xymqtt

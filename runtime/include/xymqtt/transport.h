@@ -1,0 +1,161 @@
+/// @file transport.h
+/// The messaging interface that generated stubs are written against.
+///
+/// `xymqtt::client` implements it over MQTT with every delivery guarantee; `xymqtt::testing::loopback`
+/// implements it in memory for unit tests. Payloads are bytes here; generated code adds the types.
+///
+/// Events: `publish` / `subscribe` / `unsubscribe`.
+/// Commands (the seed's protocol, topics `<command>/invoke|resolve|reject|cancel`):
+/// `command_register` / `command_unregister` on the server; `subscribe_results`, `call`, `call_async`
+/// and `call_handle::cancel` on the caller.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <optional>
+#include <string>
+
+#include "xymqtt/message.h"
+
+namespace xymqtt {
+
+/// Identifies one handler registered with subscribe or subscribe_results.
+using subscription_id = std::uint64_t;
+
+/// Handles one delivered message. Throwing retries the same message later (exponential backoff);
+/// throwing parse_error sends it to dead letters instead. Runs off the network thread.
+using message_handler = std::function<void(const message&)>;
+
+/// What a command handler can do besides returning: learn that its call was cancelled.
+class call_context {
+public:
+    virtual ~call_context() = default;
+    /// Registers `fn`, run once if the caller cancels while the handler runs (on another thread), or
+    /// at once if the call is already cancelled. After a cancel nothing is published for the call.
+    virtual void on_cancel(std::function<void()> fn) = 0;
+    /// @return true once the call has been cancelled.
+    virtual bool cancelled() const = 0;
+};
+
+/// One call as a command handler receives it.
+struct invocation {
+    std::string command;     ///< Base topic of the command, e.g. `cmd/publisher/ping`.
+    std::string message_id;  ///< The caller's unique id of this call.
+    wire_format format;      ///< Format of `body`; the result must be encoded the same way.
+    /// JSON: the invoke's whole JSON object (with `messageId`). Binary: the request's protobuf bytes.
+    std::string body;
+    message_properties props;
+    std::uint32_t attempt = 1;  ///< 2 and more when a crashed or failed run is retried.
+};
+
+/// Serves one command. Returns the encoded result: a JSON object (the runtime merges `messageId` in)
+/// or protobuf bytes, as `invocation::format` says. Throwing rejects the call: command_error carries a
+/// status and message, parse_error rejects with 400, anything else with 500.
+using command_handler = std::function<std::string(const invocation&, call_context&)>;
+
+/// Options of command_register.
+struct command_options {
+    /// Non-empty: servers registered with the same group share the invoke subscription
+    /// (`$share/<group>/<command>/invoke`), so each call runs on one of them.
+    std::string group;
+};
+
+/// A resolve or reject, as a caller receives it.
+struct command_result {
+    std::string command;
+    std::string message_id;
+    bool ok = true;      ///< true for resolve, false for reject.
+    int status = 200;    ///< 200 for resolve; the reject's status otherwise.
+    std::string message; ///< The reject's message; empty for resolve.
+    wire_format format = wire_format::json;
+    /// JSON: the whole JSON object received. Binary: the result's (or reject details') protobuf bytes.
+    std::string body;
+};
+
+/// Handles results of calls this client made; runs off the network thread, retried if it throws.
+using result_handler = std::function<void(const command_result&)>;
+
+/// Options of call and call_async.
+struct call_options {
+    wire_format format = wire_format::binary;
+    /// If set, the invoke expires (MQTT 5 message expiry) and is not executed after this long.
+    std::optional<std::chrono::seconds> expiry;
+};
+
+/// A call that has been durably accepted: its id, and the means to cancel it.
+class call_handle {
+public:
+    call_handle() = default;
+    call_handle(std::string command, std::string message_id, std::function<void()> cancel)
+        : command_(std::move(command)), message_id_(std::move(message_id)), cancel_(std::move(cancel)) {}
+    const std::string& command() const noexcept { return command_; }
+    const std::string& message_id() const noexcept { return message_id_; }
+    /// Publishes `<command>/cancel` (durably, QoS 2). Best effort: a call already finished is not
+    /// affected, and cancelling twice is harmless.
+    void cancel() const {
+        if (cancel_) cancel_();
+    }
+
+private:
+    std::string command_;
+    std::string message_id_;
+    std::function<void()> cancel_;
+};
+
+/// A call whose result is awaited by a future.
+struct pending_call {
+    call_handle handle;
+    /// Ready with the resolve or reject; fails with timeout_error, or client_closed.
+    std::future<command_result> result;
+};
+
+/// The messaging interface. See the file comment.
+class transport {
+public:
+    virtual ~transport() = default;
+
+    /// Stores `payload` for `topic` and sends it with QoS 2.
+    /// @return a future ready when the QoS 2 flow completes (PUBCOMP); it fails with broker_error
+    ///         if the broker refuses the message.
+    /// @throw invalid_topic before anything is stored; storage_error if it cannot be stored.
+    virtual std::future<void> publish(const std::string& topic, std::string payload, publish_options opts = {}) = 0;
+
+    /// Adds `handler` for `filter`; the first handler of a filter subscribes at the broker (QoS 2).
+    /// May be called before or after connecting.
+    /// @throw invalid_topic for a malformed filter.
+    virtual subscription_id subscribe(const std::string& filter, message_handler handler) = 0;
+
+    /// Removes one handler; removing the last handler of a filter unsubscribes at the broker.
+    /// Removing an unknown id is harmless.
+    virtual void unsubscribe(subscription_id id) = 0;
+
+    /// Serves `command`: subscribes `<command>/invoke` and `<command>/cancel`.
+    /// @throw command_already_registered if this client already serves `command`.
+    /// @throw invalid_topic if `command` is not a valid topic name.
+    virtual void command_register(const std::string& command, command_handler handler,
+                                  command_options opts = {}) = 0;
+
+    /// Stops serving `command` and unsubscribes its topics. Unknown commands are harmless.
+    virtual void command_unregister(const std::string& command) = 0;
+
+    /// Receives the results of this client's calls of `command`: subscribes `<command>/resolve` and
+    /// `<command>/reject`. Results whose message id this client never called are ignored; each result
+    /// is handed over once. Remove with unsubscribe.
+    virtual subscription_id subscribe_results(const std::string& command, result_handler handler) = 0;
+
+    /// Calls `command` with the encoded request `body` (a JSON object, or protobuf bytes).
+    /// @return once the invoke is durably stored (it is sent as soon as the broker is reachable).
+    /// @throw call_with_no_subscription unless results of `command` are subscribed (subscribe_results,
+    ///        or subscriptions matching both `<command>/resolve` and `<command>/reject`).
+    virtual call_handle call(const std::string& command, std::string body, call_options opts = {}) = 0;
+
+    /// Calls `command` and awaits its result through a future, for callers that stay online.
+    /// Needs no subscription of its own. On timeout the future fails with timeout_error and the call is
+    /// cancelled.
+    virtual pending_call call_async(const std::string& command, std::string body, call_options opts = {},
+                                    std::optional<std::chrono::milliseconds> timeout = std::nullopt) = 0;
+};
+
+}  // namespace xymqtt
