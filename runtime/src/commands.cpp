@@ -1,1 +1,447 @@
-// placeholder
+// The command protocol of the seed on top of the durable inbox and outbox:
+// `<command>/invoke`, `<command>/resolve`, `<command>/reject`, `<command>/cancel`.
+#include "client_impl.h"
+#include "wire.h"
+#include "xymqtt/exception.h"
+#include "xymqtt/topic.h"
+
+namespace xymqtt {
+
+namespace {
+
+// Kinds of records in the results table.
+constexpr const char* kind_resolve = "resolve";
+constexpr const char* kind_reject = "reject";
+constexpr const char* kind_cancelled = "cancelled";
+constexpr const char* kind_call = "call";
+
+}  // namespace
+
+/// The cancel side of a running call.
+class client::impl::call_ctx : public call_context {
+public:
+    void on_cancel(std::function<void()> fn) override {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (!cancelled_) {
+                callbacks_.push_back(std::move(fn));
+                return;
+            }
+        }
+        fn();
+    }
+    bool cancelled() const override {
+        std::lock_guard<std::mutex> lk(mu_);
+        return cancelled_;
+    }
+    /// @return false if it was already cancelled.
+    bool cancel() {
+        std::vector<std::function<void()>> cbs;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (cancelled_) return false;
+            cancelled_ = true;
+            cbs.swap(callbacks_);
+        }
+        for (auto& f : cbs) {
+            try {
+                f();
+            } catch (...) {
+                // A throwing on_cancel callback must not stop the others or the cancel itself.
+            }
+        }
+        return true;
+    }
+
+private:
+    mutable std::mutex mu_;
+    bool cancelled_ = false;
+    std::vector<std::function<void()>> callbacks_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// server
+
+void client::impl::command_register(const std::string& command, command_handler handler, command_options opts) {
+    validate_topic_name(command);
+    if (!handler) throw error("command_register needs a handler");
+    if (!opts.group.empty() && opts.group.find_first_of("/+#") != std::string::npos)
+        throw invalid_topic("share group \"" + opts.group + "\" must not contain '/', '+' or '#'");
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        if (commands_.count(command)) throw command_already_registered("command " + command + " is already registered");
+        commands_[command] = command_entry{};
+    }
+    const std::string invoke = opts.group.empty() ? wire::invoke_topic(command)
+                                                  : "$share/" + opts.group + "/" + wire::invoke_topic(command);
+    command_entry e;
+    e.invoke_sub = add_handler(invoke, [this, command, h = std::move(handler)](const message& m, effects& fx) {
+        serve_invoke(command, h, m, fx);
+    });
+    // Cancels are not shared: the server that runs the call must hear its cancel.
+    e.cancel_sub = add_handler(wire::cancel_topic(command),
+                               [this, command](const message& m, effects& fx) { serve_cancel(command, m, fx); });
+    std::lock_guard<std::mutex> lk(results_mu_);
+    commands_[command] = e;
+}
+
+void client::impl::command_unregister(const std::string& command) {
+    command_entry e;
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        auto it = commands_.find(command);
+        if (it == commands_.end()) return;
+        e = it->second;
+        commands_.erase(it);
+    }
+    remove_handler(e.invoke_sub);
+    remove_handler(e.cancel_sub);
+}
+
+void client::impl::serve_invoke(const std::string& command, const command_handler& handler, const message& m,
+                                effects& fx) {
+    wire::decoded_invoke inv;
+    try {
+        inv = wire::decode_invoke(m.payload, m.props);
+    } catch (const wire::undecodable_invoke& e) {
+        if (e.message_id.empty()) throw parse_error(std::string("undecodable invoke: ") + e.what());
+        auto out = wire::encode_reject(e.format, e.message_id, 400, e.what(), "");
+        auto pub = make_publish(wire::reject_topic(command), out.payload, out.props, false, kind_reject);
+        fx.publishes.emplace_back(pub.seq, pub.msg);
+        return;
+    }
+
+    auto publish_outcome = [&](const char* kind, const wire::outgoing& out) {
+        const std::string topic = kind == std::string(kind_resolve) ? wire::resolve_topic(command)
+                                                                     : wire::reject_topic(command);
+        auto pub = make_publish(topic, out.payload, out.props, false, kind);
+        fx.publishes.emplace_back(pub.seq, pub.msg);
+        // The outcome is kept so that a repeated invoke is answered without running the handler again.
+        stored_message r = *pub.msg;
+        r.kind = kind;
+        fx.ops.push_back({table::results, inv.message_id, encode_record(r)});
+    };
+
+    // Durable dedupe: a repeated invoke gets the stored outcome again.
+    if (auto prior = store_->get(table::results, inv.message_id)) {
+        stored_message r = decode_record(*prior);
+        if (r.kind == kind_resolve || r.kind == kind_reject) {
+            auto pub = make_publish(r.topic, r.payload, r.props, false, r.kind);
+            fx.publishes.emplace_back(pub.seq, pub.msg);
+            log(log_level::debug, "repeated invoke " + inv.message_id + " answered from the stored result");
+        }
+        return;  // cancelled: nothing is published for it
+    }
+    if (m.props.expiry_seconds &&
+        m.received_at_ms + std::int64_t(*m.props.expiry_seconds) * 1000 < now_ms()) {
+        publish_outcome(kind_reject, wire::encode_reject(inv.format, inv.message_id, 408, "request expired before it ran", ""));
+        return;
+    }
+
+    auto ctx = std::make_shared<call_ctx>();
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        running_[inv.message_id] = ctx;
+    }
+    invocation call;
+    call.command = command;
+    call.message_id = inv.message_id;
+    call.format = inv.format;
+    call.body = std::move(inv.body);
+    call.props = m.props;
+    call.attempt = m.attempt;
+
+    wire::outgoing out;
+    const char* kind = kind_resolve;
+    try {
+        std::string result = handler(call, *ctx);
+        out = wire::encode_resolve(inv.format, inv.message_id, result);
+    } catch (const command_error& e) {
+        kind = kind_reject;
+        out = wire::encode_reject(inv.format, inv.message_id, e.status(), e.what(), e.body());
+    } catch (const parse_error& e) {
+        kind = kind_reject;
+        out = wire::encode_reject(inv.format, inv.message_id, 400, e.what(), "");
+    } catch (const std::exception& e) {
+        kind = kind_reject;
+        out = wire::encode_reject(inv.format, inv.message_id, 500, e.what(), "");
+    } catch (...) {
+        kind = kind_reject;
+        out = wire::encode_reject(inv.format, inv.message_id, 500, "handler threw a non-standard exception", "");
+    }
+
+    // Decide between the outcome and a cancel that raced with it, under one lock with serve_cancel.
+    std::lock_guard<std::mutex> lk(results_mu_);
+    running_.erase(inv.message_id);
+    if (ctx->cancelled()) {
+        stored_message r;
+        r.kind = kind_cancelled;
+        r.created_ms = now_ms();
+        fx.ops.push_back({table::results, inv.message_id, encode_record(r)});
+        return;
+    }
+    finalizing_.insert(inv.message_id);
+    fx.after_commit.push_back([this, id = inv.message_id] {
+        std::lock_guard<std::mutex> g(results_mu_);
+        finalizing_.erase(id);
+    });
+    publish_outcome(kind, out);
+}
+
+void client::impl::serve_cancel(const std::string& command, const message& m, effects& fx) {
+    auto id = wire::decode_message_id(m.payload, m.props);
+    if (!id || id->empty()) throw parse_error("cancel of " + command + " without a message id");
+    std::shared_ptr<call_ctx> ctx;
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        if (finalizing_.count(*id)) return;  // finished already: cancelling a finished call is harmless
+        auto it = running_.find(*id);
+        if (it != running_.end()) ctx = it->second;
+    }
+    if (ctx) {
+        ctx->cancel();  // the invoke's own lane records the cancel when its handler returns
+        return;
+    }
+    if (store_->get(table::results, *id)) return;
+    // Not started (or not yet arrived): remember, so the invoke is skipped when it comes.
+    stored_message r;
+    r.kind = kind_cancelled;
+    r.created_ms = now_ms();
+    fx.ops.push_back({table::results, *id, encode_record(r)});
+}
+
+// ---------------------------------------------------------------------------------------------------
+// caller
+
+void client::impl::ensure_results_lane(const std::string& command) {
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        if (result_lanes_.count(command)) return;
+        result_lanes_[command] = {0, 0};
+    }
+    const auto a = add_handler(wire::resolve_topic(command), [this, command](const message& m, effects& fx) {
+        handle_result(command, false, m, fx);
+    });
+    const auto b = add_handler(wire::reject_topic(command), [this, command](const message& m, effects& fx) {
+        handle_result(command, true, m, fx);
+    });
+    std::lock_guard<std::mutex> lk(results_mu_);
+    result_lanes_[command] = {a, b};
+}
+
+void client::impl::handle_result(const std::string& command, bool rejected, const message& m, effects& fx) {
+    command_result r = wire::decode_result(command, rejected, m.payload, m.props);
+    std::shared_ptr<std::promise<command_result>> awaiting;
+    std::vector<result_handler> handlers;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = awaiting_.find(r.message_id);
+        if (it != awaiting_.end()) {
+            awaiting = it->second;
+            awaiting_.erase(it);
+        }
+    }
+    if (awaiting) {
+        fx.ops.push_back({table::calls, r.message_id, std::nullopt});
+        fx.after_commit.push_back([awaiting, r] { awaiting->set_value(r); });
+        return;
+    }
+    if (!store_->get(table::calls, r.message_id)) {
+        // Not ours, or handed over already: the protocol says ignore it.
+        log(log_level::debug, "result for unknown message id " + r.message_id + " ignored");
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        auto it = result_handlers_.find(command);
+        if (it != result_handlers_.end())
+            for (auto& [id, h] : it->second) handlers.push_back(h);
+    }
+    if (handlers.empty()) throw error("no result handler for " + command + " (kept until one is subscribed)");
+    for (auto& h : handlers) h(r);
+    fx.ops.push_back({table::calls, r.message_id, std::nullopt});
+}
+
+subscription_id client::impl::subscribe_results(const std::string& command, result_handler handler) {
+    validate_topic_name(command);
+    if (!handler) throw error("subscribe_results needs a handler");
+    ensure_results_lane(command);
+    subscription_id id;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        id = next_sub_++;
+    }
+    std::lock_guard<std::mutex> lk(results_mu_);
+    result_handlers_[command][id] = std::move(handler);
+    return id;
+}
+
+bool client::impl::remove_result_handler(subscription_id id) {
+    std::lock_guard<std::mutex> lk(results_mu_);
+    for (auto& [cmd, hs] : result_handlers_)
+        if (hs.erase(id)) return true;
+    return false;
+}
+
+bool client::impl::has_result_subscription(const std::string& command) const {
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        auto it = result_handlers_.find(command);
+        if (it != result_handlers_.end() && !it->second.empty()) return true;
+    }
+    const auto resolve = wire::resolve_topic(command), reject = wire::reject_topic(command);
+    bool has_resolve = false, has_reject = false;
+    std::lock_guard<std::mutex> lk(mu_);
+    for (const auto& [id, f] : sub_filter_) {
+        has_resolve = has_resolve || topic_matches(f, resolve);
+        has_reject = has_reject || topic_matches(f, reject);
+    }
+    return has_resolve && has_reject;
+}
+
+std::string client::impl::start_call(const std::string& command, std::string body, const call_options& opts) {
+    if (opts.format == wire_format::binary && opts_.mqtt_version != 5)
+        throw configuration_error("the binary format carries the message id in MQTT 5 properties: use MQTT 5 or JSON");
+    const auto id = make_message_id();
+    auto out = wire::encode_invoke(opts.format, id, body, opts.expiry);
+    auto pub = make_publish(wire::invoke_topic(command), std::move(out.payload), std::move(out.props), false, kind_call);
+    stored_message c;
+    c.topic = command;
+    c.kind = kind_call;
+    c.created_ms = now_ms();
+    // The call is remembered with its invoke, atomically: a result can only match a stored call.
+    commit_publishes({{table::calls, id, encode_record(c)}}, {std::move(pub)});
+    return id;
+}
+
+void client::impl::cancel_call(const std::string& command, const std::string& message_id, wire_format format) {
+    auto out = wire::encode_cancel(format, message_id);
+    submit_publish(make_publish(wire::cancel_topic(command), std::move(out.payload), std::move(out.props), false, "cancel"));
+}
+
+call_handle client::impl::call(const std::string& command, std::string body, call_options opts) {
+    validate_topic_name(command);
+    require_open();
+    if (!has_result_subscription(command))
+        throw call_with_no_subscription("call of " + command + " needs subscriptions to " + wire::resolve_topic(command) +
+                                        " and " + wire::reject_topic(command) +
+                                        " (subscribe_results): results may arrive while this client is offline");
+    const auto id = start_call(command, std::move(body), opts);
+    auto alive = alive_;
+    return call_handle(command, id, [this, alive, command, id, f = opts.format] {
+        if (!*alive) throw client_closed("cannot cancel: the client is closed");
+        cancel_call(command, id, f);
+    });
+}
+
+pending_call client::impl::call_async(const std::string& command, std::string body, call_options opts,
+                                      std::optional<std::chrono::milliseconds> timeout) {
+    validate_topic_name(command);
+    require_open();
+    ensure_results_lane(command);
+    // The id is needed before the invoke is stored, so that a fast result finds its promise.
+    const auto prom = std::make_shared<std::promise<command_result>>();
+    auto fut = prom->get_future();
+    if (opts.format == wire_format::binary && opts_.mqtt_version != 5)
+        throw configuration_error("the binary format carries the message id in MQTT 5 properties: use MQTT 5 or JSON");
+    const auto id = make_message_id();
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        awaiting_[id] = prom;
+    }
+    auto out = wire::encode_invoke(opts.format, id, body, opts.expiry);
+    auto pub = make_publish(wire::invoke_topic(command), std::move(out.payload), std::move(out.props), false, kind_call);
+    stored_message c;
+    c.topic = command;
+    c.kind = kind_call;
+    c.created_ms = now_ms();
+    try {
+        commit_publishes({{table::calls, id, encode_record(c)}}, {std::move(pub)});
+    } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        awaiting_.erase(id);
+        throw;
+    }
+    auto alive = alive_;
+    const auto f = opts.format;
+    if (timeout) {
+        schedule(std::chrono::steady_clock::now() + *timeout, [this, command, id, f, t = *timeout] {
+            std::shared_ptr<std::promise<command_result>> p;
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                auto it = awaiting_.find(id);
+                if (it == awaiting_.end()) return;
+                p = it->second;
+                awaiting_.erase(it);
+            }
+            p->set_exception(std::make_exception_ptr(
+                timeout_error("no result for " + command + " call " + id + " within " + std::to_string(t.count()) + " ms")));
+            try {
+                cancel_call(command, id, f);
+            } catch (const std::exception& e) {
+                log(log_level::warning, std::string("cancel after timeout failed: ") + e.what());
+            }
+        });
+    }
+    return pending_call{call_handle(command, id,
+                                    [this, alive, command, id, f] {
+                                        if (!*alive) throw client_closed("cannot cancel: the client is closed");
+                                        cancel_call(command, id, f);
+                                    }),
+                        std::move(fut)};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// timers and retention
+
+void client::impl::schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn) {
+    std::lock_guard<std::mutex> lk(timer_mu_);
+    timers_.emplace(at, std::move(fn));
+    timer_cv_.notify_one();
+}
+
+void client::impl::timer_loop() {
+    auto next_purge = std::chrono::steady_clock::now() + std::chrono::hours(1);
+    std::unique_lock<std::mutex> lk(timer_mu_);
+    while (!closing_) {
+        auto until = next_purge;
+        if (!timers_.empty()) until = std::min(until, timers_.begin()->first);
+        timer_cv_.wait_until(lk, until);
+        if (closing_) break;
+        const auto now = std::chrono::steady_clock::now();
+        std::vector<std::function<void()>> due;
+        while (!timers_.empty() && timers_.begin()->first <= now) {
+            due.push_back(std::move(timers_.begin()->second));
+            timers_.erase(timers_.begin());
+        }
+        const bool purge = now >= next_purge;
+        if (purge) next_purge = now + std::chrono::hours(1);
+        lk.unlock();
+        for (auto& f : due) f();
+        if (purge) purge_expired_results();
+        lk.lock();
+    }
+}
+
+void client::impl::purge_expired_results() {
+    const auto cutoff = now_ms() - std::int64_t(opts_.result_retention.count()) * 1000;
+    std::vector<write_op> ops;
+    for (auto t : {table::results, table::calls}) {
+        store_->for_each(t, [&](const std::string& id, const std::string& v) {
+            try {
+                if (decode_record(v).created_ms < cutoff) ops.push_back({t, id, std::nullopt});
+            } catch (const storage_error&) {
+                ops.push_back({t, id, std::nullopt});
+            }
+            return true;
+        });
+    }
+    if (ops.empty()) return;
+    try {
+        committer_->commit(std::move(ops));
+    } catch (const std::exception& e) {
+        log(log_level::error, std::string("purging old command results failed: ") + e.what());
+    }
+}
+
+}  // namespace xymqtt

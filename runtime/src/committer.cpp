@@ -1,1 +1,86 @@
-// placeholder
+#include "committer.h"
+
+#include <future>
+
+#include "xymqtt/exception.h"
+
+namespace xymqtt::detail {
+
+committer::committer(store& s) : store_(s), thread_([this] { run(); }) {}
+
+committer::~committer() { stop(); }
+
+void committer::submit(std::vector<write_op> ops, done_fn done) {
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!stopping_) {
+            queue_.push_back(job{std::move(ops), std::move(done)});
+            cv_.notify_one();
+            return;
+        }
+    }
+    if (done) done(std::make_exception_ptr(client_closed("store writer is stopped")));
+}
+
+void committer::commit(std::vector<write_op> ops) {
+    std::promise<void> p;
+    auto f = p.get_future();
+    submit(std::move(ops), [&p](std::exception_ptr e) {
+        if (e)
+            p.set_exception(e);
+        else
+            p.set_value();
+    });
+    f.get();
+}
+
+void committer::stop() {
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (stopping_ && !thread_.joinable()) return;
+        stopping_ = true;
+        cv_.notify_one();
+    }
+    if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+void committer::run() {
+    std::vector<job> jobs;
+    std::vector<write_op> all;
+    std::unique_lock<std::mutex> lk(mu_);
+    while (true) {
+        cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopping, and nothing left to write
+        jobs.swap(queue_);
+        lk.unlock();
+
+        all.clear();
+        for (auto& j : jobs)
+            for (auto& op : j.ops) all.push_back(op);
+        std::exception_ptr err;
+        try {
+            store_.commit(all);
+        } catch (...) {
+            err = std::current_exception();
+        }
+        if (err && jobs.size() > 1) {
+            // One bad batch must not fail the others: commit them one by one.
+            for (auto& j : jobs) {
+                std::exception_ptr e;
+                try {
+                    store_.commit(j.ops);
+                } catch (...) {
+                    e = std::current_exception();
+                }
+                if (j.done) j.done(e);
+            }
+        } else {
+            for (auto& j : jobs)
+                if (j.done) j.done(err);
+        }
+        jobs.clear();
+        lk.lock();
+    }
+}
+
+}  // namespace xymqtt::detail

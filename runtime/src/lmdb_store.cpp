@@ -1,1 +1,397 @@
-// placeholder
+// The LMDB store: one environment with a named database per table, and a second, unsynced
+// environment in `dir/paho` for Paho's own records.
+//
+// Concurrency: writers are serialized by a mutex; every transaction (read or write) holds a shared
+// lock on `map_mutex_`, which growing the map takes exclusively, because mdb_env_set_mapsize remaps
+// the file and must not run while any transaction of this process is open. Reads are short
+// MDB_NOTLS transactions that never outlive a call (for_each reads in chunks and calls back with
+// no transaction open, so callbacks may use the store).
+#include <lmdb.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <mutex>
+#include <shared_mutex>
+
+#include "store_util.h"
+#include "xymqtt/exception.h"
+#include "xymqtt/store.h"
+
+namespace xymqtt {
+namespace {
+
+bool is_full(int rc) { return rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT; }
+
+[[noreturn]] void throw_lmdb(const std::string& where, const char* what, int rc) {
+    std::string msg = "lmdb: " + std::string(what) + " in '" + where + "': " + mdb_strerror(rc) + " (" +
+                      std::to_string(rc) + ")";
+    if (is_full(rc)) throw storage_full(msg, rc);
+    throw storage_error(msg, rc);
+}
+
+// Aborts a transaction unless it was handed over (committed).
+struct txn_guard {
+    MDB_txn* txn = nullptr;
+    ~txn_guard() {
+        if (txn) mdb_txn_abort(txn);
+    }
+};
+
+MDB_val as_val(const std::string& s) { return MDB_val{s.size(), const_cast<char*>(s.data())}; }
+std::string as_string(const MDB_val& v) { return std::string(static_cast<const char*>(v.mv_data), v.mv_size); }
+
+// One LMDB environment with the locking and map-growth rules described at the top of the file.
+class lmdb_env {
+public:
+    lmdb_env(std::string dir, std::size_t map_bytes, std::size_t max_map_bytes)
+        : dir_(std::move(dir)), max_map_bytes_(std::max(map_bytes, max_map_bytes)), map_bytes_(map_bytes) {}
+
+    ~lmdb_env() { close(); }
+    lmdb_env(const lmdb_env&) = delete;
+    lmdb_env& operator=(const lmdb_env&) = delete;
+
+    /// Opens the environment; returns the LMDB code instead of throwing so callers can recover.
+    int try_open(unsigned flags, unsigned max_dbs) {
+        int rc = mdb_env_create(&env_);
+        if (rc != 0) return rc;
+        if ((rc = mdb_env_set_maxdbs(env_, max_dbs)) != 0 || (rc = mdb_env_set_mapsize(env_, map_bytes_)) != 0 ||
+            (rc = mdb_env_open(env_, dir_.c_str(), flags | MDB_NOTLS, 0600)) != 0) {
+            close();
+            return rc;
+        }
+        // Clear reader slots left by a process that died holding a read transaction.
+        int dead = 0;
+        mdb_reader_check(env_, &dead);
+        return 0;
+    }
+
+    void close() {
+        if (env_) mdb_env_close(env_);
+        env_ = nullptr;
+    }
+
+    const std::string& dir() const { return dir_; }
+
+    /// Runs `fn(txn)` (returning an LMDB code) in one write transaction and commits it; on
+    /// MDB_MAP_FULL grows the map and runs it again. @throw storage_full / storage_error
+    template <class Fn>
+    void write(const char* what, Fn&& fn) {
+        std::lock_guard<std::mutex> serial(write_mutex_);
+        for (;;) {
+            int rc;
+            {
+                std::shared_lock<std::shared_mutex> map(map_mutex_);
+                txn_guard g;
+                rc = mdb_txn_begin(env_, nullptr, 0, &g.txn);
+                if (rc != 0) {
+                    g.txn = nullptr;
+                    throw_lmdb(dir_, what, rc);
+                }
+                rc = fn(g.txn);
+                if (rc == 0) {
+                    MDB_txn* t = g.txn;
+                    g.txn = nullptr;  // commit frees the transaction, even when it fails
+                    rc = mdb_txn_commit(t);
+                }
+                if (rc == 0) return;
+            }
+            if (rc != MDB_MAP_FULL) throw_lmdb(dir_, what, rc);
+            grow(what);
+        }
+    }
+
+    /// Runs `fn(txn)` in a short read transaction. `fn` may throw.
+    template <class Fn>
+    void read(const char* what, Fn&& fn) const {
+        std::shared_lock<std::shared_mutex> map(map_mutex_);
+        txn_guard g;
+        const int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &g.txn);
+        if (rc != 0) {
+            g.txn = nullptr;
+            throw_lmdb(dir_, what, rc);
+        }
+        fn(g.txn);
+    }
+
+    /// Forces buffered commits to disk (for environments opened with MDB_NOSYNC).
+    void sync(const char* what) {
+        std::shared_lock<std::shared_mutex> map(map_mutex_);
+        const int rc = mdb_env_sync(env_, 1);
+        if (rc != 0) throw_lmdb(dir_, what, rc);
+    }
+
+    MDB_env* handle() const { return env_; }
+
+private:
+    // Called with write_mutex_ held and no transaction of ours open.
+    void grow(const char* what) {
+        std::unique_lock<std::shared_mutex> map(map_mutex_);
+        MDB_envinfo info{};
+        mdb_env_info(env_, &info);
+        const std::size_t cur = info.me_mapsize;
+        if (cur >= max_map_bytes_) throw_lmdb(dir_, what, MDB_MAP_FULL);
+        const std::size_t next = cur > max_map_bytes_ / 2 ? max_map_bytes_ : cur * 2;
+        const int rc = mdb_env_set_mapsize(env_, next);
+        if (rc != 0) throw_lmdb(dir_, "grow map", rc);
+    }
+
+    MDB_env* env_ = nullptr;
+    std::string dir_;
+    std::size_t max_map_bytes_;
+    std::size_t map_bytes_;
+    std::mutex write_mutex_;
+    mutable std::shared_mutex map_mutex_;
+};
+
+bool is_corruption(int rc) { return rc == MDB_CORRUPTED || rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH; }
+
+// Paho's records: the unnamed database of an MDB_NOSYNC environment in dir/paho.
+class lmdb_paho_records final : public paho_records {
+public:
+    lmdb_paho_records(const std::string& dir, const store_options& opts) : env_(dir, opts.map_bytes, opts.max_map_bytes) {
+        detail::make_private_dir(dir);
+        int rc = open();
+        if (is_corruption(rc)) {
+            // Only duplicates are lost: the tables are the source of truth. Start afresh.
+            env_.close();
+            ::unlink((dir + "/data.mdb").c_str());
+            ::unlink((dir + "/lock.mdb").c_str());
+            rc = open();
+        }
+        if (rc != 0) throw_lmdb(dir, "open paho records", rc);
+    }
+
+    void put(const std::string& key, const std::string& value, bool sync) override {
+        env_.write("paho put", [&](MDB_txn* txn) {
+            MDB_val k = as_val(key), v = as_val(value);
+            return mdb_put(txn, dbi_, &k, &v, 0);
+        });
+        if (sync) env_.sync("paho sync");
+    }
+
+    std::optional<std::string> get(const std::string& key) const override {
+        std::optional<std::string> out;
+        env_.read("paho get", [&](MDB_txn* txn) {
+            MDB_val k = as_val(key), v{};
+            const int rc = mdb_get(txn, dbi_, &k, &v);
+            if (rc == 0)
+                out = as_string(v);
+            else if (rc != MDB_NOTFOUND)
+                throw_lmdb(env_.dir(), "paho get", rc);
+        });
+        return out;
+    }
+
+    void remove(const std::string& key) override {
+        env_.write("paho remove", [&](MDB_txn* txn) {
+            MDB_val k = as_val(key);
+            const int rc = mdb_del(txn, dbi_, &k, nullptr);
+            return rc == MDB_NOTFOUND ? 0 : rc;
+        });
+    }
+
+    std::vector<std::string> keys() const override {
+        std::vector<std::string> out;
+        env_.read("paho keys", [&](MDB_txn* txn) {
+            MDB_cursor* cur = nullptr;
+            int rc = mdb_cursor_open(txn, dbi_, &cur);
+            if (rc != 0) throw_lmdb(env_.dir(), "paho keys", rc);
+            MDB_val k{}, v{};
+            for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+                out.push_back(as_string(k));
+            mdb_cursor_close(cur);
+            if (rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "paho keys", rc);
+        });
+        return out;
+    }
+
+    void clear() override {
+        env_.write("paho clear", [&](MDB_txn* txn) { return mdb_drop(txn, dbi_, 0); });
+    }
+
+private:
+    int open() {
+        int rc = env_.try_open(MDB_NOSYNC, 1);
+        if (rc != 0) return rc;
+        MDB_txn* txn = nullptr;
+        rc = mdb_txn_begin(env_.handle(), nullptr, 0, &txn);
+        if (rc == 0) rc = mdb_dbi_open(txn, nullptr, 0, &dbi_);
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else if (txn)
+            mdb_txn_abort(txn);
+        return rc;
+    }
+
+    lmdb_env env_;
+    MDB_dbi dbi_ = 0;
+};
+
+class lmdb_store final : public store {
+public:
+    lmdb_store(const std::string& dir, const store_options& opts)
+        : lock_((detail::make_private_dir(dir), dir)),
+          durability_(opts.durability),
+          env_(dir, opts.map_bytes, opts.max_map_bytes) {
+        // fsync: default flags, every commit is synced. process: MDB_NOSYNC, the OS writes it back.
+        const unsigned flags = opts.durability == durability::process ? MDB_NOSYNC : 0;
+        int rc = env_.try_open(flags, detail::table_count + 2);
+        if (rc != 0) throw_lmdb(dir, "open", rc);
+        max_key_ = static_cast<std::size_t>(mdb_env_get_maxkeysize(env_.handle()));
+        // Named databases are created once and their handles kept for the store's lifetime.
+        env_.write("open tables", [&](MDB_txn* txn) {
+            for (std::size_t i = 0; i < detail::table_count; ++i) {
+                const int r = mdb_dbi_open(txn, table_name(static_cast<table>(i)), MDB_CREATE, &dbis_[i]);
+                if (r != 0) return r;
+            }
+            return 0;
+        });
+        paho_ = std::make_unique<lmdb_paho_records>(dir + "/paho", opts);
+    }
+
+    ~lmdb_store() override {
+        paho_.reset();
+        env_.close();
+    }
+
+    void commit(const std::vector<write_op>& batch) override {
+        if (batch.empty()) return;
+        // Validate before writing, with a clearer message than LMDB's MDB_BAD_VALSIZE.
+        for (const auto& op : batch) {
+            detail::table_index(op.tbl);
+            if (op.value && !key_ok(op.id))
+                throw storage_error("lmdb: id of " + std::to_string(op.id.size()) + " bytes in '" + env_.dir() +
+                                        "': ids must be 1 to " + std::to_string(max_key_) + " bytes",
+                                    MDB_BAD_VALSIZE);
+        }
+        env_.write("commit", [&](MDB_txn* txn) {
+            for (const auto& op : batch) {
+                const MDB_dbi dbi = dbis_[static_cast<std::size_t>(op.tbl)];
+                MDB_val k = as_val(op.id);
+                int rc;
+                if (op.value) {
+                    MDB_val v = as_val(*op.value);
+                    rc = mdb_put(txn, dbi, &k, &v, 0);
+                } else if (key_ok(op.id)) {
+                    rc = mdb_del(txn, dbi, &k, nullptr);
+                    if (rc == MDB_NOTFOUND) rc = 0;
+                } else {
+                    rc = 0;  // an id LMDB cannot store cannot be there
+                }
+                if (rc != 0) return rc;
+            }
+            return 0;
+        });
+    }
+
+    std::optional<std::string> get(table t, const std::string& id) const override {
+        const MDB_dbi dbi = dbi_of(t);
+        std::optional<std::string> out;
+        if (!key_ok(id)) return out;
+        env_.read("get", [&](MDB_txn* txn) {
+            MDB_val k = as_val(id), v{};
+            const int rc = mdb_get(txn, dbi, &k, &v);
+            if (rc == 0)
+                out = as_string(v);
+            else if (rc != MDB_NOTFOUND)
+                throw_lmdb(env_.dir(), "get", rc);
+        });
+        return out;
+    }
+
+    void for_each(table t, const std::function<bool(const std::string&, const std::string&)>& fn) const override {
+        const MDB_dbi dbi = dbi_of(t);
+        // Chunks bound both the time a read transaction stays open and the memory copied.
+        constexpr std::size_t chunk_records = 256;
+        constexpr std::size_t chunk_bytes = std::size_t(4) << 20;
+        std::vector<std::pair<std::string, std::string>> chunk;
+        std::optional<std::string> after;
+        for (;;) {
+            chunk.clear();
+            bool more = false;
+            env_.read("for_each", [&](MDB_txn* txn) {
+                MDB_cursor* cur = nullptr;
+                int rc = mdb_cursor_open(txn, dbi, &cur);
+                if (rc != 0) throw_lmdb(env_.dir(), "for_each", rc);
+                MDB_val k{}, v{};
+                if (after) {
+                    k = as_val(*after);
+                    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+                    if (rc == 0 && k.mv_size == after->size() && after->compare(0, after->size(),
+                                                                                static_cast<const char*>(k.mv_data),
+                                                                                k.mv_size) == 0)
+                        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+                } else {
+                    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+                }
+                std::size_t bytes = 0;
+                for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+                    if (chunk.size() >= chunk_records || bytes >= chunk_bytes) {
+                        more = true;
+                        break;
+                    }
+                    bytes += k.mv_size + v.mv_size;
+                    chunk.emplace_back(as_string(k), as_string(v));
+                }
+                mdb_cursor_close(cur);
+                if (rc != 0 && rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "for_each", rc);
+            });
+            for (const auto& kv : chunk)
+                if (!fn(kv.first, kv.second)) return;
+            if (!more) return;
+            after = std::move(chunk.back().first);
+        }
+    }
+
+    std::optional<std::string> last_id(table t) const override {
+        const MDB_dbi dbi = dbi_of(t);
+        std::optional<std::string> out;
+        env_.read("last_id", [&](MDB_txn* txn) {
+            MDB_cursor* cur = nullptr;
+            int rc = mdb_cursor_open(txn, dbi, &cur);
+            if (rc != 0) throw_lmdb(env_.dir(), "last_id", rc);
+            MDB_val k{}, v{};
+            rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+            if (rc == 0) out = as_string(k);
+            mdb_cursor_close(cur);
+            if (rc != 0 && rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "last_id", rc);
+        });
+        return out;
+    }
+
+    std::size_t count(table t) const override {
+        const MDB_dbi dbi = dbi_of(t);
+        std::size_t n = 0;
+        env_.read("count", [&](MDB_txn* txn) {
+            MDB_stat st{};
+            const int rc = mdb_stat(txn, dbi, &st);
+            if (rc != 0) throw_lmdb(env_.dir(), "count", rc);
+            n = st.ms_entries;
+        });
+        return n;
+    }
+
+    paho_records& paho() override { return *paho_; }
+    xymqtt::durability durability() const override { return durability_; }
+
+private:
+    MDB_dbi dbi_of(table t) const { return dbis_[detail::table_index(t)]; }
+    bool key_ok(const std::string& id) const { return !id.empty() && id.size() <= max_key_; }
+
+    detail::dir_lock lock_;  // first member: taken before, released after, the environments
+    xymqtt::durability durability_;
+    lmdb_env env_;
+    std::array<MDB_dbi, detail::table_count> dbis_{};
+    std::size_t max_key_ = 0;  // LMDB's key limit (511 bytes by default)
+    std::unique_ptr<lmdb_paho_records> paho_;
+};
+
+}  // namespace
+
+std::unique_ptr<store> open_lmdb_store(const std::string& dir, const store_options& opts) {
+    return std::make_unique<lmdb_store>(dir, opts);
+}
+
+}  // namespace xymqtt

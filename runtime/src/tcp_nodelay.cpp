@@ -1,1 +1,118 @@
-// placeholder
+#include "tcp_nodelay.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace xymqtt::detail {
+
+namespace {
+
+bool same_address(const sockaddr_storage& a, const sockaddr* b) {
+    if (a.ss_family != b->sa_family) return false;
+    if (a.ss_family == AF_INET)
+        return reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr ==
+               reinterpret_cast<const sockaddr_in*>(b)->sin_addr.s_addr;
+    if (a.ss_family == AF_INET6)
+        return std::memcmp(&reinterpret_cast<const sockaddr_in6&>(a).sin6_addr,
+                           &reinterpret_cast<const sockaddr_in6*>(b)->sin6_addr, sizeof(in6_addr)) == 0;
+    return false;
+}
+
+int port_of(const sockaddr_storage& a) {
+    if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+    if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
+    return -1;
+}
+
+}  // namespace
+
+bool parse_server_uri(const std::string& uri, std::string& scheme, std::string& host, int& port) {
+    const auto sep = uri.find("://");
+    if (sep == std::string::npos) return false;
+    scheme = uri.substr(0, sep);
+    std::string rest = uri.substr(sep + 3);
+    const auto path = rest.find('/');
+    if (path != std::string::npos) rest = rest.substr(0, path);
+    const bool tls = scheme == "ssl" || scheme == "mqtts" || scheme == "wss";
+    port = tls ? 8883 : 1883;
+    if (!rest.empty() && rest.front() == '[') {
+        const auto close = rest.find(']');
+        if (close == std::string::npos) return false;
+        host = rest.substr(1, close - 1);
+        rest = rest.substr(close + 1);
+        if (!rest.empty() && rest.front() == ':') port = std::atoi(rest.c_str() + 1);
+    } else {
+        const auto colon = rest.rfind(':');
+        host = rest.substr(0, colon);
+        if (colon != std::string::npos) port = std::atoi(rest.c_str() + colon + 1);
+    }
+    return !host.empty() && port > 0 && port < 65536;
+}
+
+namespace {
+
+// Calls fn(fd) for each TCP socket of this process connected to host:port; @return how often fn was true.
+template <class F>
+int for_each_socket_to_peer(const std::string& host, int port, F fn) {
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0) return 0;
+    std::vector<sockaddr_storage> addrs;
+    for (auto* p = res; p; p = p->ai_next) {
+        sockaddr_storage s{};
+        std::memcpy(&s, p->ai_addr, p->ai_addrlen);
+        addrs.push_back(s);
+    }
+    freeaddrinfo(res);
+
+    int count = 0;
+    DIR* dir = opendir("/proc/self/fd");
+    if (!dir) return 0;
+    const int own = dirfd(dir);
+    while (dirent* e = readdir(dir)) {
+        char* end = nullptr;
+        const long fd = std::strtol(e->d_name, &end, 10);
+        if (*end != '\0' || fd == own) continue;
+        struct stat st{};
+        if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+        int type = 0;
+        socklen_t len = sizeof(type);
+        if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) continue;
+        sockaddr_storage peer{};
+        len = sizeof(peer);
+        if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &len) != 0) continue;
+        if (port_of(peer) != port) continue;
+        bool match = false;
+        for (const auto& a : addrs) match = match || same_address(peer, reinterpret_cast<const sockaddr*>(&a));
+        if (!match) continue;
+        if (fn(static_cast<int>(fd))) ++count;
+    }
+    closedir(dir);
+    return count;
+}
+
+}  // namespace
+
+int set_tcp_nodelay_to_peer(const std::string& host, int port) {
+    return for_each_socket_to_peer(host, port, [](int fd) {
+        int one = 1;
+        return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0;
+    });
+}
+
+int shutdown_sockets_to_peer(const std::string& host, int port) {
+    return for_each_socket_to_peer(host, port, [](int fd) { return shutdown(fd, SHUT_RDWR) == 0; });
+}
+
+}  // namespace xymqtt::detail

@@ -1,1 +1,170 @@
-// placeholder
+#include "wire.h"
+
+#include <nlohmann/json.hpp>
+
+#include "xymqtt/exception.h"
+
+namespace xymqtt::wire {
+
+using json = nlohmann::json;
+
+namespace {
+
+json parse_object(const std::string& text, const char* what) {
+    json j = json::parse(text.empty() ? std::string("{}") : text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) throw parse_error(std::string(what) + " is not valid JSON");
+    if (!j.is_object()) throw parse_error(std::string(what) + " is not a JSON object");
+    return j;
+}
+
+message_properties binary_props(const std::string& message_id) {
+    message_properties p;
+    p.content_type = content_type_protobuf;
+    p.correlation_data = message_id;
+    return p;
+}
+
+}  // namespace
+
+wire_format detect_format(const message_properties& props) {
+    return props.content_type == content_type_protobuf ? wire_format::binary : wire_format::json;
+}
+
+outgoing encode_invoke(wire_format f, const std::string& message_id, const std::string& body,
+                       std::optional<std::chrono::seconds> expiry) {
+    outgoing out;
+    if (f == wire_format::json) {
+        json j = parse_object(body, "request");
+        j["messageId"] = message_id;
+        out.payload = j.dump();
+        out.props.content_type = content_type_json;
+    } else {
+        out.payload = body;
+        out.props = binary_props(message_id);
+    }
+    if (expiry) out.props.expiry_seconds = static_cast<std::uint32_t>(expiry->count());
+    return out;
+}
+
+decoded_invoke decode_invoke(const std::string& payload, const message_properties& props) {
+    decoded_invoke d;
+    d.format = detect_format(props);
+    if (d.format == wire_format::binary) {
+        if (props.correlation_data.empty())
+            throw undecodable_invoke("binary invoke without correlation data (message id)", "", d.format);
+        d.message_id = props.correlation_data;
+        d.body = payload;
+        return d;
+    }
+    json j = json::parse(payload, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) throw undecodable_invoke("invoke is not a JSON object", "", d.format);
+    const auto it = j.find("messageId");
+    if (it == j.end() || !it->is_string() || it->get<std::string>().empty())
+        throw undecodable_invoke("invoke has no string messageId", "", d.format);
+    d.message_id = it->get<std::string>();
+    d.body = payload;
+    return d;
+}
+
+outgoing encode_resolve(wire_format f, const std::string& message_id, const std::string& body) {
+    outgoing out;
+    if (f == wire_format::json) {
+        json j;
+        try {
+            j = parse_object(body, "result");
+        } catch (const parse_error& e) {
+            // The handler produced something that is not a JSON object: that is the handler's bug.
+            throw command_error(500, std::string("handler returned an invalid JSON result: ") + e.what());
+        }
+        j["messageId"] = message_id;
+        out.payload = j.dump();
+        out.props.content_type = content_type_json;
+    } else {
+        out.payload = body;
+        out.props = binary_props(message_id);
+    }
+    return out;
+}
+
+outgoing encode_reject(wire_format f, const std::string& message_id, int status, const std::string& message,
+                       const std::string& body) {
+    outgoing out;
+    if (f == wire_format::json) {
+        json j = json::object();
+        if (!body.empty()) {
+            json b = json::parse(body, nullptr, false);
+            if (b.is_object()) j = std::move(b);
+        }
+        // A handler's own reject object is published as-is (the seed's behaviour); fill what it lacks.
+        j["messageId"] = message_id;
+        j["ok"] = false;
+        if (!j.contains("status")) j["status"] = status;
+        if (!j.contains("message")) j["message"] = message;
+        out.payload = j.dump();
+        out.props.content_type = content_type_json;
+    } else {
+        out.payload = body;
+        out.props = binary_props(message_id);
+        out.props.user = {{"ok", "false"}, {"status", std::to_string(status)}, {"message", message}};
+    }
+    return out;
+}
+
+outgoing encode_cancel(wire_format f, const std::string& message_id) {
+    outgoing out;
+    if (f == wire_format::json) {
+        out.payload = json{{"messageId", message_id}}.dump();
+        out.props.content_type = content_type_json;
+    } else {
+        out.props = binary_props(message_id);
+    }
+    return out;
+}
+
+std::optional<std::string> decode_message_id(const std::string& payload, const message_properties& props) {
+    if (!props.correlation_data.empty()) return props.correlation_data;
+    json j = json::parse(payload, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return std::nullopt;
+    const auto it = j.find("messageId");
+    if (it == j.end() || !it->is_string()) return std::nullopt;
+    return it->get<std::string>();
+}
+
+command_result decode_result(const std::string& command, bool rejected, const std::string& payload,
+                             const message_properties& props) {
+    command_result r;
+    r.command = command;
+    r.format = detect_format(props);
+    r.body = payload;
+    r.ok = !rejected;
+    r.status = rejected ? 500 : 200;
+    if (r.format == wire_format::binary) {
+        if (props.correlation_data.empty()) throw parse_error("binary result without correlation data");
+        r.message_id = props.correlation_data;
+        if (rejected) {
+            if (auto s = props.user_property("status")) {
+                try {
+                    r.status = std::stoi(*s);
+                } catch (const std::exception&) {
+                    throw parse_error("reject status is not a number: " + *s);
+                }
+            }
+            r.message = props.user_property("message").value_or("");
+        }
+        return r;
+    }
+    json j = json::parse(payload, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) throw parse_error("result is not a JSON object");
+    const auto id = j.find("messageId");
+    if (id == j.end() || !id->is_string()) throw parse_error("result has no string messageId");
+    r.message_id = id->get<std::string>();
+    if (rejected) {
+        const auto st = j.find("status");
+        if (st != j.end() && st->is_number_integer()) r.status = st->get<int>();
+        const auto m = j.find("message");
+        if (m != j.end() && m->is_string()) r.message = m->get<std::string>();
+    }
+    return r;
+}
+
+}  // namespace xymqtt::wire

@@ -138,6 +138,9 @@ struct client_stats {
     std::uint64_t duplicates = 0;  ///< Redeliveries recognised and dropped since start.
     std::uint64_t retries = 0;
     bool connected = false;
+    /// Why the last connection attempt failed or the connection was lost ("" while connected):
+    /// e.g. "connect to tcp://... failed: not authorized: bad user name or password".
+    std::string last_error;
 };
 
 /// The durable MQTT client. See the file comment for its guarantees.

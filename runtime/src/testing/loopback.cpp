@@ -1,1 +1,970 @@
-// placeholder
+// xymqtt::testing::loopback: an in-memory transport for unit tests. See loopback.h for the semantics.
+//
+// Structure: every subscribed filter is a lane (a FIFO of deliveries, run one at a time); a shared
+// subscription's member is a lane of its own. Publishing records the message and appends one delivery
+// to each matching lane. A scheduler picks the ready lane whose head was queued first: the pumping
+// thread does so in manual mode, a pool of worker threads (grown so that one is always free while
+// others run handlers) in threaded mode. The command protocol is built from internal subscriptions
+// on the same lanes and the runtime's own wire encoders (wire.h), so what goes over the "wire" is
+// byte for byte what xymqtt::client sends.
+#include "xymqtt/testing/loopback.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <thread>
+
+#include "../wire.h"
+#include "xymqtt/exception.h"
+#include "xymqtt/topic.h"
+
+namespace xymqtt::testing {
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+enum class handler_kind : std::uint8_t { user, results, command, async };
+
+struct handler_entry {
+    subscription_id id;
+    handler_kind kind;
+    std::shared_ptr<message_handler> fn;
+};
+
+struct delivery {
+    message msg;
+    std::uint64_t seq = 0;         // scheduling order: publish order, a retry goes to the back
+    steady::time_point due{};      // loopback clock; retries in threaded mode wait until then
+    std::set<subscription_id> done;  // handlers that already succeeded for this message
+};
+
+struct lane {
+    std::string filter;
+    bool shared = false;
+    std::vector<handler_entry> handlers;
+    std::deque<delivery> queue;
+    bool busy = false;
+    bool removed = false;
+};
+
+bool is_shared_filter(const std::string& f) { return f.rfind("$share/", 0) == 0; }
+
+std::chrono::milliseconds retry_delay(const retry_policy& p, std::uint32_t failures) {
+    double d = static_cast<double>(p.initial.count());
+    for (std::uint32_t i = 1; i < failures && d < static_cast<double>(p.cap.count()); ++i) d *= p.multiplier;
+    const double cap = static_cast<double>(p.cap.count());
+    return std::chrono::milliseconds(static_cast<std::int64_t>(d < cap ? d : cap));
+}
+
+template <class F, class... A>
+void call_hook(const F& fn, A&&... args) {
+    if (!fn) return;
+    try {
+        fn(std::forward<A>(args)...);
+    } catch (...) {
+        // Hooks must not disturb delivery (as with xymqtt::client).
+    }
+}
+
+std::string describe(std::exception_ptr e) {
+    try {
+        std::rethrow_exception(std::move(e));
+    } catch (const std::exception& x) {
+        return x.what();
+    } catch (...) {
+        return "unknown exception";
+    }
+}
+
+/// The call_context of one running command handler.
+class context_impl final : public call_context {
+public:
+    void on_cancel(std::function<void()> fn) override {
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            if (!cancelled_) {
+                callbacks_.push_back(std::move(fn));
+                return;
+            }
+        }
+        run(fn);
+    }
+    bool cancelled() const override {
+        std::lock_guard<std::mutex> lk(m_);
+        return cancelled_;
+    }
+    /// Marks the call cancelled and runs the callbacks, unless it has already finished.
+    void cancel() {
+        std::vector<std::function<void()>> cbs;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            if (cancelled_ || finished_) return;
+            cancelled_ = true;
+            cbs.swap(callbacks_);
+        }
+        for (auto& cb : cbs) run(cb);
+    }
+    /// Marks the call finished. @return false if it was cancelled (nothing may be published).
+    bool finish() {
+        std::lock_guard<std::mutex> lk(m_);
+        finished_ = true;
+        return !cancelled_;
+    }
+
+private:
+    static void run(const std::function<void()>& fn) {
+        if (!fn) return;
+        try {
+            fn();
+        } catch (...) {
+        }
+    }
+    mutable std::mutex m_;
+    bool cancelled_ = false;
+    bool finished_ = false;
+    std::vector<std::function<void()>> callbacks_;
+};
+
+struct outcome {
+    bool cancelled = false;
+    std::string topic;
+    wire::outgoing out;
+};
+
+struct async_call {
+    std::string command;
+    wire_format format = wire_format::binary;
+    std::promise<command_result> promise;
+    std::optional<steady::time_point> deadline;
+};
+
+struct command_entry {
+    subscription_id invoke_sub = 0;
+    subscription_id cancel_sub = 0;
+};
+
+/// What a results subscription has handed over (results may arrive on two lanes at once).
+struct handed_over {
+    std::mutex m;
+    std::set<std::string> done;
+    std::set<std::string> in_flight;
+};
+
+}  // namespace
+
+class loopback::impl : public std::enable_shared_from_this<loopback::impl> {
+public:
+    explicit impl(options o) : opts_(std::move(o)) {
+        std::random_device rd;
+        rng_.seed((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
+    }
+
+    void start() {
+        if (opts_.mode != delivery_mode::threaded) return;
+        std::lock_guard<std::mutex> lk(m_);
+        spawn_worker_locked();
+    }
+
+    void shutdown() {
+        std::vector<std::thread> workers;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            stopping_ = true;
+            workers.swap(workers_);
+        }
+        cv_.notify_all();
+        for (auto& t : workers)
+            if (t.joinable()) t.join();
+        std::map<std::string, async_call> pending;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            pending.swap(async_);
+        }
+        for (auto& kv : pending)
+            kv.second.promise.set_exception(std::make_exception_ptr(client_closed("loopback destroyed")));
+    }
+
+    // ---- clock ----
+    steady::time_point now_locked() const { return steady::now() + offset_; }
+    std::int64_t wall_ms_locked() const {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(
+                   (std::chrono::system_clock::now() + offset_).time_since_epoch())
+            .count();
+    }
+    void advance_clock(std::chrono::milliseconds d) {
+        if (d.count() < 0) throw std::invalid_argument("loopback::advance_clock: negative duration");
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            offset_ += d;
+        }
+        cv_.notify_all();
+    }
+
+    // ---- publishing ----
+    std::optional<std::pair<std::exception_ptr, failure_point>> take_failure() {
+        std::lock_guard<std::mutex> lk(m_);
+        if (failures_.empty()) return std::nullopt;
+        auto f = failures_.front();
+        failures_.pop_front();
+        return f;
+    }
+
+    void fail_next_publish(std::exception_ptr e, failure_point where) {
+        if (!e) throw std::invalid_argument("loopback::fail_next_publish: null exception");
+        std::lock_guard<std::mutex> lk(m_);
+        failures_.emplace_back(std::move(e), where);
+    }
+
+    /// Records an accepted publish and queues it for every matching lane.
+    void accept(published_message pm) {
+        call_hook(opts_.hooks.on_packet_send, pm.topic, pm.payload);
+        bool matched = false;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            ++stats_.published;
+            published_.push_back(pm);
+            if (pm.retain) {
+                if (pm.payload.empty())
+                    retained_.erase(pm.topic);
+                else
+                    retained_[pm.topic] = pm;
+            }
+            std::map<std::string, std::vector<std::shared_ptr<lane>>> groups;
+            for (const auto& l : lanes_) {
+                if (!topic_matches(l->filter, pm.topic)) continue;
+                if (l->shared) {
+                    groups[l->filter].push_back(l);
+                } else {
+                    enqueue_locked(*l, pm);
+                    matched = true;
+                }
+            }
+            for (auto& g : groups) {
+                auto& next = round_robin_[g.first];
+                enqueue_locked(*g.second[next % g.second.size()], pm);
+                next = (next + 1) % g.second.size();
+                matched = true;
+            }
+        }
+        cv_.notify_all();
+        if (matched) call_hook(opts_.hooks.on_packet_receive, pm.topic, pm.payload);
+    }
+
+    void accept(const std::string& topic, wire::outgoing out) {
+        published_message pm;
+        pm.topic = topic;
+        pm.payload = std::move(out.payload);
+        pm.props = std::move(out.props);
+        accept(std::move(pm));
+    }
+
+    void enqueue_locked(lane& l, const published_message& pm) {
+        delivery d;
+        d.seq = next_seq_++;
+        d.due = now_locked();
+        d.msg.topic = pm.topic;
+        d.msg.payload = pm.payload;
+        d.msg.props = pm.props;
+        char id[24];
+        std::snprintf(id, sizeof id, "%020llu", static_cast<unsigned long long>(++next_message_id_));
+        d.msg.id = id;
+        d.msg.attempt = 1;
+        d.msg.received_at_ms = wall_ms_locked();
+        l.queue.push_back(std::move(d));
+    }
+
+    // ---- subscriptions ----
+    subscription_id new_id_locked() { return ++next_sub_id_; }
+
+    /// Adds a handler to the lane of `filter` (a new lane per member for a shared filter).
+    void add_handler_locked(const std::string& filter, subscription_id id, handler_kind kind,
+                            std::shared_ptr<message_handler> fn) {
+        std::shared_ptr<lane> target;
+        const bool shared = is_shared_filter(filter);
+        if (!shared) {
+            for (const auto& l : lanes_)
+                if (!l->shared && l->filter == filter) target = l;
+        }
+        if (!target) {
+            target = std::make_shared<lane>();
+            target->filter = filter;
+            target->shared = shared;
+            lanes_.push_back(target);
+            if (!shared)  // a new SUBSCRIBE: the broker sends the matching retained messages
+                for (const auto& kv : retained_)
+                    if (topic_matches(filter, kv.first)) enqueue_locked(*target, kv.second);
+        }
+        target->handlers.push_back(handler_entry{id, kind, std::move(fn)});
+        regs_[id].push_back(target);
+    }
+
+    void unsubscribe_locked(subscription_id id) {
+        auto it = regs_.find(id);
+        if (it == regs_.end()) return;
+        for (const auto& l : it->second) {
+            auto& hs = l->handlers;
+            hs.erase(std::remove_if(hs.begin(), hs.end(), [&](const handler_entry& h) { return h.id == id; }),
+                     hs.end());
+            if (hs.empty() && !l->removed) {
+                l->removed = true;
+                l->queue.clear();
+                lanes_.erase(std::remove(lanes_.begin(), lanes_.end(), l), lanes_.end());
+            }
+        }
+        regs_.erase(it);
+    }
+
+    subscription_id subscribe(const std::string& filter, message_handler handler) {
+        validate_topic_filter(filter);
+        if (!handler) throw std::invalid_argument("loopback::subscribe: empty handler");
+        subscription_id id;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            id = new_id_locked();
+            add_handler_locked(filter, id, handler_kind::user, std::make_shared<message_handler>(std::move(handler)));
+        }
+        cv_.notify_all();  // retained messages may have been queued
+        return id;
+    }
+
+    void unsubscribe(subscription_id id) {
+        std::lock_guard<std::mutex> lk(m_);
+        unsubscribe_locked(id);
+        cv_.notify_all();
+    }
+
+    // ---- command server ----
+    static std::string key(const std::string& command, const std::string& id) { return command + '\n' + id; }
+
+    void command_register(const std::string& command, command_handler handler, command_options o) {
+        validate_topic_name(command);
+        if (!o.group.empty()) validate_topic_token("group", o.group);
+        if (!handler) throw std::invalid_argument("loopback::command_register: empty handler");
+        auto fn = std::make_shared<command_handler>(std::move(handler));
+        std::lock_guard<std::mutex> lk(m_);
+        if (commands_.count(command)) throw command_already_registered("command already registered: " + command);
+        command_entry e;
+        e.invoke_sub = new_id_locked();
+        e.cancel_sub = new_id_locked();
+        const std::string invoke_filter =
+            o.group.empty() ? wire::invoke_topic(command) : "$share/" + o.group + "/" + wire::invoke_topic(command);
+        add_handler_locked(invoke_filter, e.invoke_sub, handler_kind::command,
+                           std::make_shared<message_handler>(
+                               [this, command, fn](const message& m) { handle_invoke(command, *fn, m); }));
+        add_handler_locked(wire::cancel_topic(command), e.cancel_sub, handler_kind::command,
+                           std::make_shared<message_handler>(
+                               [this, command](const message& m) { handle_cancel(command, m); }));
+        commands_[command] = e;
+    }
+
+    void command_unregister(const std::string& command) {
+        std::lock_guard<std::mutex> lk(m_);
+        auto it = commands_.find(command);
+        if (it == commands_.end()) return;
+        unsubscribe_locked(it->second.invoke_sub);
+        unsubscribe_locked(it->second.cancel_sub);
+        commands_.erase(it);
+    }
+
+    void publish_outcome(const std::string& command, const std::string& message_id, outcome oc) {
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            outcomes_[key(command, message_id)] = oc;
+        }
+        if (!oc.cancelled) accept(oc.topic, std::move(oc.out));
+    }
+
+    void handle_invoke(const std::string& command, const command_handler& fn, const message& m) {
+        wire::decoded_invoke d;
+        try {
+            d = wire::decode_invoke(m.payload, m.props);
+        } catch (const wire::undecodable_invoke& e) {
+            if (e.message_id.empty()) throw parse_error(e.what());  // nobody to answer: dead letter
+            publish_outcome(command, e.message_id,
+                            outcome{false, wire::reject_topic(command),
+                                    wire::encode_reject(e.format, e.message_id, 400, e.what(), "")});
+            return;
+        }
+        const std::string k = key(command, d.message_id);
+        auto ctx = std::make_shared<context_impl>();
+        {
+            std::unique_lock<std::mutex> lk(m_);
+            auto done = outcomes_.find(k);
+            if (done != outcomes_.end()) {  // durable dedupe: answer again, do not run again
+                outcome again = done->second;
+                lk.unlock();
+                if (!again.cancelled) accept(again.topic, std::move(again.out));
+                return;
+            }
+            if (cancelled_early_.erase(k)) {  // cancelled before it ran: never runs
+                outcomes_[k] = outcome{true, {}, {}};
+                return;
+            }
+            if (running_.count(k)) return;  // the same call is running on another lane already
+            if (m.props.expiry_seconds &&
+                wall_ms_locked() > m.received_at_ms + static_cast<std::int64_t>(*m.props.expiry_seconds) * 1000) {
+                ++stats_.expired;
+                lk.unlock();
+                call_hook(opts_.hooks.on_log, log_level::info,
+                          "loopback: invoke " + d.message_id + " of " + command + " expired; not executed");
+                return;
+            }
+            running_[k] = ctx;
+        }
+        invocation inv;
+        inv.command = command;
+        inv.message_id = d.message_id;
+        inv.format = d.format;
+        inv.body = d.body;
+        inv.props = m.props;
+        inv.attempt = m.attempt;
+        outcome oc;
+        try {
+            std::string result = fn(inv, *ctx);
+            oc.out = wire::encode_resolve(d.format, d.message_id, result);
+            oc.topic = wire::resolve_topic(command);
+        } catch (const command_error& e) {
+            oc.out = wire::encode_reject(d.format, d.message_id, e.status(), e.what(), e.body());
+            oc.topic = wire::reject_topic(command);
+        } catch (const parse_error& e) {
+            oc.out = wire::encode_reject(d.format, d.message_id, 400, e.what(), "");
+            oc.topic = wire::reject_topic(command);
+        } catch (const std::exception& e) {
+            oc.out = wire::encode_reject(d.format, d.message_id, 500, e.what(), "");
+            oc.topic = wire::reject_topic(command);
+        } catch (...) {
+            oc.out = wire::encode_reject(d.format, d.message_id, 500, "unknown exception", "");
+            oc.topic = wire::reject_topic(command);
+        }
+        if (!ctx->finish()) oc = outcome{true, {}, {}};  // cancelled: nothing is published for it
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            running_.erase(k);
+            outcomes_[k] = oc;
+        }
+        if (!oc.cancelled) accept(oc.topic, std::move(oc.out));
+    }
+
+    void handle_cancel(const std::string& command, const message& m) {
+        auto id = wire::decode_message_id(m.payload, m.props);
+        if (!id || id->empty()) throw parse_error("cancel without a message id");
+        const std::string k = key(command, *id);
+        std::shared_ptr<context_impl> ctx;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            auto r = running_.find(k);
+            if (r != running_.end())
+                ctx = r->second;
+            else if (!outcomes_.count(k))
+                cancelled_early_.insert(k);  // finished calls are not affected
+        }
+        if (ctx) ctx->cancel();
+    }
+
+    // ---- caller ----
+    std::string make_id() {
+        std::lock_guard<std::mutex> lk(m_);
+        char buf[33];
+        std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(rng_()),
+                      static_cast<unsigned long long>(rng_()));
+        return buf;
+    }
+
+    bool results_subscribed_locked(const std::string& command) const {
+        const std::string res = wire::resolve_topic(command), rej = wire::reject_topic(command);
+        bool r = false, j = false;
+        for (const auto& l : lanes_) {
+            const bool counts = std::any_of(l->handlers.begin(), l->handlers.end(), [](const handler_entry& h) {
+                return h.kind == handler_kind::user || h.kind == handler_kind::results;
+            });
+            if (!counts) continue;
+            r = r || topic_matches(l->filter, res);
+            j = j || topic_matches(l->filter, rej);
+        }
+        return r && j;
+    }
+
+    subscription_id subscribe_results(const std::string& command, result_handler handler) {
+        validate_topic_name(command);
+        if (!handler) throw std::invalid_argument("loopback::subscribe_results: empty handler");
+        auto state = std::make_shared<handed_over>();
+        auto fn = std::make_shared<result_handler>(std::move(handler));
+        auto make = [this, command, state, fn](bool rejected) {
+            return std::make_shared<message_handler>([this, command, state, fn, rejected](const message& m) {
+                command_result r = wire::decode_result(command, rejected, m.payload, m.props);
+                {
+                    std::lock_guard<std::mutex> lk(m_);
+                    if (!called_.count(r.message_id)) return;  // not a call of ours
+                }
+                {
+                    std::lock_guard<std::mutex> lk(state->m);
+                    if (state->done.count(r.message_id) || state->in_flight.count(r.message_id)) return;
+                    state->in_flight.insert(r.message_id);
+                }
+                try {
+                    (*fn)(r);
+                } catch (...) {
+                    std::lock_guard<std::mutex> lk(state->m);
+                    state->in_flight.erase(r.message_id);
+                    throw;
+                }
+                std::lock_guard<std::mutex> lk(state->m);
+                state->in_flight.erase(r.message_id);
+                state->done.insert(r.message_id);
+            });
+        };
+        subscription_id id;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            id = new_id_locked();
+            add_handler_locked(wire::resolve_topic(command), id, handler_kind::results, make(false));
+            add_handler_locked(wire::reject_topic(command), id, handler_kind::results, make(true));
+        }
+        cv_.notify_all();
+        return id;
+    }
+
+    void ensure_async_lanes_locked(const std::string& command) {
+        if (async_subs_.count(command)) return;
+        const subscription_id id = new_id_locked();
+        async_subs_[command] = id;
+        for (bool rejected : {false, true}) {
+            add_handler_locked(rejected ? wire::reject_topic(command) : wire::resolve_topic(command), id,
+                               handler_kind::async,
+                               std::make_shared<message_handler>([this, command, rejected](const message& m) {
+                                   command_result r;
+                                   try {
+                                       r = wire::decode_result(command, rejected, m.payload, m.props);
+                                   } catch (const parse_error&) {
+                                       return;  // not recognisably a result of ours
+                                   }
+                                   std::promise<command_result> p;
+                                   {
+                                       std::lock_guard<std::mutex> lk(m_);
+                                       auto it = async_.find(r.message_id);
+                                       if (it == async_.end()) return;
+                                       p = std::move(it->second.promise);
+                                       async_.erase(it);
+                                   }
+                                   p.set_value(std::move(r));
+                               }));
+        }
+    }
+
+    void send_cancel(const std::string& command, const std::string& message_id, wire_format f) {
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            if (stopping_ || !caller_cancelled_.insert(message_id).second) return;
+        }
+        accept(wire::cancel_topic(command), wire::encode_cancel(f, message_id));
+    }
+
+    call_handle make_handle(const std::string& command, const std::string& id, wire_format f) {
+        std::weak_ptr<impl> self = shared_from_this();
+        return call_handle(command, id, [self, command, id, f] {
+            if (auto s = self.lock()) s->send_cancel(command, id, f);
+        });
+    }
+
+    call_handle call(const std::string& command, std::string body, call_options o) {
+        validate_topic_name(command);
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            if (!results_subscribed_locked(command))
+                throw call_with_no_subscription("call of " + command + " without subscriptions to " +
+                                                wire::resolve_topic(command) + " and " +
+                                                wire::reject_topic(command));
+        }
+        const std::string id = make_id();
+        wire::outgoing out = wire::encode_invoke(o.format, id, body, o.expiry);
+        if (auto f = take_failure()) std::rethrow_exception(f->first);
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            called_.insert(id);
+        }
+        accept(wire::invoke_topic(command), std::move(out));
+        return make_handle(command, id, o.format);
+    }
+
+    pending_call call_async(const std::string& command, std::string body, call_options o,
+                            std::optional<std::chrono::milliseconds> timeout) {
+        validate_topic_name(command);
+        const std::string id = make_id();
+        wire::outgoing out = wire::encode_invoke(o.format, id, body, o.expiry);
+        pending_call pc;
+        if (auto f = take_failure()) {
+            if (f->second == failure_point::thrown) std::rethrow_exception(f->first);
+            std::promise<command_result> p;
+            p.set_exception(f->first);
+            pc.handle = call_handle(command, id, {});
+            pc.result = p.get_future();
+            return pc;
+        }
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            ensure_async_lanes_locked(command);
+            async_call a;
+            a.command = command;
+            a.format = o.format;
+            if (timeout) a.deadline = now_locked() + *timeout;
+            pc.result = a.promise.get_future();
+            async_.emplace(id, std::move(a));
+            called_.insert(id);
+        }
+        accept(wire::invoke_topic(command), std::move(out));
+        pc.handle = make_handle(command, id, o.format);
+        return pc;
+    }
+
+    /// Fails the call_async futures whose timeout has run out, and cancels their calls.
+    void fire_due_timeouts() {
+        std::vector<std::pair<std::string, async_call>> due;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            const auto now = now_locked();
+            for (auto it = async_.begin(); it != async_.end();) {
+                if (it->second.deadline && *it->second.deadline <= now) {
+                    due.emplace_back(it->first, std::move(it->second));
+                    it = async_.erase(it);
+                } else {
+                    ++it;
+                }
+            }
+        }
+        for (auto& d : due) {
+            d.second.promise.set_exception(std::make_exception_ptr(
+                timeout_error("call " + d.first + " of " + d.second.command + " timed out")));
+            send_cancel(d.second.command, d.first, d.second.format);
+        }
+    }
+
+    // ---- scheduling ----
+    struct job {
+        std::shared_ptr<lane> l;
+        delivery d;
+        std::vector<handler_entry> handlers;
+    };
+
+    std::shared_ptr<lane> pick_locked(steady::time_point now, bool ignore_time, const std::string* filter) const {
+        std::shared_ptr<lane> best;
+        for (const auto& l : lanes_) {
+            if (l->busy || l->queue.empty()) continue;
+            if (filter && l->filter != *filter) continue;
+            if (!ignore_time && l->queue.front().due > now) continue;
+            if (!best || l->queue.front().seq < best->queue.front().seq) best = l;
+        }
+        return best;
+    }
+
+    job claim_locked(const std::shared_ptr<lane>& l) {
+        job j{l, std::move(l->queue.front()), l->handlers};
+        l->queue.pop_front();
+        l->busy = true;
+        ++running_count_;
+        ++stats_.deliveries;
+        return j;
+    }
+
+    /// Runs one claimed delivery; called and returns without the lock.
+    void execute(job j) {
+        call_hook(opts_.hooks.on_message, j.d.msg);
+        std::optional<std::string> failure;
+        std::optional<std::string> undecodable;
+        for (const auto& h : j.handlers) {
+            if (j.d.done.count(h.id)) continue;
+            try {
+                (*h.fn)(j.d.msg);
+                j.d.done.insert(h.id);
+            } catch (const parse_error& e) {
+                undecodable = e.what();
+                break;
+            } catch (...) {
+                if (!failure) failure = describe(std::current_exception());
+            }
+        }
+        enum { ok, retry, dead } result = ok;
+        std::chrono::milliseconds delay{0};
+        dead_letter_record dl;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            if (undecodable || failure) {
+                const bool out_of_attempts = opts_.retry.max_attempts != 0 && j.d.msg.attempt >= opts_.retry.max_attempts;
+                if (undecodable || out_of_attempts) {
+                    result = dead;
+                    dl.msg = j.d.msg;
+                    dl.filter = j.l->filter;
+                    dl.reason = undecodable ? *undecodable : *failure;
+                    dl.undecodable = undecodable.has_value();
+                    dead_letters_.push_back(dl);
+                    ++stats_.dead_letters;
+                } else {
+                    result = retry;
+                    delay = retry_delay(opts_.retry, j.d.msg.attempt);
+                    ++stats_.retries;
+                    if (!j.l->removed) {
+                        delivery again = j.d;
+                        again.msg.attempt += 1;
+                        again.seq = next_seq_++;
+                        again.due = now_locked() + delay;
+                        j.l->queue.push_front(std::move(again));
+                    }
+                }
+            } else {
+                ++stats_.handled;
+            }
+            j.l->busy = false;
+            --running_count_;
+        }
+        cv_.notify_all();
+        if (result == retry) {
+            call_hook(opts_.hooks.on_message_retry, j.d.msg, *failure, delay);
+        } else if (result == dead) {
+            if (dl.undecodable) call_hook(opts_.hooks.on_parse_error, dl.msg, dl.reason);
+            call_hook(opts_.hooks.on_dead_letter, dl.msg, dl.reason);
+        }
+    }
+
+    bool run_one(const std::string* filter) {
+        if (opts_.mode != delivery_mode::manual)
+            throw std::logic_error("loopback: run_one/run_until_idle are for delivery_mode::manual");
+        fire_due_timeouts();
+        job j;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            auto l = pick_locked(now_locked(), true, filter);
+            if (!l) return false;
+            j = claim_locked(l);
+        }
+        execute(std::move(j));
+        return true;
+    }
+
+    std::size_t run_until_idle(std::size_t max) {
+        std::size_t n = 0;
+        while (n < max && run_one(nullptr)) ++n;
+        return n;
+    }
+
+    bool idle_locked() const {
+        if (running_count_ != 0) return false;
+        for (const auto& l : lanes_)
+            if (!l->queue.empty()) return false;
+        return true;
+    }
+
+    bool wait_idle(std::chrono::milliseconds timeout) {
+        if (opts_.mode == delivery_mode::manual) {
+            run_until_idle(100000);
+            std::lock_guard<std::mutex> lk(m_);
+            return idle_locked();
+        }
+        std::unique_lock<std::mutex> lk(m_);
+        return cv_.wait_for(lk, timeout, [&] { return idle_locked(); });
+    }
+
+    void spawn_worker_locked() {
+        if (stopping_ || workers_.size() >= 256) return;
+        workers_.emplace_back([this] { worker_loop(); });
+    }
+
+    void worker_loop() {
+        std::unique_lock<std::mutex> lk(m_);
+        while (!stopping_) {
+            const auto now = now_locked();
+            bool timeout_due = false;
+            std::optional<steady::time_point> wake;
+            for (const auto& a : async_) {
+                if (!a.second.deadline) continue;
+                if (*a.second.deadline <= now) timeout_due = true;
+                if (!wake || *a.second.deadline < *wake) wake = a.second.deadline;
+            }
+            if (timeout_due) {
+                lk.unlock();
+                fire_due_timeouts();
+                lk.lock();
+                continue;
+            }
+            if (auto l = pick_locked(now, false, nullptr)) {
+                job j = claim_locked(l);
+                if (idle_workers_ == 0) spawn_worker_locked();  // keep one free for the other lanes
+                lk.unlock();
+                execute(std::move(j));
+                lk.lock();
+                continue;
+            }
+            for (const auto& l : lanes_)
+                if (!l->busy && !l->queue.empty() && (!wake || l->queue.front().due < *wake))
+                    wake = l->queue.front().due;
+            ++idle_workers_;
+            if (wake)
+                cv_.wait_for(lk, *wake - now);
+            else
+                cv_.wait(lk);
+            --idle_workers_;
+        }
+    }
+
+    // ---- inspection ----
+    std::vector<published_message> published(const std::string* topic) const {
+        std::lock_guard<std::mutex> lk(m_);
+        if (!topic) return published_;
+        std::vector<published_message> out;
+        for (const auto& p : published_)
+            if (p.topic == *topic) out.push_back(p);
+        return out;
+    }
+    void clear_published() {
+        std::lock_guard<std::mutex> lk(m_);
+        published_.clear();
+    }
+    std::vector<dead_letter_record> dead_letters() const {
+        std::lock_guard<std::mutex> lk(m_);
+        return dead_letters_;
+    }
+    void clear_dead_letters() {
+        std::lock_guard<std::mutex> lk(m_);
+        dead_letters_.clear();
+    }
+    std::vector<std::string> subscribed_filters() const {
+        std::lock_guard<std::mutex> lk(m_);
+        std::vector<std::string> out;
+        for (const auto& l : lanes_)
+            if (std::find(out.begin(), out.end(), l->filter) == out.end()) out.push_back(l->filter);
+        return out;
+    }
+    loopback_stats stats() const {
+        std::lock_guard<std::mutex> lk(m_);
+        loopback_stats s = stats_;
+        s.pending = running_count_;
+        for (const auto& l : lanes_) s.pending += l->queue.size();
+        return s;
+    }
+
+private:
+    const options opts_;
+    mutable std::mutex m_;
+    std::condition_variable cv_;
+    std::chrono::milliseconds offset_{0};
+    std::mt19937_64 rng_;
+
+    std::vector<std::shared_ptr<lane>> lanes_;
+    std::map<subscription_id, std::vector<std::shared_ptr<lane>>> regs_;
+    std::map<std::string, std::size_t> round_robin_;
+    std::map<std::string, published_message> retained_;
+    subscription_id next_sub_id_ = 0;
+    std::uint64_t next_seq_ = 0;
+    std::uint64_t next_message_id_ = 0;
+    std::size_t running_count_ = 0;
+
+    std::vector<published_message> published_;
+    std::vector<dead_letter_record> dead_letters_;
+    std::deque<std::pair<std::exception_ptr, failure_point>> failures_;
+    loopback_stats stats_;
+
+    std::map<std::string, command_entry> commands_;
+    std::map<std::string, outcome> outcomes_;
+    std::map<std::string, std::shared_ptr<context_impl>> running_;
+    std::set<std::string> cancelled_early_;
+
+    std::set<std::string> called_;
+    std::set<std::string> caller_cancelled_;
+    std::map<std::string, subscription_id> async_subs_;
+    std::map<std::string, async_call> async_;
+
+    bool stopping_ = false;
+    std::vector<std::thread> workers_;
+    std::size_t idle_workers_ = 0;
+};
+
+// ---- loopback --------------------------------------------------------------------------------
+
+loopback::loopback() : loopback(options{}) {}
+
+loopback::loopback(options opts) : impl_(std::make_shared<impl>(std::move(opts))) { impl_->start(); }
+
+loopback::~loopback() { impl_->shutdown(); }
+
+std::future<void> loopback::publish(const std::string& topic, std::string payload, publish_options opts) {
+    validate_topic_name(topic);
+    std::promise<void> p;
+    if (auto f = impl_->take_failure()) {
+        if (f->second == failure_point::thrown) std::rethrow_exception(f->first);
+        p.set_exception(f->first);
+        return p.get_future();
+    }
+    published_message pm;
+    pm.topic = topic;
+    pm.payload = std::move(payload);
+    pm.props = std::move(opts.props);
+    pm.retain = opts.retain;
+    impl_->accept(std::move(pm));
+    p.set_value();
+    return p.get_future();
+}
+
+subscription_id loopback::subscribe(const std::string& filter, message_handler handler) {
+    return impl_->subscribe(filter, std::move(handler));
+}
+
+void loopback::unsubscribe(subscription_id id) { impl_->unsubscribe(id); }
+
+void loopback::command_register(const std::string& command, command_handler handler, command_options opts) {
+    impl_->command_register(command, std::move(handler), std::move(opts));
+}
+
+void loopback::command_unregister(const std::string& command) { impl_->command_unregister(command); }
+
+subscription_id loopback::subscribe_results(const std::string& command, result_handler handler) {
+    return impl_->subscribe_results(command, std::move(handler));
+}
+
+call_handle loopback::call(const std::string& command, std::string body, call_options opts) {
+    return impl_->call(command, std::move(body), opts);
+}
+
+pending_call loopback::call_async(const std::string& command, std::string body, call_options opts,
+                                  std::optional<std::chrono::milliseconds> timeout) {
+    return impl_->call_async(command, std::move(body), opts, timeout);
+}
+
+std::size_t loopback::run_until_idle(std::size_t max_deliveries) {
+    if (max_deliveries == 0) return 0;
+    return impl_->run_until_idle(max_deliveries);
+}
+
+bool loopback::run_one() { return impl_->run_one(nullptr); }
+
+bool loopback::run_one(const std::string& filter) { return impl_->run_one(&filter); }
+
+bool loopback::wait_idle(std::chrono::milliseconds timeout) { return impl_->wait_idle(timeout); }
+
+void loopback::advance_clock(std::chrono::milliseconds d) { impl_->advance_clock(d); }
+
+std::vector<published_message> loopback::published() const { return impl_->published(nullptr); }
+
+std::vector<published_message> loopback::published(const std::string& topic) const {
+    return impl_->published(&topic);
+}
+
+void loopback::clear_published() { impl_->clear_published(); }
+
+std::vector<dead_letter_record> loopback::dead_letters() const { return impl_->dead_letters(); }
+
+void loopback::clear_dead_letters() { impl_->clear_dead_letters(); }
+
+std::vector<std::string> loopback::subscribed_filters() const { return impl_->subscribed_filters(); }
+
+loopback_stats loopback::stats() const { return impl_->stats(); }
+
+void loopback::fail_next_publish(std::exception_ptr error, failure_point where) {
+    impl_->fail_next_publish(std::move(error), where);
+}
+
+}  // namespace xymqtt::testing

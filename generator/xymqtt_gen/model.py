@@ -1,0 +1,509 @@
+"""Parses a CodeGeneratorRequest into a plain model for the templates.
+
+Everything the templates print is computed here (C++ names, expressions, documentation lines); the
+templates only loop and test conditions. Schema errors are collected as `file.proto:LINE:COL: message`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+OPTIONS_FILE = "xymqtt/options.proto"
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_CPP_KEYWORDS = set("""
+alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t char16_t char32_t
+class compl concept const consteval constexpr constinit const_cast continue co_await co_return co_yield
+decltype default delete do double dynamic_cast else enum explicit export extern false float for friend
+goto if inline int long mutable namespace new noexcept not not_eq nullptr operator or or_eq private
+protected public register reinterpret_cast requires return short signed sizeof static static_assert
+static_cast struct switch template this thread_local throw true try typedef typeid typename union
+unsigned using virtual void volatile wchar_t while xor xor_eq
+""".split())
+# Names the generated classes use for their own members and parameters.
+_RESERVED_TOKENS = {"format", "options", "transport", "service", "event", "request", "handler"}
+
+_STRING_TYPES = {descriptor_pb2.FieldDescriptorProto.TYPE_STRING}
+_INTEGER_TYPES = {
+    descriptor_pb2.FieldDescriptorProto.TYPE_INT32, descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+    descriptor_pb2.FieldDescriptorProto.TYPE_UINT32, descriptor_pb2.FieldDescriptorProto.TYPE_UINT64,
+    descriptor_pb2.FieldDescriptorProto.TYPE_SINT32, descriptor_pb2.FieldDescriptorProto.TYPE_SINT64,
+    descriptor_pb2.FieldDescriptorProto.TYPE_FIXED32, descriptor_pb2.FieldDescriptorProto.TYPE_FIXED64,
+    descriptor_pb2.FieldDescriptorProto.TYPE_SFIXED32, descriptor_pb2.FieldDescriptorProto.TYPE_SFIXED64,
+}
+
+# Field numbers in descriptor.proto, for source locations.
+_FILE_SERVICE = 6
+_SERVICE_METHOD = 2
+_SERVICE_OPTIONS = 3
+_METHOD_OPTIONS = 4
+
+
+class SchemaError(Exception):
+    """One or more schema errors, each `file.proto:LINE:COL: message`."""
+
+    def __init__(self, errors: List[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class ParameterError(Exception):
+    """An invalid plugin parameter."""
+
+
+@dataclass
+class Parameters:
+    mocks: bool = False
+
+
+def parse_parameters(text: str) -> Parameters:
+    """Parses `--xymqtt_opt` (comma-separated key=value). Unknown keys and bad values are errors."""
+    params = Parameters()
+    seen = set()
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ParameterError(f"parameter '{item}' is not of the form key=value (known: mocks)")
+        if key in seen:
+            raise ParameterError(f"parameter '{key}' given twice")
+        seen.add(key)
+        if key == "mocks":
+            if value not in ("true", "false"):
+                raise ParameterError(f"parameter mocks must be true or false, not '{value}'")
+            params.mocks = value == "true"
+        else:
+            raise ParameterError(f"unknown parameter '{key}' (known: mocks)")
+    return params
+
+
+def cpp_string(text: str) -> str:
+    """A C++ string literal for `text`."""
+    out = []
+    for ch in text:
+        if ch in "\\\"":
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) < 0x20:
+            out.append("\\%03o" % ord(ch))
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def camel(snake: str) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in snake.split("_") if p)
+
+
+def snake(name: str) -> str:
+    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", s)
+    return s.lower()
+
+
+def doc_lines(text: str) -> List[str]:
+    lines = [ln.rstrip() for ln in text.strip("\n").split("\n")] if text.strip() else []
+    # Comments come with the space after `//`; drop one leading space.
+    return [ln[1:] if ln.startswith(" ") else ln for ln in lines]
+
+
+@dataclass
+class Token:
+    name: str
+    required: bool
+    default_literal: str  # C++ literal of the default ("" if required)
+    doc: List[str]
+    member: str
+
+
+@dataclass
+class FieldToken:
+    name: str
+    value_expr: str  # C++ expression of the token's value, from `event`
+    is_string: bool
+
+
+@dataclass
+class Topic:
+    pattern: str
+    expr: str  # service tokens filled in, field tokens as "+"
+    publish_expr: str  # events: field tokens taken from `event`
+    field_tokens: List[FieldToken]
+
+
+@dataclass
+class Event:
+    name: str
+    camel: str
+    type_cpp: str
+    type_name: str
+    topic: Topic
+    doc: List[str]
+
+
+@dataclass
+class Command:
+    name: str
+    camel: str
+    request_cpp: str
+    result_cpp: str
+    request_name: str
+    result_name: str
+    reject_cpp: Optional[str]
+    reject_name: Optional[str]
+    expiry_seconds: int
+    group_literal: Optional[str]
+    topic: Topic
+    doc: List[str]
+
+
+@dataclass
+class Service:
+    name: str
+    snake: str
+    full_name: str
+    doc: List[str]
+    tokens: List[Token]
+    required_tokens: List[Token]
+    optional_tokens: List[Token]
+    events: List[Event]
+    commands: List[Command]
+
+
+@dataclass
+class File:
+    proto_name: str
+    base: str
+    pb_header: str
+    header: str
+    source: str
+    mock_header: str
+    namespace: List[str]
+    services: List[Service]
+    has_events: bool
+    has_commands: bool
+    mocks: bool
+
+
+@dataclass
+class Request:
+    files: List[File]
+    params: Parameters
+
+
+class _Locator:
+    """Source positions from source_code_info, 1-based."""
+
+    def __init__(self, fdp: descriptor_pb2.FileDescriptorProto):
+        self.name = fdp.name
+        self.spans: Dict[Tuple[int, ...], Tuple[int, int]] = {}
+        self.comments: Dict[Tuple[int, ...], str] = {}
+        for loc in fdp.source_code_info.location:
+            key = tuple(loc.path)
+            if key not in self.spans:
+                self.spans[key] = (loc.span[0] + 1, loc.span[1] + 1)
+            if loc.leading_comments and key not in self.comments:
+                self.comments[key] = loc.leading_comments
+
+    def at(self, *paths: Tuple[int, ...]) -> str:
+        for path in paths:
+            if path in self.spans:
+                line, col = self.spans[path]
+                return f"{self.name}:{line}:{col}"
+        return f"{self.name}:1:1"
+
+
+class _Builder:
+    def __init__(self, request, params: Parameters):
+        self.request = request
+        self.params = params
+        self.errors: List[str] = []
+        self.files = {f.name: f for f in request.proto_file}
+        self.pool = descriptor_pool.DescriptorPool()
+        for fdp in request.proto_file:
+            self.pool.Add(fdp)
+        self.factory = message_factory.MessageFactory(self.pool)
+        self.ext_token = self.ext_event = self.ext_command = None
+        if OPTIONS_FILE in self.files:
+            self.ext_token = self.pool.FindExtensionByName("xymqtt.token")
+            self.ext_event = self.pool.FindExtensionByName("xymqtt.event")
+            self.ext_command = self.pool.FindExtensionByName("xymqtt.command")
+            # Classes of the options messages as this pool knows them, extensions included.
+            self.service_options = self.factory.GetPrototype(
+                self.pool.FindMessageTypeByName("google.protobuf.ServiceOptions"))
+            self.method_options = self.factory.GetPrototype(
+                self.pool.FindMessageTypeByName("google.protobuf.MethodOptions"))
+        self.topics: Dict[str, str] = {}  # normalized topic -> "what, where"
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{where}: {message}")
+
+    # -- types -------------------------------------------------------------------------------------
+
+    def closure(self, name: str) -> set:
+        seen, todo = set(), [name]
+        while todo:
+            n = todo.pop()
+            if n in seen or n not in self.files:
+                continue
+            seen.add(n)
+            todo.extend(self.files[n].dependency)
+        return seen
+
+    def resolve_message(self, type_name: str, package: str, file_name: str):
+        """Resolves a type name like protoc does for a field in `package`. Returns (descriptor, error)."""
+        if not type_name:
+            return None, "no message type given"
+        if type_name.startswith("."):
+            candidates = [type_name[1:]]
+        else:
+            scope = package.split(".") if package else []
+            candidates = [".".join(scope[:i] + [type_name]) for i in range(len(scope), -1, -1)]
+        for candidate in candidates:
+            try:
+                desc = self.pool.FindMessageTypeByName(candidate)
+            except KeyError:
+                continue
+            if desc.file.name not in self.closure(file_name):
+                return None, (f"message type '{type_name}' ({desc.full_name}) is defined in "
+                              f"{desc.file.name}, which {file_name} does not import")
+            return desc, None
+        return None, f"unknown message type '{type_name}'"
+
+    @staticmethod
+    def cpp_type(desc) -> str:
+        package = desc.file.package
+        local = desc.full_name[len(package) + 1:] if package else desc.full_name
+        ns = "::" + "::".join(package.split(".")) + "::" if package else "::"
+        return ns + local.replace(".", "_")
+
+    # -- topics ------------------------------------------------------------------------------------
+
+    def parse_topic(self, pattern: str, where: str, what: str, tokens: Dict[str, Token],
+                    service_name: str, event_type=None) -> Optional[Topic]:
+        if not pattern:
+            self.error(where, f"{what}: no topic given")
+            return None
+        problem = None
+        if pattern.startswith("$"):
+            problem = "must not start with '$'"
+        elif "+" in pattern or "#" in pattern:
+            problem = "must not contain the wildcards '+' or '#'"
+        elif "\0" in pattern:
+            problem = "must not contain NUL"
+        if problem:
+            self.error(where, f"{what}: malformed topic '{pattern}': {problem}")
+            return None
+        pieces: List[Tuple[str, str]] = []  # (kind, value): kind text | token | field
+        field_tokens: List[FieldToken] = []
+        levels = pattern.split("/")
+        for i, level in enumerate(levels):
+            if level == "":
+                self.error(where, f"{what}: malformed topic '{pattern}': empty topic level")
+                return None
+            if "{" in level or "}" in level:
+                m = re.fullmatch(r"\{([a-z_][a-z0-9_]*)\}", level)
+                if not m:
+                    self.error(where, f"{what}: malformed topic '{pattern}': '{level}' is not a whole-level "
+                                      "token like {name}")
+                    return None
+                name = m.group(1)
+                if name in tokens:
+                    pieces.append(("token", tokens[name].member))
+                elif event_type is not None and event_type.fields_by_name.get(name) is not None:
+                    fd = event_type.fields_by_name[name]
+                    if fd.label == fd.LABEL_REPEATED or (fd.type not in _STRING_TYPES and fd.type not in _INTEGER_TYPES):
+                        self.error(where, f"{what}: token '{{{name}}}' is field {event_type.full_name}.{name}, "
+                                          "which is not a singular string or integer field")
+                        return None
+                    accessor = f"event.{fd.name}()"
+                    is_string = fd.type in _STRING_TYPES
+                    field_tokens.append(FieldToken(name, accessor, is_string))
+                    pieces.append(("field", accessor if is_string else f"std::to_string({accessor})"))
+                else:
+                    known = ", ".join(sorted(tokens)) or "none"
+                    where_field = (f" nor a field of {event_type.full_name}" if event_type is not None else "")
+                    self.error(where, f"{what}: unknown token '{{{name}}}' in topic '{pattern}': not a token of "
+                                      f"service {service_name}{where_field} (declared tokens: {known})")
+                    return None
+            else:
+                pieces.append(("text", level))
+            if i + 1 < len(levels):
+                pieces.append(("text", "/"))
+        return Topic(pattern, self.concat(pieces, filter_mode=True), self.concat(pieces, filter_mode=False),
+                     field_tokens)
+
+    @staticmethod
+    def concat(pieces, filter_mode: bool) -> str:
+        parts: List[str] = []
+        text = ""
+        for kind, value in pieces:
+            if kind == "field" and filter_mode:
+                kind, value = "text", "+"
+            if kind == "text":
+                text += value
+                continue
+            if text:
+                parts.append(cpp_string(text))
+                text = ""
+            parts.append(value)
+        if text:
+            parts.append(cpp_string(text))
+        if len(parts) == 1 and parts[0].startswith('"'):
+            return f"std::string({parts[0]})"
+        return " + ".join(parts)
+
+    def register_topic(self, key: str, description: str, where: str) -> None:
+        if key in self.topics:
+            self.error(where, f"duplicate topic '{key}': {description} uses the topic of {self.topics[key]}")
+        else:
+            self.topics[key] = f"{description} ({where})"
+
+    @staticmethod
+    def topic_key(pattern: str, tokens: Dict[str, Token], defaults: Dict[str, str]) -> str:
+        def sub(m):
+            name = m.group(1)
+            return defaults[name] if name in defaults else "{}"
+        return re.sub(r"\{([a-z_][a-z0-9_]*)\}", sub, pattern)
+
+    # -- services ----------------------------------------------------------------------------------
+
+    def build_service(self, fdp, si: int, loc: _Locator) -> Optional[Service]:
+        sdp = fdp.service[si]
+        spath = (_FILE_SERVICE, si)
+        full_name = f"{fdp.package}.{sdp.name}" if fdp.package else sdp.name
+        opts = self.service_options.FromString(sdp.options.SerializeToString())
+        token_opts = list(opts.Extensions[self.ext_token])
+        event_opts = list(opts.Extensions[self.ext_event])
+        method_opts = [self.method_options.FromString(m.options.SerializeToString()) for m in sdp.method]
+        has_command = [m.HasExtension(self.ext_command) for m in method_opts]
+        if not token_opts and not event_opts and not any(has_command):
+            return None  # not an xymqtt service
+        n_errors = len(self.errors)
+
+        tokens: Dict[str, Token] = {}
+        defaults: Dict[str, str] = {}
+        for i, t in enumerate(token_opts):
+            where = loc.at(spath + (_SERVICE_OPTIONS, self.ext_token.number, i), spath + (_SERVICE_OPTIONS,), spath)
+            if not _IDENTIFIER.match(t.name) or t.name in _CPP_KEYWORDS:
+                self.error(where, f"service {sdp.name}: token name '{t.name}' must be a lower_snake_case C++ identifier")
+                continue
+            if t.name in _RESERVED_TOKENS:
+                self.error(where, f"service {sdp.name}: token name '{t.name}' is reserved by the generated code")
+                continue
+            if t.name in tokens:
+                self.error(where, f"service {sdp.name}: token '{t.name}' declared twice")
+                continue
+            required = not t.HasField("default")
+            if not required:
+                if not t.default or any(c in t.default for c in "/+#\0"):
+                    self.error(where, f"service {sdp.name}: default of token '{t.name}' must be non-empty and free "
+                                      "of '/', '+', '#'")
+                    continue
+                defaults[t.name] = t.default
+            tokens[t.name] = Token(t.name, required, cpp_string(t.default) if not required else "",
+                                   doc_lines(t.doc), t.name + "_")
+
+        events: List[Event] = []
+        names = set()
+        for i, e in enumerate(event_opts):
+            where = loc.at(spath + (_SERVICE_OPTIONS, self.ext_event.number, i), spath + (_SERVICE_OPTIONS,), spath)
+            if not _IDENTIFIER.match(e.name) or e.name in _CPP_KEYWORDS:
+                self.error(where, f"service {sdp.name}: event name '{e.name}' must be a lower_snake_case C++ identifier")
+                continue
+            if e.name in names:
+                self.error(where, f"service {sdp.name}: event '{e.name}' declared twice")
+                continue
+            names.add(e.name)
+            desc, problem = self.resolve_message(e.type, fdp.package, fdp.name)
+            if desc is None:
+                self.error(where, f"event {e.name}: {problem}")
+                continue
+            topic = self.parse_topic(e.topic, where, f"event {e.name}", tokens, sdp.name, desc)
+            if topic is None:
+                continue
+            self.register_topic(self.topic_key(e.topic, tokens, defaults), f"event {e.name} of {full_name}", where)
+            events.append(Event(e.name, camel(e.name), self.cpp_type(desc), desc.full_name, topic, []))
+
+        commands: List[Command] = []
+        for mi, mdp in enumerate(sdp.method):
+            mpath = spath + (_SERVICE_METHOD, mi)
+            where = loc.at(mpath + (_METHOD_OPTIONS, self.ext_command.number), mpath)
+            if not has_command[mi]:
+                self.error(loc.at(mpath), f"method {sdp.name}.{mdp.name} has no (xymqtt.command) option")
+                continue
+            if mdp.client_streaming or mdp.server_streaming:
+                self.error(loc.at(mpath), f"method {sdp.name}.{mdp.name}: streaming methods cannot be commands")
+                continue
+            c = method_opts[mi].Extensions[self.ext_command]
+            name = snake(mdp.name)
+            if name in names or name in _CPP_KEYWORDS:
+                self.error(where, f"command {name}: name clashes with an event or a C++ keyword")
+                continue
+            names.add(name)
+            request, _ = self.resolve_message(mdp.input_type, fdp.package, fdp.name)
+            result, _ = self.resolve_message(mdp.output_type, fdp.package, fdp.name)
+            reject = None
+            if c.reject:
+                reject, problem = self.resolve_message(c.reject, fdp.package, fdp.name)
+                if reject is None:
+                    self.error(where, f"command {name}: reject: {problem}")
+                    continue
+            topic = self.parse_topic(c.topic, where, f"command {name}", tokens, sdp.name)
+            if topic is None:
+                continue
+            if c.group and any(ch in c.group for ch in "/+#\0"):
+                self.error(where, f"command {name}: group '{c.group}' must not contain '/', '+' or '#'")
+                continue
+            key = self.topic_key(c.topic, tokens, defaults)
+            for action in ("invoke", "resolve", "reject", "cancel"):
+                self.register_topic(f"{key}/{action}", f"command {name} of {full_name}", where)
+            commands.append(Command(
+                name=name, camel=mdp.name[:1].upper() + mdp.name[1:],
+                request_cpp=self.cpp_type(request), result_cpp=self.cpp_type(result),
+                request_name=request.full_name, result_name=result.full_name,
+                reject_cpp=self.cpp_type(reject) if reject else None,
+                reject_name=reject.full_name if reject else None,
+                expiry_seconds=c.expiry_seconds,
+                group_literal=cpp_string(c.group) if c.group else None,
+                topic=topic, doc=doc_lines(loc.comments.get(mpath, ""))))
+
+        if len(self.errors) != n_errors:
+            return None
+        token_list = list(tokens.values())
+        return Service(
+            name=sdp.name, snake=snake(sdp.name), full_name=full_name, doc=doc_lines(loc.comments.get(spath, "")),
+            tokens=token_list, required_tokens=[t for t in token_list if t.required],
+            optional_tokens=[t for t in token_list if not t.required], events=events, commands=commands)
+
+    def build_file(self, fdp) -> File:
+        loc = _Locator(fdp)
+        services: List[Service] = []
+        uses_options = OPTIONS_FILE in self.closure(fdp.name) and self.ext_token is not None
+        for si in range(len(fdp.service)):
+            if not uses_options:
+                continue
+            s = self.build_service(fdp, si, loc)
+            if s is not None:
+                services.append(s)
+        base = fdp.name[:-len(".proto")] if fdp.name.endswith(".proto") else fdp.name
+        return File(
+            proto_name=fdp.name, base=base, pb_header=base + ".pb.h", header=base + ".xymqtt.h",
+            source=base + ".xymqtt.cc", mock_header=base + ".xymqtt_mock.h",
+            namespace=fdp.package.split(".") if fdp.package else [], services=services,
+            has_events=any(s.events for s in services), has_commands=any(s.commands for s in services),
+            mocks=self.params.mocks)
+
+
+def build(request, params: Parameters) -> Request:
+    """Builds the model of every file to generate. @raise SchemaError listing every schema error."""
+    builder = _Builder(request, params)
+    by_name = {f.name: f for f in request.proto_file}
+    # options.proto itself only needs protoc's C++ output.
+    files = [builder.build_file(by_name[name]) for name in request.file_to_generate if name != OPTIONS_FILE]
+    if builder.errors:
+        raise SchemaError(builder.errors)
+    return Request(files, params)

@@ -1,0 +1,251 @@
+/// @file loopback.h
+/// An in-memory `xymqtt::transport` for unit tests: no broker, no store, no network.
+///
+/// `loopback` stands in for `xymqtt::client` so that generated stubs and their handlers can be tested
+/// as they are. It behaves like a client connected to a broker that it shares with nobody else:
+/// every message it publishes comes back to its own subscriptions, and a command it serves can be
+/// called through the same object. What it guarantees, and where it differs from the real client:
+///
+///  - publish: the topic is checked first (invalid_topic, synchronously); the message is then
+///    accepted at once, recorded (see published()) and queued for every matching subscription. The
+///    returned future is already ready, even when nothing is subscribed.
+///  - Routing: one delivery per subscribed filter that matches (overlapping filters each get a copy).
+///    `$share/<group>/<filter>` subscriptions: every subscribe call is one member of the group; each
+///    message goes to one member, round robin, and each group gets its own copy. Retained messages
+///    (publish_options::retain) are kept per topic and delivered when a (non-shared) filter is first
+///    subscribed; an empty retained payload clears the topic.
+///  - Lanes: deliveries of one filter run in publish order, one at a time (a shared subscription's
+///    member is a lane of its own). A handler that throws has its message retried, with
+///    `message::attempt` incremented, before any later message of the same lane; other lanes go on.
+///    When a filter has several handlers they run in subscription order; on a retry only those that
+///    have not yet succeeded for the message run again. parse_error moves the message to the dead
+///    letters at once; running out of `retry_policy::max_attempts` (0 = never) does so too. Either way
+///    the lane goes on with the next message.
+///  - Commands follow the wire protocol of the real client (the same encoders are used): invokes,
+///    resolves, rejects and cancels are ordinary published messages, visible in published().
+///    A repeated invoke of a message id that already has an outcome does not run the handler again;
+///    the stored outcome is published again (a cancelled call publishes nothing). An invoke whose
+///    expiry (call_options::expiry) has passed when it is about to run is not executed.
+///  - Nothing is durable: outcomes, dead letters and queued deliveries live as long as the object.
+///
+/// Two ways of running handlers, chosen by options::mode:
+///  - delivery_mode::manual (the default): nothing runs until the test pumps with run_until_idle() or
+///    run_one(), which run handlers on the calling thread. Retries run without waiting for the retry
+///    delay, still in lane order. Call timeouts (call_async) use the loopback's clock, which only moves
+///    with real time and advance_clock(); they fire while pumping. A future returned by call_async is
+///    made ready while pumping, so a test must pump before calling `get()` on it.
+///  - delivery_mode::threaded: background threads deliver as the real client does, each busy lane on a
+///    thread of its own, retries after the retry_policy's delays. wait_idle() waits for quiescence.
+///
+/// Thread safety: every member function may be called from any thread, including from inside
+/// handlers (publishing, subscribing, calling, and in manual mode pumping other lanes).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "xymqtt/client.h"
+#include "xymqtt/message.h"
+#include "xymqtt/transport.h"
+
+namespace xymqtt::testing {
+
+/// How deliveries are run; see the file comment.
+enum class delivery_mode : std::uint8_t {
+    manual,    ///< Only when the test pumps (run_until_idle, run_one), on the pumping thread.
+    threaded,  ///< On background threads, as soon as possible, like xymqtt::client.
+};
+
+/// Where an injected publish failure shows (see loopback::fail_next_publish).
+enum class failure_point : std::uint8_t {
+    future,  ///< The returned future fails (like a broker refusal, broker_error).
+    thrown,  ///< The call throws synchronously (like storage_error: nothing was stored).
+};
+
+/// One accepted publish, as recorded by loopback::published().
+struct published_message {
+    std::string topic;
+    std::string payload;
+    message_properties props;
+    bool retain = false;
+};
+
+/// One message moved to the dead letters.
+struct dead_letter_record {
+    message msg;         ///< The message as last delivered (its attempt is the failed attempt).
+    std::string filter;  ///< The subscription filter of the lane it was delivered on.
+    std::string reason;  ///< The handler's error message.
+    bool undecodable = false;  ///< true for parse_error, false for running out of attempts.
+};
+
+/// Counters since construction.
+struct loopback_stats {
+    std::uint64_t published = 0;     ///< Publishes accepted (user's and the command protocol's).
+    std::uint64_t deliveries = 0;    ///< Delivery attempts run (retries included).
+    std::uint64_t handled = 0;       ///< Deliveries completed successfully.
+    std::uint64_t retries = 0;       ///< Deliveries scheduled for a retry after a handler threw.
+    std::uint64_t dead_letters = 0;  ///< Deliveries moved to the dead letters.
+    std::uint64_t expired = 0;       ///< Invokes not executed because their expiry had passed.
+    std::size_t pending = 0;         ///< Deliveries queued or running now (retries included).
+};
+
+/// The in-memory transport. See the file comment for its semantics.
+class loopback : public transport {
+public:
+    /// Options of the constructor; all have usable defaults.
+    struct options {
+        delivery_mode mode = delivery_mode::manual;
+        /// Retry of a throwing handler, as for xymqtt::client (max_attempts 0 retries forever).
+        /// Delays are honoured in threaded mode only.
+        retry_policy retry;
+        /// Observers. Called: on_packet_send (each accepted publish), on_packet_receive (each publish
+        /// that matches at least one subscription), on_message (before every attempt),
+        /// on_message_retry, on_parse_error, on_dead_letter, on_log. Never called: the connection
+        /// hooks and on_storage_error. Exceptions thrown by hooks are caught and ignored.
+        xymqtt::hooks hooks;
+    };
+
+    /// A loopback with default options (manual mode).
+    loopback();
+    /// @param opts mode, retry policy and hooks.
+    explicit loopback(options opts);
+    /// Stops the background threads (threaded mode), after the handlers that are running return.
+    /// Futures of call_async still pending fail with client_closed.
+    ~loopback() override;
+    loopback(const loopback&) = delete;
+    loopback& operator=(const loopback&) = delete;
+
+    // ---- transport ----------------------------------------------------------------------------
+
+    /// Accepts `payload` for `topic` and queues it for every matching subscription.
+    /// @return a future that is already ready, or fails with the exception given to
+    ///         fail_next_publish(…, failure_point::future).
+    /// @throw invalid_topic if `topic` is not a valid topic name (nothing is recorded or delivered);
+    ///        the exception given to fail_next_publish(…, failure_point::thrown).
+    std::future<void> publish(const std::string& topic, std::string payload, publish_options opts = {}) override;
+
+    /// Adds `handler` for `filter`. The first handler of a (non-shared) filter receives the
+    /// retained messages that match it. Messages published before a filter is subscribed are not
+    /// delivered to it (the loopback keeps no session for absent subscriptions).
+    /// @return an id for unsubscribe.
+    /// @throw invalid_topic for a malformed filter.
+    subscription_id subscribe(const std::string& filter, message_handler handler) override;
+
+    /// Removes one handler (or the two subscriptions of a subscribe_results). Removing the last
+    /// handler of a filter discards that filter's queued deliveries; a handler already running
+    /// finishes. Unknown ids are ignored.
+    void unsubscribe(subscription_id id) override;
+
+    /// Serves `command`: subscribes `<command>/invoke` (or `$share/<group>/<command>/invoke`) and
+    /// `<command>/cancel`. A handler's return value is published to `<command>/resolve`; command_error
+    /// rejects with its status, message and body, parse_error with 400, any other exception with 500
+    /// and its what(), all on `<command>/reject`. An invoke that cannot be decoded (no message id)
+    /// goes to the dead letters.
+    /// @throw invalid_topic if `command` is not a valid topic name or `opts.group` is not a valid
+    ///        group name.
+    /// @throw command_already_registered if `command` is already served by this loopback.
+    void command_register(const std::string& command, command_handler handler, command_options opts = {}) override;
+
+    /// Stops serving `command` and unsubscribes its two topics; a call already running finishes.
+    /// Unknown commands are ignored.
+    void command_unregister(const std::string& command) override;
+
+    /// Subscribes `<command>/resolve` and `<command>/reject` for `handler`. Results whose message id
+    /// was not produced by call() or call_async() of this loopback are ignored; each message id is
+    /// handed to `handler` once (a repeated result is dropped), retried while `handler` throws.
+    /// @throw invalid_topic if `command` is not a valid topic name.
+    subscription_id subscribe_results(const std::string& command, result_handler handler) override;
+
+    /// Publishes an invoke of `command` (encoded as `opts.format` says) with a new message id.
+    /// @return the call's handle; its cancel() publishes `<command>/cancel` (once, however often it
+    ///         is called; harmless after the loopback is destroyed).
+    /// @throw call_with_no_subscription unless results of `command` are subscribed: subscribe_results,
+    ///        or subscribe calls whose filters match `<command>/resolve` and `<command>/reject`.
+    /// @throw parse_error if the format is JSON and `body` is not a JSON object (empty means `{}`).
+    /// @throw invalid_topic if `command` is not a valid topic name.
+    /// @throw the exception given to fail_next_publish (either failure point); nothing is published.
+    call_handle call(const std::string& command, std::string body, call_options opts = {}) override;
+
+    /// Like call() without needing a subscription; the future gets the call's first resolve or
+    /// reject. In manual mode the future becomes ready only while the test pumps.
+    /// @param timeout if set, when it runs out (on the loopback's clock, see advance_clock) before a
+    ///        result arrives, the future fails with timeout_error and a cancel is published.
+    /// @throw as call() does, except call_with_no_subscription; an injected failure with
+    ///        failure_point::future fails the future instead of throwing.
+    pending_call call_async(const std::string& command, std::string body, call_options opts = {},
+                            std::optional<std::chrono::milliseconds> timeout = std::nullopt) override;
+
+    // ---- pumping (manual mode) ----------------------------------------------------------------
+
+    /// Runs queued deliveries on the calling thread until none can run, retries included (without
+    /// waiting for their delays). Fires call_async timeouts that are due. Lanes are interleaved in
+    /// publish order; a retry goes behind the deliveries already waiting in other lanes.
+    /// @param max_deliveries stop after this many deliveries (a handler that always throws, with
+    ///        retry_policy::max_attempts 0, would otherwise never let the loopback become idle).
+    /// @return the number of deliveries run.
+    /// @throw std::logic_error in threaded mode.
+    std::size_t run_until_idle(std::size_t max_deliveries = 100000);
+
+    /// Runs the next delivery, if any (the one run_until_idle would run first).
+    /// @return true if a delivery ran. @throw std::logic_error in threaded mode.
+    bool run_one();
+
+    /// Runs the next delivery of the lane subscribed with exactly `filter` (for a shared filter, of
+    /// the first member lane that has one); lets a test choose an interleaving, e.g. a cancel that
+    /// overtakes its invoke.
+    /// @return true if a delivery ran. @throw std::logic_error in threaded mode.
+    bool run_one(const std::string& filter);
+
+    // ---- threaded mode ------------------------------------------------------------------------
+
+    /// Waits until no delivery is queued or running (a lane waiting for a retry is not idle). In
+    /// manual mode: run_until_idle(), then reports whether the loopback is idle. Must not be called
+    /// from a handler in threaded mode (its own delivery keeps the loopback busy).
+    /// @return false on timeout.
+    bool wait_idle(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+    // ---- clock --------------------------------------------------------------------------------
+
+    /// Moves the loopback's clock forward by `d` (it otherwise follows the real clock). Used for
+    /// invoke expiry, `message::received_at_ms`, call_async timeouts and, in threaded mode, retry
+    /// delays.
+    void advance_clock(std::chrono::milliseconds d);
+
+    // ---- inspection and fault injection -------------------------------------------------------
+
+    /// @return every accepted publish, in order (the command protocol's included).
+    std::vector<published_message> published() const;
+    /// @return the accepted publishes to `topic`, in order.
+    std::vector<published_message> published(const std::string& topic) const;
+    /// Forgets the record of accepted publishes (delivery is not affected).
+    void clear_published();
+    /// @return the dead letters, oldest first.
+    std::vector<dead_letter_record> dead_letters() const;
+    /// Forgets the dead letters.
+    void clear_dead_letters();
+    /// @return the filters subscribed now (internal command subscriptions included), each once, in
+    ///         the order they were first subscribed.
+    std::vector<std::string> subscribed_filters() const;
+    /// @return the counters.
+    loopback_stats stats() const;
+
+    /// Makes the next publish, call or call_async fail with `error` instead of being accepted (nothing
+    /// is recorded or delivered). Several calls queue several failures, used in order. Publishes of
+    /// the command protocol made by the loopback itself (resolve, reject, cancel) are not affected.
+    /// @param error e.g. `std::make_exception_ptr(xymqtt::broker_error("not authorized", 0x87))`.
+    /// @param where whether the returned future fails or the call throws; call() always throws.
+    void fail_next_publish(std::exception_ptr error, failure_point where = failure_point::future);
+
+    class impl;
+
+private:
+    std::shared_ptr<impl> impl_;
+};
+
+}  // namespace xymqtt::testing

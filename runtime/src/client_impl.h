@@ -1,0 +1,205 @@
+// The client's machinery: connection, outbox, inbox lanes, and (commands.cpp) the command protocol.
+#pragma once
+
+#include <mqtt/async_client.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "committer.h"
+#include "paho_persistence.h"
+#include "xymqtt/client.h"
+
+namespace xymqtt {
+
+/// What a lane handler wants done together with the removal of its delivery from the inbox.
+struct effects {
+    std::vector<write_op> ops;                                             ///< Committed atomically with it.
+    std::vector<std::pair<std::uint64_t, std::shared_ptr<stored_message>>> publishes;  ///< Outbox puts to send.
+    std::vector<std::function<void()>> after_commit;                       ///< Run once committed.
+};
+
+/// A handler inside the runtime: the user's handlers and the command protocol's.
+using lane_handler = std::function<void(const message&, effects&)>;
+
+class client::impl {
+public:
+    explicit impl(client_options opts);
+    ~impl();
+
+    // connection
+    void connect();
+    bool wait_connected(std::chrono::milliseconds timeout);
+    bool is_connected() const;
+    void close();
+
+    // events
+    std::future<void> publish(const std::string& topic, std::string payload, publish_options opts);
+    subscription_id add_handler(const std::string& filter, lane_handler handler);
+    void remove_handler(subscription_id id);
+    void remove_filter(const std::string& filter);
+    bool remove_result_handler(subscription_id id);
+
+    // commands (commands.cpp)
+    void command_register(const std::string& command, command_handler handler, command_options opts);
+    void command_unregister(const std::string& command);
+    subscription_id subscribe_results(const std::string& command, result_handler handler);
+    call_handle call(const std::string& command, std::string body, call_options opts);
+    pending_call call_async(const std::string& command, std::string body, call_options opts,
+                            std::optional<std::chrono::milliseconds> timeout);
+
+    // inspection
+    std::vector<dead_letter> dead_letters() const;
+    bool replay_dead_letter(const std::string& id);
+    bool purge_dead_letter(const std::string& id);
+    bool wait_outbox_empty(std::chrono::milliseconds timeout);
+    bool wait_inbox_empty(std::chrono::milliseconds timeout);
+    client_stats stats() const;
+
+    client_options opts_;
+
+private:
+    struct lane {
+        std::string filter;
+        std::map<subscription_id, lane_handler> handlers;
+        std::map<std::string, stored_message> queue;  // inbox id -> record, in arrival order
+        std::string head_id;                          // delivery in progress, and the handlers done for it
+        std::set<subscription_id> head_done;
+        std::condition_variable cv;
+        bool stopping = false;
+        std::thread thread;
+    };
+    struct command_entry {
+        subscription_id invoke_sub = 0, cancel_sub = 0;
+    };
+    class call_ctx;
+
+    // -- helpers
+    void log(log_level level, const std::string& text) const;
+    template <class F, class... A>
+    void fire(const F& hook, A&&... args) const;
+    std::int64_t now_ms() const;
+    void require_open() const;
+
+    // -- connection
+    void connection_loop();
+    void on_connected(bool session_present);
+    void on_connection_lost(const std::string& cause);
+    void subscribe_at_broker(const std::string& filter);
+    void unsubscribe_at_broker(const std::string& filter);
+
+    // -- outbox
+    struct stored_publish {
+        std::uint64_t seq;
+        std::shared_ptr<stored_message> msg;
+        write_op op;
+    };
+    stored_publish make_publish(const std::string& topic, std::string payload, message_properties props,
+                                bool retain, const std::string& kind);
+    std::future<void> submit_publish(stored_publish pub);
+    void commit_publishes(std::vector<write_op> ops, std::vector<stored_publish> pubs);
+    void on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg);
+    void sender_loop();
+    void on_delivered(std::uint64_t seq, int reason_code);
+    void on_send_failed(std::uint64_t seq, int rc, int reason_code);
+    void refuse(std::uint64_t seq, int reason_code);
+    std::shared_ptr<mqtt::message> to_paho(const stored_message& m) const;
+
+    // -- inbox
+    void on_arrived(mqtt::const_message_ptr msg);
+    void commit_until_stored(const std::vector<write_op>& ops);
+    void lane_loop(lane* l);
+    void process(lane* l, const std::string& id, stored_message rec,
+                 std::vector<std::pair<subscription_id, lane_handler>> handlers);
+    void dead_letter_record(const std::string& id, stored_message rec, const std::string& reason, bool parse);
+    lane* find_lane(const std::string& filter);
+    void adopt_parked(lane* l);
+    void route(const std::string& id, stored_message rec);
+
+    // -- commands (commands.cpp)
+    void serve_invoke(const std::string& command, const command_handler& handler, const message& m, effects& fx);
+    void serve_cancel(const std::string& command, const message& m, effects& fx);
+    void handle_result(const std::string& command, bool rejected, const message& m, effects& fx);
+    void ensure_results_lane(const std::string& command);
+    bool has_result_subscription(const std::string& command) const;
+    std::string start_call(const std::string& command, std::string body, const call_options& opts);
+    void cancel_call(const std::string& command, const std::string& message_id, wire_format format);
+    void timer_loop();
+    void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn);
+    void purge_expired_results();
+
+    // -- state
+    std::shared_ptr<store> store_;
+    std::unique_ptr<detail::paho_persistence> persistence_;
+    std::unique_ptr<detail::committer> committer_;
+    std::unique_ptr<mqtt::async_client> cli_;
+    mqtt::connect_options conn_opts_;
+    std::string host_;
+    int port_ = 0;
+
+    mutable std::mutex mu_;
+    std::condition_variable state_cv_;  // connection state, outbox/inbox counts
+    std::condition_variable send_cv_;
+    std::condition_variable conn_cv_;
+    bool want_connect_ = false;
+    bool connected_ = false;
+    bool ever_connected_ = false;
+    std::atomic<bool> closing_{false};
+    bool closed_ = false;
+    std::string last_error_;
+
+    std::atomic<std::uint64_t> next_seq_{1};
+    std::mutex seq_mu_;  // keeps outbox commits in sequence order
+
+    // outbox
+    std::map<std::uint64_t, std::shared_ptr<std::promise<void>>> promises_;
+    std::map<std::uint64_t, std::shared_ptr<stored_message>> ready_;    // stored, in memory, not yet sent
+    std::deque<std::uint64_t> backlog_;                                 // stored, only on disk
+    std::map<std::uint64_t, std::shared_ptr<stored_message>> requeue_;  // sent, failed, to send again
+    std::map<std::uint64_t, std::shared_ptr<stored_message>> inflight_; // handed to Paho
+    bool send_blocked_ = false;
+    std::size_t outbox_count_ = 0;
+
+    // inbox
+    std::map<std::string, std::unique_ptr<lane>> lanes_;  // by filter
+    std::vector<std::unique_ptr<lane>> retired_;
+    std::map<std::string, stored_message> parked_;         // inbox records with no active lane
+    std::unordered_map<subscription_id, std::string> sub_filter_;
+    std::unordered_map<std::uint16_t, std::uint64_t> seen_;
+    std::size_t inbox_count_ = 0;
+    subscription_id next_sub_ = 1;
+
+    // commands
+    std::map<std::string, command_entry> commands_;
+    std::map<std::string, std::map<subscription_id, result_handler>> result_handlers_;
+    std::map<std::string, std::pair<subscription_id, subscription_id>> result_lanes_;
+    std::map<std::string, std::shared_ptr<std::promise<command_result>>> awaiting_;
+    mutable std::mutex results_mu_;
+    std::map<std::string, std::shared_ptr<call_ctx>> running_;
+    std::set<std::string> finalizing_;
+
+    // timers
+    std::mutex timer_mu_;
+    std::condition_variable timer_cv_;
+    std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> timers_;
+
+    // counters
+    std::atomic<std::uint64_t> published_{0}, delivered_{0}, handled_{0}, duplicates_{0}, retries_{0};
+    std::size_t dead_count_ = 0;
+
+    std::shared_ptr<std::atomic<bool>> alive_ = std::make_shared<std::atomic<bool>>(true);
+
+    class listener;
+    std::unique_ptr<listener> listener_;
+    std::thread conn_thread_, sender_thread_, timer_thread_;
+};
+
+}  // namespace xymqtt

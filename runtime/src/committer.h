@@ -1,0 +1,48 @@
+// Group commit: one writer thread turns every batch queued while the previous commit was syncing into
+// a single transaction, so N concurrent writers pay for one fsync instead of N.
+#pragma once
+
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "xymqtt/store.h"
+
+namespace xymqtt::detail {
+
+class committer {
+public:
+    /// Called on the writer thread once the batch is durable (nullptr) or has failed.
+    using done_fn = std::function<void(std::exception_ptr)>;
+
+    explicit committer(store& s);
+    ~committer();
+    committer(const committer&) = delete;
+    committer& operator=(const committer&) = delete;
+
+    /// Queues `ops`; `done` runs on the writer thread after the commit. Batches commit in FIFO order.
+    void submit(std::vector<write_op> ops, done_fn done);
+    /// Queues `ops` and waits until they are durable. @throw what the store threw.
+    void commit(std::vector<write_op> ops);
+    /// Commits what is queued, then stops the writer thread. Later submissions fail with client_closed.
+    void stop();
+
+private:
+    struct job {
+        std::vector<write_op> ops;
+        done_fn done;
+    };
+    void run();
+
+    store& store_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::vector<job> queue_;
+    bool stopping_ = false;
+    std::thread thread_;
+};
+
+}  // namespace xymqtt::detail

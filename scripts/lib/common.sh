@@ -1,0 +1,105 @@
+# shellcheck shell=bash
+# Shared set-up for scripts/test, scripts/demo and scripts/broker:
+# Debian packages, the CMake build and the JavaScript interop dependencies.
+# Source it; it defines functions and XYMQTT_ROOT, and runs nothing.
+
+XYMQTT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+# The Debian 12 packages the project needs: THE list (README and CI rely on it).
+XYMQTT_APT_PACKAGES=(
+  build-essential cmake pkg-config
+  libpaho-mqttpp-dev libpaho-mqtt-dev
+  liblmdb-dev lmdb-utils libsqlite3-dev sqlite3
+  protobuf-compiler libprotobuf-dev
+  python3 python3-protobuf python3-jinja2 python3-yaml
+  catch2 libtrompeloeil-cpp-dev nlohmann-json3-dev libcli11-dev
+  mosquitto mosquitto-clients openssl
+)
+# Only when no `node` is on PATH (a Node.js installed outside apt is fine).
+XYMQTT_APT_NODE_PACKAGES=(nodejs npm)
+
+xymqtt_log() { printf '==> %s\n' "$*" >&2; }
+xymqtt_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Runs a command as root: directly when we are root, else through sudo.
+xymqtt_as_root() {
+  if [[ ${EUID} -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    xymqtt_die "need root to run: $* (install sudo, or run as root)"
+  fi
+}
+
+# Prints the packages of "$@" that are not installed, one per line.
+xymqtt_missing_packages() {
+  local status
+  status="$(dpkg-query -W -f='${Package} ${Status}\n' "$@" 2>/dev/null || true)"
+  local pkg
+  for pkg in "$@"; do
+    grep -qx "${pkg} install ok installed" <<<"${status}" || printf '%s\n' "${pkg}"
+  done
+}
+
+# Installs the missing Debian packages; `apt-get update` only when one is missing.
+xymqtt_ensure_packages() {
+  command -v dpkg-query >/dev/null 2>&1 \
+    || xymqtt_die "dpkg-query not found: these scripts set up Debian 12 (see README for the package list)"
+  local wanted=("${XYMQTT_APT_PACKAGES[@]}")
+  command -v node >/dev/null 2>&1 || wanted+=("${XYMQTT_APT_NODE_PACKAGES[@]}")
+  local missing
+  mapfile -t missing < <(xymqtt_missing_packages "${wanted[@]}")
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  xymqtt_log "installing Debian packages: ${missing[*]}"
+  xymqtt_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  xymqtt_as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}"
+}
+
+# The build directory: build/ (Release by default), or build-asan/ with
+# XYMQTT_SANITIZE=1 (AddressSanitizer + UBSan, RelWithDebInfo by default).
+# CMAKE_BUILD_TYPE applies when the directory is configured the first time.
+xymqtt_build_dir() {
+  if [[ ${XYMQTT_SANITIZE:-0} == 1 ]]; then
+    printf '%s\n' "${XYMQTT_ROOT}/build-asan"
+  else
+    printf '%s\n' "${XYMQTT_ROOT}/build"
+  fi
+}
+
+# Configures (only when the build directory has no cache yet) and builds.
+xymqtt_build() {
+  local dir
+  dir="$(xymqtt_build_dir)"
+  if [[ ! -f "${dir}/CMakeCache.txt" ]]; then
+    local args=(-DCMAKE_BUILD_TYPE="${CMAKE_BUILD_TYPE:-Release}")
+    if [[ ${XYMQTT_SANITIZE:-0} == 1 ]]; then
+      args=(-DCMAKE_BUILD_TYPE="${CMAKE_BUILD_TYPE:-RelWithDebInfo}" -DXYMQTT_SANITIZE=ON)
+    fi
+    xymqtt_log "configuring ${dir#"${XYMQTT_ROOT}"/}"
+    cmake -S "${XYMQTT_ROOT}" -B "${dir}" "${args[@]}"
+  fi
+  xymqtt_log "building ${dir#"${XYMQTT_ROOT}"/}"
+  cmake --build "${dir}" --parallel "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+}
+
+# Installs tests/interop's npm dependencies when that folder exists and its
+# node_modules is missing or older than package.json / package-lock.json.
+xymqtt_ensure_interop_deps() {
+  local dir="${XYMQTT_ROOT}/tests/interop"
+  [[ -f "${dir}/package.json" ]] || return 0
+  local stamp="${dir}/node_modules/.xymqtt-installed"
+  if [[ -f "${stamp}" && ! "${dir}/package.json" -nt "${stamp}" \
+        && ! ( -f "${dir}/package-lock.json" && "${dir}/package-lock.json" -nt "${stamp}" ) ]]; then
+    return 0
+  fi
+  command -v npm >/dev/null 2>&1 || xymqtt_die "npm not found (needed by tests/interop)"
+  xymqtt_log "installing npm dependencies of tests/interop"
+  if [[ -f "${dir}/package-lock.json" ]]; then
+    npm ci --prefix "${dir}" --no-audit --no-fund --loglevel=error
+  else
+    npm install --prefix "${dir}" --no-audit --no-fund --loglevel=error
+  fi
+  touch "${stamp}"
+}

@@ -1,0 +1,2 @@
+#include <catch2/catch.hpp>
+#include "xymqtt/testing/loopback.h"
