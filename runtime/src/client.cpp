@@ -185,6 +185,7 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     });
     dead_count_ = store_->count(table::dead_letters);
 
+    detail::paho_persistence::purge_outbound(store_->paho());
     persistence_ = std::make_unique<detail::paho_persistence>(
         store_->paho(), opts_.mqtt_version == 4 && opts_.durability == durability::fsync,
         [this](const std::string& e) {
@@ -196,7 +197,8 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     co.set_send_while_disconnected(false);  // the outbox holds what waits, on disk
     cli_ = std::make_unique<mqtt::async_client>(opts_.server_uri, opts_.client_id, co, persistence_.get());
 
-    auto b = mqtt::connect_options_builder();
+    conn_builder_ = std::make_unique<mqtt::connect_options_builder>();
+    auto& b = *conn_builder_;
     if (opts_.mqtt_version == 5) {
         b.mqtt_version(MQTTVERSION_5);
         b.clean_start(false);
@@ -224,7 +226,6 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
         sb.verify(t.verify_host);
         b.ssl(sb.finalize());
     }
-    conn_opts_ = b.finalize();
 
     listener_ = std::make_unique<listener>(*this);
     cli_->set_message_callback([this](mqtt::const_message_ptr m) { on_arrived(std::move(m)); });
@@ -301,7 +302,10 @@ void client::impl::connection_loop() {
         bool ok = false;
         bool session_present = false;
         try {
-            auto tok = cli_->connect(conn_opts_);
+            // A fresh copy from the builder each time: a connect_options copied from one that is gone
+            // keeps pointing at the old MQTT 5 properties (Paho C++ 1.2), silently dropping the session
+            // expiry, and with it the session at every disconnect.
+            auto tok = cli_->connect(conn_builder_->finalize());
             if (!tok->wait_for(opts_.connect_timeout + std::chrono::seconds(2)))
                 throw mqtt::exception(MQTTASYNC_FAILURE, "connect timed out");
             session_present = tok->get_connect_response().is_session_present();

@@ -141,7 +141,7 @@ private:
     std::unique_ptr<detail::paho_persistence> persistence_;
     std::unique_ptr<detail::committer> committer_;
     std::unique_ptr<mqtt::async_client> cli_;
-    mqtt::connect_options conn_opts_;
+    std::unique_ptr<mqtt::connect_options_builder> conn_builder_;
     std::string host_;
     int port_ = 0;
 

@@ -8,8 +8,15 @@ paho_persistence::paho_persistence(paho_records& records, bool sync_inbound,
                                    std::function<void(const std::string&)> on_error)
     : records_(records), sync_inbound_(sync_inbound), on_error_(std::move(on_error)) {}
 
-bool paho_persistence::is_inbound(const std::string& key) {
-    return key.rfind("r-", 0) == 0 || key.rfind("r5-", 0) == 0;
+bool paho_persistence::is_outbound(const std::string& key) {
+    for (const char* p : {"s-", "sc-", "c-", "s5-", "sc5-", "c5-"})
+        if (key.rfind(p, 0) == 0) return true;
+    return false;
+}
+
+void paho_persistence::purge_outbound(paho_records& records) {
+    for (const auto& k : records.keys())
+        if (is_outbound(k)) records.remove(k);
 }
 
 template <class F>
@@ -30,24 +37,22 @@ void paho_persistence::clear() {
 }
 
 bool paho_persistence::contains_key(const mqtt::string& key) {
-    if (!is_inbound(key)) return false;
     return guarded("contains", key, [&] { return records_.get(key).has_value(); });
 }
 
 mqtt::string_collection paho_persistence::keys() const {
     return guarded("keys", "", [&] {
         mqtt::string_collection out;
-        for (const auto& k : records_.keys())
-            if (is_inbound(k)) out.push_back(k);
+        for (const auto& k : records_.keys()) out.push_back(k);
         return out;
     });
 }
 
 void paho_persistence::put(const mqtt::string& key, const std::vector<mqtt::string_view>& bufs) {
-    if (!is_inbound(key)) return;
     std::string value;
     for (const auto& b : bufs) value.append(b.data(), b.size());
-    guarded("put", key, [&] { records_.put(key, value, sync_inbound_); });
+    const bool inbound = key.rfind("r-", 0) == 0 || key.rfind("r5-", 0) == 0;
+    guarded("put", key, [&] { records_.put(key, value, sync_inbound_ && inbound); });
 }
 
 mqtt::string paho_persistence::get(const mqtt::string& key) const {
@@ -58,7 +63,6 @@ mqtt::string paho_persistence::get(const mqtt::string& key) const {
 }
 
 void paho_persistence::remove(const mqtt::string& key) {
-    if (!is_inbound(key)) return;
     guarded("remove", key, [&] { records_.remove(key); });
 }
 

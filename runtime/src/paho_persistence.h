@@ -10,11 +10,11 @@
 
 namespace xymqtt::detail {
 
-/// Keeps Paho's inbound QoS 2 records (`r-`, `r5-`) in the store's paho area, so that after a crash Paho
-/// knows which QoS 2 messages it already received and answers the broker's resends without delivering
-/// them twice. Outbound records (`s-`, `sc-`, `c-`, `q-` and their v5 forms) are not kept: the outbox is
-/// the source of truth for outgoing messages and re-sends them after a restart; keeping Paho's copy
-/// too would send them twice.
+/// Keeps Paho's records in the store's paho area, so that after a crash Paho knows which QoS 2 messages
+/// it already received (`r-`, `r5-`) and answers the broker's resends without delivering them twice.
+/// Outbound records (`s-`, `sc-`, `c-` and their v5 forms) are dropped when the client starts
+/// (purge_outbound): the outbox is the source of truth for outgoing messages and re-sends them after a
+/// restart; letting Paho resend its copy too would send them twice.
 ///
 /// Paho ignores many persistence errors (a full store silently makes it non-persistent), so every
 /// failure is also reported through `on_error` before it is returned to Paho.
@@ -33,8 +33,10 @@ public:
     mqtt::string get(const mqtt::string& key) const override;
     void remove(const mqtt::string& key) override;
 
-    /// @return true for the keys this class keeps.
-    static bool is_inbound(const std::string& key);
+    /// @return true for the records of outgoing messages and commands.
+    static bool is_outbound(const std::string& key);
+    /// Removes Paho's outbound records; call before Paho restores its state.
+    static void purge_outbound(paho_records& records);
 
 private:
     template <class F>

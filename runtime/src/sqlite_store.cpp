@@ -179,8 +179,6 @@ public:
         del_ = db_.prepare("DELETE FROM paho_record WHERE key=?1");
         keys_ = db_.prepare("SELECT key FROM paho_record ORDER BY key");
         clear_ = db_.prepare("DELETE FROM paho_record");
-        sync_on_ = db_.prepare("PRAGMA synchronous=FULL");
-        sync_off_ = db_.prepare("PRAGMA synchronous=NORMAL");
     }
 
     void put(const std::string& key, const std::string& value, bool sync) override {
@@ -188,16 +186,18 @@ public:
         // A synced put commits with synchronous=FULL, which fsyncs the WAL holding it (and every
         // record before it). The rest of the time NORMAL: no sync per commit, but checkpoints
         // sync, so an earlier synced record is never lost to a WAL reset.
-        if (sync) db_.run("paho put", sync_on_);
+        // (PRAGMA synchronous takes effect when prepared, not when stepped: hence exec, not a
+        // cached statement.)
+        if (sync) db_.exec("paho put", "PRAGMA synchronous=FULL");
         try {
             db_.bind_text("paho put", put_, 1, key);
             db_.bind_blob("paho put", put_, 2, value);
             db_.run("paho put", put_);
         } catch (...) {
-            if (sync) db_.run("paho put", sync_off_);
+            if (sync) db_.exec("paho put", "PRAGMA synchronous=NORMAL");
             throw;
         }
-        if (sync) db_.run("paho put", sync_off_);
+        if (sync) db_.exec("paho put", "PRAGMA synchronous=NORMAL");
     }
 
     std::optional<std::string> get(const std::string& key) const override {
@@ -255,8 +255,6 @@ private:
     sqlite3_stmt* del_ = nullptr;
     sqlite3_stmt* keys_ = nullptr;
     sqlite3_stmt* clear_ = nullptr;
-    sqlite3_stmt* sync_on_ = nullptr;
-    sqlite3_stmt* sync_off_ = nullptr;
 };
 
 class sqlite_store final : public store {

@@ -53,6 +53,8 @@ decoded_invoke decode_invoke(const std::string& payload, const message_propertie
         if (props.correlation_data.empty())
             throw undecodable_invoke("binary invoke without correlation data (message id)", "", d.format);
         d.message_id = props.correlation_data;
+        if (d.message_id.size() > max_message_id)
+            throw undecodable_invoke("correlation data is longer than " + std::to_string(max_message_id) + " bytes", "", d.format);
         d.body = payload;
         return d;
     }
@@ -62,6 +64,8 @@ decoded_invoke decode_invoke(const std::string& payload, const message_propertie
     if (it == j.end() || !it->is_string() || it->get<std::string>().empty())
         throw undecodable_invoke("invoke has no string messageId", "", d.format);
     d.message_id = it->get<std::string>();
+    if (d.message_id.size() > max_message_id)
+        throw undecodable_invoke("messageId is longer than " + std::to_string(max_message_id) + " bytes", "", d.format);
     d.body = payload;
     return d;
 }

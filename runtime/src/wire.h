@@ -13,6 +13,9 @@ namespace xymqtt::wire {
 inline constexpr const char* content_type_json = "application/json";
 inline constexpr const char* content_type_protobuf = "application/x-protobuf";
 
+/// Longest message id accepted from a caller: ids are store keys (LMDB keys are at most 511 bytes).
+inline constexpr std::size_t max_message_id = 256;
+
 /// The four topics of a command.
 inline std::string invoke_topic(const std::string& command) { return command + "/invoke"; }
 inline std::string resolve_topic(const std::string& command) { return command + "/resolve"; }

@@ -57,7 +57,7 @@ xymqtt_broker_start() {
   local extra="${XYMQTT_BROKER_EXTRA_CONFIG:-}"
   command -v mosquitto >/dev/null 2>&1 || PATH="${PATH}:/usr/sbin"
   command -v mosquitto >/dev/null 2>&1 || { printf 'error: mosquitto not found\n' >&2; return 1; }
-  XYMQTT_BROKER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/xymqtt-broker.XXXXXX")"
+  XYMQTT_BROKER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/xymqtt-script-broker.XXXXXX")"
   mkdir -p "${XYMQTT_BROKER_DIR}/data" "${XYMQTT_BROKER_DIR}/log"
   XYMQTT_BROKER_LOG="${XYMQTT_BROKER_DIR}/log/mosquitto.log"
   for _ in 1 2 3; do
@@ -113,7 +113,7 @@ xymqtt_broker_stop() {
   local errors
   errors="$(grep -h 'Error' "${XYMQTT_BROKER_LOG}" "${XYMQTT_BROKER_DIR}/stdout.log" 2>/dev/null | sort -u || true)"
   if [[ -n "${errors}" ]]; then
-    printf 'error: the test broker logged errors (log kept in %s):\n%s\n' "${XYMQTT_BROKER_DIR}" "${errors}" >&2
+    printf 'error: the broker logged errors (log kept in %s):\n%s\n' "${XYMQTT_BROKER_DIR}" "${errors}" >&2
     status=1
   elif [[ ${XYMQTT_KEEP_BROKER_DIR:-0} != 1 ]]; then
     rm -rf "${XYMQTT_BROKER_DIR}"

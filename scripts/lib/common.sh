@@ -68,11 +68,12 @@ xymqtt_build_dir() {
   fi
 }
 
-# Configures (only when the build directory has no cache yet) and builds.
+# Configures (only when the build directory is not configured yet, or its
+# last configure failed before generating) and builds incrementally.
 xymqtt_build() {
   local dir
   dir="$(xymqtt_build_dir)"
-  if [[ ! -f "${dir}/CMakeCache.txt" ]]; then
+  if [[ ! -f "${dir}/CMakeCache.txt" || ! ( -f "${dir}/Makefile" || -f "${dir}/build.ninja" ) ]]; then
     local args=(-DCMAKE_BUILD_TYPE="${CMAKE_BUILD_TYPE:-Release}")
     if [[ ${XYMQTT_SANITIZE:-0} == 1 ]]; then
       args=(-DCMAKE_BUILD_TYPE="${CMAKE_BUILD_TYPE:-RelWithDebInfo}" -DXYMQTT_SANITIZE=ON)
@@ -101,5 +102,6 @@ xymqtt_ensure_interop_deps() {
   else
     npm install --prefix "${dir}" --no-audit --no-fund --loglevel=error
   fi
+  mkdir -p "${dir}/node_modules"
   touch "${stamp}"
 }

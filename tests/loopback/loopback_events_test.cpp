@@ -122,7 +122,7 @@ TEST_CASE("loopback manual mode: nothing runs until the test pumps", "[loopback]
     }
 }
 
-TEST_CASE("loopback threaded mode: delivers without pumping; pumping is refused", "[loopback][events][threaded]") {
+TEST_CASE("loopback threaded mode: delivers without pumping, pumping is refused", "[loopback][events][threaded]") {
     loopback lb(options_for(delivery_mode::threaded));
     recorder<message> got;
     lb.subscribe("t", [&](const message& m) { got.add(m); });
@@ -163,7 +163,7 @@ TEST_CASE("loopback subscribe: several handlers per filter, unsubscribe", "[loop
     CHECK(lb.published().size() == 3);  // accepted even with nobody subscribed
 }
 
-TEST_CASE("loopback unsubscribe: the last handler of a filter discards its queued deliveries",
+TEST_CASE("loopback unsubscribe: the last handler of a filter parks its queued deliveries",
           "[loopback][events][manual]") {
     loopback lb;
     recorder<std::string> got;
@@ -174,9 +174,27 @@ TEST_CASE("loopback unsubscribe: the last handler of a filter discards its queue
     lb.unsubscribe(id);
     CHECK(lb.stats().pending == 0);
     CHECK(lb.run_until_idle() == 0);
-    lb.subscribe("t", [&](const message& m) { got.add(m.payload); });  // a new subscription: no session
-    CHECK(lb.run_until_idle() == 0);
-    CHECK(got.size() == 0);
+    lb.publish("t", "not subscribed: never delivered");
+    lb.subscribe("t", [&](const message& m) { got.add("again:" + m.payload); });  // adopts the parked ones
+    lb.publish("t", "3");
+    CHECK(lb.run_until_idle() == 3);
+    CHECK(got.items() == std::vector<std::string>{"again:1", "again:2", "again:3"});
+}
+
+TEST_CASE("loopback unsubscribe(filter) removes every handler of the filter", "[loopback][events]") {
+    const auto mode = GENERATE(delivery_mode::manual, delivery_mode::threaded);
+    INFO(mode_name(mode));
+    loopback lb(options_for(mode));
+    recorder<std::string> got;
+    lb.subscribe("t", [&](const message& m) { got.add("1" + m.payload); });
+    lb.subscribe("t", [&](const message& m) { got.add("2" + m.payload); });
+    lb.subscribe("u", [&](const message& m) { got.add("u" + m.payload); });
+    lb.unsubscribe(std::string("t"));
+    CHECK(lb.subscribed_filters() == std::vector<std::string>{"u"});
+    lb.publish("t", "x");
+    lb.publish("u", "x");
+    settle(lb);
+    CHECK(got.items() == std::vector<std::string>{"ux"});
 }
 
 TEST_CASE("loopback shared subscriptions: one member per message, round robin", "[loopback][events]") {
@@ -275,20 +293,24 @@ TEST_CASE("loopback retry: manual mode interleaves a retry behind other lanes", 
     CHECK(order.items() == std::vector<std::string>{"a1@1", "b1", "b2", "a1@2", "a2@1"});
 }
 
-TEST_CASE("loopback retry: only the handlers that failed run again", "[loopback][events]") {
+TEST_CASE("loopback retry: a throwing handler ends the attempt, handlers that succeeded do not run again",
+          "[loopback][events]") {
     const auto mode = GENERATE(delivery_mode::manual, delivery_mode::threaded);
     INFO(mode_name(mode));
     loopback lb(options_for(mode));
-    std::atomic<int> h1{0}, h2{0};
-    lb.subscribe("t", [&](const message&) { ++h1; });
+    recorder<std::string> runs;
     lb.subscribe("t", [&](const message& m) {
-        ++h2;
-        if (m.attempt < 3) throw std::runtime_error("again");
+        runs.add("A" + std::to_string(m.attempt));
+        if (m.attempt == 1) throw std::runtime_error("A fails once");
     });
+    lb.subscribe("t", [&](const message& m) {
+        runs.add("B" + std::to_string(m.attempt));
+        if (m.attempt == 2) throw std::runtime_error("B fails once");
+    });
+    lb.subscribe("t", [&](const message& m) { runs.add("C" + std::to_string(m.attempt)); });
     lb.publish("t", "x");
     settle(lb);
-    CHECK(h1 == 1);
-    CHECK(h2 == 3);
+    CHECK(runs.items() == std::vector<std::string>{"A1", "A2", "B2", "B3", "C3"});
     CHECK(lb.stats().retries == 2);
     CHECK(lb.stats().handled == 1);
     CHECK(lb.stats().deliveries == 3);
@@ -327,6 +349,31 @@ TEST_CASE("loopback parse_error: dead letter at once, the lane goes on", "[loopb
     CHECK(lb.dead_letters().empty());
 }
 
+TEST_CASE("loopback dead letters can be replayed and purged", "[loopback][events]") {
+    const auto mode = GENERATE(delivery_mode::manual, delivery_mode::threaded);
+    INFO(mode_name(mode));
+    loopback lb(options_for(mode));
+    std::atomic<bool> fixed{false};
+    recorder<std::string> got;
+    lb.subscribe("t", [&](const message& m) {
+        if (!fixed) throw parse_error("old decoder");
+        got.add(m.payload + "@" + std::to_string(m.attempt));
+    });
+    lb.publish("t", "a");
+    lb.publish("t", "b");
+    settle(lb);
+    auto dl = lb.dead_letters();
+    REQUIRE(dl.size() == 2);
+    CHECK_FALSE(lb.replay_dead_letter("no such id"));
+    CHECK_FALSE(lb.purge_dead_letter("no such id"));
+    fixed = true;
+    CHECK(lb.replay_dead_letter(dl[0].msg.id));
+    CHECK(lb.purge_dead_letter(dl[1].msg.id));
+    settle(lb);
+    CHECK(got.items() == std::vector<std::string>{"a@1"});
+    CHECK(lb.dead_letters().empty());
+}
+
 TEST_CASE("loopback retry_policy::max_attempts: dead letter after the last attempt", "[loopback][events]") {
     const auto mode = GENERATE(delivery_mode::manual, delivery_mode::threaded);
     INFO(mode_name(mode));
@@ -348,7 +395,7 @@ TEST_CASE("loopback retry_policy::max_attempts: dead letter after the last attem
     const auto dl = lb.dead_letters();
     REQUIRE(dl.size() == 1);
     CHECK(dl[0].msg.attempt == 3);
-    CHECK(dl[0].reason == "always");
+    CHECK(dl[0].reason == "gave up after 3 attempts: always");
     CHECK_FALSE(dl[0].undecodable);
     CHECK(lb.stats().retries == 2);
     CHECK(parse_hook.size() == 0);
@@ -372,8 +419,9 @@ TEST_CASE("loopback threaded mode: retries wait for the policy's delay on the lo
     opts.retry.initial = std::chrono::hours(1);
     opts.retry.cap = std::chrono::hours(1);
     latch retried;
+    recorder<std::chrono::milliseconds> delays;  // no Catch assertions on handler threads
     opts.hooks.on_message_retry = [&](const message&, const std::string&, std::chrono::milliseconds d) {
-        CHECK(d == std::chrono::hours(1));
+        delays.add(d);
         retried.open();
     };
     loopback lb(opts);
@@ -383,6 +431,7 @@ TEST_CASE("loopback threaded mode: retries wait for the policy's delay on the lo
     });
     lb.publish("t", "x");
     REQUIRE(retried.wait());
+    CHECK(delays.items() == std::vector<std::chrono::milliseconds>{std::chrono::hours(1)});
     CHECK_FALSE(lb.wait_idle(20ms));  // the retry waits an hour: not idle
     CHECK(attempts == 1);
     lb.advance_clock(std::chrono::hours(1));

@@ -10,7 +10,6 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
-#include <regex>
 #include <sstream>
 #include <stdexcept>
 #include <unordered_set>
@@ -74,13 +73,24 @@ std::string render_broker_config(std::uint16_t port, const std::string& dir, con
   std::string text = read_file(source);
   if (text.empty()) throw std::runtime_error("broker: cannot read " + source);
   // Same rules as xymqtt_render_broker_config in scripts/lib/broker.sh.
-  const std::string listener = "listener " + std::to_string(port) + " 127.0.0.1";
-  static const std::regex listener_line(R"(^[ \t]*listener[ \t]+[0-9]+[ \t]*$)", std::regex::multiline);
-  std::string rendered = std::regex_replace(text, listener_line, listener);
-  if (rendered == text) throw std::runtime_error("broker: " + source + " has no \"listener <port>\" line");
+  // (Line by line rather than std::regex: GCC 12's <regex> trips
+  // -Werror=maybe-uninitialized in sanitizer builds.)
+  std::istringstream in(text);
+  std::string rendered, line;
+  bool listener_found = false;
+  while (std::getline(in, line)) {
+    std::istringstream words(line);
+    std::string keyword, value, more;
+    if (words >> keyword >> value && !(words >> more) && keyword == "listener" &&
+        value.find_first_not_of("0123456789") == std::string::npos) {
+      line = "listener " + std::to_string(port) + " 127.0.0.1";
+      listener_found = true;
+    }
+    rendered += line + "\n";
+  }
+  if (!listener_found) throw std::runtime_error("broker: " + source + " has no \"listener <port>\" line");
   replace_all(rendered, "/mosquitto/data", dir + "/data");
   replace_all(rendered, "/mosquitto/log", dir + "/log");
-  if (rendered.back() != '\n') rendered += '\n';
   rendered += "\n# Added for a private test broker\n";
   // Started as root, Mosquitto would drop to the "mosquitto" user and then
   // fail to write its database in our root-owned directory.

@@ -5,6 +5,8 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
+#include <memory>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -90,7 +92,7 @@ TEST_CASE("broker: a graceful restart on the same port keeps retained messages a
   CHECK(b.errors().empty());
 }
 
-TEST_CASE("broker: kill is a crash; autosave has persisted what came before") {
+TEST_CASE("broker: kill is a crash, and autosave has persisted what came before") {
   broker b;
   publish(b, {"-q", "2", "-r", "-t", "support/crash", "-m", "saved by autosave"});
   const auto published = std::filesystem::file_time_type::clock::now();
@@ -196,6 +198,16 @@ TEST_CASE("child_process: the destructor kills a running child") {
     CHECK(::kill(pid, 0) == 0);
   }
   CHECK(::kill(pid, 0) != 0);
+}
+
+TEST_CASE("child_process: a child started on a short-lived thread outlives that thread") {
+  // PR_SET_PDEATHSIG is tied to the forking thread: children are forked on a
+  // process-wide helper thread, so a finished worker thread does not kill them.
+  std::unique_ptr<child_process> p;
+  std::thread([&] { p = std::make_unique<child_process>(std::vector<std::string>{"sleep", "30"}); }).join();
+  CHECK_FALSE(xymqtt::test::eventually([&] { return !p->running(); }, 200ms));
+  p->kill();
+  CHECK(p->wait(5s) == 128 + SIGKILL);
 }
 
 TEST_CASE("temp_dir: created fresh and removed with its contents") {

@@ -30,7 +30,7 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 
-enum class handler_kind : std::uint8_t { user, results, command, async };
+enum class handler_kind : std::uint8_t { user, internal };
 
 struct handler_entry {
     subscription_id id;
@@ -79,7 +79,7 @@ std::string describe(std::exception_ptr e) {
     } catch (const std::exception& x) {
         return x.what();
     } catch (...) {
-        return "unknown exception";
+        return "handler threw a non-standard exception";
     }
 }
 
@@ -150,12 +150,6 @@ struct command_entry {
     subscription_id cancel_sub = 0;
 };
 
-/// What a results subscription has handed over (results may arrive on two lanes at once).
-struct handed_over {
-    std::mutex m;
-    std::set<std::string> done;
-    std::set<std::string> in_flight;
-};
 
 }  // namespace
 
@@ -297,6 +291,11 @@ public:
             target->filter = filter;
             target->shared = shared;
             lanes_.push_back(target);
+            auto park = parked_.find(filter);
+            if (park != parked_.end()) {
+                target->queue = std::move(park->second);
+                parked_.erase(park);
+            }
             if (!shared)  // a new SUBSCRIBE: the broker sends the matching retained messages
                 for (const auto& kv : retained_)
                     if (topic_matches(filter, kv.first)) enqueue_locked(*target, kv.second);
@@ -313,7 +312,10 @@ public:
             hs.erase(std::remove_if(hs.begin(), hs.end(), [&](const handler_entry& h) { return h.id == id; }),
                      hs.end());
             if (hs.empty() && !l->removed) {
+                // The last handler: its deliveries wait (parked) for a new subscription of the filter.
                 l->removed = true;
+                auto& park = parked_[l->filter];
+                for (auto& d : l->queue) park.push_back(std::move(d));
                 l->queue.clear();
                 lanes_.erase(std::remove(lanes_.begin(), lanes_.end(), l), lanes_.end());
             }
@@ -323,7 +325,7 @@ public:
 
     subscription_id subscribe(const std::string& filter, message_handler handler) {
         validate_topic_filter(filter);
-        if (!handler) throw std::invalid_argument("loopback::subscribe: empty handler");
+        if (!handler) throw error("subscribe needs a handler");
         subscription_id id;
         {
             std::lock_guard<std::mutex> lk(m_);
@@ -336,8 +338,19 @@ public:
 
     void unsubscribe(subscription_id id) {
         std::lock_guard<std::mutex> lk(m_);
+        for (auto& kv : result_handlers_)
+            if (kv.second.erase(id)) return;  // the results lanes stay, as with xymqtt::client
         unsubscribe_locked(id);
-        cv_.notify_all();
+    }
+
+    void unsubscribe(const std::string& filter) {
+        std::lock_guard<std::mutex> lk(m_);
+        std::set<subscription_id> ids;
+        for (const auto& l : lanes_)
+            if (l->filter == filter)
+                for (const auto& h : l->handlers)
+                    if (h.kind == handler_kind::user) ids.insert(h.id);
+        for (auto id : ids) unsubscribe_locked(id);
     }
 
     // ---- command server ----
@@ -346,7 +359,7 @@ public:
     void command_register(const std::string& command, command_handler handler, command_options o) {
         validate_topic_name(command);
         if (!o.group.empty()) validate_topic_token("group", o.group);
-        if (!handler) throw std::invalid_argument("loopback::command_register: empty handler");
+        if (!handler) throw error("command_register needs a handler");
         auto fn = std::make_shared<command_handler>(std::move(handler));
         std::lock_guard<std::mutex> lk(m_);
         if (commands_.count(command)) throw command_already_registered("command already registered: " + command);
@@ -355,10 +368,10 @@ public:
         e.cancel_sub = new_id_locked();
         const std::string invoke_filter =
             o.group.empty() ? wire::invoke_topic(command) : "$share/" + o.group + "/" + wire::invoke_topic(command);
-        add_handler_locked(invoke_filter, e.invoke_sub, handler_kind::command,
+        add_handler_locked(invoke_filter, e.invoke_sub, handler_kind::internal,
                            std::make_shared<message_handler>(
                                [this, command, fn](const message& m) { handle_invoke(command, *fn, m); }));
-        add_handler_locked(wire::cancel_topic(command), e.cancel_sub, handler_kind::command,
+        add_handler_locked(wire::cancel_topic(command), e.cancel_sub, handler_kind::internal,
                            std::make_shared<message_handler>(
                                [this, command](const message& m) { handle_cancel(command, m); }));
         commands_[command] = e;
@@ -386,7 +399,8 @@ public:
         try {
             d = wire::decode_invoke(m.payload, m.props);
         } catch (const wire::undecodable_invoke& e) {
-            if (e.message_id.empty()) throw parse_error(e.what());  // nobody to answer: dead letter
+            if (e.message_id.empty())  // nobody to answer: dead letter
+                throw parse_error(std::string("undecodable invoke: ") + e.what());
             publish_outcome(command, e.message_id,
                             outcome{false, wire::reject_topic(command),
                                     wire::encode_reject(e.format, e.message_id, 400, e.what(), "")});
@@ -409,11 +423,13 @@ public:
             }
             if (running_.count(k)) return;  // the same call is running on another lane already
             if (m.props.expiry_seconds &&
-                wall_ms_locked() > m.received_at_ms + static_cast<std::int64_t>(*m.props.expiry_seconds) * 1000) {
-                ++stats_.expired;
+                m.received_at_ms + static_cast<std::int64_t>(*m.props.expiry_seconds) * 1000 < wall_ms_locked()) {
+                ++stats_.expired;  // not executed: rejected with 408, and answered so again
+                outcome oc{false, wire::reject_topic(command),
+                           wire::encode_reject(d.format, d.message_id, 408, "request expired before it ran", "")};
+                outcomes_[k] = oc;
                 lk.unlock();
-                call_hook(opts_.hooks.on_log, log_level::info,
-                          "loopback: invoke " + d.message_id + " of " + command + " expired; not executed");
+                accept(oc.topic, std::move(oc.out));
                 return;
             }
             running_[k] = ctx;
@@ -440,7 +456,7 @@ public:
             oc.out = wire::encode_reject(d.format, d.message_id, 500, e.what(), "");
             oc.topic = wire::reject_topic(command);
         } catch (...) {
-            oc.out = wire::encode_reject(d.format, d.message_id, 500, "unknown exception", "");
+            oc.out = wire::encode_reject(d.format, d.message_id, 500, "handler threw a non-standard exception", "");
             oc.topic = wire::reject_topic(command);
         }
         if (!ctx->finish()) oc = outcome{true, {}, {}};  // cancelled: nothing is published for it
@@ -477,13 +493,15 @@ public:
         return buf;
     }
 
+    /// subscribe_results handlers, or user subscriptions matching both result topics.
     bool results_subscribed_locked(const std::string& command) const {
+        auto rh = result_handlers_.find(command);
+        if (rh != result_handlers_.end() && !rh->second.empty()) return true;
         const std::string res = wire::resolve_topic(command), rej = wire::reject_topic(command);
         bool r = false, j = false;
         for (const auto& l : lanes_) {
-            const bool counts = std::any_of(l->handlers.begin(), l->handlers.end(), [](const handler_entry& h) {
-                return h.kind == handler_kind::user || h.kind == handler_kind::results;
-            });
+            const bool counts = std::any_of(l->handlers.begin(), l->handlers.end(),
+                                            [](const handler_entry& h) { return h.kind == handler_kind::user; });
             if (!counts) continue;
             r = r || topic_matches(l->filter, res);
             j = j || topic_matches(l->filter, rej);
@@ -491,77 +509,73 @@ public:
         return r && j;
     }
 
-    subscription_id subscribe_results(const std::string& command, result_handler handler) {
-        validate_topic_name(command);
-        if (!handler) throw std::invalid_argument("loopback::subscribe_results: empty handler");
-        auto state = std::make_shared<handed_over>();
-        auto fn = std::make_shared<result_handler>(std::move(handler));
-        auto make = [this, command, state, fn](bool rejected) {
-            return std::make_shared<message_handler>([this, command, state, fn, rejected](const message& m) {
-                command_result r = wire::decode_result(command, rejected, m.payload, m.props);
-                {
-                    std::lock_guard<std::mutex> lk(m_);
-                    if (!called_.count(r.message_id)) return;  // not a call of ours
-                }
-                {
-                    std::lock_guard<std::mutex> lk(state->m);
-                    if (state->done.count(r.message_id) || state->in_flight.count(r.message_id)) return;
-                    state->in_flight.insert(r.message_id);
-                }
-                try {
-                    (*fn)(r);
-                } catch (...) {
-                    std::lock_guard<std::mutex> lk(state->m);
-                    state->in_flight.erase(r.message_id);
-                    throw;
-                }
-                std::lock_guard<std::mutex> lk(state->m);
-                state->in_flight.erase(r.message_id);
-                state->done.insert(r.message_id);
-            });
-        };
-        subscription_id id;
-        {
-            std::lock_guard<std::mutex> lk(m_);
-            id = new_id_locked();
-            add_handler_locked(wire::resolve_topic(command), id, handler_kind::results, make(false));
-            add_handler_locked(wire::reject_topic(command), id, handler_kind::results, make(true));
-        }
-        cv_.notify_all();
-        return id;
+    /// The results lanes of `command` (resolve and reject), shared by subscribe_results and call_async
+    /// and kept once made, as with xymqtt::client.
+    void ensure_results_lanes_locked(const std::string& command) {
+        if (results_lanes_.count(command)) return;
+        const subscription_id id = new_id_locked();
+        results_lanes_[command] = id;
+        for (bool rejected : {false, true})
+            add_handler_locked(rejected ? wire::reject_topic(command) : wire::resolve_topic(command), id,
+                               handler_kind::internal,
+                               std::make_shared<message_handler>([this, command, rejected](const message& m) {
+                                   handle_result(command, rejected, m);
+                               }));
     }
 
-    void ensure_async_lanes_locked(const std::string& command) {
-        if (async_subs_.count(command)) return;
-        const subscription_id id = new_id_locked();
-        async_subs_[command] = id;
-        for (bool rejected : {false, true}) {
-            add_handler_locked(rejected ? wire::reject_topic(command) : wire::resolve_topic(command), id,
-                               handler_kind::async,
-                               std::make_shared<message_handler>([this, command, rejected](const message& m) {
-                                   command_result r;
-                                   try {
-                                       r = wire::decode_result(command, rejected, m.payload, m.props);
-                                   } catch (const parse_error&) {
-                                       return;  // not recognisably a result of ours
-                                   }
-                                   std::promise<command_result> p;
-                                   {
-                                       std::lock_guard<std::mutex> lk(m_);
-                                       auto it = async_.find(r.message_id);
-                                       if (it == async_.end()) return;
-                                       p = std::move(it->second.promise);
-                                       async_.erase(it);
-                                   }
-                                   p.set_value(std::move(r));
-                               }));
+    void handle_result(const std::string& command, bool rejected, const message& m) {
+        command_result r = wire::decode_result(command, rejected, m.payload, m.props);  // parse_error: dead
+        std::optional<std::promise<command_result>> awaited;
+        std::vector<std::shared_ptr<result_handler>> handlers;
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            auto a = async_.find(r.message_id);
+            if (a != async_.end()) {  // call_async: the future gets it, nobody else
+                awaited = std::move(a->second.promise);
+                async_.erase(a);
+                calls_.erase(r.message_id);
+            } else {
+                if (!calls_.count(r.message_id) || handing_over_.count(r.message_id))
+                    return;  // not a call of ours, or handed over already (or right now)
+                auto it = result_handlers_.find(command);
+                if (it != result_handlers_.end())
+                    for (const auto& kv : it->second) handlers.push_back(kv.second);
+                if (handlers.empty())
+                    throw error("no result handler for " + command + " (kept until one is subscribed)");
+                handing_over_.insert(r.message_id);
+            }
         }
+        if (awaited) {
+            awaited->set_value(std::move(r));
+            return;
+        }
+        try {
+            for (const auto& h : handlers) (*h)(r);
+        } catch (...) {
+            std::lock_guard<std::mutex> lk(m_);
+            handing_over_.erase(r.message_id);
+            throw;
+        }
+        std::lock_guard<std::mutex> lk(m_);
+        handing_over_.erase(r.message_id);
+        calls_.erase(r.message_id);
+    }
+
+    subscription_id subscribe_results(const std::string& command, result_handler handler) {
+        validate_topic_name(command);
+        if (!handler) throw error("subscribe_results needs a handler");
+        std::lock_guard<std::mutex> lk(m_);
+        ensure_results_lanes_locked(command);
+        const subscription_id id = new_id_locked();
+        result_handlers_[command][id] = std::make_shared<result_handler>(std::move(handler));
+        cv_.notify_all();
+        return id;
     }
 
     void send_cancel(const std::string& command, const std::string& message_id, wire_format f) {
         {
             std::lock_guard<std::mutex> lk(m_);
-            if (stopping_ || !caller_cancelled_.insert(message_id).second) return;
+            if (stopping_) throw client_closed("cannot cancel: the loopback is destroyed");
         }
         accept(wire::cancel_topic(command), wire::encode_cancel(f, message_id));
     }
@@ -569,7 +583,9 @@ public:
     call_handle make_handle(const std::string& command, const std::string& id, wire_format f) {
         std::weak_ptr<impl> self = shared_from_this();
         return call_handle(command, id, [self, command, id, f] {
-            if (auto s = self.lock()) s->send_cancel(command, id, f);
+            auto s = self.lock();
+            if (!s) throw client_closed("cannot cancel: the loopback is destroyed");
+            s->send_cancel(command, id, f);
         });
     }
 
@@ -578,16 +594,16 @@ public:
         {
             std::lock_guard<std::mutex> lk(m_);
             if (!results_subscribed_locked(command))
-                throw call_with_no_subscription("call of " + command + " without subscriptions to " +
+                throw call_with_no_subscription("call of " + command + " needs subscriptions to " +
                                                 wire::resolve_topic(command) + " and " +
-                                                wire::reject_topic(command));
+                                                wire::reject_topic(command) + " (subscribe_results)");
         }
         const std::string id = make_id();
         wire::outgoing out = wire::encode_invoke(o.format, id, body, o.expiry);
         if (auto f = take_failure()) std::rethrow_exception(f->first);
         {
             std::lock_guard<std::mutex> lk(m_);
-            called_.insert(id);
+            calls_.insert(id);
         }
         accept(wire::invoke_topic(command), std::move(out));
         return make_handle(command, id, o.format);
@@ -609,21 +625,22 @@ public:
         }
         {
             std::lock_guard<std::mutex> lk(m_);
-            ensure_async_lanes_locked(command);
+            ensure_results_lanes_locked(command);
             async_call a;
             a.command = command;
             a.format = o.format;
             if (timeout) a.deadline = now_locked() + *timeout;
             pc.result = a.promise.get_future();
             async_.emplace(id, std::move(a));
-            called_.insert(id);
+            calls_.insert(id);
         }
         accept(wire::invoke_topic(command), std::move(out));
         pc.handle = make_handle(command, id, o.format);
         return pc;
     }
 
-    /// Fails the call_async futures whose timeout has run out, and cancels their calls.
+    /// Fails the call_async futures whose timeout has run out, and cancels their calls. A result that
+    /// arrives later is ignored.
     void fire_due_timeouts() {
         std::vector<std::pair<std::string, async_call>> due;
         {
@@ -631,6 +648,7 @@ public:
             const auto now = now_locked();
             for (auto it = async_.begin(); it != async_.end();) {
                 if (it->second.deadline && *it->second.deadline <= now) {
+                    calls_.erase(it->first);
                     due.emplace_back(it->first, std::move(it->second));
                     it = async_.erase(it);
                 } else {
@@ -640,8 +658,12 @@ public:
         }
         for (auto& d : due) {
             d.second.promise.set_exception(std::make_exception_ptr(
-                timeout_error("call " + d.first + " of " + d.second.command + " timed out")));
-            send_cancel(d.second.command, d.first, d.second.format);
+                timeout_error("no result for " + d.second.command + " call " + d.first + " in time")));
+            try {
+                send_cancel(d.second.command, d.first, d.second.format);
+            } catch (const std::exception&) {
+                // destroyed meanwhile: nothing to cancel through
+            }
         }
     }
 
@@ -686,7 +708,8 @@ public:
                 undecodable = e.what();
                 break;
             } catch (...) {
-                if (!failure) failure = describe(std::current_exception());
+                failure = describe(std::current_exception());
+                break;  // the handlers after it wait for the retry
             }
         }
         enum { ok, retry, dead } result = ok;
@@ -700,7 +723,9 @@ public:
                     result = dead;
                     dl.msg = j.d.msg;
                     dl.filter = j.l->filter;
-                    dl.reason = undecodable ? *undecodable : *failure;
+                    dl.reason = undecodable ? *undecodable
+                                            : "gave up after " + std::to_string(j.d.msg.attempt) +
+                                                  " attempts: " + *failure;
                     dl.undecodable = undecodable.has_value();
                     dead_letters_.push_back(dl);
                     ++stats_.dead_letters;
@@ -708,27 +733,32 @@ public:
                     result = retry;
                     delay = retry_delay(opts_.retry, j.d.msg.attempt);
                     ++stats_.retries;
-                    if (!j.l->removed) {
-                        delivery again = j.d;
-                        again.msg.attempt += 1;
-                        again.seq = next_seq_++;
-                        again.due = now_locked() + delay;
+                    delivery again = j.d;
+                    again.msg.attempt += 1;
+                    again.seq = next_seq_++;
+                    again.due = now_locked() + delay;
+                    if (!j.l->removed)
                         j.l->queue.push_front(std::move(again));
-                    }
+                    else
+                        parked_[j.l->filter].push_front(std::move(again));
                 }
             } else {
                 ++stats_.handled;
             }
-            j.l->busy = false;
-            --running_count_;
         }
-        cv_.notify_all();
+        // Hooks run before the lane is released, so that an observer of idleness has seen them.
         if (result == retry) {
             call_hook(opts_.hooks.on_message_retry, j.d.msg, *failure, delay);
         } else if (result == dead) {
             if (dl.undecodable) call_hook(opts_.hooks.on_parse_error, dl.msg, dl.reason);
             call_hook(opts_.hooks.on_dead_letter, dl.msg, dl.reason);
         }
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            j.l->busy = false;
+            --running_count_;
+        }
+        cv_.notify_all();
     }
 
     bool run_one(const std::string* filter) {
@@ -828,6 +858,36 @@ public:
         std::lock_guard<std::mutex> lk(m_);
         return dead_letters_;
     }
+    bool replay_dead_letter(const std::string& id) {
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            auto it = std::find_if(dead_letters_.begin(), dead_letters_.end(),
+                                   [&](const dead_letter_record& d) { return d.msg.id == id; });
+            if (it == dead_letters_.end()) return false;
+            delivery d;
+            d.msg = it->msg;
+            d.msg.attempt = 1;
+            d.seq = next_seq_++;
+            d.due = now_locked();
+            auto l = std::find_if(lanes_.begin(), lanes_.end(),
+                                  [&](const std::shared_ptr<lane>& x) { return x->filter == it->filter; });
+            if (l != lanes_.end())
+                (*l)->queue.push_back(std::move(d));
+            else
+                parked_[it->filter].push_back(std::move(d));
+            dead_letters_.erase(it);
+        }
+        cv_.notify_all();
+        return true;
+    }
+    bool purge_dead_letter(const std::string& id) {
+        std::lock_guard<std::mutex> lk(m_);
+        auto it = std::find_if(dead_letters_.begin(), dead_letters_.end(),
+                               [&](const dead_letter_record& d) { return d.msg.id == id; });
+        if (it == dead_letters_.end()) return false;
+        dead_letters_.erase(it);
+        return true;
+    }
     void clear_dead_letters() {
         std::lock_guard<std::mutex> lk(m_);
         dead_letters_.clear();
@@ -858,6 +918,7 @@ private:
     std::map<subscription_id, std::vector<std::shared_ptr<lane>>> regs_;
     std::map<std::string, std::size_t> round_robin_;
     std::map<std::string, published_message> retained_;
+    std::map<std::string, std::deque<delivery>> parked_;  // deliveries of filters with no handler now
     subscription_id next_sub_id_ = 0;
     std::uint64_t next_seq_ = 0;
     std::uint64_t next_message_id_ = 0;
@@ -873,9 +934,10 @@ private:
     std::map<std::string, std::shared_ptr<context_impl>> running_;
     std::set<std::string> cancelled_early_;
 
-    std::set<std::string> called_;
-    std::set<std::string> caller_cancelled_;
-    std::map<std::string, subscription_id> async_subs_;
+    std::set<std::string> calls_;         // ids of calls made here whose result is not handed over yet
+    std::set<std::string> handing_over_;  // results being handed to the result handlers right now
+    std::map<std::string, subscription_id> results_lanes_;
+    std::map<std::string, std::map<subscription_id, std::shared_ptr<result_handler>>> result_handlers_;
     std::map<std::string, async_call> async_;
 
     bool stopping_ = false;
@@ -914,6 +976,8 @@ subscription_id loopback::subscribe(const std::string& filter, message_handler h
 }
 
 void loopback::unsubscribe(subscription_id id) { impl_->unsubscribe(id); }
+
+void loopback::unsubscribe(const std::string& filter) { impl_->unsubscribe(filter); }
 
 void loopback::command_register(const std::string& command, command_handler handler, command_options opts) {
     impl_->command_register(command, std::move(handler), std::move(opts));
@@ -958,6 +1022,10 @@ void loopback::clear_published() { impl_->clear_published(); }
 std::vector<dead_letter_record> loopback::dead_letters() const { return impl_->dead_letters(); }
 
 void loopback::clear_dead_letters() { impl_->clear_dead_letters(); }
+
+bool loopback::replay_dead_letter(const std::string& id) { return impl_->replay_dead_letter(id); }
+
+bool loopback::purge_dead_letter(const std::string& id) { return impl_->purge_dead_letter(id); }
 
 std::vector<std::string> loopback::subscribed_filters() const { return impl_->subscribed_filters(); }
 

@@ -17,16 +17,22 @@
 ///  - Lanes: deliveries of one filter run in publish order, one at a time (a shared subscription's
 ///    member is a lane of its own). A handler that throws has its message retried, with
 ///    `message::attempt` incremented, before any later message of the same lane; other lanes go on.
-///    When a filter has several handlers they run in subscription order; on a retry only those that
-///    have not yet succeeded for the message run again. parse_error moves the message to the dead
-///    letters at once; running out of `retry_policy::max_attempts` (0 = never) does so too. Either way
-///    the lane goes on with the next message.
+///    When a filter has several handlers they run in subscription order; a handler that throws ends
+///    the attempt, and the retry runs it and the ones after it (those that already succeeded for the
+///    message do not run again). parse_error moves the message to the dead letters at once; running
+///    out of `retry_policy::max_attempts` (0 = never) does so too. Either way the lane goes on with
+///    the next message. Removing the last handler of a filter parks its queued deliveries until the
+///    filter is subscribed again.
 ///  - Commands follow the wire protocol of the real client (the same encoders are used): invokes,
 ///    resolves, rejects and cancels are ordinary published messages, visible in published().
 ///    A repeated invoke of a message id that already has an outcome does not run the handler again;
 ///    the stored outcome is published again (a cancelled call publishes nothing). An invoke whose
-///    expiry (call_options::expiry) has passed when it is about to run is not executed.
-///  - Nothing is durable: outcomes, dead letters and queued deliveries live as long as the object.
+///    expiry (call_options::expiry) has passed when it is about to run is not executed: it is
+///    rejected with status 408. Results of `<command>` arrive on one resolve and one reject lane,
+///    shared by subscribe_results and call_async: a call_async result goes to its future only; any
+///    other result of a call made here goes, once, to every subscribe_results handler of the command.
+///  - Nothing is durable: outcomes, dead letters and queued deliveries live as long as the object;
+///    there is no connection (the connection hooks never fire) and no QoS 2 duplicate to drop.
 ///
 /// Two ways of running handlers, chosen by options::mode:
 ///  - delivery_mode::manual (the default): nothing runs until the test pumps with run_until_idle() or
@@ -39,6 +45,15 @@
 ///
 /// Thread safety: every member function may be called from any thread, including from inside
 /// handlers (publishing, subscribing, calling, and in manual mode pumping other lanes).
+///
+/// @code
+///   xymqtt::testing::loopback lb;                       // manual mode
+///   lb.command_register("cmd/svc/ping", my_handler);    // the code under test
+///   auto pc = lb.call_async("cmd/svc/ping", request_bytes);
+///   lb.run_until_idle();                                // runs the invoke, then delivers the resolve
+///   xymqtt::command_result r = pc.result.get();         // ready: the loopback was pumped
+///   assert(lb.published("cmd/svc/ping/resolve").size() == 1);
+/// @endcode
 #pragma once
 
 #include <chrono>
@@ -131,22 +146,28 @@ public:
     std::future<void> publish(const std::string& topic, std::string payload, publish_options opts = {}) override;
 
     /// Adds `handler` for `filter`. The first handler of a (non-shared) filter receives the
-    /// retained messages that match it. Messages published before a filter is subscribed are not
-    /// delivered to it (the loopback keeps no session for absent subscriptions).
+    /// retained messages that match it, after the deliveries parked when its last handler was
+    /// removed. Messages published while nothing subscribed the filter are not delivered to it.
+    /// @throw xymqtt::error for an empty handler.
     /// @return an id for unsubscribe.
     /// @throw invalid_topic for a malformed filter.
     subscription_id subscribe(const std::string& filter, message_handler handler) override;
 
-    /// Removes one handler (or the two subscriptions of a subscribe_results). Removing the last
-    /// handler of a filter discards that filter's queued deliveries; a handler already running
-    /// finishes. Unknown ids are ignored.
+    /// Removes one handler of subscribe or subscribe_results. Removing the last handler of a filter
+    /// parks that filter's queued deliveries until it is subscribed again; a handler already running
+    /// finishes. The results lanes of a command stay subscribed. Unknown ids are ignored.
     void unsubscribe(subscription_id id) override;
+
+    /// Removes every handler that subscribe() added for exactly `filter` (as xymqtt::client's).
+    void unsubscribe(const std::string& filter);
 
     /// Serves `command`: subscribes `<command>/invoke` (or `$share/<group>/<command>/invoke`) and
     /// `<command>/cancel`. A handler's return value is published to `<command>/resolve`; command_error
     /// rejects with its status, message and body, parse_error with 400, any other exception with 500
     /// and its what(), all on `<command>/reject`. An invoke that cannot be decoded (no message id)
-    /// goes to the dead letters.
+    /// goes to the dead letters. A cancel while the handler runs runs its call_context::on_cancel
+    /// callbacks (on the cancel lane's thread) and suppresses its outcome; a cancel that arrives first
+    /// keeps the invoke from running; a cancel after the outcome changes nothing.
     /// @throw invalid_topic if `command` is not a valid topic name or `opts.group` is not a valid
     ///        group name.
     /// @throw command_already_registered if `command` is already served by this loopback.
@@ -156,26 +177,32 @@ public:
     /// Unknown commands are ignored.
     void command_unregister(const std::string& command) override;
 
-    /// Subscribes `<command>/resolve` and `<command>/reject` for `handler`. Results whose message id
-    /// was not produced by call() or call_async() of this loopback are ignored; each message id is
-    /// handed to `handler` once (a repeated result is dropped), retried while `handler` throws.
+    /// Subscribes `<command>/resolve` and `<command>/reject` (once per command) and adds `handler`.
+    /// Results whose message id was not produced by call() of this loopback are ignored; each
+    /// result is handed over once (a repeated result is dropped) to all handlers of the command, in
+    /// order, again while one throws. With no handler left, results of calls made here are retried
+    /// until one is subscribed (in manual mode run_until_idle then stops at its limit).
+    /// @return an id for unsubscribe.
     /// @throw invalid_topic if `command` is not a valid topic name.
     subscription_id subscribe_results(const std::string& command, result_handler handler) override;
 
     /// Publishes an invoke of `command` (encoded as `opts.format` says) with a new message id.
-    /// @return the call's handle; its cancel() publishes `<command>/cancel` (once, however often it
-    ///         is called; harmless after the loopback is destroyed).
-    /// @throw call_with_no_subscription unless results of `command` are subscribed: subscribe_results,
-    ///        or subscribe calls whose filters match `<command>/resolve` and `<command>/reject`.
+    /// @return the call's handle; each cancel() publishes `<command>/cancel` (the server ignores all
+    ///         but the first); after the loopback is destroyed it throws client_closed.
+    /// @throw call_with_no_subscription unless results of `command` are subscribed: a
+    ///        subscribe_results handler, or subscribe() filters matching `<command>/resolve` and
+    ///        `<command>/reject`.
     /// @throw parse_error if the format is JSON and `body` is not a JSON object (empty means `{}`).
     /// @throw invalid_topic if `command` is not a valid topic name.
     /// @throw the exception given to fail_next_publish (either failure point); nothing is published.
     call_handle call(const std::string& command, std::string body, call_options opts = {}) override;
 
     /// Like call() without needing a subscription; the future gets the call's first resolve or
-    /// reject. In manual mode the future becomes ready only while the test pumps.
+    /// reject (subscribe_results handlers do not). In manual mode the future becomes ready only while
+    /// the test pumps. Destroying the loopback fails it with client_closed.
     /// @param timeout if set, when it runs out (on the loopback's clock, see advance_clock) before a
-    ///        result arrives, the future fails with timeout_error and a cancel is published.
+    ///        result arrives, the future fails with timeout_error, a cancel is published and a later
+    ///        result is ignored.
     /// @throw as call() does, except call_with_no_subscription; an injected failure with
     ///        failure_point::future fails the future instead of throwing.
     pending_call call_async(const std::string& command, std::string body, call_options opts = {},
@@ -227,6 +254,11 @@ public:
     void clear_published();
     /// @return the dead letters, oldest first.
     std::vector<dead_letter_record> dead_letters() const;
+    /// Queues dead letter `id` (its `msg.id`) again at the back of its filter's lane, as attempt 1.
+    /// @return false if `id` is unknown.
+    bool replay_dead_letter(const std::string& id);
+    /// Deletes dead letter `id`. @return false if `id` is unknown.
+    bool purge_dead_letter(const std::string& id);
     /// Forgets the dead letters.
     void clear_dead_letters();
     /// @return the filters subscribed now (internal command subscriptions included), each once, in

@@ -1,0 +1,21 @@
+# The generator.consumer test: installs the build tree into PREFIX, then configures, builds and runs
+# the consumer project (tests/consumer) against it.
+# Variables: BUILD_DIR PREFIX SOURCE_DIR WORK_DIR CXX CONFIG.
+function(run)
+  execute_process(COMMAND ${ARGV} RESULT_VARIABLE rv OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  message(STATUS "$ ${ARGV}\n${out}${err}")
+  if(NOT rv EQUAL 0)
+    message(FATAL_ERROR "failed (${rv}): ${ARGV}")
+  endif()
+endfunction()
+
+file(REMOVE_RECURSE "${PREFIX}" "${WORK_DIR}")
+set(config_args)
+if(CONFIG)
+  set(config_args --config "${CONFIG}")
+endif()
+run("${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${PREFIX}" ${config_args})
+run("${CMAKE_COMMAND}" -S "${SOURCE_DIR}" -B "${WORK_DIR}" "-DCMAKE_PREFIX_PATH=${PREFIX}"
+    "-DCMAKE_CXX_COMPILER=${CXX}" -DCMAKE_BUILD_TYPE=Debug)
+run("${CMAKE_COMMAND}" --build "${WORK_DIR}" -j2)
+run("${WORK_DIR}/consumer_test")

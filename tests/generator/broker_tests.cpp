@@ -1,0 +1,149 @@
+// The generated stubs over xymqtt::client and a real broker: XYMQTT_TEST_BROKER=tcp://host:port.
+// Skipped (with a warning) when the variable is unset or the client cannot connect.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <future>
+#include <memory>
+#include <random>
+#include <thread>
+#include <string>
+
+#include <xymqtt/client.h>
+#include <xymqtt/exception.h>
+
+#include "examples/publisher.xymqtt.h"
+
+using namespace std::chrono_literals;
+using namespace xymqtt::examples;
+
+namespace {
+
+std::string unique_suffix() {
+    std::random_device rd;
+    return std::to_string(::getpid()) + "-" + std::to_string(rd() % 1000000);
+}
+
+/// A connected client with its own store in a temporary directory, or null (with a warning).
+class broker_client {
+public:
+    explicit broker_client(const std::string& name) {
+        const char* uri = std::getenv("XYMQTT_TEST_BROKER");
+        if (uri == nullptr || *uri == '\0') {
+            WARN("XYMQTT_TEST_BROKER is not set: broker test skipped");
+            return;
+        }
+        dir_ = std::filesystem::temp_directory_path() / ("xymqtt-gen-" + name + "-" + unique_suffix());
+        std::filesystem::create_directories(dir_);
+        try {
+            xymqtt::client_options options;
+            options.server_uri = uri;
+            options.client_id = "xymqtt-gen-" + name + "-" + unique_suffix();
+            options.store_dir = dir_.string();
+            client_ = std::make_unique<xymqtt::client>(options);
+            client_->connect();
+            if (!client_->wait_connected(5s)) {
+                WARN("cannot connect to " << uri << ": broker test skipped");
+                client_.reset();
+            }
+        } catch (const std::exception& e) {
+            WARN("xymqtt::client is not functional (" << e.what() << "): broker test skipped");
+            client_.reset();
+        }
+    }
+    ~broker_client() {
+        if (client_) {
+            try {
+                client_->close();
+            } catch (...) {
+            }
+            client_.reset();
+        }
+        std::error_code ec;
+        if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
+    }
+    explicit operator bool() const { return client_ != nullptr; }
+    xymqtt::client& operator*() { return *client_; }
+
+private:
+    std::filesystem::path dir_;
+    std::unique_ptr<xymqtt::client> client_;
+};
+
+class PingService final : public Publisher::Service {
+public:
+    bool fail = false;
+    PingResult ping(const PingRequest&, xymqtt::call_context&) override {
+        if (fail) throw xymqtt::command_error(503, "try later");
+        PingResult result;
+        result.set_pong(true);
+        return result;
+    }
+};
+
+Publisher::Options options_for(const std::string& system, xymqtt::wire_format format) {
+    Publisher::Options options;
+    options.system = system;  // a system of its own, so that old sessions do not interfere
+    options.format = format;
+    return options;
+}
+
+}  // namespace
+
+TEST_CASE("a tick published through the broker reaches the subscriber", "[generated][broker]") {
+    const auto format = GENERATE(xymqtt::wire_format::binary, xymqtt::wire_format::json);
+    broker_client publisher_side("pub"), subscriber_side("sub");
+    if (!publisher_side || !subscriber_side) return;
+    const auto options = options_for("gen-test-" + unique_suffix(), format);
+
+    Publisher::Client client(*subscriber_side, options);
+    std::promise<Tick> received;
+    client.subscribe_tick([&](const Tick& tick) { received.set_value(tick); });
+    std::this_thread::sleep_for(300ms);  // let the subscription reach the broker
+
+    Publisher::Server server(*publisher_side, options);
+    Tick tick;
+    tick.set_timestamp("2024-05-01T12:00:00.000Z");
+    tick.set_count(41);
+    REQUIRE(server.publish_tick(tick).wait_for(10s) == std::future_status::ready);
+
+    auto future = received.get_future();
+    REQUIRE(future.wait_for(10s) == std::future_status::ready);
+    CHECK(future.get().count() == 41);
+}
+
+TEST_CASE("ping resolves and rejects through the broker", "[generated][broker]") {
+    const auto format = GENERATE(xymqtt::wire_format::binary, xymqtt::wire_format::json);
+    broker_client server_side("srv"), caller_side("cli");
+    if (!server_side || !caller_side) return;
+    const auto options = options_for("gen-test-" + unique_suffix(), format);
+
+    PingService service;
+    Publisher::Server server(*server_side, options);
+    server.serve(service);
+    Publisher::Client client(*caller_side, options);
+    std::this_thread::sleep_for(300ms);
+
+    auto ok = client.call_ping_async(PingRequest{}, 10s);
+    const auto resolved = ok.outcome.get();
+    REQUIRE(resolved.ok());
+    CHECK(resolved.result->pong());
+    CHECK(resolved.message_id == ok.handle.message_id());
+
+    service.fail = true;
+    std::promise<Publisher::PingRejection> rejected;
+    client.subscribe_ping_results([](const std::string&, const PingResult&) {},
+                                  [&](const Publisher::PingRejection& r) { rejected.set_value(r); });
+    std::this_thread::sleep_for(300ms);
+    const auto handle = client.call_ping(PingRequest{});
+    auto future = rejected.get_future();
+    REQUIRE(future.wait_for(10s) == std::future_status::ready);
+    const auto rejection = future.get();
+    CHECK(rejection.message_id == handle.message_id());
+    CHECK(rejection.status == 503);
+    CHECK(rejection.message == "try later");
+}

@@ -1,0 +1,18 @@
+// A command handler whose request type is not the command's.
+#include "examples/publisher.xymqtt.h"
+
+using namespace xymqtt::examples;
+
+class PingService final : public Publisher::Service {
+public:
+#ifdef XYMQTT_NEGATIVE
+    PingResult ping(const Tick&, xymqtt::call_context&) override { return {}; }
+#else
+    PingResult ping(const PingRequest&, xymqtt::call_context&) override { return {}; }
+#endif
+};
+
+void serve(xymqtt::transport& transport) {
+    PingService service;
+    Publisher::Server(transport).serve(service);
+}

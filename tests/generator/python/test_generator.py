@@ -1,0 +1,203 @@
+"""Tests of protoc-gen-xymqtt run through protoc: golden output, schema errors, parameters.
+
+Environment: PROTOC (protoc), PLUGIN (an executable protoc-gen-xymqtt), SCHEMA_DIR (schemas/ with
+xymqtt/options.proto). Set XYMQTT_UPDATE_GOLDEN=1 to rewrite tests/generator/golden/expected.
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)
+ERRORS = os.path.join(TESTS, "schemas")
+GOLDEN = os.path.join(TESTS, "golden")
+PROTOC = os.environ.get("PROTOC", "protoc")
+PLUGIN = os.environ.get("PLUGIN")
+SCHEMA_DIR = os.environ.get("SCHEMA_DIR", os.path.join(os.path.dirname(os.path.dirname(TESTS)), "schemas"))
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(TESTS)), "generator"))
+
+
+def run_protoc(include_dir, protos, out_dir, opt=None):
+    args = [PROTOC, f"--plugin=protoc-gen-xymqtt={PLUGIN}", f"--xymqtt_out={out_dir}",
+            f"-I{include_dir}", f"-I{SCHEMA_DIR}"]
+    if opt is not None:
+        args.append(f"--xymqtt_opt={opt}")
+    args += protos
+    return subprocess.run(args, cwd=include_dir, capture_output=True, text=True)
+
+
+def expected_errors(path):
+    """(line, regex) of each `// error: <regex>` marker in a schema."""
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            m = re.search(r"//\s*error:\s*(.*)$", line)
+            if m:
+                out.append((n, m.group(1).strip()))
+    return out
+
+
+class SchemaErrors(unittest.TestCase):
+    def check(self, *names):
+        with tempfile.TemporaryDirectory() as out:
+            protos = [f"errors/{n}.proto" for n in names]
+            r = run_protoc(ERRORS, protos, out)
+            self.assertNotEqual(r.returncode, 0, f"protoc accepted {protos}")
+            expected = [e for n in names for e in expected_errors(os.path.join(ERRORS, "errors", n + ".proto"))]
+            self.assertTrue(expected, "schema has no // error: marker")
+            for (line, regex), name in zip(expected, names[-1:] * len(expected)):
+                pattern = rf"errors/{re.escape(name)}\.proto:{line}:\d+: .*{regex}"
+                self.assertRegex(r.stderr, pattern)
+            return r
+
+    def test_unknown_event_type(self):
+        self.check("unknown_event_type")
+
+    def test_unknown_token(self):
+        self.check("unknown_token")
+
+    def test_command_topic_may_not_use_request_fields(self):
+        self.check("unknown_command_token")
+
+    def test_duplicate_event_topic(self):
+        self.check("duplicate_topic")
+
+    def test_duplicate_command_topic(self):
+        self.check("duplicate_command_topic")
+
+    def test_duplicate_topic_across_files(self):
+        self.check("dup_across_a", "dup_across_b")
+
+    def test_wildcard_in_topic(self):
+        self.check("wildcard_topic")
+
+    def test_empty_topic_level(self):
+        self.check("empty_level_topic")
+
+    def test_token_not_a_whole_level(self):
+        self.check("partial_token_topic")
+
+    def test_unknown_reject_type(self):
+        self.check("unknown_reject_type")
+
+    def test_rpc_without_command_option(self):
+        self.check("missing_command_option")
+
+    def test_reserved_token_name(self):
+        self.check("reserved_token")
+
+    def test_field_token_of_wrong_type(self):
+        self.check("bad_field_token")
+
+    def test_type_from_a_file_not_imported(self):
+        self.check("not_imported_b", "not_imported")
+
+    def test_error_format_is_file_line_col(self):
+        r = self.check("unknown_event_type")
+        self.assertRegex(r.stderr, r"(?m)errors/unknown_event_type\.proto:9:3: event tick: unknown message type 'Tock'$")
+
+
+class Parameters(unittest.TestCase):
+    def generate(self, opt):
+        out = tempfile.mkdtemp()
+        r = run_protoc(SCHEMA_DIR, ["examples/publisher.proto"], out, opt)
+        return r, out
+
+    def test_unknown_parameter_is_an_error(self):
+        r, _ = self.generate("mocks=true,colour=blue")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("unknown parameter 'colour' (known: mocks)", r.stderr)
+
+    def test_bad_value_is_an_error(self):
+        r, _ = self.generate("mocks=yes")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("mocks must be true or false, not 'yes'", r.stderr)
+
+    def test_parameter_without_value_is_an_error(self):
+        r, _ = self.generate("mocks")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("not of the form key=value", r.stderr)
+
+    def test_repeated_parameter_is_an_error(self):
+        r, _ = self.generate("mocks=true,mocks=false")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("given twice", r.stderr)
+
+    def test_mocks_only_when_asked(self):
+        for opt, mocks in ((None, False), ("mocks=false", False), ("mocks=true", True)):
+            r, out = self.generate(opt)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertTrue(os.path.exists(os.path.join(out, "examples/publisher.xymqtt.h")))
+            self.assertTrue(os.path.exists(os.path.join(out, "examples/publisher.xymqtt.cc")))
+            self.assertEqual(os.path.exists(os.path.join(out, "examples/publisher.xymqtt_mock.h")), mocks, opt)
+
+
+class Golden(unittest.TestCase):
+    FILES = ["golden.xymqtt.h", "golden.xymqtt.cc", "golden.xymqtt_mock.h"]
+
+    def test_golden_output(self):
+        with tempfile.TemporaryDirectory() as out:
+            r = run_protoc(GOLDEN, ["golden.proto"], out, "mocks=true")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            for name in self.FILES:
+                with open(os.path.join(out, name)) as f:
+                    actual = f.read()
+                path = os.path.join(GOLDEN, "expected", name)
+                if os.environ.get("XYMQTT_UPDATE_GOLDEN") == "1":
+                    with open(path, "w") as f:
+                        f.write(actual)
+                with open(path) as f:
+                    self.assertEqual(actual, f.read(), f"{name} differs from golden/expected/{name} "
+                                                       "(XYMQTT_UPDATE_GOLDEN=1 rewrites it)")
+
+    def test_seed_topics_with_default_tokens(self):
+        with tempfile.TemporaryDirectory() as out:
+            r = run_protoc(SCHEMA_DIR, ["examples/publisher.proto"], out)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(out, "examples/publisher.xymqtt.h")) as f:
+                header = f.read()
+            self.assertIn('std::string system = "publisher";', header)
+            with open(os.path.join(out, "examples/publisher.xymqtt.cc")) as f:
+                source = f.read()
+            self.assertIn('tick_topic_ = "evt/" + system_ + "/tick";', source)
+            self.assertIn('ping_topic_ = "cmd/" + system_ + "/ping";', source)
+
+    def test_output_is_deterministic(self):
+        outs = []
+        for _ in range(2):
+            with tempfile.TemporaryDirectory() as out:
+                r = run_protoc(GOLDEN, ["golden.proto"], out, "mocks=true")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                files = {}
+                for n in self.FILES:
+                    with open(os.path.join(out, n)) as f:
+                        files[n] = f.read()
+                outs.append(files)
+        self.assertEqual(outs[0], outs[1])
+
+
+class Model(unittest.TestCase):
+    """Unit tests of helpers that need no protoc."""
+
+    def test_parameters(self):
+        from xymqtt_gen import model
+        self.assertFalse(model.parse_parameters("").mocks)
+        self.assertTrue(model.parse_parameters("mocks=true").mocks)
+        with self.assertRaises(model.ParameterError):
+            model.parse_parameters("namespace=x")
+
+    def test_names(self):
+        from xymqtt_gen import model
+        self.assertEqual(model.snake("GetStock"), "get_stock")
+        self.assertEqual(model.snake("Ping"), "ping")
+        self.assertEqual(model.snake("HTTPGet"), "http_get")
+        self.assertEqual(model.camel("stock_changed"), "StockChanged")
+        self.assertEqual(model.cpp_string('a"b\\c\n'), '"a\\"b\\\\c\\n"')
+
+
+if __name__ == "__main__":
+    unittest.main()

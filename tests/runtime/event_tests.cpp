@@ -1,0 +1,401 @@
+// Events against a real Mosquitto: round trips, offline delivery, retries, restarts, dead letters.
+#include <catch2/catch.hpp>
+
+#include "support/child_process.h"
+#include "util.h"
+#include "xymqtt/exception.h"
+
+using namespace xymqtt;
+using namespace xymqtt::test;
+using namespace std::chrono_literals;
+
+TEST_CASE("publish and subscribe round trip, both stores and durabilities", "[events]") {
+    temp_dir dir("events");
+    const auto kind = GENERATE(store_kind::lmdb, store_kind::sqlite);
+    const auto dur = GENERATE(durability::fsync, durability::process);
+    auto so = options_for(dir, "sub");
+    so.store_type = kind;
+    so.durability = dur;
+    auto po = options_for(dir, "pub");
+    po.store_type = kind;
+    po.durability = dur;
+    const std::string topic = "test/" + so.client_id + "/tick";
+
+    recorder got;
+    auto sub = std::make_unique<client>(so);
+    sub->subscribe(topic, [&](const message& m) { got.add(m.payload); });  // before connect
+    sub->connect();
+    REQUIRE(sub->wait_connected(10s));
+    REQUIRE(eventually([&] { return sub->stats().connected; }));
+    auto pub = connected(po);
+    // The subscription is renewed on connect; wait for the broker to have it before publishing.
+    REQUIRE(eventually([&] {
+        pub->publish(topic + "/probe", "x").get();
+        return true;
+    }));
+    std::vector<std::future<void>> fs;
+    for (int i = 0; i < 50; ++i) fs.push_back(pub->publish(topic, std::to_string(i)));
+    for (auto& f : fs) f.get();  // PUBCOMP for every one
+    REQUIRE(got.wait_size(50));
+    auto items = got.items();
+    for (int i = 0; i < 50; ++i) CHECK(items[i] == std::to_string(i));
+    CHECK(pub->wait_outbox_empty(5s));
+    CHECK(sub->wait_inbox_empty(5s));
+    CHECK(pub->stats().published >= 50);
+}
+
+TEST_CASE("subscribing after connect reaches the broker", "[events]") {
+    temp_dir dir("late");
+    auto sub = connected(options_for(dir, "sub"));
+    auto pub = connected(options_for(dir, "pub"));
+    const std::string topic = "test/" + sub->options().client_id + "/late";
+    recorder got;
+    sub->subscribe(topic, [&](const message& m) { got.add(m.payload); });
+    // The SUBSCRIBE is asynchronous: publish until one arrives, then check a numbered run.
+    REQUIRE(eventually([&] {
+        pub->publish(topic, "probe").get();
+        return got.size() > 0;
+    }, 10s));
+    pub->publish(topic, "after").get();
+    REQUIRE(eventually([&] { return got.items().back() == "after"; }));
+}
+
+TEST_CASE("an offline subscriber receives what was published while it was away", "[events]") {
+    temp_dir dir("offline");
+    auto so = options_for(dir, "sub");
+    const std::string topic = "test/" + so.client_id + "/away";
+    {
+        recorder first;
+        client sub(so);
+        sub.subscribe(topic, [&](const message& m) { first.add(m.payload); });
+        sub.connect();
+        REQUIRE(sub.wait_connected(10s));
+        auto pub = connected(options_for(dir, "pub0"));
+        REQUIRE(eventually([&] {
+            pub->publish(topic, "hello").get();
+            return first.size() > 0;
+        }));
+        sub.close();
+    }
+    auto pub = connected(options_for(dir, "pub"));
+    for (int i = 0; i < 20; ++i) pub->publish(topic, "away-" + std::to_string(i)).get();
+
+    recorder got;
+    client sub(so);  // same id, same store
+    sub.subscribe(topic, [&](const message& m) { got.add(m.payload); });
+    sub.connect();
+    REQUIRE(got.wait_size(20));
+    auto items = got.items();
+    for (int i = 0; i < 20; ++i) CHECK(items[i] == "away-" + std::to_string(i));
+}
+
+TEST_CASE("a throwing handler is retried with backoff and messages stay in order", "[events]") {
+    temp_dir dir("retry");
+    auto so = options_for(dir, "sub");
+    const std::string topic = "test/" + so.client_id + "/retry";
+    std::atomic<int> retry_hooks{0};
+    so.hooks.on_message_retry = [&](const message&, const std::string& err, std::chrono::milliseconds delay) {
+        CHECK(err == "not yet");
+        CHECK(delay.count() > 0);
+        ++retry_hooks;
+    };
+    recorder got;
+    std::map<std::string, int> attempts;
+    std::mutex mu;
+    client sub(so);
+    sub.subscribe(topic, [&](const message& m) {
+        {
+            std::lock_guard<std::mutex> lk(mu);
+            attempts[m.payload] = int(m.attempt);
+        }
+        if (m.payload == "1" && m.attempt < 3) throw std::runtime_error("not yet");
+        got.add(m.payload);
+    });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    auto pub = connected(options_for(dir, "pub"));
+    REQUIRE(eventually([&] {
+        pub->publish(topic, "0").get();
+        return got.size() > 0;
+    }));
+    for (int i = 1; i <= 5; ++i) pub->publish(topic, std::to_string(i)).get();
+    REQUIRE(eventually([&] { return got.items().back() == "5"; }));
+    auto items = got.items();
+    std::vector<std::string> tail(items.end() - 5, items.end());
+    CHECK(tail == std::vector<std::string>{"1", "2", "3", "4", "5"});  // 2..5 waited behind 1
+    CHECK(attempts["1"] == 3);
+    CHECK(retry_hooks == 2);
+    CHECK(sub.stats().retries == 2);
+}
+
+TEST_CASE("retry backoff doubles up to the cap", "[events]") {
+    retry_policy p;
+    CHECK(p.delay_after(1) == 100ms);
+    CHECK(p.delay_after(2) == 200ms);
+    CHECK(p.delay_after(8) == 12800ms);
+    CHECK(p.delay_after(30) == 12800ms);
+}
+
+TEST_CASE("several handlers per filter; unsubscribing the last one unsubscribes at the broker", "[events]") {
+    temp_dir dir("handlers");
+    auto sub = connected(options_for(dir, "sub"));
+    auto pub = connected(options_for(dir, "pub"));
+    const std::string topic = "test/" + sub->options().client_id + "/multi";
+    const std::string marker = "test/" + sub->options().client_id + "/marker";
+    recorder a, b, m;
+    auto ida = sub->subscribe(topic, [&](const message& x) { a.add(x.payload); });
+    auto idb = sub->subscribe(topic, [&](const message& x) { b.add(x.payload); });
+    sub->subscribe(marker, [&](const message& x) { m.add(x.payload); });
+    REQUIRE(eventually([&] {
+        pub->publish(topic, "one").get();
+        return a.size() > 0 && b.size() > 0;
+    }));
+    sub->unsubscribe(ida);
+    const auto before_b = b.size();
+    pub->publish(topic, "two").get();
+    REQUIRE(eventually([&] { return b.size() > before_b; }));
+    const auto a_after = a.size();
+    sub->unsubscribe(idb);
+    // Wait until the broker has processed the UNSUBSCRIBE: a probe on the topic no longer comes back
+    // while a marker on another subscription does (one publisher, so the broker keeps their order).
+    REQUIRE(eventually([&] {
+        const auto before = m.size();
+        pub->publish(topic, "after-unsubscribe").get();
+        pub->publish(marker, "mark").get();
+        if (!eventually([&] { return m.size() > before; }, 5s)) return false;
+        return sub->stats().inbox == 0 && sub->stats().delivered > 0;
+    }));
+    const auto delivered = sub->stats().delivered;
+    pub->publish(topic, "three").get();
+    const auto mb = m.size();
+    pub->publish(marker, "mark2").get();
+    REQUIRE(eventually([&] { return m.size() > mb; }));
+    CHECK(sub->stats().delivered == delivered + 1);  // only the marker arrived
+    CHECK(a.size() == a_after);
+}
+
+TEST_CASE("a publisher restarted with a pending outbox delivers everything", "[events]") {
+    temp_dir dir("outbox");
+    auto po = options_for(dir, "pub");
+    po.durability = durability::fsync;
+    auto so = options_for(dir, "sub");
+    const std::string topic = "test/" + so.client_id + "/outbox";
+    recorder got;
+    client sub(so);
+    sub.subscribe(topic, [&](const message& m) { got.add(m.payload); });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    {
+        client pub(po);  // never connects: everything stays in the outbox, on disk
+        std::vector<std::future<void>> fs;
+        for (int i = 0; i < 100; ++i) fs.push_back(pub.publish(topic, std::to_string(i)));
+        REQUIRE(eventually([&] { return pub.stats().outbox == 100; }));
+        pub.close();
+        for (auto& f : fs) CHECK_THROWS_AS(f.get(), client_closed);
+    }
+    client pub(po);
+    CHECK(pub.stats().outbox == 100);
+    pub.connect();
+    REQUIRE(got.wait_size(100, 30s));
+    auto items = got.items();
+    std::set<std::string> unique(items.begin(), items.end());
+    CHECK(unique.size() == 100);
+    CHECK(items.front() == "0");
+    CHECK(pub.wait_outbox_empty(10s));
+}
+
+TEST_CASE("undecodable payloads go to dead letters while later messages flow", "[events]") {
+    temp_dir dir("dead");
+    auto so = options_for(dir, "sub");
+    const std::string topic = "test/" + so.client_id + "/poison";
+    recorder parse_errors, got;
+    so.hooks.on_parse_error = [&](const message& m, const std::string&) { parse_errors.add(m.payload); };
+    client sub(so);
+    sub.subscribe(topic, [&](const message& m) {
+        if (m.payload.rfind("bad", 0) == 0) throw parse_error("cannot decode " + m.payload);
+        got.add(m.payload);
+    });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    auto pub = connected(options_for(dir, "pub"));
+    REQUIRE(eventually([&] {
+        pub->publish(topic, "ok-0").get();
+        return got.size() > 0;
+    }));
+    pub->publish(topic, "bad-1").get();
+    pub->publish(topic, "ok-2").get();
+    REQUIRE(eventually([&] { return got.items().back() == "ok-2"; }));
+    CHECK(parse_errors.items() == std::vector<std::string>{"bad-1"});
+    auto dl = sub.dead_letters();
+    REQUIRE(dl.size() == 1);
+    CHECK(dl[0].record.payload == "bad-1");
+    CHECK(dl[0].record.error.find("cannot decode") != std::string::npos);
+    CHECK(sub.stats().dead_letters == 1);
+
+    // Replay puts it back through the handler (still poison: it returns to dead letters).
+    REQUIRE(sub.replay_dead_letter(dl[0].id));
+    REQUIRE(eventually([&] { return parse_errors.size() == 2; }));
+    REQUIRE(sub.dead_letters().size() == 1);
+    REQUIRE(sub.purge_dead_letter(sub.dead_letters()[0].id));
+    CHECK(sub.dead_letters().empty());
+    CHECK_FALSE(sub.purge_dead_letter("00000000000000000000"));
+}
+
+TEST_CASE("max_attempts moves a failing message to dead letters", "[events]") {
+    temp_dir dir("maxatt");
+    auto so = options_for(dir, "sub");
+    so.retry.max_attempts = 3;
+    const std::string topic = "test/" + so.client_id + "/fail";
+    recorder dead, got;
+    so.hooks.on_dead_letter = [&](const message& m, const std::string&) { dead.add(m.payload); };
+    client sub(so);
+    sub.subscribe(topic, [&](const message& m) {
+        if (m.payload == "always-fails") throw std::runtime_error("boom");
+        got.add(m.payload);
+    });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    auto pub = connected(options_for(dir, "pub"));
+    REQUIRE(eventually([&] {
+        pub->publish(topic, "first").get();
+        return got.size() > 0;
+    }));
+    pub->publish(topic, "always-fails").get();
+    pub->publish(topic, "after").get();
+    REQUIRE(eventually([&] { return got.items().back() == "after"; }));
+    CHECK(dead.items() == std::vector<std::string>{"always-fails"});
+    REQUIRE(sub.dead_letters().size() == 1);
+    CHECK(sub.dead_letters()[0].record.attempts == 3);
+}
+
+TEST_CASE("MQTT 3.1.1 round trip", "[events]") {
+    temp_dir dir("v311");
+    auto so = options_for(dir, "sub");
+    so.mqtt_version = 4;
+    auto po = options_for(dir, "pub");
+    po.mqtt_version = 4;
+    const std::string topic = "test/" + so.client_id + "/v3";
+    recorder got;
+    client sub(so);
+    sub.subscribe(topic, [&](const message& m) { got.add(m.payload); });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    auto pub = connected(po);
+    REQUIRE(eventually([&] {
+        pub->publish(topic, "v3").get();
+        return got.size() > 0;
+    }));
+    CHECK(got.items()[0] == "v3");
+}
+
+TEST_CASE("hooks report connection and packets", "[events]") {
+    temp_dir dir("hooks");
+    auto o = options_for(dir, "c");
+    std::atomic<int> connects{0}, inits{0}, sends{0}, receives{0}, messages{0};
+    o.hooks.on_connect = [&](bool) { ++connects; };
+    o.hooks.on_init = [&] { ++inits; };
+    o.hooks.on_packet_send = [&](const std::string&, const std::string&) { ++sends; };
+    o.hooks.on_packet_receive = [&](const std::string&, const std::string&) { ++receives; };
+    o.hooks.on_message = [&](const message&) { ++messages; };
+    const std::string topic = "test/" + o.client_id + "/self";
+    client c(o);
+    c.subscribe(topic, [](const message&) {});
+    c.connect();
+    REQUIRE(c.wait_connected(10s));
+    REQUIRE(eventually([&] {
+        c.publish(topic, "me").get();
+        return messages > 0;
+    }));
+    CHECK(connects == 1);
+    CHECK(inits == 1);  // a new client id: no stored session
+    CHECK(sends >= 1);
+    CHECK(receives >= 1);
+}
+
+TEST_CASE("a subscriber killed with SIGKILL while handling loses nothing", "[events][crash]") {
+    temp_dir dir("sigkill");
+    const std::string id = unique_id("killed-sub");
+    const std::string store = dir / "sub-store", log = dir / "handled.log";
+    const std::string topic = "test/" + id + "/work";
+    auto run_sub = [&] {
+        return std::make_unique<child_process>(std::vector<std::string>{
+            XY_AGENT, "subscribe", "--broker", shared_broker_uri(), "--id", id, "--store", store, "--filter", topic,
+            "--log", log, "--slow-ms", "20"});
+    };
+    auto sub = run_sub();
+    REQUIRE(sub->wait_for_line("ready"));
+    auto pub = connected(options_for(dir, "pub"));
+    // Make sure the subscription exists before the run starts.
+    REQUIRE(eventually([&] {
+        pub->publish(topic, "warmup").get();
+        for (auto& l : read_lines(log))
+            if (l == "done warmup") return true;
+        return false;
+    }, 10s));
+    const int n = 60;
+    for (int i = 0; i < n; ++i) pub->publish(topic, std::to_string(i)).get();
+    // Kill it in the middle of a handler: after some are done and one has started.
+    REQUIRE(eventually([&] {
+        auto lines = read_lines(log);
+        return lines.size() > 20 && lines.back().rfind("start", 0) == 0;
+    }, 20s));
+    sub->kill(SIGKILL);
+    sub->wait();
+    sub = run_sub();
+    REQUIRE(eventually([&] {
+        std::set<std::string> done;
+        for (auto& l : read_lines(log))
+            if (l.rfind("done ", 0) == 0) done.insert(l.substr(5));
+        return done.size() == n + 1;
+    }, 30s));
+    std::map<std::string, int> starts;
+    for (auto& l : read_lines(log))
+        if (l.rfind("start ", 0) == 0) ++starts[l.substr(6)];
+    int rehandled = 0;
+    for (auto& [k, v] : starts) rehandled += v - 1;
+    CHECK(rehandled <= 1);  // at most the one in progress at the kill
+}
+
+TEST_CASE("a publisher killed with SIGKILL re-sends its pending outbox after restart", "[events][crash]") {
+    temp_dir dir("pubkill");
+    const std::string id = unique_id("killed-pub");
+    const std::string store = dir / "pub-store";
+    auto so = options_for(dir, "sub");
+    const std::string topic = "test/" + so.client_id + "/k";
+    recorder got;
+    client sub(so);
+    sub.subscribe(topic, [&](const message& m) { got.add(m.payload); });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    const int n = 2000;
+    auto run_pub = [&] {
+        return std::make_unique<child_process>(std::vector<std::string>{
+            XY_AGENT, "publish", "--broker", shared_broker_uri(), "--id", id, "--store", store, "--topic", topic,
+            "--from", "0", "--count", std::to_string(n), "--durability", "fsync"});
+    };
+    auto pub = run_pub();
+    REQUIRE(pub->wait_for_line([](const std::string& l) { return l.rfind("ack 5", 0) == 0; }, 20s));
+    pub->kill(SIGKILL);
+    pub->wait();
+    std::set<std::string> acked;
+    for (auto& l : pub->lines())
+        if (l.rfind("ack ", 0) == 0) acked.insert(l.substr(4));
+    // Restart on the same store with nothing new to publish: the outbox alone must finish the job.
+    auto again = std::make_unique<child_process>(std::vector<std::string>{
+        XY_AGENT, "publish", "--broker", shared_broker_uri(), "--id", id, "--store", store, "--topic", topic, "--from",
+        "0", "--count", "0"});
+    REQUIRE(again->wait(30s) == 0);
+    REQUIRE(eventually([&] {
+        auto items = got.items();
+        std::set<std::string> u(items.begin(), items.end());
+        for (auto& a : acked)
+            if (!u.count(a)) return false;
+        return true;
+    }, 30s));
+    // Everything that was stored before the kill arrives, not only what was acknowledged.
+    auto o = options_for(dir, "unused");
+    o.client_id = id;
+    o.store_dir = store;
+    client check(o);
+    CHECK(check.stats().outbox == 0);
+}

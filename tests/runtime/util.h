@@ -1,0 +1,44 @@
+// Shared helpers of the runtime integration tests.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <map>
+#include <set>
+#include <vector>
+
+#include "support/broker.h"
+#include "support/eventually.h"
+#include "support/temp_dir.h"
+#include "xymqtt/client.h"
+
+namespace xymqtt::test {
+
+/// A client id no other test uses (sessions at the shared broker are per id).
+std::string unique_id(const std::string& name);
+
+/// Options for a client of the shared test broker with its store in `dir`/`name`.
+client_options options_for(const temp_dir& dir, const std::string& name, const std::string& uri = shared_broker_uri());
+
+/// Creates, connects and waits for a client. Fails the test if it cannot connect.
+std::unique_ptr<client> connected(client_options opts);
+
+/// Thread-safe record of what handlers saw.
+class recorder {
+public:
+    void add(const std::string& s);
+    std::vector<std::string> items() const;
+    std::size_t size() const;
+    bool wait_size(std::size_t n, std::chrono::milliseconds timeout = std::chrono::seconds(20)) const;
+
+private:
+    mutable std::mutex mu_;
+    std::vector<std::string> items_;
+};
+
+/// Lines of a text file (missing file: none).
+std::vector<std::string> read_lines(const std::string& path);
+
+}  // namespace xymqtt::test
