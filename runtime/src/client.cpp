@@ -185,17 +185,13 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     });
     dead_count_ = store_->count(table::dead_letters);
 
-    detail::paho_persistence::purge_outbound(store_->paho());
     persistence_ = std::make_unique<detail::paho_persistence>(
         store_->paho(), opts_.mqtt_version == 4 && opts_.durability == durability::fsync,
         [this](const std::string& e) {
             log(log_level::error, e);
             fire(opts_.hooks.on_storage_error, e);
         });
-
-    mqtt::create_options co(opts_.mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1);
-    co.set_send_while_disconnected(false);  // the outbox holds what waits, on disk
-    cli_ = std::make_unique<mqtt::async_client>(opts_.server_uri, opts_.client_id, co, persistence_.get());
+    persistence_->on_complete([this](int packet_id) { on_resumed_complete(packet_id); });
 
     conn_builder_ = std::make_unique<mqtt::connect_options_builder>();
     auto& b = *conn_builder_;
@@ -228,11 +224,6 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     }
 
     listener_ = std::make_unique<listener>(*this);
-    cli_->set_message_callback([this](mqtt::const_message_ptr m) { on_arrived(std::move(m)); });
-    cli_->set_connection_lost_handler([this](const std::string& cause) { on_connection_lost(cause); });
-    cli_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode rc) {
-        on_connection_lost("broker sent DISCONNECT, reason code " + std::to_string(int(rc)));
-    });
 
     purge_expired_results();
     sender_thread_ = std::thread([this] { sender_loop(); });
@@ -292,6 +283,65 @@ bool client::impl::is_connected() const {
     return connected_;
 }
 
+std::shared_ptr<mqtt::async_client> client::impl::paho() const {
+    std::lock_guard<std::mutex> lk(cli_mu_);
+    return cli_;
+}
+
+void client::impl::fresh_paho() {
+    // A new Paho client for every connection. Paho C 1.3 resends in-flight publishes from its own memory
+    // after a reconnect, and a publish whose write failed half-way is resent from freed memory (seen
+    // here as garbage payloads and a broker that drops the connection each time). The outbox holds every
+    // unfinished publish, so a fresh client plus a resend from the outbox is both simpler and safe.
+    std::shared_ptr<mqtt::async_client> old;
+    {
+        std::lock_guard<std::mutex> lk(cli_mu_);
+        old.swap(cli_);
+    }
+    old.reset();  // Paho fails the old tokens (-> requeue); they must not complete after this point
+    detail::paho_persistence::purge_commands(store_->paho());
+    mqtt::create_options co(opts_.mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1);
+    co.set_send_while_disconnected(false);  // the outbox holds what waits, on disk
+    auto cli = std::make_shared<mqtt::async_client>(opts_.server_uri, opts_.client_id, co, persistence_.get());
+    cli->set_message_callback([this](mqtt::const_message_ptr m) { on_arrived(std::move(m)); });
+    cli->set_connection_lost_handler([this](const std::string& cause) { on_connection_lost(cause); });
+    cli->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode rc) {
+        on_connection_lost("broker sent DISCONNECT, reason code " + std::to_string(int(rc)));
+    });
+    {
+        std::lock_guard<std::mutex> lk(cli_mu_);
+        cli_ = std::move(cli);
+    }
+    // The new client resumes the flows it restored; everything else in flight is sent again.
+    const auto resumable = persistence_->resumable();
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& [seq, msg] : inflight_) requeue_[seq] = msg;
+    inflight_.clear();
+    resumed_.clear();
+    for (const auto& [packet_id, seq] : resumable) {
+        const bool pending = requeue_.erase(seq) + ready_.erase(seq) > 0 ||
+                             std::find(backlog_.begin(), backlog_.end(), seq) != backlog_.end();
+        if (!pending) continue;
+        resumed_[packet_id] = seq;
+        resumed_seqs_.insert(seq);
+    }
+}
+
+void client::impl::on_resumed_complete(int packet_id) {
+    std::uint64_t seq;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (connecting_) return;  // records dropped because the broker has no session: not a delivery
+        auto it = resumed_.find(packet_id);
+        if (it == resumed_.end()) return;  // a flow of this client: its token reports it
+        seq = it->second;
+        resumed_.erase(it);
+        resumed_seqs_.erase(seq);
+        inflight_[seq] = nullptr;
+    }
+    on_delivered(seq, 0);
+}
+
 void client::impl::connection_loop() {
     auto backoff = opts_.reconnect_min;
     std::unique_lock<std::mutex> lk(mu_);
@@ -301,16 +351,37 @@ void client::impl::connection_loop() {
         lk.unlock();
         bool ok = false;
         bool session_present = false;
+        std::size_t receive_max = 65535;
         try {
+            fresh_paho();
+            {
+                std::lock_guard<std::mutex> g(mu_);
+                connecting_ = true;
+            }
             // A fresh copy from the builder each time: a connect_options copied from one that is gone
             // keeps pointing at the old MQTT 5 properties (Paho C++ 1.2), silently dropping the session
             // expiry, and with it the session at every disconnect.
-            auto tok = cli_->connect(conn_builder_->finalize());
+            auto tok = paho()->connect(conn_builder_->finalize());
             if (!tok->wait_for(opts_.connect_timeout + std::chrono::seconds(2)))
                 throw mqtt::exception(MQTTASYNC_FAILURE, "connect timed out");
-            session_present = tok->get_connect_response().is_session_present();
+            const auto rsp = tok->get_connect_response();
+            session_present = rsp.is_session_present();
+            std::lock_guard<std::mutex> g(mu_);
+            connecting_ = false;
+            if (!session_present) {
+                // The broker forgot the session, and Paho dropped the flows it was resuming: send again.
+                for (auto& [packet_id, seq] : resumed_) requeue_[seq] = nullptr;
+                resumed_.clear();
+                resumed_seqs_.clear();
+            }
+            if (rsp.get_properties().contains(mqtt::property::RECEIVE_MAXIMUM))
+                receive_max = mqtt::get<uint16_t>(rsp.get_properties(), mqtt::property::RECEIVE_MAXIMUM);
             ok = true;
         } catch (const mqtt::exception& e) {
+            {
+                std::lock_guard<std::mutex> g(mu_);
+                connecting_ = false;
+            }
             std::string why = e.get_error_str();
             const int reason = e.get_reason_code();
             if (reason == 0x86 || reason == 0x87 || e.get_return_code() == 4 || e.get_return_code() == 5)
@@ -321,6 +392,11 @@ void client::impl::connection_loop() {
             last_error_ = "connect to " + opts_.server_uri + " failed: " + why;
         }
         if (ok) {
+            {
+                // Paho stalls (1 s waits) once the broker's receive maximum is reached: stay below it.
+                std::lock_guard<std::mutex> g(mu_);
+                window_ = std::max<std::size_t>(1, std::min(opts_.max_inflight, receive_max));
+            }
             on_connected(session_present);
             backoff = opts_.reconnect_min;
             lk.lock();
@@ -381,9 +457,9 @@ void client::impl::subscribe_at_broker(const std::string& filter) {
             // Retained messages only for a new subscription, not again at each reconnect.
             mqtt::subscribe_options so;
             so.set_retain_handling(mqtt::subscribe_options::SEND_RETAINED_ON_NEW);
-            cli_->subscribe(filter, 2, nullptr, *l, so);
+            paho()->subscribe(filter, 2, nullptr, *l, so);
         } else {
-            cli_->subscribe(filter, 2, nullptr, *l);
+            paho()->subscribe(filter, 2, nullptr, *l);
         }
     } catch (const mqtt::exception& e) {
         // Not connected: it is subscribed again on the next connection.
@@ -395,7 +471,7 @@ void client::impl::unsubscribe_at_broker(const std::string& filter) {
     try {
         auto* l = new sub_listener([this](log_level lv, const std::string& s) { log(lv, s); },
                                    "unsubscription from " + filter);
-        cli_->unsubscribe(filter, nullptr, *l);
+        paho()->unsubscribe(filter, nullptr, *l);
     } catch (const mqtt::exception& e) {
         log(log_level::warning, "unsubscribe " + filter + " failed: " + e.what());
     }
@@ -422,9 +498,11 @@ void client::impl::close() {
     if (timer_thread_.joinable()) timer_thread_.join();
     // Disconnect before stopping the lanes and the writer: a delivery being committed in Paho's
     // callback must finish (or be refused) before the writer goes.
-    try {
-        if (cli_->is_connected()) cli_->disconnect(std::chrono::milliseconds(500))->wait_for(std::chrono::seconds(2));
-    } catch (const mqtt::exception&) {
+    if (auto cli = paho()) {
+        try {
+            if (cli->is_connected()) cli->disconnect(std::chrono::milliseconds(500))->wait_for(std::chrono::seconds(2));
+        } catch (const mqtt::exception&) {
+        }
     }
     std::vector<lane*> ls;
     {
@@ -447,6 +525,7 @@ void client::impl::close() {
     }
     for (auto& [s, p] : promises) p->set_exception(std::make_exception_ptr(client_closed("client closed before the publish completed (it stays in the outbox)")));
     for (auto& [s, p] : awaiting) p->set_exception(std::make_exception_ptr(client_closed("client closed before the result arrived")));
+    std::lock_guard<std::mutex> lk(cli_mu_);
     cli_.reset();  // Paho must stop calling us before the members it uses go
 }
 
@@ -538,7 +617,7 @@ void client::impl::sender_loop() {
     while (true) {
         send_cv_.wait(lk, [&] {
             return closing_ ||
-                   (connected_ && !send_blocked_ && inflight_.size() < opts_.max_inflight &&
+                   (connected_ && !send_blocked_ && inflight_.size() < window_ &&
                     (!requeue_.empty() || !backlog_.empty() || !ready_.empty()));
         });
         if (closing_) return;
@@ -557,6 +636,7 @@ void client::impl::sender_loop() {
             msg = ready_.begin()->second;
             ready_.erase(ready_.begin());
         }
+        if (resumed_seqs_.count(seq)) continue;  // Paho is finishing this one under its old packet id
         inflight_[seq] = msg;
         lk.unlock();
         if (!msg) {
@@ -576,10 +656,16 @@ void client::impl::sender_loop() {
         }
         bool sent = false;
         try {
-            cli_->publish(to_paho(*msg), reinterpret_cast<void*>(static_cast<std::uintptr_t>(seq)), *listener_);
+            auto cli = paho();
+            if (!cli) throw mqtt::exception(MQTTASYNC_DISCONNECTED);
+            auto tok = cli->publish(to_paho(*msg), reinterpret_cast<void*>(static_cast<std::uintptr_t>(seq)), *listener_);
             sent = true;
+            persistence_->map_packet(tok->get_message_id(), seq);
         } catch (const mqtt::exception& e) {
             log(log_level::debug, std::string("publish deferred: ") + e.what());
+        } catch (const std::exception& e) {
+            // The packet mapping could not be stored: the publish is out; a crash now costs a duplicate.
+            log(log_level::error, std::string("storing the packet id of a publish failed: ") + e.what());
         }
         if (sent) fire(opts_.hooks.on_packet_send, msg->topic, msg->payload);
         lk.lock();
@@ -602,7 +688,7 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code) {
     std::shared_ptr<std::promise<void>> prom;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        inflight_.erase(seq);
+        if (!inflight_.erase(seq) && !requeue_.erase(seq)) return;  // completed already
         auto it = promises_.find(seq);
         if (it != promises_.end()) {
             prom = it->second;

@@ -140,7 +140,11 @@ private:
     std::shared_ptr<store> store_;
     std::unique_ptr<detail::paho_persistence> persistence_;
     std::unique_ptr<detail::committer> committer_;
-    std::unique_ptr<mqtt::async_client> cli_;
+    std::shared_ptr<mqtt::async_client> paho() const;
+    void fresh_paho();
+    void on_resumed_complete(int packet_id);
+    mutable std::mutex cli_mu_;
+    std::shared_ptr<mqtt::async_client> cli_;  // replaced at every connection (see fresh_paho)
     std::unique_ptr<mqtt::connect_options_builder> conn_builder_;
     std::string host_;
     int port_ = 0;
@@ -166,6 +170,10 @@ private:
     std::map<std::uint64_t, std::shared_ptr<stored_message>> requeue_;  // sent, failed, to send again
     std::map<std::uint64_t, std::shared_ptr<stored_message>> inflight_; // handed to Paho
     bool send_blocked_ = false;
+    std::size_t window_ = 1;              // publishes allowed in flight: min(max_inflight, receive maximum)
+    bool connecting_ = false;
+    std::map<int, std::uint64_t> resumed_;  // packet id -> outbox record, flows Paho resumed itself
+    std::set<std::uint64_t> resumed_seqs_;
     std::size_t outbox_count_ = 0;
 
     // inbox

@@ -2,21 +2,46 @@
 
 #include <mqtt/exception.h>
 
+#include <cstdlib>
+
 namespace xymqtt::detail {
 
 paho_persistence::paho_persistence(paho_records& records, bool sync_inbound,
                                    std::function<void(const std::string&)> on_error)
     : records_(records), sync_inbound_(sync_inbound), on_error_(std::move(on_error)) {}
 
-bool paho_persistence::is_outbound(const std::string& key) {
-    for (const char* p : {"s-", "sc-", "c-", "s5-", "sc5-", "c5-"})
-        if (key.rfind(p, 0) == 0) return true;
-    return false;
+namespace {
+
+// @return the packet id of an outbound publish record ("s-12", "s5-12", "sc-12", "sc5-12"), or -1.
+int outbound_packet_id(const std::string& key, bool publish_only) {
+    for (const char* p : {"s-", "s5-", "sc-", "sc5-"}) {
+        const std::string prefix = p;
+        if (publish_only && prefix.rfind("sc", 0) == 0) continue;
+        if (key.rfind(prefix, 0) == 0) return std::atoi(key.c_str() + prefix.size());
+    }
+    return -1;
 }
 
-void paho_persistence::purge_outbound(paho_records& records) {
+}  // namespace
+
+void paho_persistence::purge_commands(paho_records& records) {
     for (const auto& k : records.keys())
-        if (is_outbound(k)) records.remove(k);
+        if (k.rfind("c-", 0) == 0 || k.rfind("c5-", 0) == 0) records.remove(k);
+}
+
+void paho_persistence::map_packet(int packet_id, std::uint64_t seq) {
+    const std::string key = "x-" + std::to_string(packet_id);
+    guarded("put", key, [&] { records_.put(key, std::to_string(seq), false); });
+}
+
+std::map<int, std::uint64_t> paho_persistence::resumable() const {
+    std::map<int, std::uint64_t> out;
+    for (const auto& k : records_.keys()) {
+        const int id = outbound_packet_id(k, false);
+        if (id < 0) continue;
+        if (auto v = records_.get("x-" + std::to_string(id))) out[id] = std::strtoull(v->c_str(), nullptr, 10);
+    }
+    return out;
 }
 
 template <class F>
@@ -64,6 +89,13 @@ mqtt::string paho_persistence::get(const mqtt::string& key) const {
 
 void paho_persistence::remove(const mqtt::string& key) {
     guarded("remove", key, [&] { records_.remove(key); });
+    const int id = outbound_packet_id(key, true);
+    if (id >= 0) {
+        // Paho removes the publish record when the QoS 2 flow ends (PUBCOMP, or a refusing PUBREC),
+        // and when the broker has no session (the client ignores removals during a connect).
+        guarded("remove", key, [&] { records_.remove("x-" + std::to_string(id)); });
+        if (on_complete_) on_complete_(id);
+    }
 }
 
 }  // namespace xymqtt::detail

@@ -3,18 +3,26 @@
 
 #include <mqtt/iclient_persistence.h>
 
+#include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 
 #include "xymqtt/store.h"
 
 namespace xymqtt::detail {
 
-/// Keeps Paho's records in the store's paho area, so that after a crash Paho knows which QoS 2 messages
-/// it already received (`r-`, `r5-`) and answers the broker's resends without delivering them twice.
-/// Outbound records (`s-`, `sc-`, `c-` and their v5 forms) are dropped when the client starts
-/// (purge_outbound): the outbox is the source of truth for outgoing messages and re-sends them after a
-/// restart; letting Paho resend its copy too would send them twice.
+/// Keeps Paho's records in the store's paho area, so that a restarted (or re-created) Paho client resumes
+/// its QoS 2 flows with the broker exactly where they stopped:
+///  - inbound (`r-`, `r5-`): messages already received are not delivered twice;
+///  - outbound (`s-`, `sc-`): publishes in flight are finished under their own packet ids. Dropping them
+///    would leave the broker waiting for PUBRELs that never come, and those half-open flows count against
+///    its receive maximum until it refuses the connection.
+/// Queued commands (`c-`, `c5-`) are dropped before a client is created (purge_commands): those
+/// publishes never left, and the outbox sends them again.
+/// Each outbound flow is tied to its outbox record by a mapping record `x-<packet id>`, written by the
+/// client after Paho accepted the publish (map_packet) and removed with the flow. When Paho removes
+/// `s-<id>`/`s5-<id>` the flow is over and `on_complete(id)` is called.
 ///
 /// Paho ignores many persistence errors (a full store silently makes it non-persistent), so every
 /// failure is also reported through `on_error` before it is returned to Paho.
@@ -33,10 +41,14 @@ public:
     mqtt::string get(const mqtt::string& key) const override;
     void remove(const mqtt::string& key) override;
 
-    /// @return true for the records of outgoing messages and commands.
-    static bool is_outbound(const std::string& key);
-    /// Removes Paho's outbound records; call before Paho restores its state.
-    static void purge_outbound(paho_records& records);
+    /// Removes Paho's queued commands; call before a Paho client restores its state.
+    static void purge_commands(paho_records& records);
+    /// Records that outbox record `seq` is in flight under `packet_id`.
+    void map_packet(int packet_id, std::uint64_t seq);
+    /// @return the outbox records whose flows Paho will resume, by packet id.
+    std::map<int, std::uint64_t> resumable() const;
+    /// Called (on Paho's threads) when the outbound flow of a packet id has ended.
+    void on_complete(std::function<void(int packet_id)> fn) { on_complete_ = std::move(fn); }
 
 private:
     template <class F>
@@ -45,6 +57,7 @@ private:
     paho_records& records_;
     bool sync_inbound_;
     std::function<void(const std::string&)> on_error_;
+    std::function<void(int)> on_complete_;
 };
 
 }  // namespace xymqtt::detail

@@ -350,7 +350,7 @@ TEST_CASE("a subscriber killed with SIGKILL while handling loses nothing", "[eve
     }, 30s));
     std::map<std::string, int> starts;
     for (auto& l : read_lines(log))
-        if (l.rfind("start ", 0) == 0) ++starts[l.substr(6)];
+        if (l.rfind("start ", 0) == 0 && l != "start warmup") ++starts[l.substr(6)];
     int rehandled = 0;
     for (auto& [k, v] : starts) rehandled += v - 1;
     CHECK(rehandled <= 1);  // at most the one in progress at the kill
