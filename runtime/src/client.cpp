@@ -383,8 +383,9 @@ void client::impl::connection_loop() {
                 connecting_ = false;
             }
             std::string why = e.get_error_str();
-            const int reason = e.get_reason_code();
-            if (reason == 0x86 || reason == 0x87 || e.get_return_code() == 4 || e.get_return_code() == 5)
+            const int reason = e.get_reason_code(), rc = e.get_return_code();
+            // MQTT 5 reason codes 0x86/0x87, MQTT 3.1.1 return codes 4/5 (Paho reports either field).
+            if (reason == 0x86 || reason == 0x87 || rc == 0x86 || rc == 0x87 || rc == 4 || rc == 5)
                 why = "not authorized: bad user name or password (" + why + ")";
             else if (why.empty())
                 why = e.what();
@@ -412,7 +413,7 @@ void client::impl::connection_loop() {
 void client::impl::on_connected(bool session_present) {
     if (opts_.tcp_nodelay && detail::set_tcp_nodelay_to_peer(host_, port_) == 0)
         log(log_level::warning, "could not set TCP_NODELAY on the broker connection");
-    std::vector<std::string> filters;
+    std::vector<std::string> filters, stale;
     bool reconnect;
     {
         std::lock_guard<std::mutex> lk(mu_);
@@ -423,11 +424,15 @@ void client::impl::on_connected(bool session_present) {
         last_error_.clear();
         for (auto& [f, l] : lanes_)
             if (!l->stopping) filters.push_back(f);
+        for (const auto& f : filters) pending_unsubscribes_.erase(f);
+        stale.assign(pending_unsubscribes_.begin(), pending_unsubscribes_.end());
+        pending_unsubscribes_.clear();
     }
     log(log_level::info, std::string("connected to ") + opts_.server_uri + (session_present ? " (session present)" : " (new session)"));
     // Every filter is subscribed again on every connection: cheap, and right when the broker has
     // forgotten the session or when a filter was added while offline.
     for (const auto& f : filters) subscribe_at_broker(f);
+    for (const auto& f : stale) unsubscribe_at_broker(f);
     fire(opts_.hooks.on_connect, session_present);
     if (reconnect) fire(opts_.hooks.on_reconnect);
     if (!session_present) fire(opts_.hooks.on_init);
@@ -450,6 +455,8 @@ void client::impl::on_connection_lost(const std::string& cause) {
 }
 
 void client::impl::subscribe_at_broker(const std::string& filter) {
+    auto cli = paho();
+    if (!cli) return;  // subscribed on the next connection
     try {
         auto* l = new sub_listener([this](log_level lv, const std::string& s) { log(lv, s); },
                                    "subscription to " + filter);
@@ -457,9 +464,9 @@ void client::impl::subscribe_at_broker(const std::string& filter) {
             // Retained messages only for a new subscription, not again at each reconnect.
             mqtt::subscribe_options so;
             so.set_retain_handling(mqtt::subscribe_options::SEND_RETAINED_ON_NEW);
-            paho()->subscribe(filter, 2, nullptr, *l, so);
+            cli->subscribe(filter, 2, nullptr, *l, so);
         } else {
-            paho()->subscribe(filter, 2, nullptr, *l);
+            cli->subscribe(filter, 2, nullptr, *l);
         }
     } catch (const mqtt::exception& e) {
         // Not connected: it is subscribed again on the next connection.
@@ -468,12 +475,16 @@ void client::impl::subscribe_at_broker(const std::string& filter) {
 }
 
 void client::impl::unsubscribe_at_broker(const std::string& filter) {
+    auto cli = paho();
     try {
+        if (!cli || !cli->is_connected()) throw mqtt::exception(MQTTASYNC_DISCONNECTED);
         auto* l = new sub_listener([this](log_level lv, const std::string& s) { log(lv, s); },
                                    "unsubscription from " + filter);
-        paho()->unsubscribe(filter, nullptr, *l);
-    } catch (const mqtt::exception& e) {
-        log(log_level::warning, "unsubscribe " + filter + " failed: " + e.what());
+        cli->unsubscribe(filter, nullptr, *l);
+    } catch (const mqtt::exception&) {
+        // Offline: the broker keeps the subscription in the session, so unsubscribe at the next connection.
+        std::lock_guard<std::mutex> lk(mu_);
+        pending_unsubscribes_.insert(filter);
     }
 }
 
@@ -1046,7 +1057,7 @@ void client::impl::dead_letter_record(const std::string& id, stored_message rec,
     m.payload = rec.payload;
     m.props = rec.props;
     m.id = id;
-    m.attempt = rec.attempts + 1;
+    m.attempt = parse ? rec.attempts + 1 : rec.attempts;  // the attempt that failed
     rec.error = reason;
     try {
         commit_until_stored({{table::incoming, id, std::nullopt}, {table::dead_letters, id, encode_record(rec)}});

@@ -174,6 +174,7 @@ private:
     bool connecting_ = false;
     std::map<int, std::uint64_t> resumed_;  // packet id -> outbox record, flows Paho resumed itself
     std::set<std::uint64_t> resumed_seqs_;
+    std::set<std::string> pending_unsubscribes_;  // filters removed while offline
     std::size_t outbox_count_ = 0;
 
     // inbox

@@ -289,10 +289,16 @@ bool client::impl::has_result_subscription(const std::string& command) const {
         auto it = result_handlers_.find(command);
         if (it != result_handlers_.end() && !it->second.empty()) return true;
     }
+    std::set<subscription_id> internal;
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        for (const auto& [cmd, ids] : result_lanes_) internal.insert({ids.first, ids.second});
+    }
     const auto resolve = wire::resolve_topic(command), reject = wire::reject_topic(command);
     bool has_resolve = false, has_reject = false;
     std::lock_guard<std::mutex> lk(mu_);
     for (const auto& [id, f] : sub_filter_) {
+        if (internal.count(id)) continue;  // the awaitable form's own subscriptions do not count
         has_resolve = has_resolve || topic_matches(f, resolve);
         has_reject = has_reject || topic_matches(f, reject);
     }
@@ -374,6 +380,8 @@ pending_call client::impl::call_async(const std::string& command, std::string bo
                 p = it->second;
                 awaiting_.erase(it);
             }
+            // Forget the call, so a late result is ignored instead of waiting for a handler forever.
+            committer_->submit({{table::calls, id, std::nullopt}}, nullptr);
             p->set_exception(std::make_exception_ptr(
                 timeout_error("no result for " + command + " call " + id + " within " + std::to_string(t.count()) + " ms")));
             try {

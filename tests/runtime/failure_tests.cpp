@@ -104,6 +104,7 @@ TEST_CASE("wrong credentials are reported clearly", "[errors]") {
     bad.connect();
     CHECK_FALSE(bad.wait_connected(1s));
     REQUIRE(eventually([&] { return !bad.stats().last_error.empty(); }));
+    INFO(bad.stats().last_error);
     CHECK(bad.stats().last_error.find("not authorized") != std::string::npos);
     CHECK(bad.stats().last_error.find("wrong") == std::string::npos);  // the password is never shown
 
