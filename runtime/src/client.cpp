@@ -302,6 +302,8 @@ void client::impl::fresh_paho() {
     detail::paho_persistence::purge_commands(store_->paho());
     mqtt::create_options co(opts_.mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1);
     co.set_send_while_disconnected(false);  // the outbox holds what waits, on disk
+    // Paho refuses publishes (-12) once this many wait in its command queue, connected or not.
+    co.set_max_buffered_messages(static_cast<int>(std::min<std::size_t>(opts_.max_inflight, 65000)) + 64);
     auto cli = std::make_shared<mqtt::async_client>(opts_.server_uri, opts_.client_id, co, persistence_.get());
     cli->set_message_callback([this](mqtt::const_message_ptr m) { on_arrived(std::move(m)); });
     cli->set_connection_lost_handler([this](const std::string& cause) { on_connection_lost(cause); });
@@ -325,6 +327,8 @@ void client::impl::fresh_paho() {
         resumed_[packet_id] = seq;
         resumed_seqs_.insert(seq);
     }
+    log(log_level::debug, "new Paho client: " + std::to_string(resumed_.size()) + " flows resumed by Paho, " +
+                              std::to_string(requeue_.size()) + " publishes to send again");
 }
 
 void client::impl::on_resumed_complete(int packet_id) {
@@ -394,9 +398,11 @@ void client::impl::connection_loop() {
         }
         if (ok) {
             {
-                // Paho stalls (1 s waits) once the broker's receive maximum is reached: stay below it.
+                // Paho stalls (1 s waits) once the broker's receive maximum is reached, and a client that lost
+                // its in-flight state (power loss) leaves up to a window of half-open flows at the broker until
+                // their packet ids are reused: half the receive maximum keeps both cases below the limit.
                 std::lock_guard<std::mutex> g(mu_);
-                window_ = std::max<std::size_t>(1, std::min(opts_.max_inflight, receive_max));
+                window_ = std::max<std::size_t>(1, std::min(opts_.max_inflight, receive_max / 2));
             }
             on_connected(session_present);
             backoff = opts_.reconnect_min;
@@ -419,6 +425,7 @@ void client::impl::on_connected(bool session_present) {
         std::lock_guard<std::mutex> lk(mu_);
         connected_ = true;
         send_blocked_ = false;
+        buffer_full_ = false;
         reconnect = ever_connected_;
         ever_connected_ = true;
         last_error_.clear();
@@ -628,7 +635,7 @@ void client::impl::sender_loop() {
     while (true) {
         send_cv_.wait(lk, [&] {
             return closing_ ||
-                   (connected_ && !send_blocked_ && inflight_.size() < window_ &&
+                   (connected_ && !send_blocked_ && !buffer_full_ && inflight_.size() < window_ &&
                     (!requeue_.empty() || !backlog_.empty() || !ready_.empty()));
         });
         if (closing_) return;
@@ -666,6 +673,7 @@ void client::impl::sender_loop() {
             }
         }
         bool sent = false;
+        int refused_rc = 0;
         try {
             auto cli = paho();
             if (!cli) throw mqtt::exception(MQTTASYNC_DISCONNECTED);
@@ -673,6 +681,7 @@ void client::impl::sender_loop() {
             sent = true;
             persistence_->map_packet(tok->get_message_id(), seq);
         } catch (const mqtt::exception& e) {
+            refused_rc = e.get_return_code();
             log(log_level::debug, std::string("publish deferred: ") + e.what());
         } catch (const std::exception& e) {
             // The packet mapping could not be stored: the publish is out; a crash now costs a duplicate.
@@ -686,7 +695,12 @@ void client::impl::sender_loop() {
                 requeue_[seq] = msg;
                 inflight_.erase(it);
             }
-            send_blocked_ = true;  // until the next connection: Paho refused because it is not connected
+            // Paho's queue is full: wait for a completion. Otherwise it is not connected: wait for the
+            // next connection.
+            if (refused_rc == MQTTASYNC_MAX_BUFFERED_MESSAGES)
+                buffer_full_ = true;
+            else
+                send_blocked_ = true;
         } else if (inflight_.count(seq)) {
             inflight_[seq] = msg;
         }
@@ -700,6 +714,7 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code) {
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (!inflight_.erase(seq) && !requeue_.erase(seq)) return;  // completed already
+        buffer_full_ = false;
         auto it = promises_.find(seq);
         if (it != promises_.end()) {
             prom = it->second;
@@ -734,6 +749,7 @@ void client::impl::on_send_failed(std::uint64_t seq, int rc, int reason_code) {
     log(log_level::debug, "publish " + sequence_id(seq) + " interrupted (rc " + std::to_string(rc) + "), will resend");
     requeue_[seq] = it->second;
     inflight_.erase(it);
+    buffer_full_ = false;
     send_cv_.notify_one();
 }
 

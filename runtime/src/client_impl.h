@@ -169,7 +169,8 @@ private:
     std::deque<std::uint64_t> backlog_;                                 // stored, only on disk
     std::map<std::uint64_t, std::shared_ptr<stored_message>> requeue_;  // sent, failed, to send again
     std::map<std::uint64_t, std::shared_ptr<stored_message>> inflight_; // handed to Paho
-    bool send_blocked_ = false;
+    bool send_blocked_ = false;  // Paho is not connected: wait for the next connection
+    bool buffer_full_ = false;   // Paho's command queue is full: wait for a completion
     std::size_t window_ = 1;              // publishes allowed in flight: min(max_inflight, receive maximum)
     bool connecting_ = false;
     std::map<int, std::uint64_t> resumed_;  // packet id -> outbox record, flows Paho resumed itself

@@ -1,0 +1,209 @@
+// Scenario 1: event throughput end to end, publisher and subscriber in separate processes.
+#include <mqtt/async_client.h>
+
+#include <condition_variable>
+
+#include "xy.h"
+
+namespace bench {
+
+namespace {
+
+// What a subscriber measures: first send time seen, last arrival, per-message latency.
+class tally {
+public:
+    explicit tally(std::size_t expect) : expect_(expect) { lat_ms_.reserve(expect); }
+    void on_message(const std::string& payload) {
+        std::uint64_t index;
+        std::int64_t sent;
+        read_payload(payload, index, sent);
+        const auto now = wall_ns();
+        std::lock_guard<std::mutex> lk(mu_);
+        if (index == probe_index) {
+            probe_ = true;
+            cv_.notify_all();
+            return;
+        }
+        if (seen_.size() < expect_ + 1) seen_.resize(expect_ + 1);
+        if (index < seen_.size() && seen_[index]) {
+            ++dups_;
+            return;
+        }
+        if (index < seen_.size()) seen_[index] = true;
+        if (received_ == 0 || sent < first_sent_) first_sent_ = sent;
+        if (received_ == 0) first_recv_ = now;
+        last_recv_ = now;
+        lat_ms_.push_back(double(now - sent) / 1e6);
+        if (++received_ >= expect_) cv_.notify_all();
+    }
+    bool wait_probe(std::chrono::seconds t) {
+        std::unique_lock<std::mutex> lk(mu_);
+        return cv_.wait_for(lk, t, [&] { return probe_; });
+    }
+    bool wait_all(std::chrono::seconds t) {
+        std::unique_lock<std::mutex> lk(mu_);
+        return cv_.wait_for(lk, t, [&] { return received_ >= expect_; });
+    }
+    void report(result& r) {
+        std::lock_guard<std::mutex> lk(mu_);
+        const double secs = double(last_recv_ - first_sent_) / 1e9;
+        r.set("received", double(received_)).set("duplicates", double(dups_));
+        r.set("elapsed_s", secs).set("msgs_per_s", secs > 0 ? double(received_) / secs : 0);
+        r.set("lat_p50_ms", percentile(lat_ms_, 50)).set("lat_p99_ms", percentile(lat_ms_, 99));
+    }
+
+private:
+    std::size_t expect_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool probe_ = false;
+    std::size_t received_ = 0, dups_ = 0;
+    std::vector<bool> seen_;
+    std::int64_t first_sent_ = 0, first_recv_ = 0, last_recv_ = 0;
+    std::vector<double> lat_ms_;
+};
+
+int xy_sub(const args& a) {
+    const auto topic = a.str("topic", "bench/evt");
+    tally t(std::size_t(a.num("count", 1000)));
+    xymqtt::client c(xy_options(a));
+    c.subscribe(topic, [&](const xymqtt::message& m) { t.on_message(m.payload); });
+    c.connect();
+    if (!c.wait_connected(std::chrono::seconds(10))) throw std::runtime_error("not connected");
+    // The probe comes back once the broker has processed our SUBSCRIBE (same connection, in order).
+    std::string probe(16, '\0');
+    std::memcpy(probe.data(), &probe_index, 8);
+    (void)c.publish(topic, probe);
+    if (!t.wait_probe(std::chrono::seconds(20))) throw std::runtime_error("probe did not come back");
+    say("ready");
+    const bool all = t.wait_all(std::chrono::seconds(a.num("timeout", 600)));
+    result r;
+    r.set("mode", "xy-sub").set("complete", all ? 1 : 0);
+    t.report(r);
+    r.print();
+    c.close();
+    return all ? 0 : 3;
+}
+
+int xy_pub(const args& a) {
+    const auto topic = a.str("topic", "bench/evt");
+    const long count = a.num("count", 1000);
+    const auto size = std::size_t(a.num("size", 100));
+    xymqtt::client c(xy_options(a));
+    c.connect();
+    if (!c.wait_connected(std::chrono::seconds(10))) throw std::runtime_error("not connected");
+    const auto t0 = mono_ns();
+    for (long i = 0; i < count; ++i) (void)c.publish(topic, make_payload(size, std::uint64_t(i)));  // future dropped
+    const auto t1 = mono_ns();
+    const bool done = c.wait_outbox_empty(std::chrono::seconds(a.num("timeout", 600)));
+    const auto t2 = mono_ns();
+    result r;
+    r.set("mode", "xy-pub").set("complete", done ? 1 : 0).set("count", double(count));
+    r.set("enqueue_s", double(t1 - t0) / 1e9).set("drain_s", double(t2 - t0) / 1e9);
+    r.set("pub_msgs_per_s", double(count) / (double(t2 - t0) / 1e9));
+    r.print();
+    c.close();
+    return done ? 0 : 3;
+}
+
+std::shared_ptr<mqtt::async_client> paho_connect(const args& a, const std::string& suffix, std::size_t* receive_max) {
+    auto cli = std::make_shared<mqtt::async_client>(a.str("broker", "tcp://127.0.0.1:1883"), a.str("id", "paho") + suffix,
+                                                    mqtt::create_options(MQTTVERSION_5), nullptr);
+    auto co = mqtt::connect_options_builder().mqtt_version(MQTTVERSION_5).clean_start(true).max_inflight(65535).finalize();
+    auto tok = cli->connect(co);
+    tok->wait();
+    if (receive_max) {
+        *receive_max = 65535;
+        const auto props = tok->get_connect_response().get_properties();
+        if (props.contains(mqtt::property::RECEIVE_MAXIMUM))
+            *receive_max = mqtt::get<uint16_t>(props, mqtt::property::RECEIVE_MAXIMUM);
+    }
+    return cli;
+}
+
+int paho_sub(const args& a) {
+    const auto topic = a.str("topic", "bench/evt");
+    const int qos = int(a.num("qos", 2));
+    tally t(std::size_t(a.num("count", 1000)));
+    auto cli = paho_connect(a, "", nullptr);
+    cli->set_message_callback([&](mqtt::const_message_ptr m) { t.on_message(m->get_payload_str()); });
+    cli->subscribe(topic, qos)->wait();
+    say("ready");
+    const bool all = t.wait_all(std::chrono::seconds(a.num("timeout", 600)));
+    result r;
+    r.set("mode", "paho-sub").set("complete", all ? 1 : 0);
+    t.report(r);
+    r.print();
+    cli->disconnect()->wait();
+    return all ? 0 : 3;
+}
+
+// Publishes with at most the broker's receive maximum in flight, as Paho needs (NOTES: a full Paho
+// window stalls for up to 1 s); this is what the runtime does too.
+class window_listener : public mqtt::iaction_listener {
+public:
+    explicit window_listener(std::size_t max) : max_(max) {}
+    void acquire() {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return inflight_ < max_; });
+        ++inflight_;
+    }
+    void wait_idle() {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return inflight_ == 0; });
+    }
+    long failures() const { return failures_; }
+    void on_success(const mqtt::token&) override { release(); }
+    void on_failure(const mqtt::token&) override {
+        ++failures_;
+        release();
+    }
+
+private:
+    void release() {
+        std::lock_guard<std::mutex> lk(mu_);
+        --inflight_;
+        cv_.notify_all();
+    }
+    std::size_t max_;
+    std::size_t inflight_ = 0;
+    std::atomic<long> failures_{0};
+    std::mutex mu_;
+    std::condition_variable cv_;
+};
+
+int paho_pub(const args& a) {
+    const auto topic = a.str("topic", "bench/evt");
+    const int qos = int(a.num("qos", 2));
+    const long count = a.num("count", 1000);
+    const auto size = std::size_t(a.num("size", 100));
+    std::size_t receive_max = 0;
+    auto cli = paho_connect(a, "", &receive_max);
+    window_listener w(receive_max);
+    const auto t0 = mono_ns();
+    for (long i = 0; i < count; ++i) {
+        w.acquire();
+        auto msg = mqtt::make_message(topic, make_payload(size, std::uint64_t(i)), qos, false);
+        cli->publish(msg, nullptr, w);
+    }
+    w.wait_idle();
+    const auto t1 = mono_ns();
+    result r;
+    r.set("mode", "paho-pub").set("qos", double(qos)).set("count", double(count)).set("window", double(receive_max));
+    r.set("failures", double(w.failures())).set("drain_s", double(t1 - t0) / 1e9);
+    r.set("pub_msgs_per_s", double(count) / (double(t1 - t0) / 1e9));
+    r.print();
+    cli->disconnect()->wait();
+    return 0;
+}
+
+}  // namespace
+
+int events_main(const std::string& mode, const args& a) {
+    if (mode == "xy-sub") return xy_sub(a);
+    if (mode == "xy-pub") return xy_pub(a);
+    if (mode == "paho-sub") return paho_sub(a);
+    return paho_pub(a);
+}
+
+}  // namespace bench

@@ -1,0 +1,538 @@
+// The subcommands that talk to a broker: call, publish, subscribe, serve.
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "exec.h"
+#include "schema.h"
+#include "xymqtt/client.h"
+#include "xymqtt/exception.h"
+
+namespace xymqtt::cli {
+
+namespace {
+
+using ojson = nlohmann::ordered_json;
+using namespace std::chrono_literals;
+
+client_options make_options(const connection_flags& f, const std::string& subcommand) {
+    client_options o;
+    o.server_uri = f.broker;
+    if (o.server_uri.empty()) {
+        const char* env = std::getenv("XYMQTT_BROKER");
+        o.server_uri = env && *env ? env : "tcp://127.0.0.1:1883";
+    }
+    o.client_id = f.client_id.empty() ? default_client_id(subcommand) : f.client_id;
+    o.store_dir = f.store.empty() ? default_store_dir(o.client_id) : f.store;
+    if (f.store_type == "lmdb")
+        o.store_type = store_kind::lmdb;
+    else if (f.store_type == "sqlite")
+        o.store_type = store_kind::sqlite;
+    else
+        throw cli_error(exit_usage, "unknown store type '" + f.store_type + "' (lmdb or sqlite)");
+    o.username = f.username;
+    if (o.username.empty())
+        if (const char* env = std::getenv("XYMQTT_USERNAME")) o.username = env;
+    o.password = f.password;
+    if (o.password.empty())
+        if (const char* env = std::getenv("XYMQTT_PASSWORD")) o.password = env;
+    if (f.mqtt_version != 5 && f.mqtt_version != 4)
+        throw cli_error(exit_usage, "--mqtt-version must be 5 or 4");
+    o.mqtt_version = f.mqtt_version;
+    const bool tls_uri = o.server_uri.rfind("ssl://", 0) == 0 || o.server_uri.rfind("mqtts://", 0) == 0;
+    if (tls_uri || !f.cafile.empty() || !f.cert.empty() || !f.key.empty()) {
+        tls_options t;
+        t.ca_file = f.cafile;
+        t.cert_file = f.cert;
+        t.key_file = f.key;
+        t.verify_host = !f.insecure_no_verify_host;
+        o.tls = t;
+    }
+    o.connect_timeout = std::chrono::milliseconds(f.connect_timeout_ms);
+    o.reconnect_max = 2000ms;
+    if (f.verbose) {
+        o.hooks.on_log = [](log_level level, const std::string& line) {
+            static const char* names[] = {"debug", "info", "warning", "error"};
+            note(std::string(names[static_cast<int>(level)]) + ": " + line);
+        };
+    }
+    return o;
+}
+
+std::unique_ptr<client> open_client(const connection_flags& f, const std::string& subcommand) {
+    auto o = make_options(f, subcommand);
+    const auto id = o.client_id;
+    const auto dir = o.store_dir;
+    try {
+        return std::make_unique<client>(std::move(o));
+    } catch (const storage_error& e) {
+        throw cli_error(exit_store, "cannot open the store " + dir + " of client " + id + ": " + e.what() +
+                                        " (another process with this client id? pass --client-id/--store)");
+    } catch (const configuration_error& e) {
+        throw cli_error(exit_usage, e.what());
+    }
+}
+
+void connect_client(client& c, const connection_flags& f) {
+    c.connect();
+    if (!c.wait_connected(std::chrono::milliseconds(f.connect_timeout_ms))) {
+        auto why = c.stats().last_error;
+        const auto uri = c.options().server_uri;
+        c.close();
+        throw cli_error(exit_connection, "cannot connect to " + uri + " within " + std::to_string(f.connect_timeout_ms) +
+                                             " ms" + (why.empty() ? std::string() : ": " + why));
+    }
+}
+
+/// Waits until the subscriptions made so far are active at the broker: subscribes a probe topic of
+/// its own, publishes to it and waits for it to come back (the broker handles one connection's
+/// packets in order). @return false if it did not come back in time (e.g. an ACL forbids it).
+bool confirm_subscriptions(client& c, std::chrono::milliseconds timeout) {
+    struct state {
+        std::promise<void> arrived;
+        std::atomic<bool> set{false};
+    };
+    auto st = std::make_shared<state>();
+    auto fut = st->arrived.get_future();
+    const std::string topic = "xymqtt-cli/probe/" + make_message_id();
+    const auto id = c.subscribe(topic, [st](const message&) {
+        if (!st->set.exchange(true)) st->arrived.set_value();
+    });
+    bool ok = false;
+    try {
+        c.publish(topic, "probe");
+        ok = fut.wait_for(timeout) == std::future_status::ready;
+    } catch (const error&) {
+    }
+    c.unsubscribe(id);
+    return ok;
+}
+
+/// Waits for stop() (a signal, or a handler asking to stop); false on timeout.
+bool wait_for_stop(std::optional<std::chrono::milliseconds> timeout) {
+    auto& s = stop();
+    std::unique_lock<std::mutex> lk(s.mu);
+    if (!timeout) {
+        s.cv.wait(lk, [&] { return s.stop; });
+        return true;
+    }
+    return s.cv.wait_for(lk, *timeout, [&] { return s.stop; });
+}
+
+void request_stop() {
+    {
+        std::lock_guard<std::mutex> lk(stop().mu);
+        stop().stop = true;
+    }
+    notify();
+}
+
+bool stop_requested() {
+    std::lock_guard<std::mutex> lk(stop().mu);
+    return stop().stop;
+}
+
+void print_line(const std::string& line) {
+    std::fwrite(line.data(), 1, line.size(), stdout);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+}
+
+std::string trim(std::string s) {
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
+    std::size_t i = 0;
+    while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
+    return s.substr(i);
+}
+
+std::string base64(const std::string& in) {
+    static const char* chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    std::size_t i = 0;
+    for (; i + 2 < in.size(); i += 3) {
+        const unsigned v = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8) |
+                           static_cast<unsigned char>(in[i + 2]);
+        out += chars[(v >> 18) & 63];
+        out += chars[(v >> 12) & 63];
+        out += chars[(v >> 6) & 63];
+        out += chars[v & 63];
+    }
+    if (i + 1 == in.size()) {
+        const unsigned v = static_cast<unsigned char>(in[i]) << 16;
+        out += chars[(v >> 18) & 63];
+        out += chars[(v >> 12) & 63];
+        out += "==";
+    } else if (i + 2 == in.size()) {
+        const unsigned v = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8);
+        out += chars[(v >> 18) & 63];
+        out += chars[(v >> 12) & 63];
+        out += chars[(v >> 6) & 63];
+        out += '=';
+    }
+    return out;
+}
+
+/// The reject as the tool prints it: status, message and (typed) details.
+ojson reject_json(const schema_set& schemas, const command_decl& cmd, const command_result& r) {
+    ojson out;
+    out["status"] = r.status;
+    out["message"] = r.message;
+    if (r.format == wire_format::json) {
+        auto body = ojson::parse(r.body.empty() ? std::string("{}") : r.body, nullptr, false);
+        if (body.is_object()) {
+            for (const char* k : {"ok", "status", "message", "messageId"}) body.erase(k);
+            if (!body.empty()) {
+                if (cmd.reject) {
+                    auto details = schemas.make(cmd.reject);
+                    if (!from_json(body.dump(), details.get(), true))
+                        out["details"] = ojson::parse(to_json(*details));
+                    else
+                        out["details"] = body;
+                } else {
+                    out["details"] = body;
+                }
+            }
+        }
+    } else if (!r.body.empty()) {
+        if (cmd.reject) {
+            auto details = schemas.make(cmd.reject);
+            if (!decode(r.body, wire_format::binary, details.get()))
+                out["details"] = ojson::parse(to_json(*details));
+            else
+                out["details_base64"] = base64(r.body);
+        } else {
+            out["details_base64"] = base64(r.body);
+        }
+    }
+    return out;
+}
+
+wire_format checked_format(const connection_flags& f) {
+    const auto fmt = parse_format(f.format);
+    if (fmt == wire_format::binary && f.mqtt_version != 5)
+        throw cli_error(exit_usage, "--format binary needs MQTT 5 (the message id travels in MQTT 5 properties)");
+    return fmt;
+}
+
+}  // namespace
+
+// -- call --------------------------------------------------------------------------------------------
+
+int run_call(const schema_flags& sf, const connection_flags& cf, const output_flags& of, const call_flags& f) {
+    schema_set schemas(sf);
+    const auto [svc, cmd] = schemas.command(f.target);
+    const auto tokens = parse_token_flags(f.tokens);
+    check_tokens(*svc, tokens);
+    const auto topic = fill_topic(*svc, cmd->topic, tokens, nullptr, nullptr);
+    auto request = schemas.make(cmd->request);
+    if (auto e = from_json(read_json_argument(f.json), request.get(), false))
+        throw cli_error(exit_usage, "invalid JSON for " + cmd->request->full_name() + ": " + *e);
+    const auto format = checked_format(cf);
+    if (f.timeout_ms <= 0) throw cli_error(exit_usage, "--timeout must be positive");
+
+    auto c = open_client(cf, "call");
+    connect_client(*c, cf);
+    call_options co;
+    co.format = format;
+    if (cmd->expiry_seconds) co.expiry = std::chrono::seconds(cmd->expiry_seconds);
+    auto pending = c->call_async(topic, encode(*request, format), co, std::chrono::milliseconds(f.timeout_ms));
+    if (cf.verbose) note("called " + topic + " (message id " + pending.handle.message_id() + ")");
+
+    const auto start = std::chrono::steady_clock::now();
+    std::optional<std::chrono::steady_clock::time_point> cancel_at;
+    if (f.cancel_after_ms) cancel_at = start + std::chrono::milliseconds(*f.cancel_after_ms);
+    auto finish_cancel = [&](const std::string& why) {
+        try {
+            pending.handle.cancel();
+        } catch (const error& e) {
+            note(std::string("cannot cancel: ") + e.what());
+        }
+        c->wait_outbox_empty(5s);  // the cancel reaches the broker before the tool exits
+        c->close();
+        throw cli_error(exit_cancelled, why);
+    };
+    for (;;) {
+        auto step = 20ms;
+        if (pending.result.wait_for(step) == std::future_status::ready) break;
+        if (stop_requested()) finish_cancel("interrupted: call " + pending.handle.message_id() + " cancelled");
+        if (cancel_at && std::chrono::steady_clock::now() >= *cancel_at)
+            finish_cancel("call " + pending.handle.message_id() + " cancelled after " +
+                          std::to_string(*f.cancel_after_ms) + " ms");
+    }
+    command_result r;
+    try {
+        r = pending.result.get();
+    } catch (const timeout_error&) {
+        c->wait_outbox_empty(5s);  // the runtime cancelled the call: let the cancel go out
+        c->close();
+        throw cli_error(exit_timeout, "no result from " + topic + " within " + std::to_string(f.timeout_ms) +
+                                          " ms (call cancelled)");
+    } catch (const client_closed& e) {
+        throw cli_error(exit_connection, e.what());
+    }
+    c->close();
+    if (r.ok) {
+        auto result = schemas.make(cmd->result);
+        if (auto e = decode(r.body, r.format, result.get()))
+            throw cli_error(exit_internal, "cannot decode the result as " + cmd->result->full_name() + ": " + *e);
+        print_line(to_json(*result, of.pretty));
+        return exit_ok;
+    }
+    const auto out = reject_json(schemas, *cmd, r);
+    print_line(of.pretty ? out.dump(2) : out.dump());
+    note("rejected: " + std::to_string(r.status) + (r.message.empty() ? "" : " " + r.message));
+    return exit_rejected;
+}
+
+// -- publish -----------------------------------------------------------------------------------------
+
+int run_publish(const schema_flags& sf, const connection_flags& cf, const output_flags&, const publish_flags& f) {
+    schema_set schemas(sf);
+    const auto [svc, events] = schemas.events(f.target);
+    if (events.size() != 1) throw cli_error(exit_usage, "publish needs one event, not 'all'");
+    const auto* ev = events[0];
+    const auto tokens = parse_token_flags(f.tokens);
+    check_tokens(*svc, tokens, events);
+    const auto format = parse_format(cf.format);
+
+    // Every event is checked before anything is published: `--json -` reads one JSON object per line.
+    std::vector<std::string> texts;
+    if (f.json == "-") {
+        for (std::string line; std::getline(std::cin, line);)
+            if (!trim(line).empty()) texts.push_back(line);
+    } else {
+        texts.push_back(read_json_argument(f.json));
+    }
+    std::vector<std::pair<std::string, std::string>> messages;  // topic, payload
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+        auto event = schemas.make(ev->type);
+        if (auto e = from_json(texts[i], event.get(), false))
+            throw cli_error(exit_usage, "invalid JSON for " + ev->type->full_name() +
+                                            (texts.size() > 1 ? " (line " + std::to_string(i + 1) + ")" : "") + ": " + *e);
+        messages.emplace_back(fill_topic(*svc, ev->topic, tokens, ev->type, event.get()), encode(*event, format));
+    }
+
+    auto c = open_client(cf, "publish");
+    connect_client(*c, cf);
+    publish_options po;
+    po.props.content_type = format == wire_format::json ? "application/json" : "application/x-protobuf";
+    po.retain = f.retain;
+    std::vector<std::future<void>> done;
+    for (auto& [topic, payload] : messages) {
+        done.push_back(c->publish(topic, payload, po));
+        if (cf.verbose) note("published " + topic);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(f.timeout_ms);
+    for (auto& d : done) {
+        if (d.wait_until(deadline) != std::future_status::ready) {
+            c->close();
+            throw cli_error(exit_timeout, "publish not confirmed by the broker within " + std::to_string(f.timeout_ms) +
+                                              " ms; it stays in the outbox of client " + c->options().client_id +
+                                              " and is sent on its next run");
+        }
+        try {
+            d.get();
+        } catch (const broker_error& e) {
+            c->close();
+            throw cli_error(exit_connection, std::string("the broker refused the publish: ") + e.what());
+        }
+    }
+    c->close();
+    return exit_ok;
+}
+
+// -- subscribe ---------------------------------------------------------------------------------------
+
+int run_subscribe(const schema_flags& sf, const connection_flags& cf, const output_flags& of,
+                  const subscribe_flags& f) {
+    schema_set schemas(sf);
+    const auto [svc, events] = schemas.events(f.target);
+    const auto tokens = parse_token_flags(f.tokens);
+    check_tokens(*svc, tokens, events);
+    const auto fallback = parse_format(cf.format);
+    if (f.count && *f.count == 0) return exit_ok;
+
+    auto c = open_client(cf, "subscribe");
+    struct shared {
+        std::mutex mu;
+        std::size_t printed = 0;
+        std::atomic<std::uint64_t> returned{0};
+    };
+    auto st = std::make_shared<shared>();
+    const auto limit = f.count;
+    std::vector<std::string> filters;
+    for (const auto* ev : events) {
+        auto filter = fill_topic(*svc, ev->topic, tokens, ev->type, nullptr);
+        filters.push_back(filter);
+        c->subscribe(filter, [st, ev, &schemas, fallback, limit, pretty = of.pretty](const message& m) {
+            auto event = schemas.make(ev->type);
+            wire_format fmt = fallback;
+            if (m.props.content_type == "application/json") fmt = wire_format::json;
+            if (m.props.content_type == "application/x-protobuf") fmt = wire_format::binary;
+            if (auto e = decode(m.payload, fmt, event.get())) {
+                note("cannot decode " + m.topic + " as " + ev->type->full_name() + " (moved to dead letters): " + *e);
+                throw parse_error(*e);
+            }
+            ojson line;
+            line["topic"] = m.topic;
+            line["event"] = ev->name;
+            line["payload"] = ojson::parse(to_json(*event));
+            {
+                std::lock_guard<std::mutex> lk(st->mu);
+                // Past the count: left in the inbox, for the next run.
+                if (limit && st->printed >= *limit) throw std::runtime_error("subscriber is stopping");
+                print_line(pretty ? line.dump(2) : line.dump());
+                ++st->printed;
+                if (limit && st->printed == *limit) request_stop();
+            }
+            ++st->returned;
+        });
+    }
+    connect_client(*c, cf);
+    if (confirm_subscriptions(*c, 10s)) {
+        ++st->returned;
+        std::string all;
+        for (const auto& x : filters) all += (all.empty() ? "" : " ") + x;
+        note("subscribed to " + all);
+    } else {
+        note("warning: could not confirm the subscriptions (a probe message did not come back)");
+    }
+    const bool stopped = wait_for_stop(f.timeout_ms ? std::optional<std::chrono::milliseconds>(*f.timeout_ms) : std::nullopt);
+    // The last printed event is removed from the inbox before closing (else it is printed again next run).
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (c->stats().handled < st->returned && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(2ms);
+    c->close();
+    if (!stopped) {
+        std::lock_guard<std::mutex> lk(st->mu);
+        throw cli_error(exit_timeout, "received " + std::to_string(st->printed) + " of " +
+                                          std::to_string(f.count.value_or(0)) + " events within " +
+                                          std::to_string(*f.timeout_ms) + " ms");
+    }
+    return exit_ok;
+}
+
+// -- serve -------------------------------------------------------------------------------------------
+
+int run_serve(const schema_flags& sf, const connection_flags& cf, const output_flags&, const serve_flags& f) {
+    schema_set schemas(sf);
+    const auto [svc, cmd] = schemas.command(f.target);
+    const auto tokens = parse_token_flags(f.tokens);
+    check_tokens(*svc, tokens);
+    const auto topic = fill_topic(*svc, cmd->topic, tokens, nullptr, nullptr);
+    if (f.exec.empty()) throw cli_error(exit_usage, "--exec CMD is required");
+    if (f.count && *f.count == 0) return exit_ok;
+
+    auto c = open_client(cf, "serve");
+    struct shared {
+        std::mutex mu;
+        std::size_t calls = 0;
+        std::atomic<std::uint64_t> returned{0};
+    };
+    auto st = std::make_shared<shared>();
+    const auto* command = cmd;
+    const auto* service = svc;
+    command_options co;
+    co.group = cmd->group;
+    c->command_register(topic, [&schemas, command, service, st, f, topic](const invocation& inv, call_context& ctx) -> std::string {
+        struct counted {
+            std::shared_ptr<shared> st;
+            std::optional<std::size_t> limit;
+            ~counted() {
+                ++st->returned;
+                std::lock_guard<std::mutex> lk(st->mu);
+                if (limit && ++st->calls == *limit) request_stop();
+            }
+        } count_on_exit{st, f.count};
+        auto log = [&](const std::string& what) {
+            if (!f.quiet) note("call " + inv.message_id + ": " + what);
+        };
+        auto request = schemas.make(command->request);
+        if (auto e = decode(inv.body, inv.format, request.get())) {
+            log("rejected 400: undecodable request");
+            throw parse_error("invalid " + command->request->full_name() + ": " + *e);
+        }
+        auto control = std::make_shared<exec_control>();
+        ctx.on_cancel([control] { control->terminate(); });
+        std::map<std::string, std::string> env{
+            {"XYMQTT_COMMAND", topic},
+            {"XYMQTT_SERVICE", service->full_name},
+            {"XYMQTT_COMMAND_NAME", command->name},
+            {"XYMQTT_MESSAGE_ID", inv.message_id},
+            {"XYMQTT_ATTEMPT", std::to_string(inv.attempt)},
+            {"XYMQTT_FORMAT", inv.format == wire_format::json ? "json" : "binary"},
+        };
+        exec_result r;
+        try {
+            r = run_shell(f.exec, to_json(*request) + "\n", env, *control,
+                          f.exec_timeout_ms ? std::optional<std::chrono::milliseconds>(*f.exec_timeout_ms) : std::nullopt);
+        } catch (const std::exception& e) {
+            log(std::string("rejected 500: ") + e.what());
+            throw command_error(500, e.what());
+        }
+        if (ctx.cancelled()) {
+            log("cancelled");
+            throw command_error(499, "cancelled");
+        }
+        if (r.timed_out) {
+            log("rejected 504: timed out");
+            throw command_error(504, "command timed out after " + std::to_string(*f.exec_timeout_ms) + " ms");
+        }
+        if (r.exit_code == 0) {
+            auto result = schemas.make(command->result);
+            const auto out = trim(r.out);
+            if (auto e = from_json(out.empty() ? "{}" : out, result.get(), true)) {
+                log("rejected 500: output is not a " + command->result->full_name());
+                throw command_error(500, "output of the command is not a valid " + command->result->full_name() + ": " + *e);
+            }
+            log("resolved");
+            return encode(*result, inv.format);
+        }
+        // Rejected: the status/message/details of a JSON object on stdout, else 500 with stderr.
+        int status = 500;
+        std::string message = trim(r.err);
+        if (message.empty()) message = "command exited with status " + std::to_string(r.exit_code);
+        std::string body;
+        auto obj = ojson::parse(trim(r.out), nullptr, false);
+        if (obj.is_object()) {
+            if (obj.contains("status") && obj["status"].is_number_integer()) status = obj["status"].get<int>();
+            if (obj.contains("message") && obj["message"].is_string()) message = obj["message"].get<std::string>();
+            if (obj.contains("details") && obj["details"].is_object()) {
+                if (command->reject) {
+                    auto details = schemas.make(command->reject);
+                    if (auto e = from_json(obj["details"].dump(), details.get(), true))
+                        note("call " + inv.message_id + ": details are not a " + command->reject->full_name() + ": " + *e);
+                    else
+                        body = encode(*details, inv.format);
+                } else if (inv.format == wire_format::json) {
+                    body = obj["details"].dump();
+                }
+            }
+        }
+        log("rejected " + std::to_string(status) + ": " + message);
+        throw command_error(status, message, body);
+    }, co);
+    connect_client(*c, cf);
+    if (confirm_subscriptions(*c, 10s)) {
+        ++st->returned;
+        note("serving " + topic + (co.group.empty() ? "" : " (group " + co.group + ")"));
+    } else {
+        note("warning: serving " + topic + ", but could not confirm the subscription (a probe message did not come back)");
+    }
+    wait_for_stop(std::nullopt);
+    // Outcomes of finished calls are published before the tool exits.
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (c->stats().handled < st->returned && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(2ms);
+    c->wait_outbox_empty(5s);
+    c->close();
+    return exit_ok;
+}
+
+}  // namespace xymqtt::cli
