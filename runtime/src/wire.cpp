@@ -164,7 +164,18 @@ command_result decode_result(const std::string& command, bool rejected, const st
     r.message_id = id->get<std::string>();
     if (rejected) {
         const auto st = j.find("status");
-        if (st != j.end() && st->is_number_integer()) r.status = st->get<int>();
+        if (st != j.end()) {
+            // Peers are not always strict about the type: accept 409, 409.0 and "409"; anything else is
+            // reported as the default 500 (the reject itself still counts).
+            if (st->is_number_integer())
+                r.status = st->get<int>();
+            else if (st->is_number_float())
+                r.status = static_cast<int>(st->get<double>());
+            else if (st->is_string() && !st->get<std::string>().empty() &&
+                     st->get<std::string>().find_first_not_of("0123456789") == std::string::npos &&
+                     st->get<std::string>().size() < 6)
+                r.status = std::stoi(st->get<std::string>());
+        }
         const auto m = j.find("message");
         if (m != j.end() && m->is_string()) r.message = m->get<std::string>();
     }
