@@ -565,33 +565,47 @@ client::impl::stored_publish client::impl::make_publish(const std::string& topic
 }
 
 std::future<void> client::impl::publish(const std::string& topic, std::string payload, publish_options opts) {
+    auto prom = std::make_shared<std::promise<void>>();
+    auto fut = prom->get_future();
+    post(topic, std::move(payload), std::move(opts), std::move(prom));
+    return fut;
+}
+
+void client::impl::post(const std::string& topic, std::string payload, publish_options opts,
+                        std::shared_ptr<std::promise<void>> prom) {
     validate_topic_name(topic);
     if (payload.size() > max_payload)
         throw error("payload of " + std::to_string(payload.size()) + " bytes is larger than MQTT allows");
     require_open();
-    return submit_publish(make_publish(topic, std::move(payload), std::move(opts.props), opts.retain, ""));
+    submit_publish(make_publish(topic, std::move(payload), std::move(opts.props), opts.retain, ""), std::move(prom));
 }
 
-std::future<void> client::impl::submit_publish(stored_publish pub) {
-    auto prom = std::make_shared<std::promise<void>>();
-    auto fut = prom->get_future();
-    {
+void client::impl::submit_publish(stored_publish pub, std::shared_ptr<std::promise<void>> prom) {
+    if (prom) {
         std::lock_guard<std::mutex> lk(mu_);
         promises_[pub.seq] = prom;
     }
     std::lock_guard<std::mutex> order(seq_mu_);
     committer_->submit({std::move(pub.op)}, [this, seq = pub.seq, msg = pub.msg, prom](std::exception_ptr e) {
         if (e) {
-            {
-                std::lock_guard<std::mutex> lk(mu_);
-                promises_.erase(seq);
+            if (prom) {
+                {
+                    std::lock_guard<std::mutex> lk(mu_);
+                    promises_.erase(seq);
+                }
+                prom->set_exception(e);
+            } else {
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    log(log_level::error, std::string("a posted publish could not be stored: ") + ex.what());
+                    fire(opts_.hooks.on_storage_error, std::string(ex.what()));
+                }
             }
-            prom->set_exception(e);
             return;
         }
         on_stored(seq, msg);
     });
-    return fut;
 }
 
 void client::impl::commit_publishes(std::vector<write_op> ops, std::vector<stored_publish> pubs) {
@@ -1169,6 +1183,9 @@ bool client::is_connected() const { return impl_->is_connected(); }
 void client::close() { impl_->close(); }
 std::future<void> client::publish(const std::string& topic, std::string payload, publish_options opts) {
     return impl_->publish(topic, std::move(payload), std::move(opts));
+}
+void client::post(const std::string& topic, std::string payload, publish_options opts) {
+    impl_->post(topic, std::move(payload), std::move(opts), nullptr);
 }
 subscription_id client::subscribe(const std::string& filter, message_handler handler) {
     if (!handler) throw error("subscribe needs a handler");

@@ -43,6 +43,8 @@ public:
 
     // events
     std::future<void> publish(const std::string& topic, std::string payload, publish_options opts);
+    void post(const std::string& topic, std::string payload, publish_options opts,
+              std::shared_ptr<std::promise<void>> prom);
     subscription_id add_handler(const std::string& filter, lane_handler handler);
     void remove_handler(subscription_id id);
     void remove_filter(const std::string& filter);
@@ -104,7 +106,7 @@ private:
     };
     stored_publish make_publish(const std::string& topic, std::string payload, message_properties props,
                                 bool retain, const std::string& kind);
-    std::future<void> submit_publish(stored_publish pub);
+    void submit_publish(stored_publish pub, std::shared_ptr<std::promise<void>> prom);
     void commit_publishes(std::vector<write_op> ops, std::vector<stored_publish> pubs);
     void on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg);
     void sender_loop();

@@ -12,7 +12,9 @@ committer::~committer() { stop(); }
 
 void committer::submit(std::vector<write_op> ops, done_fn done) {
     {
-        std::lock_guard<std::mutex> lk(mu_);
+        std::unique_lock<std::mutex> lk(mu_);
+        if (std::this_thread::get_id() != thread_.get_id())
+            room_cv_.wait(lk, [&] { return stopping_ || queue_.size() < max_queued; });
         if (!stopping_) {
             queue_.push_back(job{std::move(ops), std::move(done)});
             cv_.notify_one();
@@ -40,6 +42,7 @@ void committer::stop() {
         if (stopping_ && !thread_.joinable()) return;
         stopping_ = true;
         cv_.notify_one();
+        room_cv_.notify_all();
     }
     if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
@@ -52,6 +55,7 @@ void committer::run() {
         cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
         if (queue_.empty()) return;  // stopping, and nothing left to write
         jobs.swap(queue_);
+        room_cv_.notify_all();
         lk.unlock();
 
         all.clear();

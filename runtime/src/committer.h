@@ -24,6 +24,7 @@ public:
     committer& operator=(const committer&) = delete;
 
     /// Queues `ops`; `done` runs on the writer thread after the commit. Batches commit in FIFO order.
+    /// Blocks while `max_queued` batches wait, so a fast producer cannot pile up memory.
     void submit(std::vector<write_op> ops, done_fn done);
     /// Queues `ops` and waits until they are durable. @throw what the store threw.
     void commit(std::vector<write_op> ops);
@@ -41,6 +42,8 @@ private:
     std::mutex mu_;
     std::condition_variable cv_;
     std::vector<job> queue_;
+    std::condition_variable room_cv_;
+    static constexpr std::size_t max_queued = 16384;
     bool stopping_ = false;
     std::thread thread_;
 };

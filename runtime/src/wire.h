@@ -5,13 +5,14 @@
 #include <optional>
 #include <string>
 
+#include "xymqtt/content_type.h"
 #include "xymqtt/message.h"
 #include "xymqtt/transport.h"
 
 namespace xymqtt::wire {
 
-inline constexpr const char* content_type_json = "application/json";
-inline constexpr const char* content_type_protobuf = "application/x-protobuf";
+inline constexpr const char* content_type_json = ::xymqtt::content_type::json;
+inline constexpr const char* content_type_protobuf = ::xymqtt::content_type::protobuf;
 
 /// Longest message id accepted from a caller: ids are store keys (LMDB keys are at most 511 bytes).
 inline constexpr std::size_t max_message_id = 256;

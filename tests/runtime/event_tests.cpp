@@ -399,3 +399,24 @@ TEST_CASE("a publisher killed with SIGKILL re-sends its pending outbox after res
     client check(o);
     CHECK(check.stats().outbox == 0);
 }
+
+TEST_CASE("post stores and delivers like publish, without a future", "[events]") {
+    temp_dir dir("post");
+    auto so = options_for(dir, "sub");
+    const std::string topic = "test/" + so.client_id + "/post";
+    recorder got;
+    client sub(so);
+    sub.subscribe(topic, [&](const message& m) { got.add(m.payload); });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    client pub(options_for(dir, "pub"));  // offline at first: posts wait on disk
+    for (int i = 0; i < 1000; ++i) pub.post(topic, std::to_string(i));
+    REQUIRE(eventually([&] { return pub.stats().outbox == 1000; }));
+    CHECK_THROWS_AS(pub.post("bad/#", "x"), invalid_topic);
+    pub.connect();
+    REQUIRE(pub.wait_outbox_empty(30s));
+    REQUIRE(got.wait_size(1000));
+    std::set<std::string> u;
+    for (auto& s : got.items()) u.insert(s);
+    CHECK(u.size() == 1000);
+}

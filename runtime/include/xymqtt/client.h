@@ -165,6 +165,12 @@ public:
     void close();
 
     std::future<void> publish(const std::string& topic, std::string payload, publish_options opts = {}) override;
+    /// Like publish, with the same guarantees, but without a completion future: nothing is kept in memory
+    /// for the message once it is stored, so millions can wait in the outbox (on disk) in constant memory.
+    /// Watch completion through stats().outbox or wait_outbox_empty(); storage errors go to
+    /// hooks::on_storage_error.
+    /// @throw invalid_topic before anything is stored.
+    void post(const std::string& topic, std::string payload, publish_options opts = {});
     subscription_id subscribe(const std::string& filter, message_handler handler) override;
     void unsubscribe(subscription_id id) override;
     /// Removes every handler of `filter` and unsubscribes it at the broker.
