@@ -928,6 +928,15 @@ subscription_id client::impl::add_handler(const std::string& filter, lane_handle
     {
         std::lock_guard<std::mutex> lk(mu_);
         id = next_sub_++;
+        // Lanes stopped by unsubscribe have finished (or will soon): reap the ones that have.
+        for (auto it = retired_.begin(); it != retired_.end();) {
+            if ((*it)->finished && (*it)->thread.joinable() && (*it)->thread.get_id() != std::this_thread::get_id()) {
+                (*it)->thread.join();
+                it = retired_.erase(it);
+            } else {
+                ++it;
+            }
+        }
         lane* l = find_lane(filter);
         if (!l) {
             auto old = lanes_.find(filter);
@@ -1007,6 +1016,7 @@ void client::impl::lane_loop(lane* l) {
         process(l, id, std::move(rec), std::move(handlers));
         lk.lock();
     }
+    l->finished = true;
 }
 
 void client::impl::process(lane* l, const std::string& id, stored_message rec,
@@ -1057,6 +1067,7 @@ void client::impl::process(lane* l, const std::string& id, stored_message rec,
         ++handled_;
         std::lock_guard<std::mutex> lk(mu_);
         l->queue.erase(id);
+        parked_.erase(id);  // the lane may have been unsubscribed meanwhile
         --inbox_count_;
         state_cv_.notify_all();
         return;
@@ -1099,6 +1110,7 @@ void client::impl::dead_letter_record(const std::string& id, stored_message rec,
     fire(opts_.hooks.on_dead_letter, m, reason);
     std::lock_guard<std::mutex> lk(mu_);
     for (auto& [f, l] : lanes_) l->queue.erase(id);
+    parked_.erase(id);
     --inbox_count_;
     ++dead_count_;
     state_cv_.notify_all();

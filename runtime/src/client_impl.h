@@ -77,6 +77,7 @@ private:
         std::set<subscription_id> head_done;
         std::condition_variable cv;
         bool stopping = false;
+        bool finished = false;  // the thread has left its loop (guarded by mu_)
         std::thread thread;
     };
     struct command_entry {
