@@ -10,10 +10,10 @@ XYMQTT_APT_PACKAGES=(
   build-essential cmake pkg-config
   libpaho-mqttpp-dev libpaho-mqtt-dev
   liblmdb-dev lmdb-utils libsqlite3-dev sqlite3
-  protobuf-compiler libprotobuf-dev
+  protobuf-compiler libprotobuf-dev libprotoc-dev
   python3 python3-protobuf python3-jinja2 python3-yaml
   catch2 libtrompeloeil-cpp-dev nlohmann-json3-dev libcli11-dev
-  mosquitto mosquitto-clients openssl
+  mosquitto mosquitto-clients openssl clang-14 libclang-rt-14-dev
 )
 # Only when no `node` is on PATH (a Node.js installed outside apt is fine).
 XYMQTT_APT_NODE_PACKAGES=(nodejs npm)

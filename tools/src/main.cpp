@@ -270,6 +270,7 @@ int main(int argc, char** argv) {
     store->add_option("--store-type", storef.store_type, "auto, lmdb or sqlite")->capture_default_str();
     add_schema_flags(store, sf, false);
     store->require_subcommand(1);
+    store->fallthrough();
     auto* stats = store->add_subcommand("stats", "Number of records per table");
     stats->add_flag("--json", storef.json, "JSON output");
     auto* list = store->add_subcommand("list", "One JSON line per record (default tables: outgoing, incoming, dead_letters)");
@@ -285,6 +286,7 @@ int main(int argc, char** argv) {
     purge->add_option("id", storef.id, "Only this record");
     purge->add_option("--table", storef.table, "outgoing|outbox, incoming|inbox, dead_letters, results, calls, seen");
     purge->add_flag("-y,--yes", storef.yes, "Really delete");
+    for (auto* sub : {stats, list, show, replay, purge}) sub->fallthrough();
 
     try {
         app.parse(argc, argv);

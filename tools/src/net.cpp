@@ -2,6 +2,8 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <condition_variable>
+#include <functional>
 #include <cstdio>
 #include <cstdlib>
 #include <future>
@@ -65,8 +67,10 @@ client_options make_options(const connection_flags& f, const std::string& subcom
     return o;
 }
 
-std::unique_ptr<client> open_client(const connection_flags& f, const std::string& subcommand) {
+std::unique_ptr<client> open_client(const connection_flags& f, const std::string& subcommand,
+                                    const std::function<void(client_options&)>& customize = {}) {
     auto o = make_options(f, subcommand);
+    if (customize) customize(o);
     const auto id = o.client_id;
     const auto dir = o.store_dir;
     try {
@@ -236,11 +240,42 @@ int run_call(const schema_flags& sf, const connection_flags& cf, const output_fl
     const auto format = checked_format(cf);
     if (f.timeout_ms <= 0) throw cli_error(exit_usage, "--timeout must be positive");
 
-    auto c = open_client(cf, "call");
+    // The cancel (of --cancel-after, Ctrl-C or the timeout) is sent before the tool exits: seen by the
+    // on_packet_send hook, then completed when the outbox is empty.
+    struct cancel_state {
+        std::mutex mu;
+        std::condition_variable cv;
+        bool sent = false;
+    };
+    auto cs = std::make_shared<cancel_state>();
+    const std::string cancel_topic = topic + "/cancel";
+    auto c = open_client(cf, "call", [&](client_options& o) {
+        o.hooks.on_packet_send = [cs, cancel_topic](const std::string& t, const std::string&) {
+            if (t != cancel_topic) return;
+            std::lock_guard<std::mutex> lk(cs->mu);
+            cs->sent = true;
+            cs->cv.notify_all();
+        };
+    });
     connect_client(*c, cf);
     call_options co;
     co.format = format;
     if (cmd->expiry_seconds) co.expiry = std::chrono::seconds(cmd->expiry_seconds);
+    auto flush_cancel = [&] {
+        {
+            std::unique_lock<std::mutex> lk(cs->mu);
+            if (!cs->cv.wait_for(lk, 5s, [&] { return cs->sent; })) {
+                note("warning: the cancel was not sent; it stays in the outbox of client " + c->options().client_id);
+                return;
+            }
+        }
+        if (!c->wait_outbox_empty(5s)) note("warning: the broker did not confirm the cancel");
+        else if (cf.verbose) note("cancel sent");
+    };
+    {
+        std::lock_guard<std::mutex> lk(cs->mu);
+        cs->sent = false;  // a cancel left in the outbox by an earlier run does not count
+    }
     auto pending = c->call_async(topic, encode(*request, format), co, std::chrono::milliseconds(f.timeout_ms));
     if (cf.verbose) note("called " + topic + " (message id " + pending.handle.message_id() + ")");
 
@@ -253,7 +288,7 @@ int run_call(const schema_flags& sf, const connection_flags& cf, const output_fl
         } catch (const error& e) {
             note(std::string("cannot cancel: ") + e.what());
         }
-        c->wait_outbox_empty(5s);  // the cancel reaches the broker before the tool exits
+        flush_cancel();
         c->close();
         throw cli_error(exit_cancelled, why);
     };
@@ -269,7 +304,7 @@ int run_call(const schema_flags& sf, const connection_flags& cf, const output_fl
     try {
         r = pending.result.get();
     } catch (const timeout_error&) {
-        c->wait_outbox_empty(5s);  // the runtime cancelled the call: let the cancel go out
+        flush_cancel();  // the runtime cancelled the call: let the cancel go out
         c->close();
         throw cli_error(exit_timeout, "no result from " + topic + " within " + std::to_string(f.timeout_ms) +
                                           " ms (call cancelled)");
@@ -475,6 +510,12 @@ int run_serve(const schema_flags& sf, const connection_flags& cf, const output_f
         } catch (const std::exception& e) {
             log(std::string("rejected 500: ") + e.what());
             throw command_error(500, e.what());
+        }
+        // What the command says on stderr is passed on (for a reject it is the message instead).
+        if (!f.quiet && (r.exit_code == 0 || ctx.cancelled() || r.timed_out) && !r.err.empty()) {
+            std::fwrite(r.err.data(), 1, r.err.size(), stderr);
+            if (r.err.back() != '\n') std::fputc('\n', stderr);
+            std::fflush(stderr);
         }
         if (ctx.cancelled()) {
             log("cancelled");

@@ -545,7 +545,8 @@ std::optional<std::string> from_json(const std::string& text, pb::Message* m, bo
     o.ignore_unknown_fields = ignore_unknown;
     const auto st = pb::util::JsonStringToMessage(text, m, o);
     if (st.ok()) return std::nullopt;
-    return std::string(st.message());
+    std::string message(st.message());
+    return message.substr(0, message.find('\n'));  // one line
 }
 
 std::string encode(const pb::Message& m, wire_format f) {
