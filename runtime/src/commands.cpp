@@ -322,8 +322,9 @@ std::string client::impl::start_call(const std::string& command, std::string bod
 
 void client::impl::cancel_call(const std::string& command, const std::string& message_id, wire_format format) {
     auto out = wire::encode_cancel(format, message_id);
-    submit_publish(make_publish(wire::cancel_topic(command), std::move(out.payload), std::move(out.props), false, "cancel"),
-                   nullptr);
+    // Stored before returning, like the invoke: a cancel is not lost if the caller exits right after.
+    commit_publishes({}, {make_publish(wire::cancel_topic(command), std::move(out.payload), std::move(out.props), false,
+                                       "cancel")});
 }
 
 call_handle client::impl::call(const std::string& command, std::string body, call_options opts) {

@@ -92,8 +92,9 @@ public:
         : command_(std::move(command)), message_id_(std::move(message_id)), cancel_(std::move(cancel)) {}
     const std::string& command() const noexcept { return command_; }
     const std::string& message_id() const noexcept { return message_id_; }
-    /// Publishes `<command>/cancel` (durably, QoS 2). Best effort: a call already finished is not
-    /// affected, and cancelling twice is harmless.
+    /// Publishes `<command>/cancel` (QoS 2); the cancel is stored in the outbox when this returns, and
+    /// sent as soon as the broker is reachable. Best effort: a call already finished is not affected, and
+    /// cancelling twice is harmless. @throw client_closed if the client is gone; storage_error.
     void cancel() const {
         if (cancel_) cancel_();
     }
