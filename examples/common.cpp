@@ -75,8 +75,10 @@ xymqtt::hooks print_hooks() {
     };
     hooks.on_storage_error = [](const std::string& error) { say("storage error: " + error); };
     hooks.on_log = [](xymqtt::log_level level, const std::string& line) {
-        // Warnings and errors only, e.g. "connect to tcp://... failed: ..." while the broker is down.
-        if (level >= xymqtt::log_level::warning) say(std::string(level == xymqtt::log_level::error ? "error: " : "warning: ") + line);
+        // Warnings and errors only, e.g. "connect to tcp://... failed: ..." while the broker is down
+        // (a lost connection is printed by on_connection_lost).
+        if (level >= xymqtt::log_level::warning && line.rfind("connection lost", 0) != 0)
+            say(std::string(level == xymqtt::log_level::error ? "error: " : "warning: ") + line);
     };
     return hooks;
 }

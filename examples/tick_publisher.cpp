@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
             tick.set_count(++published);
             // Returns once the tick is durably stored; the future tells when the broker has it.
             ticks.push_back({tick, publisher.publish_tick(tick)});
-            example::say("tick " + tick.ShortDebugString());
+            example::say("tick { " + tick.ShortDebugString() + " }");
             next += std::chrono::milliseconds(interval_ms);
             if (!report_acknowledged(ticks, next, stop)) return 1;
         }
