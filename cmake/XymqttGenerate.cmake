@@ -3,7 +3,7 @@
 #   xymqtt_generate(TARGET <lib> PROTOS <file.proto>... [IMPORT_DIRS <dir>...] [OUT_DIR <dir>] [MOCKS])
 #
 # Runs protoc (C++ output) and protoc-gen-xymqtt on each PROTOS file and builds the results into the
-# library <lib>, linked to xymqtt::xymqtt and protobuf. Each `dir/x.proto` (named relative to the first
+# library <lib>, linked to xymqtt::protobuf (the runtime and its protobuf codec). Each `dir/x.proto` (named relative to the first
 # IMPORT_DIRS entry that contains it; default: the current source directory) gives `dir/x.pb.h`,
 # `dir/x.xymqtt.h` (include them as such) and, with MOCKS, `dir/x.xymqtt_mock.h` in the INTERFACE
 # library <lib>_mocks (linked to xymqtt::testing and trompeloeil). The directory of
@@ -186,7 +186,7 @@ function(xymqtt_generate)
 
   add_library(${arg_TARGET} ${sources})
   target_include_directories(${arg_TARGET} PUBLIC "${out}")
-  target_link_libraries(${arg_TARGET} PUBLIC xymqtt::xymqtt protobuf::libprotobuf xymqtt_options_proto)
+  target_link_libraries(${arg_TARGET} PUBLIC xymqtt::protobuf xymqtt_options_proto)
   target_compile_features(${arg_TARGET} PUBLIC cxx_std_17)
 
   if(arg_MOCKS)

@@ -1,4 +1,4 @@
-# `cmake --install`: the runtime (xymqtt, xymqtt_testing, headers), the generator with its templates,
+# `cmake --install`: the runtime (xymqtt, xymqtt_protobuf, xymqtt_testing, headers), the generator with its templates,
 # xymqtt/options.proto, the CMake modules and a package config, so that an out-of-tree project does
 #   find_package(xymqtt CONFIG REQUIRED)
 #   xymqtt_generate(TARGET my_proto PROTOS my.proto MOCKS)
@@ -10,7 +10,8 @@ set(XYMQTT_INSTALL_GENERATORDIR "${CMAKE_INSTALL_DATADIR}/xymqtt/generator")
 set(XYMQTT_INSTALL_PROTODIR "${CMAKE_INSTALL_DATADIR}/xymqtt/proto")
 
 set_target_properties(xymqtt_testing PROPERTIES EXPORT_NAME testing)
-install(TARGETS xymqtt xymqtt_testing
+set_target_properties(xymqtt_protobuf PROPERTIES EXPORT_NAME protobuf)
+install(TARGETS xymqtt xymqtt_protobuf xymqtt_testing
   EXPORT xymqttTargets
   ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}"
   LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}"

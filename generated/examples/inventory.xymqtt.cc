@@ -7,64 +7,12 @@
 #include <utility>
 #include <vector>
 
-#include <google/protobuf/util/json_util.h>
-#include <xymqtt/exception.h>
+#include <xymqtt/protobuf_codec.h>
 #include <xymqtt/topic.h>
 
 namespace xymqtt {
 namespace examples {
 namespace inventory {
-namespace {
-
-constexpr char kJsonContentType[] = "application/json";
-constexpr char kProtobufContentType[] = "application/x-protobuf";
-
-// Encodes `message` as JSON (lowerCamelCase names, defaults printed) or protobuf bytes.
-std::string encode_message(const google::protobuf::Message& message, ::xymqtt::wire_format format) {
-  std::string out;
-  if (format == ::xymqtt::wire_format::json) {
-    google::protobuf::util::JsonPrintOptions options;
-    options.always_print_primitive_fields = true;
-    const auto status = google::protobuf::util::MessageToJsonString(message, &out, options);
-    if (!status.ok()) {
-      throw ::xymqtt::error("cannot encode " + message.GetTypeName() + " as JSON: " + status.ToString());
-    }
-  } else if (!message.SerializeToString(&out)) {
-    throw ::xymqtt::error("cannot encode " + message.GetTypeName());
-  }
-  return out;
-}
-
-// Decodes `payload` into `message`; fields it does not know (such as `messageId`) are ignored.
-// @throw xymqtt::parse_error if the payload is not a valid encoding of the message.
-void decode_message(const std::string& payload, ::xymqtt::wire_format format, google::protobuf::Message* message) {
-  if (format == ::xymqtt::wire_format::json) {
-    google::protobuf::util::JsonParseOptions options;
-    options.ignore_unknown_fields = true;
-    const auto status = google::protobuf::util::JsonStringToMessage(payload, message, options);
-    if (!status.ok()) {
-      throw ::xymqtt::parse_error("invalid JSON for " + message->GetTypeName() + ": " + status.ToString());
-    }
-  } else if (!message->ParseFromString(payload)) {
-    throw ::xymqtt::parse_error("invalid protobuf bytes for " + message->GetTypeName());
-  }
-}
-
-// Options of an event publish: the MQTT 5 content type names the encoding.
-::xymqtt::publish_options event_options(::xymqtt::wire_format format) {
-  ::xymqtt::publish_options options;
-  options.props.content_type = format == ::xymqtt::wire_format::json ? kJsonContentType : kProtobufContentType;
-  return options;
-}
-
-// The encoding of a delivered event: its content type if it has one, else `fallback`.
-::xymqtt::wire_format event_format(const ::xymqtt::message& delivery, ::xymqtt::wire_format fallback) {
-  if (delivery.props.content_type == kJsonContentType) return ::xymqtt::wire_format::json;
-  if (delivery.props.content_type == kProtobufContentType) return ::xymqtt::wire_format::binary;
-  return fallback;
-}
-
-}  // namespace
 
 // Inventory
 
@@ -76,7 +24,7 @@ Inventory::ReserveRejection Inventory::ReserveRejection::decode(
   rejection.message = result.message;
   if (!result.body.empty()) {
     ::xymqtt::examples::inventory::ReserveRejected details;
-    decode_message(result.body, result.format, &details);
+    ::xymqtt::protobuf::decode(result.body, result.format, &details);
     rejection.details = std::move(details);
   }
   return rejection;
@@ -88,7 +36,7 @@ Inventory::ReserveOutcome Inventory::ReserveOutcome::decode(
   outcome.message_id = result.message_id;
   if (result.ok) {
     ::xymqtt::examples::inventory::Reservation value;
-    decode_message(result.body, result.format, &value);
+    ::xymqtt::protobuf::decode(result.body, result.format, &value);
     outcome.result = std::move(value);
   } else {
     outcome.rejection = ReserveRejection::decode(result);
@@ -119,7 +67,7 @@ Inventory::GetStockOutcome Inventory::GetStockOutcome::decode(
   outcome.message_id = result.message_id;
   if (result.ok) {
     ::xymqtt::examples::inventory::StockReport value;
-    decode_message(result.body, result.format, &value);
+    ::xymqtt::protobuf::decode(result.body, result.format, &value);
     outcome.result = std::move(value);
   } else {
     outcome.rejection = GetStockRejection::decode(result);
@@ -154,7 +102,7 @@ Inventory::Client::Client(::xymqtt::transport& transport, std::string env, Optio
   return transport_.subscribe(
       stock_changed_topic_, [handler = std::move(handler), format = format_](const ::xymqtt::message& delivery) {
         ::xymqtt::examples::inventory::StockChanged event;
-        decode_message(delivery.payload, event_format(delivery, format), &event);
+        ::xymqtt::protobuf::decode(delivery.payload, ::xymqtt::protobuf::event_format(delivery, format), &event);
         handler(event, delivery);
       });
 }
@@ -163,20 +111,21 @@ Inventory::Client::Client(::xymqtt::transport& transport, std::string env, Optio
   return transport_.subscribe(
       item_added_topic_, [handler = std::move(handler), format = format_](const ::xymqtt::message& delivery) {
         ::xymqtt::examples::inventory::Item event;
-        decode_message(delivery.payload, event_format(delivery, format), &event);
+        ::xymqtt::protobuf::decode(delivery.payload, ::xymqtt::protobuf::event_format(delivery, format), &event);
         handler(event, delivery);
       });
 }
 
 ::xymqtt::call_handle Inventory::Client::call_reserve(const ::xymqtt::examples::inventory::ReserveRequest& request) {
-  return transport_.call(reserve_topic_, encode_message(request, format_),
+  return transport_.call(reserve_topic_, ::xymqtt::protobuf::encode(request, format_),
                          inventory_reserve_call_options(format_));
 }
 
 Inventory::PendingReserve Inventory::Client::call_reserve_async(
     const ::xymqtt::examples::inventory::ReserveRequest& request, std::optional<std::chrono::milliseconds> timeout) {
   ::xymqtt::pending_call call = transport_.call_async(
-      reserve_topic_, encode_message(request, format_), inventory_reserve_call_options(format_), timeout);
+      reserve_topic_, ::xymqtt::protobuf::encode(request, format_),
+      inventory_reserve_call_options(format_), timeout);
   PendingReserve pending;
   pending.handle = std::move(call.handle);
   pending.outcome = std::async(std::launch::deferred, [result = std::move(call.result)]() mutable {
@@ -192,7 +141,7 @@ Inventory::PendingReserve Inventory::Client::call_reserve_async(
       [on_resolve = std::move(on_resolve), on_reject = std::move(on_reject)](const ::xymqtt::command_result& result) {
         if (result.ok) {
           ::xymqtt::examples::inventory::Reservation value;
-          decode_message(result.body, result.format, &value);
+          ::xymqtt::protobuf::decode(result.body, result.format, &value);
           if (on_resolve) on_resolve(result.message_id, value);
         } else {
           ReserveRejection rejection = ReserveRejection::decode(result);
@@ -202,14 +151,15 @@ Inventory::PendingReserve Inventory::Client::call_reserve_async(
 }
 
 ::xymqtt::call_handle Inventory::Client::call_get_stock(const ::xymqtt::examples::inventory::GetStockRequest& request) {
-  return transport_.call(get_stock_topic_, encode_message(request, format_),
+  return transport_.call(get_stock_topic_, ::xymqtt::protobuf::encode(request, format_),
                          inventory_get_stock_call_options(format_));
 }
 
 Inventory::PendingGetStock Inventory::Client::call_get_stock_async(
     const ::xymqtt::examples::inventory::GetStockRequest& request, std::optional<std::chrono::milliseconds> timeout) {
   ::xymqtt::pending_call call = transport_.call_async(
-      get_stock_topic_, encode_message(request, format_), inventory_get_stock_call_options(format_), timeout);
+      get_stock_topic_, ::xymqtt::protobuf::encode(request, format_),
+      inventory_get_stock_call_options(format_), timeout);
   PendingGetStock pending;
   pending.handle = std::move(call.handle);
   pending.outcome = std::async(std::launch::deferred, [result = std::move(call.result)]() mutable {
@@ -225,7 +175,7 @@ Inventory::PendingGetStock Inventory::Client::call_get_stock_async(
       [on_resolve = std::move(on_resolve), on_reject = std::move(on_reject)](const ::xymqtt::command_result& result) {
         if (result.ok) {
           ::xymqtt::examples::inventory::StockReport value;
-          decode_message(result.body, result.format, &value);
+          ::xymqtt::protobuf::decode(result.body, result.format, &value);
           if (on_resolve) on_resolve(result.message_id, value);
         } else {
           GetStockRejection rejection = GetStockRejection::decode(result);
@@ -261,11 +211,12 @@ void Inventory::Server::serve(Service& service) {
         reserve_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
           ::xymqtt::examples::inventory::ReserveRequest request;
-          decode_message(call.body, call.format, &request);
+          ::xymqtt::protobuf::decode(call.body, call.format, &request);
           try {
-            return encode_message(service.reserve(request, context), call.format);
+            return ::xymqtt::protobuf::encode(service.reserve(request, context), call.format);
           } catch (const ReserveError& e) {
-            throw ::xymqtt::command_error(e.status(), e.what(), encode_message(e.details(), call.format));
+            throw ::xymqtt::command_error(e.status(), e.what(),
+                                          ::xymqtt::protobuf::encode(e.details(), call.format));
           }
         },
         reserve_options);
@@ -276,8 +227,8 @@ void Inventory::Server::serve(Service& service) {
         get_stock_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
           ::xymqtt::examples::inventory::GetStockRequest request;
-          decode_message(call.body, call.format, &request);
-          return encode_message(service.get_stock(request, context), call.format);
+          ::xymqtt::protobuf::decode(call.body, call.format, &request);
+          return ::xymqtt::protobuf::encode(service.get_stock(request, context), call.format);
         },
         get_stock_options);
     registered.push_back(get_stock_topic_);
@@ -295,11 +246,13 @@ void Inventory::Server::stop() {
 std::future<void> Inventory::Server::publish_stock_changed(const ::xymqtt::examples::inventory::StockChanged& event) {
   ::xymqtt::validate_topic_token("warehouse", event.warehouse());
   return transport_.publish(env_ + "/" + system_ + "/evt/stock_changed/" + event.warehouse(),
-                            encode_message(event, format_), event_options(format_));
+                            ::xymqtt::protobuf::encode(event, format_),
+                            ::xymqtt::protobuf::event_options(format_));
 }
 
 std::future<void> Inventory::Server::publish_item_added(const ::xymqtt::examples::inventory::Item& event) {
-  return transport_.publish(item_added_topic_, encode_message(event, format_), event_options(format_));
+  return transport_.publish(item_added_topic_, ::xymqtt::protobuf::encode(event, format_),
+                            ::xymqtt::protobuf::event_options(format_));
 }
 
 }  // namespace inventory

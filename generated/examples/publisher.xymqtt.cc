@@ -7,63 +7,11 @@
 #include <utility>
 #include <vector>
 
-#include <google/protobuf/util/json_util.h>
-#include <xymqtt/exception.h>
+#include <xymqtt/protobuf_codec.h>
 #include <xymqtt/topic.h>
 
 namespace xymqtt {
 namespace examples {
-namespace {
-
-constexpr char kJsonContentType[] = "application/json";
-constexpr char kProtobufContentType[] = "application/x-protobuf";
-
-// Encodes `message` as JSON (lowerCamelCase names, defaults printed) or protobuf bytes.
-std::string encode_message(const google::protobuf::Message& message, ::xymqtt::wire_format format) {
-  std::string out;
-  if (format == ::xymqtt::wire_format::json) {
-    google::protobuf::util::JsonPrintOptions options;
-    options.always_print_primitive_fields = true;
-    const auto status = google::protobuf::util::MessageToJsonString(message, &out, options);
-    if (!status.ok()) {
-      throw ::xymqtt::error("cannot encode " + message.GetTypeName() + " as JSON: " + status.ToString());
-    }
-  } else if (!message.SerializeToString(&out)) {
-    throw ::xymqtt::error("cannot encode " + message.GetTypeName());
-  }
-  return out;
-}
-
-// Decodes `payload` into `message`; fields it does not know (such as `messageId`) are ignored.
-// @throw xymqtt::parse_error if the payload is not a valid encoding of the message.
-void decode_message(const std::string& payload, ::xymqtt::wire_format format, google::protobuf::Message* message) {
-  if (format == ::xymqtt::wire_format::json) {
-    google::protobuf::util::JsonParseOptions options;
-    options.ignore_unknown_fields = true;
-    const auto status = google::protobuf::util::JsonStringToMessage(payload, message, options);
-    if (!status.ok()) {
-      throw ::xymqtt::parse_error("invalid JSON for " + message->GetTypeName() + ": " + status.ToString());
-    }
-  } else if (!message->ParseFromString(payload)) {
-    throw ::xymqtt::parse_error("invalid protobuf bytes for " + message->GetTypeName());
-  }
-}
-
-// Options of an event publish: the MQTT 5 content type names the encoding.
-::xymqtt::publish_options event_options(::xymqtt::wire_format format) {
-  ::xymqtt::publish_options options;
-  options.props.content_type = format == ::xymqtt::wire_format::json ? kJsonContentType : kProtobufContentType;
-  return options;
-}
-
-// The encoding of a delivered event: its content type if it has one, else `fallback`.
-::xymqtt::wire_format event_format(const ::xymqtt::message& delivery, ::xymqtt::wire_format fallback) {
-  if (delivery.props.content_type == kJsonContentType) return ::xymqtt::wire_format::json;
-  if (delivery.props.content_type == kProtobufContentType) return ::xymqtt::wire_format::binary;
-  return fallback;
-}
-
-}  // namespace
 
 // Publisher
 
@@ -82,7 +30,7 @@ Publisher::PingOutcome Publisher::PingOutcome::decode(
   outcome.message_id = result.message_id;
   if (result.ok) {
     ::xymqtt::examples::PingResult value;
-    decode_message(result.body, result.format, &value);
+    ::xymqtt::protobuf::decode(result.body, result.format, &value);
     outcome.result = std::move(value);
   } else {
     outcome.rejection = PingRejection::decode(result);
@@ -113,20 +61,21 @@ Publisher::Client::Client(::xymqtt::transport& transport, Options options)
   return transport_.subscribe(
       tick_topic_, [handler = std::move(handler), format = format_](const ::xymqtt::message& delivery) {
         ::xymqtt::examples::Tick event;
-        decode_message(delivery.payload, event_format(delivery, format), &event);
+        ::xymqtt::protobuf::decode(delivery.payload, ::xymqtt::protobuf::event_format(delivery, format), &event);
         handler(event, delivery);
       });
 }
 
 ::xymqtt::call_handle Publisher::Client::call_ping(const ::xymqtt::examples::PingRequest& request) {
-  return transport_.call(ping_topic_, encode_message(request, format_),
+  return transport_.call(ping_topic_, ::xymqtt::protobuf::encode(request, format_),
                          publisher_ping_call_options(format_));
 }
 
 Publisher::PendingPing Publisher::Client::call_ping_async(
     const ::xymqtt::examples::PingRequest& request, std::optional<std::chrono::milliseconds> timeout) {
   ::xymqtt::pending_call call = transport_.call_async(
-      ping_topic_, encode_message(request, format_), publisher_ping_call_options(format_), timeout);
+      ping_topic_, ::xymqtt::protobuf::encode(request, format_),
+      publisher_ping_call_options(format_), timeout);
   PendingPing pending;
   pending.handle = std::move(call.handle);
   pending.outcome = std::async(std::launch::deferred, [result = std::move(call.result)]() mutable {
@@ -142,7 +91,7 @@ Publisher::PendingPing Publisher::Client::call_ping_async(
       [on_resolve = std::move(on_resolve), on_reject = std::move(on_reject)](const ::xymqtt::command_result& result) {
         if (result.ok) {
           ::xymqtt::examples::PingResult value;
-          decode_message(result.body, result.format, &value);
+          ::xymqtt::protobuf::decode(result.body, result.format, &value);
           if (on_resolve) on_resolve(result.message_id, value);
         } else {
           PingRejection rejection = PingRejection::decode(result);
@@ -173,8 +122,8 @@ void Publisher::Server::serve(Service& service) {
         ping_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
           ::xymqtt::examples::PingRequest request;
-          decode_message(call.body, call.format, &request);
-          return encode_message(service.ping(request, context), call.format);
+          ::xymqtt::protobuf::decode(call.body, call.format, &request);
+          return ::xymqtt::protobuf::encode(service.ping(request, context), call.format);
         },
         ping_options);
     registered.push_back(ping_topic_);
@@ -189,7 +138,8 @@ void Publisher::Server::stop() {
 }
 
 std::future<void> Publisher::Server::publish_tick(const ::xymqtt::examples::Tick& event) {
-  return transport_.publish(tick_topic_, encode_message(event, format_), event_options(format_));
+  return transport_.publish(tick_topic_, ::xymqtt::protobuf::encode(event, format_),
+                            ::xymqtt::protobuf::event_options(format_));
 }
 
 }  // namespace examples

@@ -7,63 +7,11 @@
 #include <utility>
 #include <vector>
 
-#include <google/protobuf/util/json_util.h>
-#include <xymqtt/exception.h>
+#include <xymqtt/protobuf_codec.h>
 #include <xymqtt/topic.h>
 
 namespace golden {
 namespace v1 {
-namespace {
-
-constexpr char kJsonContentType[] = "application/json";
-constexpr char kProtobufContentType[] = "application/x-protobuf";
-
-// Encodes `message` as JSON (lowerCamelCase names, defaults printed) or protobuf bytes.
-std::string encode_message(const google::protobuf::Message& message, ::xymqtt::wire_format format) {
-  std::string out;
-  if (format == ::xymqtt::wire_format::json) {
-    google::protobuf::util::JsonPrintOptions options;
-    options.always_print_primitive_fields = true;
-    const auto status = google::protobuf::util::MessageToJsonString(message, &out, options);
-    if (!status.ok()) {
-      throw ::xymqtt::error("cannot encode " + message.GetTypeName() + " as JSON: " + status.ToString());
-    }
-  } else if (!message.SerializeToString(&out)) {
-    throw ::xymqtt::error("cannot encode " + message.GetTypeName());
-  }
-  return out;
-}
-
-// Decodes `payload` into `message`; fields it does not know (such as `messageId`) are ignored.
-// @throw xymqtt::parse_error if the payload is not a valid encoding of the message.
-void decode_message(const std::string& payload, ::xymqtt::wire_format format, google::protobuf::Message* message) {
-  if (format == ::xymqtt::wire_format::json) {
-    google::protobuf::util::JsonParseOptions options;
-    options.ignore_unknown_fields = true;
-    const auto status = google::protobuf::util::JsonStringToMessage(payload, message, options);
-    if (!status.ok()) {
-      throw ::xymqtt::parse_error("invalid JSON for " + message->GetTypeName() + ": " + status.ToString());
-    }
-  } else if (!message->ParseFromString(payload)) {
-    throw ::xymqtt::parse_error("invalid protobuf bytes for " + message->GetTypeName());
-  }
-}
-
-// Options of an event publish: the MQTT 5 content type names the encoding.
-::xymqtt::publish_options event_options(::xymqtt::wire_format format) {
-  ::xymqtt::publish_options options;
-  options.props.content_type = format == ::xymqtt::wire_format::json ? kJsonContentType : kProtobufContentType;
-  return options;
-}
-
-// The encoding of a delivered event: its content type if it has one, else `fallback`.
-::xymqtt::wire_format event_format(const ::xymqtt::message& delivery, ::xymqtt::wire_format fallback) {
-  if (delivery.props.content_type == kJsonContentType) return ::xymqtt::wire_format::json;
-  if (delivery.props.content_type == kProtobufContentType) return ::xymqtt::wire_format::binary;
-  return fallback;
-}
-
-}  // namespace
 
 // SensorHub
 
@@ -75,7 +23,7 @@ SensorHub::CalibrateRejection SensorHub::CalibrateRejection::decode(
   rejection.message = result.message;
   if (!result.body.empty()) {
     ::golden::v1::CalibrationRefused details;
-    decode_message(result.body, result.format, &details);
+    ::xymqtt::protobuf::decode(result.body, result.format, &details);
     rejection.details = std::move(details);
   }
   return rejection;
@@ -87,7 +35,7 @@ SensorHub::CalibrateOutcome SensorHub::CalibrateOutcome::decode(
   outcome.message_id = result.message_id;
   if (result.ok) {
     ::golden::v1::Calibrated value;
-    decode_message(result.body, result.format, &value);
+    ::xymqtt::protobuf::decode(result.body, result.format, &value);
     outcome.result = std::move(value);
   } else {
     outcome.rejection = CalibrateRejection::decode(result);
@@ -118,7 +66,7 @@ SensorHub::ResetOutcome SensorHub::ResetOutcome::decode(
   outcome.message_id = result.message_id;
   if (result.ok) {
     ::golden::v1::Empty value;
-    decode_message(result.body, result.format, &value);
+    ::xymqtt::protobuf::decode(result.body, result.format, &value);
     outcome.result = std::move(value);
   } else {
     outcome.rejection = ResetRejection::decode(result);
@@ -152,20 +100,21 @@ SensorHub::Client::Client(::xymqtt::transport& transport, std::string site, Opti
   return transport_.subscribe(
       reading_topic_, [handler = std::move(handler), format = format_](const ::xymqtt::message& delivery) {
         ::golden::v1::Reading event;
-        decode_message(delivery.payload, event_format(delivery, format), &event);
+        ::xymqtt::protobuf::decode(delivery.payload, ::xymqtt::protobuf::event_format(delivery, format), &event);
         handler(event, delivery);
       });
 }
 
 ::xymqtt::call_handle SensorHub::Client::call_calibrate(const ::golden::v1::Calibrate& request) {
-  return transport_.call(calibrate_topic_, encode_message(request, format_),
+  return transport_.call(calibrate_topic_, ::xymqtt::protobuf::encode(request, format_),
                          sensor_hub_calibrate_call_options(format_));
 }
 
 SensorHub::PendingCalibrate SensorHub::Client::call_calibrate_async(
     const ::golden::v1::Calibrate& request, std::optional<std::chrono::milliseconds> timeout) {
   ::xymqtt::pending_call call = transport_.call_async(
-      calibrate_topic_, encode_message(request, format_), sensor_hub_calibrate_call_options(format_), timeout);
+      calibrate_topic_, ::xymqtt::protobuf::encode(request, format_),
+      sensor_hub_calibrate_call_options(format_), timeout);
   PendingCalibrate pending;
   pending.handle = std::move(call.handle);
   pending.outcome = std::async(std::launch::deferred, [result = std::move(call.result)]() mutable {
@@ -181,7 +130,7 @@ SensorHub::PendingCalibrate SensorHub::Client::call_calibrate_async(
       [on_resolve = std::move(on_resolve), on_reject = std::move(on_reject)](const ::xymqtt::command_result& result) {
         if (result.ok) {
           ::golden::v1::Calibrated value;
-          decode_message(result.body, result.format, &value);
+          ::xymqtt::protobuf::decode(result.body, result.format, &value);
           if (on_resolve) on_resolve(result.message_id, value);
         } else {
           CalibrateRejection rejection = CalibrateRejection::decode(result);
@@ -191,14 +140,15 @@ SensorHub::PendingCalibrate SensorHub::Client::call_calibrate_async(
 }
 
 ::xymqtt::call_handle SensorHub::Client::call_reset(const ::golden::v1::Empty& request) {
-  return transport_.call(reset_topic_, encode_message(request, format_),
+  return transport_.call(reset_topic_, ::xymqtt::protobuf::encode(request, format_),
                          sensor_hub_reset_call_options(format_));
 }
 
 SensorHub::PendingReset SensorHub::Client::call_reset_async(
     const ::golden::v1::Empty& request, std::optional<std::chrono::milliseconds> timeout) {
   ::xymqtt::pending_call call = transport_.call_async(
-      reset_topic_, encode_message(request, format_), sensor_hub_reset_call_options(format_), timeout);
+      reset_topic_, ::xymqtt::protobuf::encode(request, format_),
+      sensor_hub_reset_call_options(format_), timeout);
   PendingReset pending;
   pending.handle = std::move(call.handle);
   pending.outcome = std::async(std::launch::deferred, [result = std::move(call.result)]() mutable {
@@ -214,7 +164,7 @@ SensorHub::PendingReset SensorHub::Client::call_reset_async(
       [on_resolve = std::move(on_resolve), on_reject = std::move(on_reject)](const ::xymqtt::command_result& result) {
         if (result.ok) {
           ::golden::v1::Empty value;
-          decode_message(result.body, result.format, &value);
+          ::xymqtt::protobuf::decode(result.body, result.format, &value);
           if (on_resolve) on_resolve(result.message_id, value);
         } else {
           ResetRejection rejection = ResetRejection::decode(result);
@@ -249,11 +199,12 @@ void SensorHub::Server::serve(Service& service) {
         calibrate_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
           ::golden::v1::Calibrate request;
-          decode_message(call.body, call.format, &request);
+          ::xymqtt::protobuf::decode(call.body, call.format, &request);
           try {
-            return encode_message(service.calibrate(request, context), call.format);
+            return ::xymqtt::protobuf::encode(service.calibrate(request, context), call.format);
           } catch (const CalibrateError& e) {
-            throw ::xymqtt::command_error(e.status(), e.what(), encode_message(e.details(), call.format));
+            throw ::xymqtt::command_error(e.status(), e.what(),
+                                          ::xymqtt::protobuf::encode(e.details(), call.format));
           }
         },
         calibrate_options);
@@ -264,8 +215,8 @@ void SensorHub::Server::serve(Service& service) {
         reset_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
           ::golden::v1::Empty request;
-          decode_message(call.body, call.format, &request);
-          return encode_message(service.reset(request, context), call.format);
+          ::xymqtt::protobuf::decode(call.body, call.format, &request);
+          return ::xymqtt::protobuf::encode(service.reset(request, context), call.format);
         },
         reset_options);
     registered.push_back(reset_topic_);
@@ -283,7 +234,8 @@ void SensorHub::Server::stop() {
 std::future<void> SensorHub::Server::publish_reading(const ::golden::v1::Reading& event) {
   ::xymqtt::validate_topic_token("sensor", event.sensor());
   return transport_.publish(site_ + "/" + hub_ + "/evt/reading/" + event.sensor(),
-                            encode_message(event, format_), event_options(format_));
+                            ::xymqtt::protobuf::encode(event, format_),
+                            ::xymqtt::protobuf::event_options(format_));
 }
 
 }  // namespace v1
