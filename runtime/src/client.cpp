@@ -141,6 +141,7 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.session_expiry.count() <= 0 && opts_.mqtt_version == 5)
         throw configuration_error("session_expiry must be > 0: with 0 the session dies at each disconnect");
     if (opts_.max_inflight == 0) throw configuration_error("max_inflight must be > 0");
+    if (opts_.receive_maximum == 0) throw configuration_error("receive_maximum must be > 0");
 
     if (opts_.store) {
         store_ = opts_.store;
@@ -199,7 +200,8 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
         b.mqtt_version(MQTTVERSION_5);
         b.clean_start(false);
         b.properties({{mqtt::property::SESSION_EXPIRY_INTERVAL,
-                       static_cast<int32_t>(std::min<std::int64_t>(opts_.session_expiry.count(), INT32_MAX))}});
+                       static_cast<int32_t>(std::min<std::int64_t>(opts_.session_expiry.count(), INT32_MAX))},
+                      {mqtt::property::RECEIVE_MAXIMUM, static_cast<int16_t>(opts_.receive_maximum)}});
     } else {
         b.mqtt_version(MQTTVERSION_3_1_1);
         b.clean_session(false);
@@ -581,13 +583,20 @@ void client::impl::post(const std::string& topic, std::string payload, publish_o
 }
 
 void client::impl::submit_publish(stored_publish pub, std::shared_ptr<std::promise<void>> prom) {
-    if (prom) {
+    {
+        // Counted from now, so wait_outbox_empty right after publish waits for it.
         std::lock_guard<std::mutex> lk(mu_);
-        promises_[pub.seq] = prom;
+        if (prom) promises_[pub.seq] = prom;
+        ++outbox_count_;
     }
     std::lock_guard<std::mutex> order(seq_mu_);
     committer_->submit({std::move(pub.op)}, [this, seq = pub.seq, msg = pub.msg, prom](std::exception_ptr e) {
         if (e) {
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                --outbox_count_;
+                state_cv_.notify_all();
+            }
             if (prom) {
                 {
                     std::lock_guard<std::mutex> lk(mu_);
@@ -611,12 +620,16 @@ void client::impl::submit_publish(stored_publish pub, std::shared_ptr<std::promi
 void client::impl::commit_publishes(std::vector<write_op> ops, std::vector<stored_publish> pubs) {
     for (auto& p : pubs) ops.push_back(p.op);
     committer_->commit(std::move(ops));
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        outbox_count_ += pubs.size();
+    }
     for (auto& p : pubs) on_stored(p.seq, p.msg);
 }
 
 void client::impl::on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg) {
+    // Counted as pending by the caller, before the commit.
     std::lock_guard<std::mutex> lk(mu_);
-    ++outbox_count_;
     if (connected_ && ready_.size() < ready_cap)
         ready_.emplace(seq, std::move(msg));
     else
@@ -806,11 +819,11 @@ void client::impl::refuse(std::uint64_t seq, int reason_code) {
 // ---------------------------------------------------------------------------------------------------
 // inbox
 
-void client::impl::commit_until_stored(const std::vector<write_op>& ops) {
+void client::impl::commit_until_stored(const std::vector<write_op>& ops, bool urgent) {
     auto delay = std::chrono::milliseconds(10);
     while (true) {
         try {
-            committer_->commit(ops);
+            committer_->commit(ops, urgent);
             return;
         } catch (const client_closed&) {
             throw;
@@ -1054,13 +1067,19 @@ void client::impl::process(lane* l, const std::string& id, stored_message rec,
     }
     if (poison) return dead_letter_record(id, std::move(rec), err, true);
     if (ok) {
+        // A plain removal does not need a sync of its own: it rides with the next arriving message's
+        // commit (or goes alone when the inbox is idle). Outcomes of commands do, they are sent next.
+        const bool urgent = !fx.ops.empty() || !fx.publishes.empty();
         fx.ops.push_back({table::incoming, id, std::nullopt});
-        std::vector<stored_publish> pubs;
         try {
             for (auto& [seq, msg] : fx.publishes) fx.ops.push_back({table::outgoing, sequence_id(seq), encode_record(*msg)});
-            commit_until_stored(fx.ops);
+            commit_until_stored(fx.ops, urgent);
         } catch (const client_closed&) {
             return;  // stays in the inbox; handled again after restart
+        }
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            outbox_count_ += fx.publishes.size();
         }
         for (auto& [seq, msg] : fx.publishes) on_stored(seq, msg);
         for (auto& f : fx.after_commit) f();

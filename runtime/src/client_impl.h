@@ -118,7 +118,7 @@ private:
 
     // -- inbox
     void on_arrived(mqtt::const_message_ptr msg);
-    void commit_until_stored(const std::vector<write_op>& ops);
+    void commit_until_stored(const std::vector<write_op>& ops, bool urgent = true);
     void lane_loop(lane* l);
     void process(lane* l, const std::string& id, stored_message rec,
                  std::vector<std::pair<subscription_id, lane_handler>> handlers);

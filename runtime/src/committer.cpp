@@ -10,13 +10,14 @@ committer::committer(store& s) : store_(s), thread_([this] { run(); }) {}
 
 committer::~committer() { stop(); }
 
-void committer::submit(std::vector<write_op> ops, done_fn done) {
+void committer::submit(std::vector<write_op> ops, done_fn done, bool urgent) {
     {
         std::unique_lock<std::mutex> lk(mu_);
         if (std::this_thread::get_id() != thread_.get_id())
             room_cv_.wait(lk, [&] { return stopping_ || queue_.size() < max_queued; });
         if (!stopping_) {
-            queue_.push_back(job{std::move(ops), std::move(done)});
+            queue_.push_back(job{std::move(ops), std::move(done), urgent});
+            if (urgent) ++urgent_queued_;
             cv_.notify_one();
             return;
         }
@@ -24,7 +25,7 @@ void committer::submit(std::vector<write_op> ops, done_fn done) {
     if (done) done(std::make_exception_ptr(client_closed("store writer is stopped")));
 }
 
-void committer::commit(std::vector<write_op> ops) {
+void committer::commit(std::vector<write_op> ops, bool urgent) {
     std::promise<void> p;
     auto f = p.get_future();
     submit(std::move(ops), [&p](std::exception_ptr e) {
@@ -32,7 +33,7 @@ void committer::commit(std::vector<write_op> ops) {
             p.set_exception(e);
         else
             p.set_value();
-    });
+    }, urgent);
     f.get();
 }
 
@@ -54,7 +55,10 @@ void committer::run() {
     while (true) {
         cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
         if (queue_.empty()) return;  // stopping, and nothing left to write
+        // Only lingering writes: give an urgent one a moment to come and carry them.
+        if (urgent_queued_ == 0) cv_.wait_for(lk, linger, [&] { return stopping_ || urgent_queued_ > 0; });
         jobs.swap(queue_);
+        urgent_queued_ = 0;
         room_cv_.notify_all();
         lk.unlock();
 

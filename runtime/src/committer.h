@@ -2,6 +2,7 @@
 // a single transaction, so N concurrent writers pay for one fsync instead of N.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <functional>
@@ -25,9 +26,11 @@ public:
 
     /// Queues `ops`; `done` runs on the writer thread after the commit. Batches commit in FIFO order.
     /// Blocks while `max_queued` batches wait, so a fast producer cannot pile up memory.
-    void submit(std::vector<write_op> ops, done_fn done);
+    /// `urgent` false: the batch does not start a commit of its own; it joins the next urgent one, or goes
+    /// alone after `linger` with nothing urgent queued. For writes whose only cost of delay is latency.
+    void submit(std::vector<write_op> ops, done_fn done, bool urgent = true);
     /// Queues `ops` and waits until they are durable. @throw what the store threw.
-    void commit(std::vector<write_op> ops);
+    void commit(std::vector<write_op> ops, bool urgent = true);
     /// Commits what is queued, then stops the writer thread. Later submissions fail with client_closed.
     void stop();
 
@@ -35,7 +38,10 @@ private:
     struct job {
         std::vector<write_op> ops;
         done_fn done;
+        bool urgent;
     };
+    static constexpr std::chrono::microseconds linger{2000};
+    std::size_t urgent_queued_ = 0;
     void run();
 
     store& store_;
