@@ -658,6 +658,12 @@ std::shared_ptr<mqtt::message> client::impl::to_paho(const stored_message& m) co
 }
 
 void client::impl::sender_loop() {
+    struct item {
+        std::uint64_t seq;
+        std::shared_ptr<stored_message> msg;
+        bool sent = false;
+    };
+    std::vector<item> batch;
     std::unique_lock<std::mutex> lk(mu_);
     while (true) {
         send_cv_.wait(lk, [&] {
@@ -666,70 +672,83 @@ void client::impl::sender_loop() {
                     (!requeue_.empty() || !backlog_.empty() || !ready_.empty()));
         });
         if (closing_) return;
-        std::uint64_t seq;
-        std::shared_ptr<stored_message> msg;
-        // Oldest first: what failed in flight, then what waited on disk, then new publishes.
-        if (!requeue_.empty()) {
-            seq = requeue_.begin()->first;
-            msg = requeue_.begin()->second;
-            requeue_.erase(requeue_.begin());
-        } else if (!backlog_.empty() && (ready_.empty() || backlog_.front() < ready_.begin()->first)) {
-            seq = backlog_.front();
-            backlog_.pop_front();
-        } else {
-            seq = ready_.begin()->first;
-            msg = ready_.begin()->second;
-            ready_.erase(ready_.begin());
+        // Take what the window allows in one go: one lock hand-off per batch, not per message.
+        batch.clear();
+        while (batch.size() < 64 && inflight_.size() < window_ &&
+               (!requeue_.empty() || !backlog_.empty() || !ready_.empty())) {
+            item it;
+            // Oldest first: what failed in flight, then what waited on disk, then new publishes.
+            if (!requeue_.empty()) {
+                it.seq = requeue_.begin()->first;
+                it.msg = requeue_.begin()->second;
+                requeue_.erase(requeue_.begin());
+            } else if (!backlog_.empty() && (ready_.empty() || backlog_.front() < ready_.begin()->first)) {
+                it.seq = backlog_.front();
+                backlog_.pop_front();
+            } else {
+                it.seq = ready_.begin()->first;
+                it.msg = ready_.begin()->second;
+                ready_.erase(ready_.begin());
+            }
+            if (resumed_seqs_.count(it.seq)) continue;  // Paho is finishing it under its old packet id
+            inflight_[it.seq] = it.msg;
+            batch.push_back(std::move(it));
         }
-        if (resumed_seqs_.count(seq)) continue;  // Paho is finishing this one under its old packet id
-        inflight_[seq] = msg;
         lk.unlock();
-        if (!msg) {
-            std::optional<std::string> v;
-            try {
-                v = store_->get(table::outgoing, sequence_id(seq));
-                if (v) msg = std::make_shared<stored_message>(decode_record(*v));
-            } catch (const std::exception& e) {
-                log(log_level::error, "outbox record " + sequence_id(seq) + " is unreadable: " + e.what());
-                fire(opts_.hooks.on_storage_error, std::string(e.what()));
-            }
-            if (!msg) {
-                lk.lock();
-                inflight_.erase(seq);
-                continue;
-            }
-        }
-        bool sent = false;
+
         int refused_rc = 0;
-        try {
-            auto cli = paho();
-            if (!cli) throw mqtt::exception(MQTTASYNC_DISCONNECTED);
-            auto tok = cli->publish(to_paho(*msg), reinterpret_cast<void*>(static_cast<std::uintptr_t>(seq)), *listener_);
-            sent = true;
-            persistence_->map_packet(tok->get_message_id(), seq);
-        } catch (const mqtt::exception& e) {
-            refused_rc = e.get_return_code();
-            log(log_level::debug, std::string("publish deferred: ") + e.what());
-        } catch (const std::exception& e) {
-            // The packet mapping could not be stored: the publish is out; a crash now costs a duplicate.
-            log(log_level::error, std::string("storing the packet id of a publish failed: ") + e.what());
-        }
-        if (sent) fire(opts_.hooks.on_packet_send, msg->topic, msg->payload);
-        lk.lock();
-        if (!sent) {
-            auto it = inflight_.find(seq);
-            if (it != inflight_.end()) {
-                requeue_[seq] = msg;
-                inflight_.erase(it);
+        auto cli = paho();
+        for (auto& it : batch) {
+            if (refused_rc) break;  // Paho refused one: the rest of the batch waits too
+            if (!it.msg) {
+                try {
+                    if (auto v = store_->get(table::outgoing, sequence_id(it.seq)))
+                        it.msg = std::make_shared<stored_message>(decode_record(*v));
+                } catch (const std::exception& e) {
+                    log(log_level::error, "outbox record " + sequence_id(it.seq) + " is unreadable: " + e.what());
+                    fire(opts_.hooks.on_storage_error, std::string(e.what()));
+                }
+                if (!it.msg) continue;
             }
+            try {
+                if (!cli) throw mqtt::exception(MQTTASYNC_DISCONNECTED);
+                auto tok = cli->publish(to_paho(*it.msg), reinterpret_cast<void*>(static_cast<std::uintptr_t>(it.seq)),
+                                        *listener_);
+                it.sent = true;
+                persistence_->map_packet(tok->get_message_id(), it.seq);
+            } catch (const mqtt::exception& e) {
+                refused_rc = e.get_return_code() ? e.get_return_code() : MQTTASYNC_FAILURE;
+                log(log_level::debug, std::string("publish deferred: ") + e.what());
+            } catch (const std::exception& e) {
+                // The packet mapping could not be stored: the publish is out; a crash now costs a duplicate.
+                log(log_level::error, std::string("storing the packet id of a publish failed: ") + e.what());
+            }
+            if (it.sent) fire(opts_.hooks.on_packet_send, it.msg->topic, it.msg->payload);
+        }
+        // This may be the last reference to a Paho client replaced meanwhile; destroying it fails its
+        // tokens, whose callbacks take mu_: let it go before taking mu_.
+        cli.reset();
+
+        lk.lock();
+        for (auto& it : batch) {
+            auto f = inflight_.find(it.seq);
+            if (f == inflight_.end()) continue;  // completed (or failed and requeued) already
+            if (!it.msg) {
+                inflight_.erase(f);  // the record is gone from the store: nothing to send
+            } else if (!it.sent) {
+                requeue_[it.seq] = it.msg;
+                inflight_.erase(f);
+            } else {
+                f->second = it.msg;
+            }
+        }
+        if (refused_rc) {
             // Paho's queue is full: wait for a completion. Otherwise it is not connected: wait for the
             // next connection.
             if (refused_rc == MQTTASYNC_MAX_BUFFERED_MESSAGES)
                 buffer_full_ = true;
             else
                 send_blocked_ = true;
-        } else if (inflight_.count(seq)) {
-            inflight_[seq] = msg;
         }
     }
 }
@@ -751,6 +770,7 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code) {
     }
     ++published_;
     if (prom) prom->set_value();
+    // Only costs a duplicate after a crash if lost: no sync of its own, it joins the next commit.
     committer_->submit({{table::outgoing, sequence_id(seq), std::nullopt}}, [this](std::exception_ptr e) {
         if (e) {
             try {
@@ -764,7 +784,7 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code) {
         std::lock_guard<std::mutex> lk(mu_);
         --outbox_count_;
         state_cv_.notify_all();
-    });
+    }, /*urgent=*/false);
 }
 
 void client::impl::on_send_failed(std::uint64_t seq, int rc, int reason_code) {
