@@ -76,7 +76,22 @@ int xy_sub(const args& a) {
     (void)c.publish(topic, probe);
     if (!t.wait_probe(std::chrono::seconds(20))) throw std::runtime_error("probe did not come back");
     say("ready");
+    std::atomic<bool> stop{false};
+    std::thread progress;
+    if (a.has("progress"))  // per-second arrivals and Paho-side stats on stderr, for diagnosis
+        progress = std::thread([&] {
+            std::uint64_t last = 0;
+            while (!stop) {
+                std::this_thread::sleep_for(std::chrono::seconds(1));
+                const auto st = c.stats();
+                std::cerr << "progress delivered " << st.delivered << " (+" << st.delivered - last << ") handled "
+                          << st.handled << " inbox " << st.inbox << std::endl;
+                last = st.delivered;
+            }
+        });
     const bool all = t.wait_all(std::chrono::seconds(a.num("timeout", 600)));
+    stop = true;
+    if (progress.joinable()) progress.join();
     result r;
     r.set("mode", "xy-sub").set("complete", all ? 1 : 0);
     t.report(r);
@@ -93,8 +108,13 @@ int xy_pub(const args& a) {
     c.connect();
     if (!c.wait_connected(std::chrono::seconds(10))) throw std::runtime_error("not connected");
     const auto t0 = mono_ns();
-    for (long i = 0; i < count; ++i) (void)c.publish(topic, make_payload(size, std::uint64_t(i)));  // future dropped
+    for (long i = 0; i < count; ++i) c.post(topic, make_payload(size, std::uint64_t(i)));  // no future kept
     const auto t1 = mono_ns();
+    // wait_outbox_empty alone returns at once while the first publishes are still being stored (the
+    // outbox count only grows after their commit), so wait for the completions first.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(a.num("timeout", 600));
+    while (c.stats().published < std::uint64_t(count) && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     const bool done = c.wait_outbox_empty(std::chrono::seconds(a.num("timeout", 600)));
     const auto t2 = mono_ns();
     result r;
@@ -107,8 +127,10 @@ int xy_pub(const args& a) {
 }
 
 std::shared_ptr<mqtt::async_client> paho_connect(const args& a, const std::string& suffix, std::size_t* receive_max) {
+    // Paho refuses a publish (-12) once more than max_buffered_messages (default 100) wait in its queue.
     auto cli = std::make_shared<mqtt::async_client>(a.str("broker", "tcp://127.0.0.1:1883"), a.str("id", "paho") + suffix,
-                                                    mqtt::create_options(MQTTVERSION_5), nullptr);
+                                                    mqtt::create_options(MQTTVERSION_5, int(a.num("buffered", 65535))),
+                                                    nullptr);
     auto co = mqtt::connect_options_builder().mqtt_version(MQTTVERSION_5).clean_start(true).max_inflight(65535).finalize();
     auto tok = cli->connect(co);
     tok->wait();
@@ -179,7 +201,8 @@ int paho_pub(const args& a) {
     const auto size = std::size_t(a.num("size", 100));
     std::size_t receive_max = 0;
     auto cli = paho_connect(a, "", &receive_max);
-    window_listener w(receive_max);
+    window_listener w(std::min<std::size_t>(receive_max, std::size_t(a.num("window", 65535))));
+    std::cerr << "paho-pub: broker receive maximum " << receive_max << std::endl;
     const auto t0 = mono_ns();
     for (long i = 0; i < count; ++i) {
         w.acquire();

@@ -41,7 +41,7 @@ int memory(const args& a) {
     const mem opened = read_mem();
     sampler.take();
     const auto t0 = mono_ns();
-    for (long i = 0; i < count; ++i) (void)c.publish(topic, make_payload(size, std::uint64_t(i)));
+    for (long i = 0; i < count; ++i) c.post(topic, make_payload(size, std::uint64_t(i)));
     const auto t1 = mono_ns();
     if (!wait_until([&] { return c.stats().outbox >= std::size_t(count); }, std::chrono::seconds(600)))
         throw std::runtime_error("the outbox never held every message");
@@ -90,7 +90,7 @@ int recover_fill(const args& a) {
     const auto size = std::size_t(a.num("size", 100));
     const auto topic = a.str("topic", "bench/rec");
     xymqtt::client c(quiet_options(a));  // never connected: the broker address is dead
-    for (long i = 0; i < count; ++i) (void)c.publish(topic, make_payload(size, std::uint64_t(i)));
+    for (long i = 0; i < count; ++i) c.post(topic, make_payload(size, std::uint64_t(i)));
     if (!wait_until([&] { return c.stats().outbox >= std::size_t(count); }, std::chrono::seconds(600)))
         throw std::runtime_error("the outbox never held every message");
     c.close();

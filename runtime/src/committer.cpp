@@ -55,8 +55,11 @@ void committer::run() {
     while (true) {
         cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
         if (queue_.empty()) return;  // stopping, and nothing left to write
-        // Only lingering writes: give an urgent one a moment to come and carry them.
-        if (urgent_queued_ == 0) cv_.wait_for(lk, linger, [&] { return stopping_ || urgent_queued_ > 0; });
+        // Only lingering writes, while urgent ones flow: give the next urgent one a moment to carry them.
+        const auto now = std::chrono::steady_clock::now();
+        if (urgent_queued_ == 0 && now - last_urgent_ < linger)
+            cv_.wait_for(lk, linger, [&] { return stopping_ || urgent_queued_ > 0; });
+        if (urgent_queued_ > 0) last_urgent_ = std::chrono::steady_clock::now();
         jobs.swap(queue_);
         urgent_queued_ = 0;
         room_cv_.notify_all();

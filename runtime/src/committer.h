@@ -26,8 +26,9 @@ public:
 
     /// Queues `ops`; `done` runs on the writer thread after the commit. Batches commit in FIFO order.
     /// Blocks while `max_queued` batches wait, so a fast producer cannot pile up memory.
-    /// `urgent` false: the batch does not start a commit of its own; it joins the next urgent one, or goes
-    /// alone after `linger` with nothing urgent queued. For writes whose only cost of delay is latency.
+    /// `urgent` false: while urgent batches keep coming, the batch does not start a commit of its own but
+    /// joins the next urgent one (waiting at most `linger`); otherwise it commits at once. For writes whose
+    /// only cost of delay is latency.
     void submit(std::vector<write_op> ops, done_fn done, bool urgent = true);
     /// Queues `ops` and waits until they are durable. @throw what the store threw.
     void commit(std::vector<write_op> ops, bool urgent = true);
@@ -42,6 +43,9 @@ private:
     };
     static constexpr std::chrono::microseconds linger{2000};
     std::size_t urgent_queued_ = 0;
+    // When urgent writes flow (arrivals), lingering writes wait for the next one; when they do not
+    // (a backlog being worked off), waiting would only add latency.
+    std::chrono::steady_clock::time_point last_urgent_{};
     void run();
 
     store& store_;

@@ -1,0 +1,808 @@
+#!/usr/bin/env python3
+"""Runs the xymqtt benchmarks (bench/xybench) against private Mosquitto brokers and writes
+results.json, the chart and docs/benchmarks.md. Started by scripts/bench; see docs/benchmarks.md.
+
+Modes: --smoke (tiny counts, CTest), --quick (a couple of minutes), default full.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BROKER_CONF = os.path.join(ROOT, "config", "mosquitto", "mosquitto.conf")
+BROKER_LIB = os.path.join(ROOT, "scripts", "lib", "broker.sh")
+SEED_MSGS_PER_S = 780.0  # the original xy-mqtt, synchronous=EXTRA, measured on these machines (NOTES)
+
+# Extra broker configuration of the benchmark broker (documented in docs/benchmarks.md).
+# Empty: the project's config as it is.
+BENCH_BROKER_EXTRA = os.environ.get("XYBENCH_BROKER_EXTRA", "")
+
+PLANS = {
+    # counts per scenario; "repeat" runs of each throughput/latency measurement, interleaved.
+    "smoke": dict(repeat=1, ev={100: 200, 1024: 100, 65536: 20}, fsync_factor=1.0, rtt=30, rtt_many=200,
+                  ping=3, mem=2000, rec=1000, scale=200, scale_max=2, disk=200),
+    "quick": dict(repeat=1, ev={100: 10000, 1024: 5000, 65536: 500}, fsync_factor=0.3, rtt=300, rtt_many=2000,
+                  ping=20, mem=100000, rec=20000, scale=2000, scale_max=4, disk=1000),
+    "full": dict(repeat=3, ev={100: 50000, 1024: 20000, 65536: 2000}, fsync_factor=0.2, rtt=2000, rtt_many=10000,
+                 ping=100, mem=1000000, rec=100000, scale=10000, scale_max=4, disk=3000),
+}
+
+CHILDREN = []  # processes this script started (stopped on exit, by pid)
+
+
+def log(*a):
+    print("==>", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Broker:
+    """A private Mosquitto from the project's config (rendered by scripts/lib/broker.sh)."""
+
+    def __init__(self, workdir, port=None):
+        self.dir = tempfile.mkdtemp(prefix="broker.", dir=workdir)
+        os.makedirs(os.path.join(self.dir, "data"))
+        os.makedirs(os.path.join(self.dir, "log"))
+        self.port = port or free_port()
+        self.proc = None
+        conf = subprocess.run(
+            ["bash", "-c", 'source "$1" && xymqtt_render_broker_config "$2" "$3" "$4"', "render", BROKER_LIB,
+             BROKER_CONF, str(self.port), self.dir], check=True, capture_output=True, text=True).stdout
+        if BENCH_BROKER_EXTRA:
+            conf += "\n# benchmark only (docs/benchmarks.md)\n" + BENCH_BROKER_EXTRA.replace(";", "\n") + "\n"
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+
+    @property
+    def uri(self):
+        return "tcp://127.0.0.1:%d" % self.port
+
+    def start(self):
+        mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        out = open(os.path.join(self.dir, "stdout.log"), "a")
+        self.proc = subprocess.Popen([mosq, "-c", self.conf], stdout=out, stderr=subprocess.STDOUT)
+        CHILDREN.append(self.proc)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("mosquitto exited; see " + self.dir)
+            if port_open(self.port):
+                return self
+            time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start; see " + self.dir)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def errors(self):
+        try:
+            with open(os.path.join(self.dir, "log", "mosquitto.log")) as f:
+                return [l.strip() for l in f if "Error" in l]
+        except OSError:
+            return []
+
+
+class Proc:
+    """A bench process whose stdout lines are collected; RESULT lines are parsed."""
+
+    def __init__(self, args, name):
+        self.name = name
+        self.lines = []
+        self.cv = threading.Condition()
+        self.err = open(os.path.join(OUT_TMP, name + ".stderr"), "w")
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.err, text=True)
+        CHILDREN.append(self.p)
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            with self.cv:
+                self.lines.append(line.strip())
+                self.cv.notify_all()
+        with self.cv:
+            self.cv.notify_all()
+
+    def wait_line(self, text, timeout):
+        with self.cv:
+            ok = self.cv.wait_for(lambda: text in self.lines or self.p.poll() is not None, timeout)
+            if text in self.lines:
+                return
+        raise RuntimeError("%s: no '%s' (exit %s); stderr in %s" % (self.name, text, self.p.poll(), self.err.name))
+
+    def result(self, timeout):
+        try:
+            self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            raise RuntimeError("%s timed out; stderr in %s" % (self.name, self.err.name))
+        self.t.join(5)
+        for l in self.lines:
+            if l.startswith("RESULT "):
+                return json.loads(l[len("RESULT "):])
+        raise RuntimeError("%s gave no result (exit %s); stderr in %s" % (self.name, self.p.returncode, self.err.name))
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+
+
+_seq = [0]
+
+
+def uid(prefix):
+    _seq[0] += 1
+    return "%s%d-%d" % (prefix, os.getpid(), _seq[0])
+
+
+def store_dir(name):
+    return os.path.join(OUT_TMP, "stores", name)
+
+
+# --------------------------------------------------------------------------------------------------
+# scenarios
+
+EVENT_CONFIGS = [
+    # key, label, kind, extra flags
+    ("xy_lmdb_fsync", "xymqtt LMDB fsync", "xy", ["--store", "lmdb", "--durability", "fsync"]),
+    ("xy_lmdb_process", "xymqtt LMDB process", "xy", ["--store", "lmdb", "--durability", "process"]),
+    ("xy_sqlite_fsync", "xymqtt SQLite fsync", "xy", ["--store", "sqlite", "--durability", "fsync"]),
+    ("paho_qos2", "raw Paho QoS 2", "paho", ["--qos", "2"]),
+    ("paho_qos1", "raw Paho QoS 1", "paho", ["--qos", "1"]),
+]
+
+
+def event_run(broker, key, kind, flags, size, count):
+    topic = "bench/" + uid("evt")
+    sid, pid = uid("sub"), uid("pub")
+    common = ["--broker", broker.uri, "--topic", topic, "--count", str(count), "--size", str(size)] + flags
+    if kind == "xy":
+        sub = Proc([BIN, "xy-sub", "--id", sid, "--dir", store_dir(sid)] + common, sid)
+    else:
+        sub = Proc([BIN, "paho-sub", "--id", sid] + common, sid)
+    sub.wait_line("ready", 60)
+    if kind == "xy":
+        pub = Proc([BIN, "xy-pub", "--id", pid, "--dir", store_dir(pid)] + common, pid)
+    else:
+        pub = Proc([BIN, "paho-pub", "--id", pid] + common, pid)
+    pr = pub.result(1800)
+    sr = sub.result(1800)
+    for d in (store_dir(sid), store_dir(pid)):
+        shutil.rmtree(d, ignore_errors=True)
+    return {"config": key, "size": size, "count": count, "e2e_msgs_per_s": sr["msgs_per_s"],
+            "pub_msgs_per_s": pr["pub_msgs_per_s"], "lat_p50_ms": sr["lat_p50_ms"], "lat_p99_ms": sr["lat_p99_ms"],
+            "complete": sr["complete"], "duplicates": sr["duplicates"]}
+
+
+def scenario_events(broker, plan, res):
+    runs = []
+    for rep in range(plan["repeat"]):
+        for size, count in plan["ev"].items():
+            for key, label, kind, flags in EVENT_CONFIGS:
+                # The fsync subscribers are disk-bound (one synced commit per message): fewer messages.
+                n = max(20, int(count * plan["fsync_factor"])) if key.endswith("_fsync") else count
+                log("events %s %d B x %d (run %d)" % (key, size, n, rep + 1))
+                r = event_run(broker, key, kind, flags, size, n)
+                log("   %.0f msg/s end to end" % r["e2e_msgs_per_s"])
+                runs.append(r)
+    res["events"] = runs
+
+
+INFLIGHT20 = "max_inflight_messages 20"
+
+
+def scenario_inflight20(plan, res):
+    """The same 100-byte runs against a broker that limits in-flight QoS 2 deliveries per client to 20 (see
+    Findings: without it Paho's receive thread scans an ever longer list of unacknowledged deliveries)."""
+    global BENCH_BROKER_EXTRA
+    saved, BENCH_BROKER_EXTRA = BENCH_BROKER_EXTRA, INFLIGHT20
+    try:
+        broker = Broker(OUT_TMP).start()
+    finally:
+        BENCH_BROKER_EXTRA = saved
+    runs = []
+    try:
+        for rep in range(plan["repeat"]):
+            for key, label, kind, flags in EVENT_CONFIGS:
+                if key not in ("xy_lmdb_fsync", "xy_lmdb_process", "paho_qos2"):
+                    continue
+                count = plan["ev"][100]
+                n = max(20, int(count * plan["fsync_factor"])) if key.endswith("_fsync") else count
+                log("events (broker %s) %s 100 B x %d (run %d)" % (INFLIGHT20, key, n, rep + 1))
+                r = event_run(broker, key, kind, flags, 100, n)
+                log("   %.0f msg/s end to end" % r["e2e_msgs_per_s"])
+                runs.append(r)
+    finally:
+        broker.stop()
+    res["events_inflight20"] = runs
+
+
+def scenario_disk(plan, res):
+    runs = []
+    for rep in range(plan["repeat"]):
+        p = Proc([BIN, "disk", "--dir", os.path.join(OUT_TMP, "disk"), "--count", str(plan["disk"])], uid("disk"))
+        runs.append(p.result(600))
+        log("disk: fdatasync %.0f/s, LMDB synced commit %.0f/s, SQLite %.0f/s" % (
+            runs[-1]["fdatasync_per_s"], runs[-1]["lmdb_fsync_commits_per_s"], runs[-1]["sqlite_fsync_commits_per_s"]))
+    res["disk"] = runs
+
+
+def start_server(broker, command, durability, group=""):
+    sid = uid("srv")
+    args = [BIN, "serve", "--broker", broker.uri, "--id", sid, "--dir", store_dir(sid), "--command", command,
+            "--durability", durability]
+    if group:
+        args += ["--group", group]
+    p = Proc(args, sid)
+    return p, sid
+
+
+def call_run(broker, command, durability, outstanding, count, warmup=50):
+    cid = uid("call")
+    p = Proc([BIN, "call", "--broker", broker.uri, "--id", cid, "--dir", store_dir(cid), "--command", command,
+              "--durability", durability, "--outstanding", str(outstanding), "--count", str(count),
+              "--warmup", str(warmup)], cid)
+    r = p.result(1800)
+    shutil.rmtree(store_dir(cid), ignore_errors=True)
+    return r
+
+
+def scenario_rtt(broker, plan, res):
+    runs = []
+    for rep in range(plan["repeat"]):
+        for durability in ("fsync", "process"):
+            command = "bench/" + uid("cmd")
+            srv, sid = start_server(broker, command, durability)
+            srv.wait_line("ready", 60)
+            for outstanding, count in ((1, plan["rtt"]), (16, plan["rtt_many"]), (256, plan["rtt_many"])):
+                log("commands %s, %d outstanding x %d (run %d)" % (durability, outstanding, count, rep + 1))
+                r = call_run(broker, command, durability, outstanding, count)
+                r.update(durability=durability)
+                log("   %.0f calls/s, p50 %.2f ms, p99 %.2f ms" % (r["calls_per_s"], r["p50_ms"], r["p99_ms"]))
+                runs.append(r)
+            srv.stop()
+            srv.result(60)
+            shutil.rmtree(store_dir(sid), ignore_errors=True)
+        # raw Paho QoS 2 ping-pong, as Paho leaves its socket (no TCP_NODELAY)
+        base = "bench/" + uid("pp")
+        echo = Proc([BIN, "paho-echo", "--broker", broker.uri, "--id", uid("echo"), "--topic", base], uid("echo"))
+        echo.wait_line("ready", 30)
+        log("raw Paho QoS 2 ping-pong x %d (run %d)" % (plan["ping"], rep + 1))
+        r = Proc([BIN, "paho-ping", "--broker", broker.uri, "--id", uid("ping"), "--topic", base, "--count",
+                  str(plan["ping"])], uid("ping")).result(600)
+        log("   p50 %.2f ms, p99 %.2f ms" % (r["p50_ms"], r["p99_ms"]))
+        r.update(durability="paho")
+        runs.append(r)
+        echo.stop()
+        echo.p.wait(30)
+    res["rtt"] = runs
+
+
+def scenario_memory(plan, res):
+    port = free_port()
+    broker = Broker(OUT_TMP, port)
+    mid = uid("mem")
+    log("memory: queue %d events with the broker down" % plan["mem"])
+    p = Proc([BIN, "memory", "--broker", broker.uri, "--id", mid, "--dir", store_dir(mid), "--count",
+              str(plan["mem"])], mid)
+    p.wait_line("queued", 1800)
+    log("memory: queued; broker up, draining")
+    broker.start()
+    r = p.result(3600)
+    broker.stop()
+    shutil.rmtree(store_dir(mid), ignore_errors=True)
+    log("   peak RSS %.1f MiB (anon %.1f, file %.1f), drained at %.0f msg/s" % (
+        max(r["queued_peak_hwm_kib"], r["drain_peak_hwm_kib"]) / 1024, max(r["queued_peak_anon_kib"], r["drain_peak_anon_kib"]) / 1024,
+        max(r["queued_peak_file_kib"], r["drain_peak_file_kib"]) / 1024, r["drain_msgs_per_s"]))
+    cost = Proc([BIN, "promise-cost", "--count", str(plan["mem"])], uid("cost")).result(300)
+    res["memory"] = {"run": r, "promise_cost": cost, "broker_errors": broker.errors()}
+
+
+def scenario_recovery(broker, plan, res):
+    runs = []
+    for rep in range(plan["repeat"]):
+        rid = uid("rec")
+        dead = "tcp://127.0.0.1:%d" % free_port()
+        log("recovery: fill %d pending (run %d)" % (plan["rec"], rep + 1))
+        Proc([BIN, "recover-fill", "--broker", dead, "--id", rid, "--dir", store_dir(rid), "--count",
+              str(plan["rec"])], rid + "-fill").result(1800)
+        r = Proc([BIN, "recover-run", "--broker", broker.uri, "--id", rid, "--dir", store_dir(rid)],
+                 rid + "-run").result(1800)
+        shutil.rmtree(store_dir(rid), ignore_errors=True)
+        log("   first completed publish after %.0f ms, drained after %.0f ms" % (r["first_complete_ms"], r["drained_ms"]))
+        runs.append(r)
+    res["recovery"] = runs
+
+
+def scenario_scaling(broker, plan, res):
+    runs = []
+    for rep in range(plan["repeat"]):
+        for durability in ("fsync", "process"):
+            for k in range(1, plan["scale_max"] + 1):
+                command = "bench/" + uid("scale")
+                servers = [start_server(broker, command, durability, group="g") for _ in range(k)]
+                for s, _ in servers:
+                    s.wait_line("ready", 60)
+                log("scaling: %d servers, %s (run %d)" % (k, durability, rep + 1))
+                r = call_run(broker, command, durability, 256, plan["scale"])
+                served = []
+                for s, sid in servers:
+                    s.stop()
+                    served.append(s.result(60)["served"])
+                    shutil.rmtree(store_dir(sid), ignore_errors=True)
+                r.update(servers=k, durability=durability, served=served)
+                log("   %.0f calls/s (served per server: %s)" % (r["calls_per_s"], served))
+                runs.append(r)
+    res["scaling"] = runs
+
+
+# --------------------------------------------------------------------------------------------------
+# summary and docs
+
+def med(xs):
+    return statistics.median(xs) if xs else 0.0
+
+
+def summarize(res):
+    s = {}
+    disk = res.get("disk", [])
+    if disk:
+        s["disk"] = {k: med([d[k] for d in disk]) for k in
+                     ("fdatasync_per_s", "lmdb_fsync_commits_per_s", "sqlite_fsync_commits_per_s", "lmdb_process_commits_per_s")}
+    ev = {}
+    for r in res.get("events", []):
+        ev.setdefault((r["config"], r["size"]), []).append(r)
+    s["events"] = []
+    for (cfg, size), rs in sorted(ev.items(), key=lambda kv: (kv[0][1], [c[0] for c in EVENT_CONFIGS].index(kv[0][0]))):
+        e2e = [r["e2e_msgs_per_s"] for r in rs]
+        s["events"].append({"config": cfg, "size": size, "count": rs[0]["count"], "runs": len(rs),
+                            "median": med(e2e), "best": max(e2e), "all": e2e,
+                            "lat_p50_ms": med([r["lat_p50_ms"] for r in rs]),
+                            "pub_median": med([r["pub_msgs_per_s"] for r in rs]),
+                            "complete": all(r["complete"] for r in rs)})
+    s["events_inflight20"] = []
+    iv = {}
+    for r in res.get("events_inflight20", []):
+        iv.setdefault(r["config"], []).append(r)
+    for cfg, rs in iv.items():
+        e2e = [r["e2e_msgs_per_s"] for r in rs]
+        s["events_inflight20"].append({"config": cfg, "size": 100, "count": rs[0]["count"], "runs": len(rs),
+                                       "median": med(e2e), "best": max(e2e), "pub_median": med([r["pub_msgs_per_s"] for r in rs]),
+                                       "lat_p50_ms": med([r["lat_p50_ms"] for r in rs]), "complete": all(r["complete"] for r in rs)})
+    rt = {}
+    for r in res.get("rtt", []):
+        rt.setdefault((r["durability"], r.get("outstanding", 1)), []).append(r)
+    s["rtt"] = []
+    for (d, o), rs in rt.items():
+        s["rtt"].append({"durability": d, "outstanding": o, "runs": len(rs), "count": rs[0]["count"],
+                         "calls_per_s": med([r.get("calls_per_s", 0) for r in rs]),
+                         "p50_ms": med([r["p50_ms"] for r in rs]), "p99_ms": med([r["p99_ms"] for r in rs])})
+    sc = {}
+    for r in res.get("scaling", []):
+        sc.setdefault((r["durability"], r["servers"]), []).append(r)
+    s["scaling"] = [{"durability": d, "servers": k, "calls_per_s": med([r["calls_per_s"] for r in rs]),
+                     "best": max(r["calls_per_s"] for r in rs), "count": rs[0]["count"], "served": rs[0]["served"]}
+                    for (d, k), rs in sorted(sc.items())]
+    rec = res.get("recovery", [])
+    if rec:
+        s["recovery"] = {k: med([r[k] for r in rec]) for k in
+                         ("pending", "open_ms", "connected_ms", "first_send_ms", "first_complete_ms", "drained_ms",
+                          "drain_msgs_per_s")}
+        s["recovery"]["runs"] = len(rec)
+    return s
+
+
+def ev_value(s, cfg, size):
+    for e in s["events"]:
+        if e["config"] == cfg and e["size"] == size:
+            return e
+    return None
+
+
+def targets(s):
+    out = []
+    bound = s.get("disk", {}).get("lmdb_fsync_commits_per_s")
+
+    def add(name, value, target, ok, how):
+        out.append({"target": name, "value": value, "goal": target, "met": bool(ok), "how": how})
+
+    f = ev_value(s, "xy_lmdb_fsync", 100)
+    if f and bound:
+        add("fsync events >= 0.9x disk bound", "%.0f msg/s = %.2fx of %.0f" % (f["median"], f["median"] / bound, bound),
+            ">= 0.9x", f["median"] >= 0.9 * bound, "median e2e vs LMDB single-put synced commits/s, same run")
+        add("fsync events >= 5x seed (780 msg/s)", "%.0f msg/s = %.1fx" % (f["median"], f["median"] / SEED_MSGS_PER_S),
+            ">= 3900 msg/s", f["median"] >= 5 * SEED_MSGS_PER_S, "seed figure from NOTES (not re-measured)")
+    p = ev_value(s, "xy_lmdb_process", 100)
+    q = ev_value(s, "paho_qos2", 100)
+    if p and q:
+        add("process events >= 0.8x raw Paho QoS 2", "%.0f vs %.0f msg/s = %.2fx" % (p["median"], q["median"], p["median"] / q["median"]),
+            ">= 0.8x", p["median"] >= 0.8 * q["median"], "medians, 100 B, same run")
+    for r in s.get("rtt", []):
+        if r["outstanding"] != 1:
+            continue
+        if r["durability"] == "fsync":
+            add("RTT fsync p50 <= 2 ms", "%.2f ms" % r["p50_ms"], "<= 2 ms", r["p50_ms"] <= 2, "sequential call_async, binary")
+            add("RTT fsync p99 <= 5 ms", "%.2f ms" % r["p99_ms"], "<= 5 ms", r["p99_ms"] <= 5, "sequential call_async, binary")
+        if r["durability"] == "process":
+            add("RTT process p50 <= 1 ms", "%.2f ms" % r["p50_ms"], "<= 1 ms", r["p50_ms"] <= 1, "sequential call_async, binary")
+    m = s.get("memory_run")
+    if m:
+        peak = max(m["queued_peak_hwm_kib"], m["drain_peak_hwm_kib"]) / 1024
+        add("RSS <= 64 MiB with %d queued" % m["count"], "%.1f MiB peak (VmHWM)" % peak, "<= 64 MiB", peak <= 64,
+            "sampled every 20 ms")
+    rc = s.get("recovery")
+    if rc:
+        add("recovery of %d pending starts <= 1 s" % rc["pending"], "%.0f ms to first completed publish" % rc["first_complete_ms"],
+            "<= 1000 ms", rc["first_complete_ms"] <= 1000, "from process start")
+    return out
+
+
+LABEL = {k: l for k, l, _, _ in EVENT_CONFIGS}
+
+
+def render_chart(s, outdir):
+    """docs/benchmarks/throughput.png with gnuplot (pngcairo): e2e throughput per config and payload size."""
+    gp = shutil.which("gnuplot")
+    if not gp:
+        log("gnuplot not found: no chart")
+        return None
+    sizes = sorted({e["size"] for e in s["events"]})
+    dat = os.path.join(outdir, "throughput.dat")
+    with open(dat, "w") as f:
+        f.write("config " + " ".join("%dB" % z for z in sizes) + "\n")
+        for key, label, _, _ in EVENT_CONFIGS:
+            vals = []
+            for z in sizes:
+                e = ev_value(s, key, z)
+                vals.append("%.0f" % e["median"] if e else "0")
+            f.write('"%s" %s\n' % (label, " ".join(vals)))
+    png = os.path.join(outdir, "throughput.png")
+    bound = s.get("disk", {}).get("lmdb_fsync_commits_per_s", 0)
+    script = """
+set terminal pngcairo size 1100,600 font "sans,10"
+set output '%s'
+set title "End-to-end event throughput (median of runs; loopback Mosquitto, separate processes)"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set logscale y
+set yrange [10:*]
+set ylabel "messages/s (log scale)"
+set grid ytics
+set key top right
+set xtics nomirror
+%s
+plot for [i=2:%d] '%s' using i:xtic(1) title columnhead(i)%s
+""" % (png, ('set arrow from graph 0, first %f to graph 1, first %f nohead dt 2 lc rgb "red"\n'
+             'set label "disk bound: LMDB synced commits/s (%.0f)" at graph 0.01, first %f offset 0,0.7 tc rgb "red"'
+             % (bound, bound, bound, bound)) if bound else "", len(sizes) + 1, dat, "")
+    subprocess.run([gp], input=script, text=True, check=True)
+    # Second chart: command round trips.
+    png2 = os.path.join(outdir, "commands.png")
+    dat2 = os.path.join(outdir, "commands.dat")
+    rows = [r for r in s["rtt"] if r["durability"] in ("fsync", "process")]
+    with open(dat2, "w") as f:
+        f.write("outstanding fsync process\n")
+        for o in (1, 16, 256):
+            vals = []
+            for d in ("fsync", "process"):
+                v = [r["calls_per_s"] for r in rows if r["durability"] == d and r["outstanding"] == o]
+                vals.append("%.0f" % (v[0] if v else 0))
+            f.write('"%d outstanding" %s\n' % (o, " ".join(vals)))
+    script2 = """
+set terminal pngcairo size 800,450 font "sans,10"
+set output '%s'
+set title "Command calls/s (median), one server process"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set ylabel "calls/s"
+set grid ytics
+set yrange [0:*]
+plot for [i=2:3] '%s' using i:xtic(1) title columnhead(i)
+""" % (png2, dat2)
+    subprocess.run([gp], input=script2, text=True, check=True)
+    return ["benchmarks/throughput.png", "benchmarks/commands.png"]
+
+
+def machine_info():
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for l in f:
+                if l.startswith("model name"):
+                    cpu = l.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    fs = subprocess.run(["df", "-T", OUT_TMP], capture_output=True, text=True).stdout.splitlines()[-1].split()
+    mosq = subprocess.run(["bash", "-c", "mosquitto -h 2>&1 | head -1"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "fs": fs[1] if len(fs) > 1 else "?",
+            "mosquitto": mosq, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
+
+
+def fmt(v, d=0):
+    return ("{:,.%df}" % d).format(v)
+
+
+def render_md(res, s, charts, path, findings_path):
+    m = res["machine"]
+    L = []
+    L.append("# Benchmarks")
+    L.append("")
+    L.append("Measured by `scripts/bench%s` on %s: %s, %d cores (shared with other jobs: numbers are noisy, so every "
+             "comparison is against baselines measured in the same run), Linux %s, store filesystem %s, %s. "
+             "Loopback Mosquitto from `config/mosquitto/mosquitto.conf`%s; publisher and subscriber (caller and "
+             "server) always run as separate processes. Raw figures: `docs/benchmarks/results.json`."
+             % (" --quick" if res["plan"] == "quick" else "", m["date"], m["cpu"], m["cores"], m["kernel"], m["fs"],
+                m["mosquitto"], (" plus `" + BENCH_BROKER_EXTRA + "`") if BENCH_BROKER_EXTRA else " unchanged"))
+    L.append("")
+    L.append("Each figure is the median of %d run(s) (best in brackets where it matters), runs interleaved." % res["repeat"])
+    L.append("")
+    L.append("## Targets")
+    L.append("")
+    L.append("| target | measured | goal | met |")
+    L.append("|---|---|---|---|")
+    for t in res["targets"]:
+        L.append("| %s | %s | %s | %s |" % (t["target"], t["value"], t["goal"], "yes" if t["met"] else "**no**"))
+    L.append("")
+    if "disk" in s:
+        d = s["disk"]
+        L.append("## The disk bound (same filesystem, same run)")
+        L.append("")
+        L.append("One 150-byte put per transaction, as the receive callback commits one message at a time:")
+        L.append("")
+        L.append("| what | per second |")
+        L.append("|---|---|")
+        L.append("| `fdatasync` of a 150-byte overwrite (preallocated file) | %s |" % fmt(d["fdatasync_per_s"]))
+        L.append("| LMDB store, durability fsync (`open_lmdb_store`, default flags: two syncs per commit) | %s |" % fmt(d["lmdb_fsync_commits_per_s"]))
+        L.append("| SQLite store, durability fsync (WAL, `synchronous=EXTRA`) | %s |" % fmt(d["sqlite_fsync_commits_per_s"]))
+        L.append("| LMDB store, durability process (`MDB_NOSYNC`) | %s |" % fmt(d["lmdb_process_commits_per_s"]))
+        L.append("")
+    L.append("## 1. Event throughput, end to end")
+    L.append("")
+    L.append("Messages per second from the first publish to the last message handled by the subscriber (xymqtt: "
+             "committed to its inbox and handled; the subscriber uses the same store and durability as the publisher). "
+             "`publish` futures are dropped; the publisher waits for its outbox to drain.")
+    L.append("")
+    if charts:
+        L.append("![throughput](%s)" % charts[0])
+        L.append("")
+    sizes = sorted({e["size"] for e in s["events"]})
+    bound = s.get("disk", {}).get("lmdb_fsync_commits_per_s")
+    for z in sizes:
+        q2 = ev_value(s, "paho_qos2", z)
+        L.append("### %s payloads" % ("%d B" % z if z < 1024 else "%d KiB" % (z // 1024)))
+        L.append("")
+        L.append("| configuration | messages | e2e msg/s (best) | vs raw Paho QoS 2 | vs disk bound | publisher msg/s | latency p50 |")
+        L.append("|---|---|---|---|---|---|---|")
+        for key, label, _, _ in EVENT_CONFIGS:
+            e = ev_value(s, key, z)
+            if not e:
+                continue
+            vs_q2 = "%.2fx" % (e["median"] / q2["median"]) if q2 and q2["median"] else "-"
+            vs_b = "%.2fx" % (e["median"] / bound) if bound and "fsync" in key else "-"
+            L.append("| %s | %s | %s (%s) | %s | %s | %s | %.0f ms |" % (
+                label, fmt(e["count"]), fmt(e["median"]), fmt(e["best"]), vs_q2, vs_b, fmt(e["pub_median"]),
+                e["lat_p50_ms"]) + ("" if e["complete"] else " INCOMPLETE"))
+        L.append("")
+    if s.get("events_inflight20"):
+        L.append("### 100 B payloads, broker with `%s` (benchmark-only setting, see Findings)" % INFLIGHT20)
+        L.append("")
+        L.append("Same programs and counts against a second broker whose config adds `%s`: the broker then keeps at "
+                 "most 20 unacknowledged QoS 2 deliveries per subscriber (and announces Receive Maximum 20 to publishers)." % INFLIGHT20)
+        L.append("")
+        L.append("| configuration | messages | e2e msg/s (best) | vs raw Paho QoS 2 (this broker) | vs same config, project broker | vs disk bound |")
+        L.append("|---|---|---|---|---|---|")
+        q2 = [e for e in s["events_inflight20"] if e["config"] == "paho_qos2"]
+        for key, label, _, _ in EVENT_CONFIGS:
+            e = [x for x in s["events_inflight20"] if x["config"] == key]
+            if not e:
+                continue
+            e = e[0]
+            base = ev_value(s, key, 100)
+            L.append("| %s | %s | %s (%s) | %s | %s | %s |" % (
+                label, fmt(e["count"]), fmt(e["median"]), fmt(e["best"]),
+                "%.2fx" % (e["median"] / q2[0]["median"]) if q2 else "-",
+                "%.2fx" % (e["median"] / base["median"]) if base else "-",
+                "%.2fx" % (e["median"] / bound) if bound and "fsync" in key else "-"))
+        L.append("")
+    L.append("## 2. Command round trip")
+    L.append("")
+    L.append("`call_async` with the binary format against one server process (same durability on both sides); "
+             "latency from the call to its result.")
+    L.append("")
+    if charts and len(charts) > 1:
+        L.append("![commands](%s)" % charts[1])
+        L.append("")
+    L.append("| durability | outstanding | calls | calls/s | p50 | p99 |")
+    L.append("|---|---|---|---|---|---|")
+    for r in sorted(s["rtt"], key=lambda r: (r["durability"], r["outstanding"])):
+        name = {"paho": "raw Paho QoS 2 ping-pong (no TCP_NODELAY)"}.get(r["durability"], "xymqtt " + r["durability"])
+        L.append("| %s | %d | %s | %s | %.2f ms | %.2f ms |" % (name, r["outstanding"], fmt(r["count"]),
+                                                              fmt(r["calls_per_s"]) if r["durability"] != "paho" else "%.1f" % (1000 / r["p50_ms"]),
+                                                              r["p50_ms"], r["p99_ms"]))
+    L.append("")
+    mem = res.get("memory")
+    if mem:
+        r = mem["run"]
+        c = mem["promise_cost"]
+        L.append("## 3. Memory with %s events queued offline" % fmt(r["count"]))
+        L.append("")
+        L.append("The publisher starts with its broker down, publishes %s 100-byte events (futures dropped), waits "
+                 "until all are stored, then the broker is started and the outbox drains (no subscriber). RSS from "
+                 "`/proc/self/status` sampled every 20 ms." % fmt(r["count"]))
+        L.append("")
+        L.append("| phase | VmRSS | VmHWM | RssAnon | RssFile (LMDB map pages) |")
+        L.append("|---|---|---|---|---|")
+        for ph, name in (("opened", "client open"), ("queued_peak", "peak while queueing"),
+                         ("queued_now", "all stored, broker down"), ("drain_peak", "peak while draining"), ("end", "drained")):
+            L.append("| %s | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB |" % (
+                name, r[ph + "_rss_kib"] / 1024, r[ph + "_hwm_kib"] / 1024, r[ph + "_anon_kib"] / 1024, r[ph + "_file_kib"] / 1024))
+        L.append("")
+        L.append("Queueing: `publish` loop %.1f s, all stored after %.1f s. Drain: %.1f s (%s msg/s)." % (
+            r["enqueue_s"], r["stored_s"], r["drain_s"], fmt(r["drain_msgs_per_s"])))
+        L.append("")
+        L.append("Bookkeeping per pending publish, measured alone (`xybench promise-cost`): a "
+                 "`std::map<seq, std::shared_ptr<std::promise<void>>>` entry costs %.0f bytes, a backlog `deque` slot "
+                 "%.0f bytes: for %s pending publishes that is %.0f MiB of anonymous memory, whether or not the caller "
+                 "kept the future." % (c["promise_map_bytes_each"], c["backlog_bytes_each"], fmt(c["count"]),
+                                       (c["promise_map_bytes_each"] + c["backlog_bytes_each"]) * c["count"] / 2**20))
+        L.append("")
+    rc = s.get("recovery")
+    if rc:
+        L.append("## 4. Recovery with %s pending publishes" % fmt(rc["pending"]))
+        L.append("")
+        L.append("A process stores %s 100-byte publishes with no broker reachable and exits; a new process opens the "
+                 "same store with the broker up. Times from the new process's start (median of %d):" % (fmt(rc["pending"]), rc["runs"]))
+        L.append("")
+        L.append("| store opened | connected | first PUBLISH handed to Paho | first publish completed | outbox drained | drain rate |")
+        L.append("|---|---|---|---|---|---|")
+        L.append("| %.0f ms | %.0f ms | %.0f ms | %.0f ms | %.0f ms | %s msg/s |" % (
+            rc["open_ms"], rc["connected_ms"], rc["first_send_ms"], rc["first_complete_ms"], rc["drained_ms"], fmt(rc["drain_msgs_per_s"])))
+        L.append("")
+    if s["scaling"]:
+        L.append("## 5. Scaling: command servers in a share group")
+        L.append("")
+        L.append("One caller with 256 calls outstanding; 1 to %d server processes registered with `command_options::group` "
+                 "(`$share/g/<command>/invoke`). All processes and the broker share the machine's %d cores." % (
+                     max(r["servers"] for r in s["scaling"]), m["cores"]))
+        L.append("")
+        L.append("| durability | servers | calls | calls/s (best) | vs 1 server | calls served per server (first run) |")
+        L.append("|---|---|---|---|---|---|")
+        for r in s["scaling"]:
+            one = [x for x in s["scaling"] if x["durability"] == r["durability"] and x["servers"] == 1]
+            L.append("| %s | %d | %s | %s (%s) | %.2fx | %s |" % (r["durability"], r["servers"], fmt(r["count"]), fmt(r["calls_per_s"]),
+                                                           fmt(r["best"]), r["calls_per_s"] / one[0]["calls_per_s"] if one else 0,
+                                                           ", ".join(fmt(x) for x in r["served"])))
+        L.append("")
+    if os.path.exists(findings_path):
+        with open(findings_path) as f:
+            L.append(f.read().rstrip())
+        L.append("")
+    L.append("## How to run")
+    L.append("")
+    L.append("`scripts/bench` (full: about %s), `scripts/bench --quick` (a few minutes). It builds `build-bench/` "
+             "(Release), installs gnuplot if it is missing, starts private brokers and rewrites this file, "
+             "`docs/benchmarks/results.json` and the charts. `bench/findings.md` is included verbatim above. "
+             "A smoke run of every mode with tiny counts is the CTest test `bench/smoke` (label `bench`)." % "25 minutes")
+    L.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(L))
+
+
+# --------------------------------------------------------------------------------------------------
+
+def main():
+    global BIN, OUT_TMP
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
+    ap.add_argument("--md", default=None, help="markdown to write (default: none for --smoke, docs/benchmarks.md otherwise)")
+    ap.add_argument("--only", default="disk,events,inflight20,rtt,memory,recovery,scaling")
+    ap.add_argument("--repeat", type=int, default=0)
+    ap.add_argument("--render-only", action="store_true", help="re-render the docs from --out/results.json")
+    a = ap.parse_args()
+    BIN = os.path.abspath(a.bin)
+    if a.render_only:
+        with open(os.path.join(a.out, "results.json")) as f:
+            res = json.load(f)
+        s = res["summary"]
+        charts = render_chart(s, a.out)
+        render_md(res, s, charts, a.md or os.path.join(ROOT, "docs", "benchmarks.md"), os.path.join(ROOT, "bench", "findings.md"))
+        return 0
+    plan_name = "smoke" if a.smoke else "quick" if a.quick else "full"
+    plan = dict(PLANS[plan_name])
+    if a.repeat:
+        plan["repeat"] = a.repeat
+    os.makedirs(a.out, exist_ok=True)
+    OUT_TMP = tempfile.mkdtemp(prefix="xybench.", dir=os.environ.get("XYBENCH_TMP", os.path.dirname(BIN)))
+    only = a.only.split(",")
+    res = {"plan": plan_name, "repeat": plan["repeat"], "plan_counts": {k: v for k, v in plan.items() if k != "ev"},
+           "event_counts": {str(k): v for k, v in plan["ev"].items()}, "broker_extra": BENCH_BROKER_EXTRA}
+    res["machine"] = machine_info()
+    broker = Broker(OUT_TMP).start()
+    ok = True
+    try:
+        if "disk" in only:
+            scenario_disk(plan, res)
+        if "events" in only:
+            scenario_events(broker, plan, res)
+        if "inflight20" in only:
+            scenario_inflight20(plan, res)
+        if "rtt" in only:
+            scenario_rtt(broker, plan, res)
+        if "memory" in only:
+            scenario_memory(plan, res)
+        if "recovery" in only:
+            scenario_recovery(broker, plan, res)
+        if "scaling" in only:
+            scenario_scaling(broker, plan, res)
+    finally:
+        broker.stop()
+        for p in CHILDREN:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    res["broker_errors"] = broker.errors()
+    s = summarize(res)
+    if "memory" in res:
+        s["memory_run"] = res["memory"]["run"]
+    res["summary"] = s
+    res["targets"] = targets(s)
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    charts = None
+    if not a.smoke:
+        charts = render_chart(s, a.out)
+    md = a.md or (None if a.smoke else os.path.join(ROOT, "docs", "benchmarks.md"))
+    if md:
+        render_md(res, s, charts, md, os.path.join(ROOT, "bench", "findings.md"))
+        log("wrote " + md)
+    for t in res["targets"]:
+        log("%-45s %-40s %s" % (t["target"], t["value"], "met" if t["met"] else "MISSED"))
+    if res["broker_errors"]:
+        log("broker errors: %s" % res["broker_errors"])
+    shutil.rmtree(OUT_TMP, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
