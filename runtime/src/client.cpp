@@ -13,6 +13,7 @@
 
 #include "client_impl.h"
 #include "tcp_nodelay.h"
+#include "wire.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/topic.h"
 
@@ -425,9 +426,6 @@ void client::impl::on_connected(bool session_present) {
     bool reconnect;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        connected_ = true;
-        send_blocked_ = false;
-        buffer_full_ = false;
         reconnect = ever_connected_;
         ever_connected_ = true;
         last_error_.clear();
@@ -439,9 +437,20 @@ void client::impl::on_connected(bool session_present) {
     }
     log(log_level::info, std::string("connected to ") + opts_.server_uri + (session_present ? " (session present)" : " (new session)"));
     // Every filter is subscribed again on every connection: cheap, and right when the broker has
-    // forgotten the session or when a filter was added while offline.
+    // forgotten the session or when a filter was added while offline. Subscriptions go out before any
+    // publish (Paho sends in order), so results of calls sent now find their subscription at the broker.
     for (const auto& f : filters) subscribe_at_broker(f);
     for (const auto& f : stale) unsubscribe_at_broker(f);
+    std::vector<std::string> late;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        connected_ = true;
+        send_blocked_ = false;
+        buffer_full_ = false;
+        for (auto& [f, l] : lanes_)  // added while the ones above were being sent
+            if (!l->stopping && std::find(filters.begin(), filters.end(), f) == filters.end()) late.push_back(f);
+    }
+    for (const auto& f : late) subscribe_at_broker(f);
     fire(opts_.hooks.on_connect, session_present);
     if (reconnect) fire(opts_.hooks.on_reconnect);
     if (!session_present) fire(opts_.hooks.on_init);
@@ -827,6 +836,22 @@ void client::impl::refuse(std::uint64_t seq, int reason_code) {
         dl.error = why;
         ops.push_back({table::dead_letters, sequence_id(seq), encode_record(dl)});
     }
+    if (msg && msg->kind == "call") {
+        // A refused invoke: the call will never get a result. Tell an awaiting caller now.
+        if (auto id = wire::decode_message_id(msg->payload, msg->props)) {
+            ops.push_back({table::calls, *id, std::nullopt});
+            std::shared_ptr<std::promise<command_result>> p;
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                auto it = awaiting_.find(*id);
+                if (it != awaiting_.end()) {
+                    p = it->second;
+                    awaiting_.erase(it);
+                }
+            }
+            if (p) p->set_exception(std::make_exception_ptr(broker_error(why, reason_code)));
+        }
+    }
     committer_->submit(std::move(ops), [this, dead = bool(msg)](std::exception_ptr) {
         std::lock_guard<std::mutex> lk(mu_);
         --outbox_count_;
@@ -840,10 +865,16 @@ void client::impl::refuse(std::uint64_t seq, int reason_code) {
 // inbox
 
 void client::impl::commit_until_stored(const std::vector<write_op>& ops, bool urgent) {
+    // Without syncs there is nothing to share: commit on this thread and save two thread hand-offs per
+    // message (the store serialises writers itself).
+    const bool direct = store_->durability() == durability::process;
     auto delay = std::chrono::milliseconds(10);
     while (true) {
         try {
-            committer_->commit(ops, urgent);
+            if (direct)
+                store_->commit(ops);
+            else
+                committer_->commit(ops, urgent);
             return;
         } catch (const client_closed&) {
             throw;
@@ -906,6 +937,13 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
             return;
         }
         ++delivered_;
+        if (msg->get_qos() == 2) {
+            try {
+                persistence_->release_inbound(packet_id);
+            } catch (const std::exception&) {
+                // Reported by the persistence; without the record a crash only costs a redelivery.
+            }
+        }
         std::lock_guard<std::mutex> lk(mu_);
         if (msg->get_qos() == 2) seen_[packet_id] = d;
         inbox_count_ += recs.size();

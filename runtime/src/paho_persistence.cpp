@@ -29,6 +29,19 @@ void paho_persistence::purge_commands(paho_records& records) {
         if (k.rfind("c-", 0) == 0 || k.rfind("c5-", 0) == 0) records.remove(k);
 }
 
+void paho_persistence::release_inbound(int packet_id) {
+    const std::string key = "r5-" + std::to_string(packet_id);
+    std::string value;
+    {
+        std::lock_guard<std::mutex> lk(held_mu_);
+        auto it = held_.find(key);
+        if (it == held_.end()) return;
+        value = std::move(it->second);
+        held_.erase(it);
+    }
+    guarded("put", key, [&] { records_.put(key, value, false); });
+}
+
 void paho_persistence::map_packet(int packet_id, std::uint64_t seq) {
     const std::string key = "x-" + std::to_string(packet_id);
     guarded("put", key, [&] { records_.put(key, std::to_string(seq), false); });
@@ -62,6 +75,10 @@ void paho_persistence::clear() {
 }
 
 bool paho_persistence::contains_key(const mqtt::string& key) {
+    {
+        std::lock_guard<std::mutex> lk(held_mu_);
+        if (held_.count(key)) return true;
+    }
     return guarded("contains", key, [&] { return records_.get(key).has_value(); });
 }
 
@@ -69,6 +86,8 @@ mqtt::string_collection paho_persistence::keys() const {
     return guarded("keys", "", [&] {
         mqtt::string_collection out;
         for (const auto& k : records_.keys()) out.push_back(k);
+        std::lock_guard<std::mutex> lk(held_mu_);
+        for (const auto& [k, v] : held_) out.push_back(k);
         return out;
     });
 }
@@ -76,11 +95,21 @@ mqtt::string_collection paho_persistence::keys() const {
 void paho_persistence::put(const mqtt::string& key, const std::vector<mqtt::string_view>& bufs) {
     std::string value;
     for (const auto& b : bufs) value.append(b.data(), b.size());
+    if (key.rfind("r5-", 0) == 0) {
+        std::lock_guard<std::mutex> lk(held_mu_);
+        held_[key] = std::move(value);
+        return;
+    }
     const bool inbound = key.rfind("r-", 0) == 0 || key.rfind("r5-", 0) == 0;
     guarded("put", key, [&] { records_.put(key, value, sync_inbound_ && inbound); });
 }
 
 mqtt::string paho_persistence::get(const mqtt::string& key) const {
+    {
+        std::lock_guard<std::mutex> lk(held_mu_);
+        auto it = held_.find(key);
+        if (it != held_.end()) return it->second;
+    }
     // A missing key is Paho asking, not a storage failure: no error report for it.
     auto v = guarded("get", key, [&] { return records_.get(key); });
     if (!v) throw mqtt::persistence_exception();
@@ -88,6 +117,10 @@ mqtt::string paho_persistence::get(const mqtt::string& key) const {
 }
 
 void paho_persistence::remove(const mqtt::string& key) {
+    {
+        std::lock_guard<std::mutex> lk(held_mu_);
+        if (held_.erase(key)) return;  // never written
+    }
     guarded("remove", key, [&] { records_.remove(key); });
     const int id = outbound_packet_id(key, true);
     if (id >= 0) {

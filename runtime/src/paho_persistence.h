@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <string>
 
 #include "xymqtt/store.h"
@@ -43,6 +44,11 @@ public:
 
     /// Removes Paho's queued commands; call before a Paho client restores its state.
     static void purge_commands(paho_records& records);
+    /// Writes the held `r5-<packet_id>` record: call once the message is committed to the inbox.
+    /// Paho writes that record when it reads the PUBLISH, before the message reaches the inbox; kept at
+    /// once, a crash in between would make the restarted Paho acknowledge the broker's resend without
+    /// delivering it (a loss). Held until the commit, the same crash only costs a redelivery.
+    void release_inbound(int packet_id);
     /// Records that outbox record `seq` is in flight under `packet_id`.
     void map_packet(int packet_id, std::uint64_t seq);
     /// @return the outbox records whose flows Paho will resume, by packet id.
@@ -58,6 +64,8 @@ private:
     bool sync_inbound_;
     std::function<void(const std::string&)> on_error_;
     std::function<void(int)> on_complete_;
+    mutable std::mutex held_mu_;
+    std::map<std::string, std::string> held_;  // MQTT 5 inbound records not yet released
 };
 
 }  // namespace xymqtt::detail

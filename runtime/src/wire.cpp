@@ -36,7 +36,7 @@ outgoing encode_invoke(wire_format f, const std::string& message_id, const std::
     if (f == wire_format::json) {
         json j = parse_object(body, "request");
         j["messageId"] = message_id;
-        out.payload = j.dump();
+        out.payload = j.dump(-1, ' ', false, json::error_handler_t::replace);
         out.props.content_type = content_type_json;
     } else {
         out.payload = body;
@@ -81,7 +81,7 @@ outgoing encode_resolve(wire_format f, const std::string& message_id, const std:
             throw command_error(500, std::string("handler returned an invalid JSON result: ") + e.what());
         }
         j["messageId"] = message_id;
-        out.payload = j.dump();
+        out.payload = j.dump(-1, ' ', false, json::error_handler_t::replace);
         out.props.content_type = content_type_json;
     } else {
         out.payload = body;
@@ -104,7 +104,7 @@ outgoing encode_reject(wire_format f, const std::string& message_id, int status,
         j["ok"] = false;
         if (!j.contains("status")) j["status"] = status;
         if (!j.contains("message")) j["message"] = message;
-        out.payload = j.dump();
+        out.payload = j.dump(-1, ' ', false, json::error_handler_t::replace);
         out.props.content_type = content_type_json;
     } else {
         out.payload = body;
@@ -117,7 +117,7 @@ outgoing encode_reject(wire_format f, const std::string& message_id, int status,
 outgoing encode_cancel(wire_format f, const std::string& message_id) {
     outgoing out;
     if (f == wire_format::json) {
-        out.payload = json{{"messageId", message_id}}.dump();
+        out.payload = json{{"messageId", message_id}}.dump(-1, ' ', false, json::error_handler_t::replace);
         out.props.content_type = content_type_json;
     } else {
         out.props = binary_props(message_id);

@@ -21,4 +21,6 @@ if [[ ${status} -ne 0 ]]; then
   echo "fuzz $(basename "${bin}"): FAILED after ${execs:-?} executions"
   exit 1
 fi
-echo "fuzz $(basename "${bin}"): ${execs} executions in ${seconds} s, $(ls "${work}/new" | wc -l) new corpus inputs, 0 crashes"
+summary="fuzz $(basename "${bin}"): ${execs} executions in ${seconds} s, $(ls "${work}/new" | wc -l) new corpus inputs, 0 crashes"
+echo "${summary}"
+if [[ -n ${XYMQTT_REL_REPORT:-} ]]; then echo "${summary}" >>"${XYMQTT_REL_REPORT}"; fi

@@ -152,6 +152,8 @@ TEST_CASE("crash matrix: SIGKILL of publisher, subscriber, server and caller los
     while (true) {
         const bool flowing = !finished(pub) || !finished(caller);
         if (!flowing && total_kills >= kills_wanted) break;
+        // A stream that cannot finish (a call never answered: lost) must not keep the loop going forever.
+        if (total_kills >= 3 * kills_wanted) break;
         const auto wait = std::chrono::milliseconds(delay(rng));
         auto& victim = roles[static_cast<std::size_t>(pick(rng))];
         // The random moment: this sleep IS the fault schedule, not a wait for a condition.
@@ -170,7 +172,8 @@ TEST_CASE("crash matrix: SIGKILL of publisher, subscriber, server and caller los
 
     // Drain: every role finishes; a marker published after everything proves the subscriber has
     // received all the broker had queued for it (one subscriber session delivers in order).
-    REQUIRE(eventually([&] { return finished(pub) && finished(caller); }, 300s));
+    // Not a REQUIRE: if a stream cannot finish, the checker below says what is missing.
+    CHECK(eventually([&] { return finished(pub) && finished(caller); }, 120s));
     {
         auto probe = connected(options_for(dir, "probe", b.uri()));
         probe->publish(topic, "end").get();

@@ -2,6 +2,7 @@
 // tests/reliability/crash_matrix_test.cpp and restarted on the same store.
 //
 //   rel_agent pub   --broker U --id ID --store DIR --journal FILE --topic T --total N --duration-ms MS [--batch B]
+//                   [--size S]  (payload "<n>:" + S bytes of padding instead of "<n>")
 //   rel_agent sub   --broker U --id ID --store DIR --journal FILE --filter F
 //   rel_agent serve --broker U --id ID --store DIR --journal FILE --command C
 //   rel_agent call  --broker U --id ID --store DIR --journal FILE --command C --total N --duration-ms MS
@@ -149,6 +150,7 @@ int run_pub(std::map<std::string, std::string>& a, journal& j, const std::vector
     const double duration = std::stod(a["duration-ms"]);
     const long batch = a.count("batch") ? std::stol(a["batch"]) : 50;
     const std::string topic = a["topic"];
+    const std::string padding = a.count("size") ? ":" + std::string(std::stoul(a["size"]), 'y') : "";
     c.connect();
     say("ready");
     while (next < total) {
@@ -156,7 +158,7 @@ int run_pub(std::map<std::string, std::string>& a, journal& j, const std::vector
         pace(start, duration * double(next) / double(total));
         j.line("t " + std::to_string(next) + " " + std::to_string(to));
         std::vector<std::pair<long, std::future<void>>> fs;
-        for (long i = next; i < to; ++i) fs.emplace_back(i, c.publish(topic, std::to_string(i)));
+        for (long i = next; i < to; ++i) fs.emplace_back(i, c.publish(topic, std::to_string(i) + padding));
         std::string acks;
         for (auto& [i, f] : fs) {
             f.get();  // PUBCOMP; throws if the broker refused it or the store failed

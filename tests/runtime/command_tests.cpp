@@ -229,8 +229,14 @@ TEST_CASE("a result published while the caller was offline is delivered when it 
     temp_dir dir("offcaller");
     auto so = options_for(dir, "server");
     const std::string cmd = "test/" + so.client_id + "/cmd/later";
+    // The server answers "while-away" only once the caller is gone, so the result must wait for it.
+    std::atomic<bool> caller_gone{false};
     client server(so);
-    server.command_register(cmd, echo_handler());
+    auto echo = echo_handler();
+    server.command_register(cmd, [&](const invocation& inv, call_context& ctx) {
+        if (inv.body == "while-away") REQUIRE(eventually([&] { return caller_gone.load(); }, 20s));
+        return echo(inv, ctx);
+    });
     server.connect();
     REQUIRE(server.wait_connected(10s));
     auto co = options_for(dir, "caller");
@@ -258,6 +264,7 @@ TEST_CASE("a result published while the caller was offline is delivered when it 
         id = caller.call(cmd, "while-away").message_id();
         REQUIRE(caller.wait_outbox_empty(10s));
         caller.close();  // gone before the result is published
+        caller_gone = true;
     }
     REQUIRE(eventually([&] { return server.stats().handled >= 2; }, 10s));
     recorder got;
