@@ -296,12 +296,12 @@ void client::impl::fresh_paho() {
     // after a reconnect, and a publish whose write failed half-way is resent from freed memory (seen
     // here as garbage payloads and a broker that drops the connection each time). The outbox holds every
     // unfinished publish, so a fresh client plus a resend from the outbox is both simpler and safe.
-    std::shared_ptr<mqtt::async_client> old;
     {
+        // The old client is disconnected; it is kept, not destroyed, until close(): destroying a Paho
+        // client while Paho's shared threads still hold work of it crashed here under reconnect storms.
         std::lock_guard<std::mutex> lk(cli_mu_);
-        old.swap(cli_);
+        if (cli_) retired_paho_.push_back(std::move(cli_));
     }
-    old.reset();  // Paho fails the old tokens (-> requeue); they must not complete after this point
     detail::paho_persistence::purge_commands(store_->paho());
     mqtt::create_options co(opts_.mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1);
     co.set_send_while_disconnected(false);  // the outbox holds what waits, on disk
@@ -338,9 +338,14 @@ void client::impl::on_resumed_complete(int packet_id) {
     std::uint64_t seq;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        if (connecting_) return;  // records dropped because the broker has no session: not a delivery
         auto it = resumed_.find(packet_id);
         if (it == resumed_.end()) return;  // a flow of this client: its token reports it
+        if (connecting_) {
+            // Paho also removes records while it handles CONNACK when the broker has no session: decided
+            // once the connect returns (session present: delivered; no session: sent again).
+            removed_while_connecting_.push_back(packet_id);
+            return;
+        }
         seq = it->second;
         resumed_.erase(it);
         resumed_seqs_.erase(seq);
@@ -373,14 +378,21 @@ void client::impl::connection_loop() {
                 throw mqtt::exception(MQTTASYNC_FAILURE, "connect timed out");
             const auto rsp = tok->get_connect_response();
             session_present = rsp.is_session_present();
-            std::lock_guard<std::mutex> g(mu_);
-            connecting_ = false;
-            if (!session_present) {
-                // The broker forgot the session, and Paho dropped the flows it was resuming: send again.
-                for (auto& [packet_id, seq] : resumed_) requeue_[seq] = nullptr;
-                resumed_.clear();
-                resumed_seqs_.clear();
+            std::vector<int> finished;
+            {
+                std::lock_guard<std::mutex> g(mu_);
+                connecting_ = false;
+                if (!session_present) {
+                    // The broker forgot the session, and Paho dropped the flows it was resuming: send again.
+                    for (auto& [packet_id, seq] : resumed_) requeue_[seq] = nullptr;
+                    resumed_.clear();
+                    resumed_seqs_.clear();
+                } else {
+                    finished.swap(removed_while_connecting_);
+                }
+                removed_while_connecting_.clear();
             }
+            for (int packet_id : finished) on_resumed_complete(packet_id);
             if (rsp.get_properties().contains(mqtt::property::RECEIVE_MAXIMUM))
                 receive_max = mqtt::get<uint16_t>(rsp.get_properties(), mqtt::property::RECEIVE_MAXIMUM);
             ok = true;
@@ -556,6 +568,7 @@ void client::impl::close() {
     for (auto& [s, p] : awaiting) p->set_exception(std::make_exception_ptr(client_closed("client closed before the result arrived")));
     std::lock_guard<std::mutex> lk(cli_mu_);
     cli_.reset();  // Paho must stop calling us before the members it uses go
+    retired_paho_.clear();
 }
 
 // ---------------------------------------------------------------------------------------------------

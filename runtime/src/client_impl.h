@@ -148,6 +148,7 @@ private:
     void on_resumed_complete(int packet_id);
     mutable std::mutex cli_mu_;
     std::shared_ptr<mqtt::async_client> cli_;  // replaced at every connection (see fresh_paho)
+    std::vector<std::shared_ptr<mqtt::async_client>> retired_paho_;  // disconnected, destroyed at close
     std::unique_ptr<mqtt::connect_options_builder> conn_builder_;
     std::string host_;
     int port_ = 0;
@@ -176,6 +177,7 @@ private:
     bool buffer_full_ = false;   // Paho's command queue is full: wait for a completion
     std::size_t window_ = 1;              // publishes allowed in flight: min(max_inflight, receive maximum)
     bool connecting_ = false;
+    std::vector<int> removed_while_connecting_;
     std::map<int, std::uint64_t> resumed_;  // packet id -> outbox record, flows Paho resumed itself
     std::set<std::uint64_t> resumed_seqs_;
     std::set<std::string> pending_unsubscribes_;  // filters removed while offline

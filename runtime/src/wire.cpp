@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "xymqtt/exception.h"
+#include "xymqtt/topic.h"
 
 namespace xymqtt::wire {
 
@@ -15,6 +16,25 @@ json parse_object(const std::string& text, const char* what) {
     if (j.is_discarded()) throw parse_error(std::string(what) + " is not valid JSON");
     if (!j.is_object()) throw parse_error(std::string(what) + " is not a JSON object");
     return j;
+}
+
+// MQTT 5 strings (user properties) must be UTF-8, or the broker drops the connection: replace what is not.
+std::string valid_utf8(const std::string& in) {
+    if (is_valid_utf8(in)) return in;
+    std::string out;
+    for (std::size_t i = 0; i < in.size();) {
+        std::size_t len = 1;
+        const auto c = static_cast<unsigned char>(in[i]);
+        if (c >= 0xC0) len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+        if (c < 0x80 || (i + len <= in.size() && is_valid_utf8(std::string_view(in).substr(i, len)))) {
+            out.append(in, i, c < 0x80 ? 1 : len);
+            i += c < 0x80 ? 1 : len;
+        } else {
+            out += "\xEF\xBF\xBD";  // U+FFFD
+            ++i;
+        }
+    }
+    return out;
 }
 
 message_properties binary_props(const std::string& message_id) {
@@ -109,7 +129,7 @@ outgoing encode_reject(wire_format f, const std::string& message_id, int status,
     } else {
         out.payload = body;
         out.props = binary_props(message_id);
-        out.props.user = {{"ok", "false"}, {"status", std::to_string(status)}, {"message", message}};
+        out.props.user = {{"ok", "false"}, {"status", std::to_string(status)}, {"message", valid_utf8(message)}};
     }
     return out;
 }
