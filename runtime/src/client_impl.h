@@ -133,7 +133,9 @@ private:
     void handle_result(const std::string& command, bool rejected, const message& m, effects& fx);
     void ensure_results_lane(const std::string& command);
     bool has_result_subscription(const std::string& command) const;
-    std::string start_call(const std::string& command, std::string body, const call_options& opts);
+    std::string start_call(const std::string& command, std::string body, const call_options& opts,
+                           std::shared_ptr<std::promise<command_result>> awaiting);
+    call_handle make_handle(const std::string& command, const std::string& id, wire_format format);
     void cancel_call(const std::string& command, const std::string& message_id, wire_format format);
     void timer_loop();
     void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn);

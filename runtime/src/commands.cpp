@@ -305,7 +305,8 @@ bool client::impl::has_result_subscription(const std::string& command) const {
     return has_resolve && has_reject;
 }
 
-std::string client::impl::start_call(const std::string& command, std::string body, const call_options& opts) {
+std::string client::impl::start_call(const std::string& command, std::string body, const call_options& opts,
+                                     std::shared_ptr<std::promise<command_result>> awaiting) {
     if (opts.format == wire_format::binary && opts_.mqtt_version != 5)
         throw configuration_error("the binary format carries the message id in MQTT 5 properties: use MQTT 5 or JSON");
     const auto id = make_message_id();
@@ -315,9 +316,27 @@ std::string client::impl::start_call(const std::string& command, std::string bod
     c.topic = command;
     c.kind = kind_call;
     c.created_ms = now_ms();
-    // The call is remembered with its invoke, atomically: a result can only match a stored call.
-    commit_publishes({{table::calls, id, encode_record(c)}}, {std::move(pub)});
+    if (awaiting) {
+        // Registered before the invoke is stored, so that a fast result finds its promise.
+        std::lock_guard<std::mutex> lk(mu_);
+        awaiting_[id] = awaiting;
+    }
+    try {
+        // The call is remembered with its invoke, atomically: a result can only match a stored call.
+        commit_publishes({{table::calls, id, encode_record(c)}}, {std::move(pub)});
+    } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        awaiting_.erase(id);
+        throw;
+    }
     return id;
+}
+
+call_handle client::impl::make_handle(const std::string& command, const std::string& id, wire_format format) {
+    return call_handle(command, id, [this, alive = alive_, command, id, format] {
+        if (!*alive) throw client_closed("cannot cancel: the client is closed");
+        cancel_call(command, id, format);
+    });
 }
 
 void client::impl::cancel_call(const std::string& command, const std::string& message_id, wire_format format) {
@@ -334,12 +353,8 @@ call_handle client::impl::call(const std::string& command, std::string body, cal
         throw call_with_no_subscription("call of " + command + " needs subscriptions to " + wire::resolve_topic(command) +
                                         " and " + wire::reject_topic(command) +
                                         " (subscribe_results): results may arrive while this client is offline");
-    const auto id = start_call(command, std::move(body), opts);
-    auto alive = alive_;
-    return call_handle(command, id, [this, alive, command, id, f = opts.format] {
-        if (!*alive) throw client_closed("cannot cancel: the client is closed");
-        cancel_call(command, id, f);
-    });
+    const auto id = start_call(command, std::move(body), opts, nullptr);
+    return make_handle(command, id, opts.format);
 }
 
 pending_call client::impl::call_async(const std::string& command, std::string body, call_options opts,
@@ -347,30 +362,9 @@ pending_call client::impl::call_async(const std::string& command, std::string bo
     validate_topic_name(command);
     require_open();
     ensure_results_lane(command);
-    // The id is needed before the invoke is stored, so that a fast result finds its promise.
     const auto prom = std::make_shared<std::promise<command_result>>();
     auto fut = prom->get_future();
-    if (opts.format == wire_format::binary && opts_.mqtt_version != 5)
-        throw configuration_error("the binary format carries the message id in MQTT 5 properties: use MQTT 5 or JSON");
-    const auto id = make_message_id();
-    {
-        std::lock_guard<std::mutex> lk(mu_);
-        awaiting_[id] = prom;
-    }
-    auto out = wire::encode_invoke(opts.format, id, body, opts.expiry);
-    auto pub = make_publish(wire::invoke_topic(command), std::move(out.payload), std::move(out.props), false, kind_call);
-    stored_message c;
-    c.topic = command;
-    c.kind = kind_call;
-    c.created_ms = now_ms();
-    try {
-        commit_publishes({{table::calls, id, encode_record(c)}}, {std::move(pub)});
-    } catch (...) {
-        std::lock_guard<std::mutex> lk(mu_);
-        awaiting_.erase(id);
-        throw;
-    }
-    auto alive = alive_;
+    const auto id = start_call(command, std::move(body), opts, prom);
     const auto f = opts.format;
     if (timeout) {
         schedule(std::chrono::steady_clock::now() + *timeout, [this, command, id, f, t = *timeout] {
@@ -393,12 +387,7 @@ pending_call client::impl::call_async(const std::string& command, std::string bo
             }
         });
     }
-    return pending_call{call_handle(command, id,
-                                    [this, alive, command, id, f] {
-                                        if (!*alive) throw client_closed("cannot cancel: the client is closed");
-                                        cancel_call(command, id, f);
-                                    }),
-                        std::move(fut)};
+    return pending_call{make_handle(command, id, f), std::move(fut)};
 }
 
 // ---------------------------------------------------------------------------------------------------
