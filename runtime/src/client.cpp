@@ -24,27 +24,6 @@ namespace {
 constexpr std::size_t max_payload = 268435455 - 65536;  // MQTT's limit less room for topic and properties
 constexpr std::size_t ready_cap = 8192;  // publishes kept in memory beyond this wait on disk only
 
-std::uint64_t digest(const std::string& topic, const std::string& payload) {
-    std::uint64_t h = 1469598103934665603ULL;  // FNV-1a
-    auto mix = [&h](const std::string& s) {
-        for (unsigned char c : s) {
-            h ^= c;
-            h *= 1099511628211ULL;
-        }
-        h ^= 0xff;
-        h *= 1099511628211ULL;
-    };
-    mix(topic);
-    mix(payload);
-    return h;
-}
-
-std::string seen_key(std::uint16_t packet_id) {
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "%05u", unsigned(packet_id));
-    return buf;
-}
-
 message_properties from_paho(const mqtt::properties& p) {
     message_properties out;
     if (p.contains(mqtt::property::CONTENT_TYPE))
@@ -154,7 +133,7 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     }
     committer_ = std::make_unique<detail::committer>(*store_);
 
-    // Recover: the next id, the outbox to send, the inbox to handle, the packet ids seen.
+    // Recover: the next id, the outbox to send, the inbox to handle.
     std::uint64_t last = 0;
     for (auto t : {table::outgoing, table::incoming, table::dead_letters})
         if (auto id = store_->last_id(t))
@@ -179,12 +158,6 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
         return true;
     });
     inbox_count_ = parked_.size();
-    store_->for_each(table::seen, [&](const std::string& id, const std::string& value) {
-        std::uint64_t d = 0;
-        if (value.size() == sizeof d) std::memcpy(&d, value.data(), sizeof d);
-        seen_[static_cast<std::uint16_t>(std::atoi(id.c_str()))] = d;
-        return true;
-    });
     dead_count_ = store_->count(table::dead_letters);
 
     persistence_ = std::make_unique<detail::paho_persistence>(
@@ -909,16 +882,11 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
         const std::string& payload = msg->get_payload_str();
         fire(opts_.hooks.on_packet_receive, topic, payload);
         const auto packet_id = static_cast<std::uint16_t>(msg->c_struct().msgid);
-        const auto d = digest(topic, payload);
+        // A QoS 2 redelivery of a committed message never reaches this callback: Paho restores its
+        // inbound record (written only after the commit below) and does not deliver the packet id again.
         std::vector<std::string> filters;
         {
             std::lock_guard<std::mutex> lk(mu_);
-            auto s = seen_.find(packet_id);
-            if (msg->is_duplicate() && s != seen_.end() && s->second == d) {
-                ++duplicates_;
-                log(log_level::debug, "duplicate of a committed message dropped: " + topic);
-                return;
-            }
             for (auto& [f, l] : lanes_)
                 if (!l->stopping && topic_matches(f, topic)) filters.push_back(f);
         }
@@ -938,9 +906,6 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
             ops.push_back({table::incoming, id, encode_record(rec)});
             recs.emplace_back(id, rec);
         }
-        std::string dv(sizeof d, '\0');
-        std::memcpy(dv.data(), &d, sizeof d);
-        if (msg->get_qos() == 2) ops.push_back({table::seen, seen_key(packet_id), dv});
         try {
             commit_until_stored(ops);
         } catch (const client_closed&) {
@@ -958,7 +923,6 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
             }
         }
         std::lock_guard<std::mutex> lk(mu_);
-        if (msg->get_qos() == 2) seen_[packet_id] = d;
         inbox_count_ += recs.size();
         for (auto& [id, r] : recs) route(id, std::move(r));
     } catch (const std::exception& e) {
@@ -1267,7 +1231,6 @@ client_stats client::impl::stats() const {
     s.published = published_;
     s.delivered = delivered_;
     s.handled = handled_;
-    s.duplicates = duplicates_;
     s.retries = retries_;
     s.connected = connected_;
     s.last_error = last_error_;

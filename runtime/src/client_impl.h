@@ -190,7 +190,6 @@ private:
     std::vector<std::unique_ptr<lane>> retired_;
     std::map<std::string, stored_message> parked_;         // inbox records with no active lane
     std::unordered_map<subscription_id, std::string> sub_filter_;
-    std::unordered_map<std::uint16_t, std::uint64_t> seen_;
     std::size_t inbox_count_ = 0;
     subscription_id next_sub_ = 1;
 
@@ -209,7 +208,7 @@ private:
     std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> timers_;
 
     // counters
-    std::atomic<std::uint64_t> published_{0}, delivered_{0}, handled_{0}, duplicates_{0}, retries_{0};
+    std::atomic<std::uint64_t> published_{0}, delivered_{0}, handled_{0}, retries_{0};
     std::size_t dead_count_ = 0;
 
     std::shared_ptr<std::atomic<bool>> alive_ = std::make_shared<std::atomic<bool>>(true);

@@ -151,23 +151,24 @@ void client::impl::serve_invoke(const std::string& command, const command_handle
     call.props = m.props;
     call.attempt = m.attempt;
 
+    // The handler's outcome: its result, or the rejection that its exception stands for.
     wire::outgoing out;
-    const char* kind = kind_resolve;
+    const char* kind = kind_reject;
+    auto reject = [&](int status, const std::string& text, const std::string& body) {
+        out = wire::encode_reject(inv.format, inv.message_id, status, text, body);
+    };
     try {
         std::string result = handler(call, *ctx);
         out = wire::encode_resolve(inv.format, inv.message_id, result);
+        kind = kind_resolve;
     } catch (const command_error& e) {
-        kind = kind_reject;
-        out = wire::encode_reject(inv.format, inv.message_id, e.status(), e.what(), e.body());
+        reject(e.status(), e.what(), e.body());
     } catch (const parse_error& e) {
-        kind = kind_reject;
-        out = wire::encode_reject(inv.format, inv.message_id, 400, e.what(), "");
+        reject(400, e.what(), "");
     } catch (const std::exception& e) {
-        kind = kind_reject;
-        out = wire::encode_reject(inv.format, inv.message_id, 500, e.what(), "");
+        reject(500, e.what(), "");
     } catch (...) {
-        kind = kind_reject;
-        out = wire::encode_reject(inv.format, inv.message_id, 500, "handler threw a non-standard exception", "");
+        reject(500, "handler threw a non-standard exception", "");
     }
 
     // Decide between the outcome and a cancel that raced with it, under one lock with serve_cancel.

@@ -32,8 +32,6 @@ const char* table_name(table t) {
             return "results";
         case table::calls:
             return "calls";
-        case table::seen:
-            return "seen";
     }
     return "unknown";
 }

@@ -29,8 +29,6 @@ const char* sql_table(table t) {
             return "mqtt_command_result";
         case table::calls:
             return "mqtt_command_call";
-        case table::seen:
-            return "mqtt_seen_packet";
     }
     return "";
 }

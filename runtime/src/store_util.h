@@ -12,7 +12,7 @@ namespace xymqtt {
 namespace detail {
 
 /// Number of tables in xymqtt::table.
-constexpr std::size_t table_count = 6;
+constexpr std::size_t table_count = 5;
 
 /// @return the index of `t` in [0, table_count). @throw storage_error for a value outside the enum.
 std::size_t table_index(table t);

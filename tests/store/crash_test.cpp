@@ -39,7 +39,7 @@ std::string value_of(std::uint64_t i) { return "record-" + std::to_string(i) + s
             // Paho records too, as the runtime writes them between commits.
             s->paho().put("s-" + std::to_string(i), "x", false);
             s->commit({write_op{table::incoming, sequence_id(i), value_of(i)},
-                       write_op{table::seen, std::to_string(i), "seen"}});
+                       write_op{table::results, std::to_string(i), "result"}});
             if (::write(fd, &i, sizeof i) != static_cast<ssize_t>(sizeof i)) ::_exit(3);
             done = i + 1;
         }
@@ -83,12 +83,12 @@ TEMPLATE_TEST_CASE("commits reported before a SIGKILL survive it", "[store][cras
     for (auto r : reported) {
         INFO("record " << r);
         CHECK(s->get(table::incoming, sequence_id(r)) == std::optional<std::string>(value_of(r)));
-        CHECK(s->get(table::seen, std::to_string(r)) == std::optional<std::string>("seen"));
+        CHECK(s->get(table::results, std::to_string(r)) == std::optional<std::string>("result"));
     }
     const auto present = s->count(table::incoming);
     CHECK(present >= reported.size());
     CHECK(present <= reported.size() + 1);
-    CHECK(s->count(table::seen) == present);
+    CHECK(s->count(table::results) == present);
     CHECK(s->last_id(table::incoming) == std::optional<std::string>(sequence_id(present - 1)));
     // The store keeps working after the crash.
     s->commit({write_op{table::incoming, sequence_id(n), "after"}});

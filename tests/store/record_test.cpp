@@ -162,5 +162,4 @@ TEST_CASE("table names", "[store][record]") {
     CHECK(std::string(table_name(table::dead_letters)) == "dead_letters");
     CHECK(std::string(table_name(table::results)) == "results");
     CHECK(std::string(table_name(table::calls)) == "calls");
-    CHECK(std::string(table_name(table::seen)) == "seen");
 }

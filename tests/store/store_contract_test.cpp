@@ -67,9 +67,9 @@ TEMPLATE_TEST_CASE("put, get, del and ordered reads", "[store]", lmdb_kind, sqli
     }
     SECTION("order is byte order of the ids, and binary values survive") {
         const std::string bin("\0\x01\xff\x80zz", 6);
-        s->commit({put(table::seen, "\x7f", bin), put(table::seen, "\x01", ""), put(table::seen, "a\xc3", "x"),
-                   put(table::seen, "aa", "y"), put(table::seen, "A", "z")});
-        const auto got = all_of(*s, table::seen);
+        s->commit({put(table::calls, "\x7f", bin), put(table::calls, "\x01", ""), put(table::calls, "a\xc3", "x"),
+                   put(table::calls, "aa", "y"), put(table::calls, "A", "z")});
+        const auto got = all_of(*s, table::calls);
         REQUIRE(got.size() == 5);
         CHECK(got[0].first == "\x01");
         CHECK(got[0].second.empty());
@@ -78,7 +78,7 @@ TEMPLATE_TEST_CASE("put, get, del and ordered reads", "[store]", lmdb_kind, sqli
         CHECK(got[3].first == "a\xc3");
         CHECK(got[4].first == "\x7f");
         CHECK(got[4].second == bin);
-        CHECK(s->get(table::seen, "\x01") == std::optional<std::string>(""));
+        CHECK(s->get(table::calls, "\x01") == std::optional<std::string>(""));
     }
     SECTION("a batch applies its writes in order") {
         s->commit({put(table::calls, "k", "1"), del(table::calls, "k"), put(table::calls, "j", "1"),
@@ -175,7 +175,7 @@ TEMPLATE_TEST_CASE("last_id and count", "[store]", lmdb_kind, sqlite_kind) {
     s->commit({del(table::outgoing, sequence_id(1000))});
     CHECK(s->last_id(table::outgoing) == std::optional<std::string>(sequence_id(42)));
     CHECK(s->count(table::outgoing) == 3);
-    CHECK(s->count(table::seen) == 0);
+    CHECK(s->count(table::calls) == 0);
 }
 
 TEMPLATE_TEST_CASE("paho records", "[store]", lmdb_kind, sqlite_kind) {

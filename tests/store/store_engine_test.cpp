@@ -172,7 +172,7 @@ TEST_CASE("sqlite: the seed's tables with a primary key", "[store][sqlite]") {
     std::ifstream f(tmp.store_dir() + "/xymqtt.sqlite3", std::ios::binary);
     const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     for (const char* name : {"mqtt_outgoing_packet", "mqtt_incoming_packet", "mqtt_dead_letter",
-                             "mqtt_command_result", "mqtt_command_call", "mqtt_seen_packet"})
+                             "mqtt_command_result", "mqtt_command_call"})
         CHECK(bytes.find(std::string("CREATE TABLE ") + name + " (id TEXT PRIMARY KEY") != std::string::npos);
 }
 

@@ -274,7 +274,7 @@ int main(int argc, char** argv) {
     auto* stats = store->add_subcommand("stats", "Number of records per table");
     stats->add_flag("--json", storef.json, "JSON output");
     auto* list = store->add_subcommand("list", "One JSON line per record (default tables: outgoing, incoming, dead_letters)");
-    list->add_option("--table", storef.table, "outgoing|outbox, incoming|inbox, dead_letters, results, calls, seen");
+    list->add_option("--table", storef.table, "outgoing|outbox, incoming|inbox, dead_letters, results, calls");
     list->add_option("--limit", storef.limit, "At most this many records");
     auto* show = store->add_subcommand("show", "One record in full, payload decoded (with --schema: as its message type)");
     show->add_option("id", storef.id, "Record id")->required();
@@ -284,7 +284,7 @@ int main(int argc, char** argv) {
     replay->add_flag("--all", storef.all, "Every dead letter");
     auto* purge = store->add_subcommand("purge", "Delete records (default table: dead_letters); needs --yes");
     purge->add_option("id", storef.id, "Only this record");
-    purge->add_option("--table", storef.table, "outgoing|outbox, incoming|inbox, dead_letters, results, calls, seen");
+    purge->add_option("--table", storef.table, "outgoing|outbox, incoming|inbox, dead_letters, results, calls");
     purge->add_flag("-y,--yes", storef.yes, "Really delete");
     for (auto* sub : {stats, list, show, replay, purge}) sub->fallthrough();
 

@@ -18,7 +18,7 @@ namespace {
 using ojson = nlohmann::ordered_json;
 
 constexpr table all_tables[] = {table::outgoing, table::incoming, table::dead_letters,
-                                table::results,  table::calls,    table::seen};
+                                table::results,  table::calls};
 constexpr table message_tables[] = {table::outgoing, table::incoming, table::dead_letters};
 
 const char* table_role(table t) {
@@ -28,7 +28,6 @@ const char* table_role(table t) {
         case table::dead_letters: return "undecodable or out of attempts";
         case table::results: return "command server: outcomes by message id";
         case table::calls: return "command caller: calls awaiting a result";
-        case table::seen: return "QoS 2 packet ids (duplicate detection)";
     }
     return "";
 }
@@ -39,7 +38,6 @@ std::optional<table> parse_table(const std::string& name) {
     if (name == "dead_letters" || name == "dead-letters" || name == "dead") return table::dead_letters;
     if (name == "results") return table::results;
     if (name == "calls") return table::calls;
-    if (name == "seen") return table::seen;
     return std::nullopt;
 }
 
@@ -47,7 +45,7 @@ table checked_table(const std::string& name) {
     auto t = parse_table(name);
     if (!t)
         throw cli_error(exit_usage, "unknown table '" + name +
-                                        "' (outgoing|outbox, incoming|inbox, dead_letters, results, calls, seen)");
+                                        "' (outgoing|outbox, incoming|inbox, dead_letters, results, calls)");
     return *t;
 }
 
@@ -186,10 +184,6 @@ ojson summary(table t, const std::string& id, const std::string& value) {
     ojson out;
     out["table"] = table_name(t);
     out["id"] = id;
-    if (t == table::seen) {
-        out["bytes"] = value.size();
-        return out;
-    }
     try {
         const auto m = decode_record(value);
         out["topic"] = m.topic;
@@ -209,10 +203,6 @@ ojson detail(table t, const std::string& id, const std::string& value, const sch
     ojson out;
     out["table"] = table_name(t);
     out["id"] = id;
-    if (t == table::seen) {
-        out["value_base64"] = base64(value);
-        return out;
-    }
     stored_message m;
     try {
         m = decode_record(value);

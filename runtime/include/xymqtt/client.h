@@ -139,7 +139,6 @@ struct client_stats {
     std::uint64_t published = 0;   ///< Publishes completed since start.
     std::uint64_t delivered = 0;   ///< Deliveries committed since start.
     std::uint64_t handled = 0;     ///< Deliveries handled since start.
-    std::uint64_t duplicates = 0;  ///< Redeliveries recognised and dropped since start.
     std::uint64_t retries = 0;
     bool connected = false;
     /// Why the last connection attempt failed or the connection was lost ("" while connected):

@@ -43,7 +43,6 @@ enum class table : std::uint8_t {
     dead_letters,  ///< Deliveries that could not be decoded or ran out of attempts.
     results,       ///< Command server: outcome of each invoke by message id (durable dedupe).
     calls,         ///< Command caller: calls awaiting a result, by message id.
-    seen,          ///< Inbound QoS 2 packet ids and a digest of their content (duplicate detection).
 };
 
 /// @return the table's name, as used in SQLite table names and by the command-line tool.
