@@ -17,6 +17,7 @@ inline xymqtt::client_options xy_options(const args& a) {
     o.reconnect_min = std::chrono::milliseconds(20);
     o.reconnect_max = std::chrono::milliseconds(100);
     if (a.has("max-inflight")) o.max_inflight = std::size_t(a.num("max-inflight"));
+    if (a.has("receive-max")) o.receive_maximum = std::uint16_t(a.num("receive-max"));
     o.hooks.on_log = [](xymqtt::log_level lv, const std::string& s) {
         if (lv >= xymqtt::log_level::warning) std::cerr << "xymqtt: " << s << std::endl;
     };

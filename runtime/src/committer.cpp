@@ -18,7 +18,8 @@ void committer::submit(std::vector<write_op> ops, done_fn done, bool urgent) {
         if (!stopping_) {
             queue_.push_back(job{std::move(ops), std::move(done), urgent});
             if (urgent) ++urgent_queued_;
-            cv_.notify_one();
+            // A lingering write need not wake a writer that lingers already: it wakes when the linger ends.
+            if (urgent || idle_) cv_.notify_one();
             return;
         }
     }
@@ -48,49 +49,60 @@ void committer::stop() {
     if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
+void committer::commit_jobs(std::vector<job>& jobs, std::vector<write_op>& all) {
+    all.clear();
+    for (auto& j : jobs)
+        for (auto& op : j.ops) all.push_back(op);
+    std::exception_ptr err;
+    try {
+        store_.commit(all);
+    } catch (...) {
+        err = std::current_exception();
+    }
+    std::vector<std::exception_ptr> errs(jobs.size(), err);
+    if (err && jobs.size() > 1) {
+        // One bad batch must not fail the others: commit them one by one.
+        for (std::size_t i = 0; i < jobs.size(); ++i) {
+            errs[i] = nullptr;
+            try {
+                store_.commit(jobs[i].ops);
+            } catch (...) {
+                errs[i] = std::current_exception();
+            }
+        }
+    }
+    for (std::size_t i = 0; i < jobs.size(); ++i)
+        if (jobs[i].done) jobs[i].done(errs[i]);
+    jobs.clear();
+}
+
 void committer::run() {
     std::vector<job> jobs;
     std::vector<write_op> all;
     std::unique_lock<std::mutex> lk(mu_);
     while (true) {
-        cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
-        if (queue_.empty()) return;  // stopping, and nothing left to write
-        // Only lingering writes, while urgent ones flow: give the next urgent one a moment to carry them.
-        const auto now = std::chrono::steady_clock::now();
-        if (urgent_queued_ == 0 && now - last_urgent_ < linger)
-            cv_.wait_for(lk, linger, [&] { return stopping_ || urgent_queued_ > 0; });
-        if (urgent_queued_ > 0) last_urgent_ = std::chrono::steady_clock::now();
-        jobs.swap(queue_);
-        urgent_queued_ = 0;
-        room_cv_.notify_all();
-        lk.unlock();
-
-        all.clear();
-        for (auto& j : jobs)
-            for (auto& op : j.ops) all.push_back(op);
-        std::exception_ptr err;
-        try {
-            store_.commit(all);
-        } catch (...) {
-            err = std::current_exception();
+        const auto until = last_urgent_ + linger;
+        const bool flowing = std::chrono::steady_clock::now() < until;  // urgent writes came lately
+        if (!queue_.empty() && (urgent_queued_ > 0 || stopping_ || !flowing)) {
+            if (urgent_queued_ > 0) last_urgent_ = std::chrono::steady_clock::now();
+            jobs.swap(queue_);
+            urgent_queued_ = 0;
+            room_cv_.notify_all();
+            lk.unlock();
+            commit_jobs(jobs, all);
+            lk.lock();
+            continue;
         }
-        if (err && jobs.size() > 1) {
-            // One bad batch must not fail the others: commit them one by one.
-            for (auto& j : jobs) {
-                std::exception_ptr e;
-                try {
-                    store_.commit(j.ops);
-                } catch (...) {
-                    e = std::current_exception();
-                }
-                if (j.done) j.done(e);
-            }
+        if (stopping_ && queue_.empty()) return;
+        if (flowing) {
+            // Lingering writes wait for the next urgent one to carry them; a submit of one does not wake
+            // this thread (that was a wake-up per message), so look again when the linger ends.
+            cv_.wait_until(lk, until);
         } else {
-            for (auto& j : jobs)
-                if (j.done) j.done(err);
+            idle_ = true;
+            cv_.wait(lk);
+            idle_ = false;
         }
-        jobs.clear();
-        lk.lock();
     }
 }
 

@@ -47,12 +47,15 @@ private:
     // (a backlog being worked off), waiting would only add latency.
     std::chrono::steady_clock::time_point last_urgent_{};
     void run();
+    /// Commits the batches together, or one by one if that fails, and reports each to its `done`.
+    void commit_jobs(std::vector<job>& jobs, std::vector<write_op>& scratch);
 
     store& store_;
     std::mutex mu_;
     std::condition_variable cv_;
     std::vector<job> queue_;
     std::condition_variable room_cv_;
+    bool idle_ = false;  // the writer sleeps until woken (no linger running): every submit wakes it
     static constexpr std::size_t max_queued = 16384;
     bool stopping_ = false;
     std::thread thread_;

@@ -6,6 +6,7 @@
 // the file and must not run while any transaction of this process is open. Reads are short
 // MDB_NOTLS transactions that never outlive a call (for_each reads in chunks and calls back with
 // no transaction open, so callbacks may use the store).
+#include <fcntl.h>
 #include <lmdb.h>
 #include <unistd.h>
 
@@ -64,6 +65,11 @@ public:
         // Clear reader slots left by a process that died holding a read transaction.
         int dead = 0;
         mdb_reader_check(env_, &dead);
+        if ((flags & MDB_WRITEMAP) && (rc = reserve_map()) != 0) {
+            close();
+            return rc;
+        }
+        writemap_ = flags & MDB_WRITEMAP;
         return 0;
     }
 
@@ -133,14 +139,28 @@ private:
         const std::size_t cur = info.me_mapsize;
         if (cur >= max_map_bytes_) throw_lmdb(dir_, what, MDB_MAP_FULL);
         const std::size_t next = cur > max_map_bytes_ / 2 ? max_map_bytes_ : cur * 2;
-        const int rc = mdb_env_set_mapsize(env_, next);
+        int rc = mdb_env_set_mapsize(env_, next);
+        if (rc == 0 && writemap_) rc = reserve_map();
         if (rc != 0) throw_lmdb(dir_, "grow map", rc);
+    }
+
+    // With MDB_WRITEMAP, LMDB writes through a shared mapping of a sparse file: on a full disk the
+    // first write to an unbacked page kills the process with SIGBUS. Reserving the blocks up front
+    // turns that into ENOSPC here, a storage_full the caller can handle.
+    int reserve_map() {
+        MDB_envinfo info{};
+        mdb_env_info(env_, &info);
+        int fd = -1;
+        int rc = mdb_env_get_fd(env_, &fd);
+        if (rc != 0) return rc;
+        return ::posix_fallocate(fd, 0, static_cast<off_t>(info.me_mapsize));
     }
 
     MDB_env* env_ = nullptr;
     std::string dir_;
     std::size_t max_map_bytes_;
     std::size_t map_bytes_;
+    bool writemap_ = false;
     std::mutex write_mutex_;
     mutable std::shared_mutex map_mutex_;
 };
@@ -150,7 +170,10 @@ bool is_corruption(int rc) { return rc == MDB_CORRUPTED || rc == MDB_INVALID || 
 // Paho's records: the unnamed database of an MDB_NOSYNC environment in dir/paho.
 class lmdb_paho_records final : public paho_records {
 public:
-    lmdb_paho_records(const std::string& dir, const store_options& opts) : env_(dir, opts.map_bytes, opts.max_map_bytes) {
+    // A small map to begin with: its blocks are reserved on disk (see reserve_map), and Paho's records
+    // are only what is in flight.
+    lmdb_paho_records(const std::string& dir, const store_options& opts)
+        : env_(dir, std::min(opts.map_bytes, std::size_t(4) << 20), opts.max_map_bytes) {
         detail::make_private_dir(dir);
         int rc = open();
         if (is_corruption(rc)) {

@@ -12,6 +12,10 @@ paho_persistence::paho_persistence(paho_records& records, bool sync_inbound,
 
 namespace {
 
+// Paho's queued commands ("c-", "c5-"). They must be stored: Paho 1.3 frees a queued publish's payload
+// once its command is persisted and reads it back (pget) just before sending it.
+bool is_command(const std::string& key) { return key.rfind("c-", 0) == 0 || key.rfind("c5-", 0) == 0; }
+
 // @return the packet id of an outbound publish record ("s-12", "s5-12", "sc-12", "sc5-12"), or -1.
 int outbound_packet_id(const std::string& key, bool publish_only) {
     for (const char* p : {"s-", "s5-", "sc-", "sc5-"}) {
@@ -26,7 +30,7 @@ int outbound_packet_id(const std::string& key, bool publish_only) {
 
 void paho_persistence::purge_commands(paho_records& records) {
     for (const auto& k : records.keys())
-        if (k.rfind("c-", 0) == 0 || k.rfind("c5-", 0) == 0) records.remove(k);
+        if (is_command(k)) records.remove(k);
 }
 
 void paho_persistence::release_inbound(int packet_id) {
