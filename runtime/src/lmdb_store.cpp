@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <utility>
 #include <cerrno>
 #include <mutex>
 #include <shared_mutex>
@@ -74,6 +75,7 @@ public:
             return rc;
         }
         writemap_ = flags & MDB_WRITEMAP;
+        find_map();
         return 0;
     }
 
@@ -145,8 +147,14 @@ private:
     // read-only, as MDB_WRITEMAP is not used for the tables); the next access faults them back in.
     // Called with map_mutex_ held (shared), so the map is not moved meanwhile.
     void trim() const {
-        if (writemap_) return;
-        // LMDB does not tell where its map is (me_mapaddr is only set for MDB_FIXEDMAP): look it up.
+        if (!writemap_ && map_.second > map_.first)
+            ::madvise(reinterpret_cast<void*>(map_.first), map_.second - map_.first, MADV_DONTNEED);
+    }
+
+    // Where LMDB mapped the data file (me_mapaddr is only set for MDB_FIXEDMAP): after open and after
+    // every growth, which maps it again.
+    void find_map() {
+        map_ = {0, 0};
         const std::string file = dir_ + "/data.mdb";
         std::ifstream maps("/proc/self/maps");
         std::string line;
@@ -155,7 +163,7 @@ private:
             char* end = nullptr;
             const auto lo = std::strtoull(line.c_str(), &end, 16);
             const auto hi = std::strtoull(end + 1, nullptr, 16);
-            if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+            if (hi > lo && hi - lo > map_.second - map_.first) map_ = {lo, hi};
         }
     }
 
@@ -170,6 +178,7 @@ private:
         int rc = mdb_env_set_mapsize(env_, next);
         if (rc == 0 && writemap_) rc = reserve_map();
         if (rc != 0) throw_lmdb(dir_, "grow map", rc);
+        find_map();
     }
 
     // With MDB_WRITEMAP, LMDB writes through a shared mapping of a sparse file: on a full disk the
@@ -190,6 +199,7 @@ private:
     std::size_t map_bytes_;
     bool writemap_ = false;
     mutable std::atomic<unsigned> uses_{0};  // transactions, for trim()
+    std::pair<unsigned long long, unsigned long long> map_{0, 0};  // address range of the map
     std::mutex write_mutex_;
     mutable std::shared_mutex map_mutex_;
 };
