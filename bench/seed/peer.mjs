@@ -322,8 +322,13 @@ async function serve(c, o) {
   let served = 0
   await c.subscribe(`${command}/invoke`, async ({ messageId }) => {
     served++
-    // the handler returns {pong: true}; the seed publishes the result and waits for its QoS 2 flow
-    await c.publish(`${command}/resolve`, { pong: true, messageId })
+    // The handler returns {pong: true} and the result is published. Not awaited: mqtt.js handles incoming
+    // packets one at a time and the invoke's PUBCOMP waits for this handler, so waiting here for the
+    // result's own QoS 2 flow would deadlock. The result is already in the outgoing store (put is
+    // synchronous) when the handler returns, so the invoke is still acknowledged only after that commit.
+    c.publish(`${command}/resolve`, { pong: true, messageId }).catch(e =>
+      process.stderr.write(`seed-peer: resolve ${messageId} failed: ${e.message}\n`)
+    )
   })
   await c.subscribe(`${command}/cancel`, () => {})
   say('ready')

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,10 +31,18 @@ namespace {
 
 bool is_full(int rc) { return rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT; }
 
+// LMDB reports a write cut short by a full file system as EIO: tell that apart by the space left.
+bool out_of_space(const std::string& dir, int rc) {
+    struct statvfs fs {};
+    if (rc != EIO || ::statvfs(dir.c_str(), &fs) != 0) return false;
+    return static_cast<unsigned long long>(fs.f_bavail) * fs.f_frsize < (1ULL << 20);
+}
+
 [[noreturn]] void throw_lmdb(const std::string& where, const char* what, int rc) {
     std::string msg = "lmdb: " + std::string(what) + " in '" + where + "': " + mdb_strerror(rc) + " (" +
                       std::to_string(rc) + ")";
     if (is_full(rc)) throw storage_full(msg, rc);
+    if (out_of_space(where, rc)) throw storage_full(msg + ": the file system is full", rc);
     throw storage_error(msg, rc);
 }
 
@@ -212,7 +221,7 @@ public:
     // A small map to begin with: its blocks are reserved on disk (see reserve_map), and Paho's records
     // are only what is in flight.
     lmdb_paho_records(const std::string& dir, const store_options& opts)
-        : env_(dir, std::min(opts.map_bytes, std::size_t(4) << 20), opts.max_map_bytes) {
+        : env_(dir, std::min(opts.map_bytes, std::size_t(256) << 10), opts.max_map_bytes) {
         detail::make_private_dir(dir);
         int rc = open();
         if (is_corruption(rc)) {

@@ -241,9 +241,9 @@ TEST_CASE("disk full (2 MiB tmpfs): storage_full, then recovery when space retur
     auto r = fill_until_full(*pub, *po.store, topic, 16 * 1024, 200);
     INFO("first error: " << r.first_error);
     REQUIRE_FALSE(r.refused.empty());
-    // LMDB on a full tmpfs gets a short write from pwrite and reports it as EIO ("Input/output error"),
-    // which the runtime passes on as a plain storage_error; SQLite reports SQLITE_FULL -> storage_full.
-    CHECK(r.first_error.rfind("storage_", 0) == 0);
+    // LMDB on a full tmpfs gets a short write from pwrite and reports it as EIO ("Input/output error");
+    // the store tells it apart by the space left. SQLite reports SQLITE_FULL.
+    CHECK(r.first_error.rfind("storage_full: ", 0) == 0);
     // Space returns: the filler goes. New publishes are accepted again, before any broker is back.
     std::remove(filler.c_str());
     auto again = pub->publish(topic, "after-space-returned");
