@@ -370,6 +370,74 @@ def scenario_scaling(broker, plan, res):
     res["scaling"] = runs
 
 
+# The original JavaScript library, re-created in bench/seed/peer.mjs (optional: --only seed; needs node and
+# `npm ci --prefix bench/seed`, which scripts/bench runs when seed is asked for).
+SEED_DIR = os.path.join(ROOT, "bench", "seed")
+
+
+def seed_missing():
+    """Why the seed peer cannot run here, or None."""
+    node = shutil.which("node")
+    if not node:
+        return "node not found on PATH"
+    for mod in ("mqtt", "better-sqlite3"):
+        if not os.path.isdir(os.path.join(SEED_DIR, "node_modules", mod)):
+            return "bench/seed/node_modules/%s missing (run: npm ci --prefix bench/seed)" % mod
+    r = subprocess.run([node, "-e", "require('better-sqlite3')(':memory:').close()"], cwd=SEED_DIR,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return "better-sqlite3 does not load: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    return None
+
+
+def seed_proc(mode, name, flags):
+    return Proc([shutil.which("node"), os.path.join(SEED_DIR, "peer.mjs"), mode, "--id", name, "--dir", store_dir(name)]
+                + flags, name)
+
+
+def scenario_seed(broker, plan, res):
+    """The seed's design (mqtt.js, QoS 2, clean:false, better-sqlite3 packet store, WAL + synchronous=EXTRA):
+    100-byte events end to end, and sequential command calls. Counts: the fsync event count of the plan and
+    the plan's sequential call count."""
+    why = seed_missing()
+    if why:
+        log("seed: skipped: " + why)
+        res["seed"] = {"skipped": why}
+        return
+    events, rtt = [], []
+    n_ev = max(20, int(plan["ev"][100] * plan["fsync_factor"]))
+    for rep in range(plan["repeat"]):
+        topic = "bench/" + uid("seedevt")
+        sid, pid = uid("seedsub"), uid("seedpub")
+        common = ["--broker", broker.uri, "--topic", topic, "--count", str(n_ev), "--size", "100"]
+        log("seed events 100 B x %d (run %d)" % (n_ev, rep + 1))
+        sub = seed_proc("sub", sid, common)
+        sub.wait_line("ready", 60)
+        pr = seed_proc("pub", pid, common).result(1800)
+        sr = sub.result(1800)
+        for d in (store_dir(sid), store_dir(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+        events.append({"config": "seed_sqlite_extra", "size": 100, "count": n_ev, "e2e_msgs_per_s": sr["msgs_per_s"],
+                       "pub_msgs_per_s": pr["pub_msgs_per_s"], "lat_p50_ms": sr["lat_p50_ms"],
+                       "lat_p99_ms": sr["lat_p99_ms"], "complete": sr["complete"], "duplicates": sr["duplicates"]})
+        log("   %.0f msg/s end to end" % sr["msgs_per_s"])
+        command = "bench/" + uid("seedcmd")
+        vid = uid("seedsrv")
+        srv = seed_proc("serve", vid, ["--broker", broker.uri, "--command", command])
+        srv.wait_line("ready", 60)
+        cid = uid("seedcall")
+        log("seed commands, 1 outstanding x %d (run %d)" % (plan["rtt"], rep + 1))
+        r = seed_proc("call", cid, ["--broker", broker.uri, "--command", command, "--outstanding", "1",
+                                    "--count", str(plan["rtt"]), "--warmup", "50"]).result(1800)
+        srv.stop()
+        r["served"] = srv.result(60)["served"]
+        for d in (store_dir(vid), store_dir(cid)):
+            shutil.rmtree(d, ignore_errors=True)
+        log("   %.0f calls/s, p50 %.2f ms, p99 %.2f ms" % (r["calls_per_s"], r["p50_ms"], r["p99_ms"]))
+        rtt.append(r)
+    res["seed"] = {"events": events, "rtt": rtt}
+
+
 # --------------------------------------------------------------------------------------------------
 # summary and docs
 
@@ -658,6 +726,34 @@ def render_md(res, s, charts, path, findings_path):
                                                               fmt(r["calls_per_s"]) if r["durability"] != "paho" else "%.1f" % (1000 / r["p50_ms"]),
                                                               r["p50_ms"], r["p99_ms"]))
     L.append("")
+    seed = res.get("seed")
+    if seed:
+        L.append("## The original library (JavaScript) in the same run")
+        L.append("")
+        if seed.get("skipped"):
+            L.append("Not measured: %s." % seed["skipped"])
+        else:
+            L.append("`bench/seed/peer.mjs`: the seed's design re-created (xy-mqtt is not on npm): mqtt.js, MQTT 3.1.1, "
+                     "QoS 2, `clean: false`, its better-sqlite3 packet store (WAL, `synchronous=EXTRA`) as mqtt.js's "
+                     "incoming and outgoing store, JSON payloads, TCP_NODELAY. Same broker; publisher and subscriber "
+                     "(caller and server) in separate processes. NOTES measured %s msg/s for the seed elsewhere." % fmt(SEED_MSGS_PER_S))
+            L.append("")
+            L.append("| what | count | measured (median of %d) | xymqtt fsync, same run |" % max(len(seed["events"]), 1))
+            L.append("|---|---|---|---|")
+            ev = seed["events"]
+            if ev:
+                e2e = med([r["e2e_msgs_per_s"] for r in ev])
+                x = ev_value(s, "xy_lmdb_fsync", 100)
+                L.append("| 100 B events, e2e msg/s | %s | %s%s | %s |" % (
+                    fmt(ev[0]["count"]), fmt(e2e), "" if all(r["complete"] for r in ev) else " INCOMPLETE",
+                    "%s (%.1fx)" % (fmt(x["median"]), x["median"] / e2e) if x and e2e else "-"))
+            rt = seed["rtt"]
+            if rt:
+                x = [r for r in s.get("rtt", []) if r["durability"] == "fsync" and r["outstanding"] == 1]
+                for k, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
+                    L.append("| sequential calls, RTT %s | %s | %.2f ms | %s |" % (
+                        name, fmt(rt[0]["count"]), med([r[k] for r in rt]), "%.2f ms" % x[0][k] if x else "-"))
+        L.append("")
     mem = res.get("memory")
     if mem:
         r = mem["run"]
@@ -775,6 +871,8 @@ def main():
             scenario_recovery(broker, plan, res)
         if "scaling" in only:
             scenario_scaling(broker, plan, res)
+        if "seed" in only:
+            scenario_seed(broker, plan, res)
     finally:
         broker.stop()
         for p in CHILDREN:

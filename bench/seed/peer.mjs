@@ -21,7 +21,7 @@
 //   call  --broker U --command C --count N [--outstanding K] [--warmup W]   (keys of call)
 // Common: --id ID (stable client id; default seed-<mode>-<pid>), --dir D (store directory; default a
 // temporary one, removed at exit), --synchronous EXTRA|FULL|NORMAL|OFF (default EXTRA, the seed's),
-// --timeout S (default 600).
+// --nodelay 0|1 (default 1: TCP_NODELAY on the socket), --timeout S (default 600).
 //
 // Event payloads are JSON, as the seed publishes them: {"n":i,"t":<send time, ms since the epoch>,"pad":"x.."}
 // padded to --size bytes (at least the JSON needs).
@@ -173,6 +173,10 @@ class SeedClient {
     this.client.handleMessage = (packet, done) => {
       this.onMessage(packet.topic, packet.payload).then(() => done(), done)
     }
+    // TCP_NODELAY, as the seed's measured setup had (NOTES: "mqtt.js, which sets no-delay"). mqtt.js 5.16
+    // itself does not (lib/connect/tcp.js: net.createConnection without noDelay): set it on every
+    // connection, after CONNACK. --nodelay 0 leaves the socket as mqtt.js opens it.
+    if (o.nodelay !== '0') this.client.on('connect', () => this.client.stream?.setNoDelay?.(true))
     this.ending = false
     this.client.on('error', e => {
       if (!this.ending) process.stderr.write(`seed-peer: mqtt error: ${e.message}\n`)

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <random>
 
@@ -196,6 +197,11 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
         if (!t.key_password.empty()) sb.private_keypassword(t.key_password);
         sb.enable_server_cert_auth(t.verify_server);
         sb.verify(t.verify_host);
+        // Paho reports a refused handshake only as "Failure"; OpenSSL's reason comes through this handler.
+        sb.error_handler([this](const std::string& e) {
+            std::lock_guard<std::mutex> g(tls_error_mu_);
+            tls_error_ = e;
+        });
         b.ssl(sb.finalize());
     }
 
@@ -340,6 +346,10 @@ void client::impl::connection_loop() {
         try {
             fresh_paho();
             {
+                std::lock_guard<std::mutex> g(tls_error_mu_);
+                tls_error_.clear();
+            }
+            {
                 std::lock_guard<std::mutex> g(mu_);
                 connecting_ = true;
             }
@@ -381,6 +391,11 @@ void client::impl::connection_loop() {
                 why = "not authorized: bad user name or password (" + why + ")";
             else if (why.empty())
                 why = e.what();
+            {
+                std::lock_guard<std::mutex> g(tls_error_mu_);
+                while (!tls_error_.empty() && std::isspace(static_cast<unsigned char>(tls_error_.back()))) tls_error_.pop_back();
+                if (!tls_error_.empty()) why += " (TLS: " + tls_error_ + ")";
+            }
             std::lock_guard<std::mutex> g(mu_);
             last_error_ = "connect to " + opts_.server_uri + " failed: " + why;
         }

@@ -165,6 +165,8 @@ private:
     std::atomic<bool> closing_{false};
     bool closed_ = false;
     std::string last_error_;
+    std::mutex tls_error_mu_;  // not mu_: Paho calls the TLS error handler on its own threads
+    std::string tls_error_;    // OpenSSL's reason for the last refused handshake
 
     std::atomic<std::uint64_t> next_seq_{1};
     std::mutex seq_mu_;  // keeps outbox commits in sequence order

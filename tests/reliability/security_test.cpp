@@ -115,6 +115,7 @@ TEST_CASE("TLS: verified by default; wrong CA, wrong host name and missing clien
         const auto e = try_connect(o);
         INFO(e);
         CHECK_FALSE(e.empty());
+        CHECK(e.find("certificate verify failed") != std::string::npos);  // OpenSSL's reason, not just "Failure"
         report_line("TLS wrong CA refused: " + e);
     }
     SECTION("no CA file: the system's CAs do not know the test CA") {
@@ -125,7 +126,7 @@ TEST_CASE("TLS: verified by default; wrong CA, wrong host name and missing clien
     SECTION("a certificate for another host name is refused (host name verification is on by default)") {
         const auto e = try_connect(opts("otherhost", "localhost", t.other));
         INFO(e);
-        CHECK_FALSE(e.empty());
+        CHECK_FALSE(e.empty());  // Paho checks the host name after the handshake and gives no reason
         report_line("TLS certificate for another host refused: " + e);
         // The same server reached as 127.0.0.1 while its certificate names only "localhost".
         CHECK_FALSE(try_connect(opts("byip", "127.0.0.1", t.good)).empty());
@@ -135,6 +136,8 @@ TEST_CASE("TLS: verified by default; wrong CA, wrong host name and missing clien
         CHECK(try_connect(off).empty());
     }
     SECTION("mutual TLS: without a client certificate refused, with one accepted") {
+        // TLS 1.3: the client's side of the handshake is done before the server's alert comes, so Paho
+        // sees a closed connection and no TLS reason.
         CHECK_FALSE(try_connect(opts("nocert", "localhost", t.mutual)).empty());
         auto o = opts("cert", "localhost", t.mutual);
         o.tls->cert_file = t.certs.path("client.crt");
