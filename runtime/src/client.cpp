@@ -301,11 +301,18 @@ void client::impl::fresh_paho() {
     std::lock_guard<std::mutex> lk(mu_);
     for (auto& [seq, msg] : inflight_) requeue_[seq] = msg;
     inflight_.clear();
+    // Flows the previous client was resuming and did not finish (its connect failed or was cut) are in
+    // no queue: send them again, unless this client resumes them too. Dropped, they never complete.
+    for (auto& [packet_id, seq] : resumed_) requeue_[seq] = nullptr;
     resumed_.clear();
+    resumed_seqs_.clear();
+    removed_while_connecting_.clear();  // ids of the previous client's connect: they mean nothing here
     for (const auto& [packet_id, seq] : resumable) {
-        const bool pending = requeue_.erase(seq) + ready_.erase(seq) > 0 ||
-                             std::find(backlog_.begin(), backlog_.end(), seq) != backlog_.end();
+        // A resumed publish lives in resumed_ only, so that it is never queued twice.
+        auto b = std::find(backlog_.begin(), backlog_.end(), seq);
+        const bool pending = requeue_.erase(seq) + ready_.erase(seq) > 0 || b != backlog_.end();
         if (!pending) continue;
+        if (b != backlog_.end()) backlog_.erase(b);
         resumed_[packet_id] = seq;
         resumed_seqs_.insert(seq);
     }
@@ -385,6 +392,9 @@ void client::impl::connection_loop() {
                 connecting_ = false;
             }
             std::string why = e.get_error_str();
+            // Paho's own text says which stage failed (e.g. "TCP/TLS connect failure" for a refused
+            // certificate, "CONNACK return code"); the return code alone only says "Failure".
+            if (const auto detail = e.get_message(); !detail.empty() && detail != why) why += " (" + detail + ")";
             const int reason = e.get_reason_code(), rc = e.get_return_code();
             // MQTT 5 reason codes 0x86/0x87, MQTT 3.1.1 return codes 4/5 (Paho reports either field).
             if (reason == 0x86 || reason == 0x87 || rc == 0x86 || rc == 0x87 || rc == 4 || rc == 5)
@@ -447,6 +457,7 @@ void client::impl::on_connected(bool session_present) {
         connected_ = true;
         send_blocked_ = false;
         buffer_full_ = false;
+        ++connection_gen_;
         for (auto& [f, l] : lanes_)  // added while the ones above were being sent
             if (!l->stopping && std::find(filters.begin(), filters.end(), f) == filters.end()) late.push_back(f);
     }
@@ -454,9 +465,15 @@ void client::impl::on_connected(bool session_present) {
     fire(opts_.hooks.on_connect, session_present);
     if (reconnect) fire(opts_.hooks.on_reconnect);
     if (!session_present) fire(opts_.hooks.on_init);
-    std::lock_guard<std::mutex> lk(mu_);
-    send_cv_.notify_all();
-    state_cv_.notify_all();
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        send_cv_.notify_all();
+        state_cv_.notify_all();
+    }
+    // A loss Paho reported between the CONNACK and `connected_ = true` found connected_ false and was
+    // ignored, leaving a dead connection that was never replaced. Paho marks itself disconnected before it
+    // calls the handler, so ask it now; a loss reported after `connected_ = true` reaches the handler.
+    if (auto cli = paho(); !cli || !cli->is_connected()) on_connection_lost("lost while connecting");
 }
 
 void client::impl::on_connection_lost(const std::string& cause) {
@@ -672,8 +689,10 @@ void client::impl::sender_loop() {
         std::uint64_t seq;
         std::shared_ptr<stored_message> msg;
         bool sent = false;
+        bool gone = false;  // its outbox record could not be read: nothing to send
     };
     std::vector<item> batch;
+    auto refused_pause = std::chrono::milliseconds(10);  // back-off while Paho refuses for other reasons
     std::unique_lock<std::mutex> lk(mu_);
     while (true) {
         send_cv_.wait(lk, [&] {
@@ -682,6 +701,7 @@ void client::impl::sender_loop() {
                     (!requeue_.empty() || !backlog_.empty() || !ready_.empty()));
         });
         if (closing_) return;
+        const auto gen = connection_gen_;
         // Take what the window allows in one go: one lock hand-off per batch, not per message.
         batch.clear();
         while (batch.size() < 64 && inflight_.size() < window_ &&
@@ -718,7 +738,10 @@ void client::impl::sender_loop() {
                     log(log_level::error, "outbox record " + sequence_id(it.seq) + " is unreadable: " + e.what());
                     fire(opts_.hooks.on_storage_error, std::string(e.what()));
                 }
-                if (!it.msg) continue;
+                if (!it.msg) {
+                    it.gone = true;
+                    continue;
+                }
             }
             try {
                 if (!cli) throw mqtt::exception(MQTTASYNC_DISCONNECTED);
@@ -743,7 +766,7 @@ void client::impl::sender_loop() {
         for (auto& it : batch) {
             auto f = inflight_.find(it.seq);
             if (f == inflight_.end()) continue;  // completed (or failed and requeued) already
-            if (!it.msg) {
+            if (it.gone) {
                 inflight_.erase(f);  // the record is gone from the store: nothing to send
             } else if (!it.sent) {
                 requeue_[it.seq] = it.msg;
@@ -752,14 +775,22 @@ void client::impl::sender_loop() {
                 f->second = it.msg;
             }
         }
-        if (refused_rc) {
-            // Paho's queue is full: wait for a completion. Otherwise it is not connected: wait for the
-            // next connection.
-            if (refused_rc == MQTTASYNC_MAX_BUFFERED_MESSAGES)
+        // A refusal by the client of a connection that has been replaced since says nothing about the
+        // new one: blocking on it would stall the outbox until the next reconnect.
+        if (refused_rc && gen == connection_gen_) {
+            // Paho's queue is full: wait for a completion. Not connected: wait for the next connection.
+            // Anything else (Paho could not store its record on a full disk: -2) is no connection
+            // problem, and no reconnect would come to end a wait for one: try again after a pause.
+            if (refused_rc == MQTTASYNC_MAX_BUFFERED_MESSAGES) {
                 buffer_full_ = true;
-            else
+            } else if (refused_rc == MQTTASYNC_DISCONNECTED) {
                 send_blocked_ = true;
+            } else {
+                send_cv_.wait_for(lk, refused_pause, [&] { return closing_.load(); });
+                refused_pause = std::min(refused_pause * 2, std::chrono::milliseconds(1000));
+            }
         }
+        if (!refused_rc) refused_pause = std::chrono::milliseconds(10);
     }
 }
 

@@ -179,6 +179,7 @@ private:
     std::map<std::uint64_t, std::shared_ptr<stored_message>> inflight_; // handed to Paho
     bool send_blocked_ = false;  // Paho is not connected: wait for the next connection
     bool buffer_full_ = false;   // Paho's command queue is full: wait for a completion
+    std::uint64_t connection_gen_ = 0;  // counts connections: a refusal seen by the sender is for one of them
     std::size_t window_ = 1;              // publishes allowed in flight: min(max_inflight, receive maximum)
     bool connecting_ = false;
     std::vector<int> removed_while_connecting_;

@@ -89,8 +89,10 @@ struct system_under_test {
 
 }  // namespace
 
-// OPEN (docs/reliability.md, finding F7): in some runs one call of 200 gets no result after the broker
-// restart. Kept running and reported ([!mayfail]) rather than hidden until the cause is found.
+// OPEN (docs/reliability.md, finding F7): every client reconnects here with publishes in flight. Paho C,
+// when one client connects with restored outbound flows, re-sends the in-flight packets of every connected
+// client of the process; Mosquitto disconnects those for a protocol error, and in some runs the reconnect
+// storm keeps results from arriving within the calls' timeout. Kept running and reported ([!mayfail]).
 TEST_CASE("graceful broker restart mid-stream: every event and call completes", "[broker][!mayfail]") {
     system_under_test s;
     std::vector<std::future<void>> fs;
@@ -103,13 +105,24 @@ TEST_CASE("graceful broker restart mid-stream: every event and call completes", 
     }
     for (auto& f : fs) REQUIRE(f.wait_for(60s) == std::future_status::ready);
     for (auto& f : fs) f.get();
-    int answered = 0;
-    for (auto& p : ps) answered += p.result.get().ok;
+    int answered = 0, timed_out = 0;
+    for (auto& p : ps) {
+        try {
+            answered += p.result.get().ok;
+        } catch (const timeout_error&) {
+            ++timed_out;
+        }
+    }
+    CHECK(timed_out == 0);
     CHECK(answered == int(ps.size()));
     REQUIRE(eventually([&] { return s.all_handled("g", 600); }, 60s));
     report_line("broker graceful restart: 600 events and " + std::to_string(ps.size()) +
                 " calls across a stop/start, 0 lost, all calls answered");
     CHECK(s.b.errors().empty());
+    // The storm's signature: a client re-sending in-flight packets on a live connection.
+    const auto log = s.b.log();
+    CHECK(log.find("disconnected due to protocol error") == std::string::npos);
+    CHECK(log.find("disconnected due to malformed packet") == std::string::npos);
 }
 
 TEST_CASE("broker SIGKILL with persistence: nothing the broker had saved is lost", "[broker]") {

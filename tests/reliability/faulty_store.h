@@ -16,10 +16,32 @@
 namespace xymqtt::test {
 
 class faulty_store : public store {
+    // Paho's records, whose writes fail while `full` is set (Paho's own persistence on a full disk).
+    class faulty_paho final : public paho_records {
+    public:
+        explicit faulty_paho(paho_records& inner) : inner_(inner) {}
+        void put(const std::string& key, const std::string& value, bool sync) override {
+            if (full) {
+                ++failed;
+                throw storage_full("injected: no space left on device (ENOSPC) for Paho's record " + key, 28);
+            }
+            inner_.put(key, value, sync);
+        }
+        std::optional<std::string> get(const std::string& key) const override { return inner_.get(key); }
+        void remove(const std::string& key) override { inner_.remove(key); }
+        std::vector<std::string> keys() const override { return inner_.keys(); }
+        void clear() override { inner_.clear(); }
+        std::atomic<bool> full{false};
+        std::atomic<std::uint64_t> failed{0};
+
+    private:
+        paho_records& inner_;
+    };
+
 public:
     enum class fault { none, read_only, full };
 
-    explicit faulty_store(std::unique_ptr<store> inner) : inner_(std::move(inner)) {}
+    explicit faulty_store(std::unique_ptr<store> inner) : inner_(std::move(inner)), paho_(inner_->paho()) {}
 
     /// From now on every commit that touches `only` (or any table if `all_tables`) fails.
     void set_fault(fault f) { fault_ = f; }
@@ -28,6 +50,9 @@ public:
     /// Commits that put into the incoming table call `fn` first (e.g. to block forever).
     void on_arrival_commit(std::function<void()> fn) { on_arrival_ = std::move(fn); }
     std::uint64_t failed_commits() const { return failed_; }
+    /// While true, every write of Paho's own records fails with storage_full (the tables still work).
+    void set_paho_full(bool v) { paho_.full = v; }
+    std::uint64_t failed_paho_writes() const { return paho_.failed; }
 
     void commit(const std::vector<write_op>& batch) override {
         bool arrival = false;
@@ -47,11 +72,12 @@ public:
     }
     std::optional<std::string> last_id(table t) const override { return inner_->last_id(t); }
     std::size_t count(table t) const override { return inner_->count(t); }
-    paho_records& paho() override { return inner_->paho(); }
+    paho_records& paho() override { return paho_; }
     xymqtt::durability durability() const override { return inner_->durability(); }
 
 private:
     std::unique_ptr<store> inner_;
+    faulty_paho paho_;
     std::atomic<fault> fault_{fault::none};
     std::atomic<bool> arrivals_only_{false};
     std::function<void()> on_arrival_;

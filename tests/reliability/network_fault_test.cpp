@@ -1,10 +1,11 @@
-#include <cstdlib>
 // Network faults through a TCP proxy between every client and the broker: connections reset at random
 // byte offsets (inside MQTT packets), all connections cut at once, stalls, slow links, a broker that
 // seems down. Nothing may be lost; every publish and call completes.
 #include <catch2/catch.hpp>
 #include <condition_variable>
+#include <cstdlib>
 #include <random>
+#include <set>
 
 #include "rel_util.h"
 #include "tcp_proxy.h"
@@ -14,13 +15,16 @@ using namespace xymqtt;
 using namespace xymqtt::test;
 using namespace std::chrono_literals;
 
-// OPEN (docs/reliability.md, finding F8): after the reconnect-deadlock fix this run ends with a
-// std::future_error in some runs; kept running and reported ([!mayfail]) until the cause is found.
-TEST_CASE("network faults: cuts at random points, stalls and slow links lose nothing", "[network][!mayfail]") {
-    // Open finding F8 (docs/reliability.md): this run can end in its watchdog's abort, which no Catch tag
-    // can contain. Run it with XYMQTT_REL_NETWORK=1 (scripts/reliability sets it) until it is fixed.
+// Finding F8 (docs/reliability.md): this run used to end in a std::future_error (the harness called
+// wait_for on futures it had already consumed while reporting a stuck publish) or in the watchdog's abort;
+// behind both were runtime bugs that left a client on a dead connection or dropped publishes from the
+// sender. Every wait is now bounded and reports the clients' state.
+TEST_CASE("network faults: cuts at random points, stalls and slow links lose nothing", "[network]") {
+    // Still out of the plain CTest/CI run: about 1 run in 12 crashes inside Paho C (SIGSEGV in
+    // MQTTProtocol_removePublication) during the reconnect storms of open finding F7, which no Catch tag
+    // can contain. Run it with XYMQTT_REL_NETWORK=1 (scripts/reliability sets it).
     if (!std::getenv("XYMQTT_REL_NETWORK")) {
-        WARN("network fault run skipped: set XYMQTT_REL_NETWORK=1 (open finding F8)");
+        WARN("network fault run skipped: set XYMQTT_REL_NETWORK=1 (Paho crash under open finding F7)");
         return;
     }
     const std::uint64_t seed = env_number("XYMQTT_REL_SEED", std::random_device{}());
@@ -68,7 +72,12 @@ TEST_CASE("network faults: cuts at random points, stalls and slow links lose not
     const int calls = static_cast<int>(env_number("XYMQTT_REL_NET_CALLS", 200));
     std::mutex mu;
     std::map<std::string, int> got;
+    std::set<std::string> arrived;  // payloads that reached the subscriber's client (before its inbox)
     auto so = opts("sub");
+    so.hooks.on_packet_receive = [&](const std::string&, const std::string& payload) {
+        std::lock_guard<std::mutex> lk(mu);
+        arrived.insert(payload);
+    };
     const std::string topic = "rel/" + so.client_id + "/net", command = "rel/" + so.client_id + "/cmd";
     client sub(so);
     sub.subscribe(topic, [&](const message& m) {
@@ -170,13 +179,17 @@ TEST_CASE("network faults: cuts at random points, stalls and slow links lose not
         // A steady stream over ~10 s so that the faults fall in the middle of it (pacing only).
         if (i % 20 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10000 * 20 / events));
     }
+    // One deadline for everything still outstanding, well inside the watchdog's limit, so that a lost
+    // publish or call is reported as such (with the clients' state) rather than as the watchdog's abort.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(env_number("XYMQTT_REL_NET_WAIT_S", 60));
     int completed = 0;
     for (std::size_t i = 0; i < fs.size(); ++i) {
         auto& f = fs[i];
-        if (f.wait_for(120s) != std::future_status::ready) {
+        if (f.wait_until(deadline) != std::future_status::ready) {
             const auto st = pub.stats();
             std::size_t stuck = 0;
-            for (auto& g : fs) stuck += g.wait_for(0s) != std::future_status::ready;
+            // Futures before i were consumed by get() (no longer valid); count the rest.
+            for (std::size_t j = i; j < fs.size(); ++j) stuck += fs[j].wait_for(0s) != std::future_status::ready;
             FAIL("publish #" << i << " never completed: " << stuck << " publishes stuck; publisher outbox "
                              << st.outbox << ", connected " << st.connected << ", published " << st.published
                              << ", last error '" << st.last_error << "'");
@@ -186,6 +199,12 @@ TEST_CASE("network faults: cuts at random points, stalls and slow links lose not
     }
     int answered = 0;
     for (std::size_t i = 0; i < ps.size(); ++i) {
+        if (ps[i].result.wait_until(deadline) != std::future_status::ready) {
+            const auto cs = caller.stats(), ss = server.stats();
+            FAIL("call #" << i << " got no result; caller outbox " << cs.outbox << ", inbox " << cs.inbox
+                          << ", connected " << cs.connected << "; server outbox " << ss.outbox << ", inbox "
+                          << ss.inbox << ", handler runs " << runs.load());
+        }
         auto r = ps[i].result.get();
         CHECK(r.body == "re:c" + std::to_string(i));
         ++answered;
@@ -196,12 +215,27 @@ TEST_CASE("network faults: cuts at random points, stalls and slow links lose not
     proxy.slow(0);
     proxy.random_cuts(0);
     proxy.refuse(false);
-    REQUIRE(eventually([&] {
-        std::lock_guard<std::mutex> lk(mu);
-        for (int i = 0; i < events; ++i)
-            if (!got.count(std::to_string(i))) return false;
-        return true;
-    }, 120s));
+    if (!eventually([&] {
+            std::lock_guard<std::mutex> lk(mu);
+            for (int i = 0; i < events; ++i)
+                if (!got.count(std::to_string(i))) return false;
+            return true;
+        }, 30s)) {
+        const auto st = sub.stats();
+        std::unique_lock<std::mutex> lk(mu);
+        std::string missing;
+        int n_missing = 0, n_arrived = 0;
+        for (int i = 0; i < events; ++i) {
+            const auto p = std::to_string(i);
+            if (got.count(p)) continue;
+            ++n_missing;
+            n_arrived += arrived.count(p) > 0;
+            if (n_missing <= 20) missing += p + (arrived.count(p) ? " (reached the client) " : " ");
+        }
+        missing = std::to_string(n_missing) + " (" + std::to_string(n_arrived) + " of them reached the client), e.g. " + missing;
+        FAIL("published events never handled: " << missing << "; subscriber inbox " << st.inbox << ", delivered "
+                                                 << st.delivered << ", handled " << st.handled << ", connected " << st.connected);
+    }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     int dups = 0;
     {
