@@ -232,10 +232,11 @@ int run_call(std::map<std::string, std::string>& a, journal& j, const std::vecto
     const std::string command = a["command"];
     std::mutex mu;
     std::condition_variable cv;
+    std::set<std::string> early;  // answered before call() returned to us
     c.subscribe_results(command, [&](const xymqtt::command_result& r) {
         j.line("r " + r.message_id + " " + (r.ok ? "ok" : "rejected:" + std::to_string(r.status)));
         std::lock_guard<std::mutex> lk(mu);
-        pending.erase(r.message_id);
+        if (!pending.erase(r.message_id)) early.insert(r.message_id);  // may come before call() returns
         cv.notify_all();
     });
     c.connect();
@@ -252,7 +253,7 @@ int run_call(std::map<std::string, std::string>& a, journal& j, const std::vecto
         const auto h = c.call(command, "{\"k\":" + std::to_string(next) + "}", co);
         {
             std::lock_guard<std::mutex> lk(mu);
-            pending.insert(h.message_id());
+            if (!early.erase(h.message_id())) pending.insert(h.message_id());
         }
         j.line("c " + std::to_string(next) + " " + h.message_id());
     }
