@@ -149,6 +149,9 @@ public:
 
 private:
     static constexpr unsigned trim_every = 128;
+    // Below this much data the whole file may stay resident: no trimming, which costs latency (the next
+    // transactions fault their pages back in; measured: call p99 2.0 -> 5.5 ms with a small store).
+    static constexpr std::size_t trim_above = std::size_t(32) << 20;
 
     // Transactions fault the data file's pages into this process's mapping, where they stay: draining a
     // backlog of a million publishes kept ~170 MiB of the file resident. Dropping the mapping of pages
@@ -156,8 +159,12 @@ private:
     // read-only, as MDB_WRITEMAP is not used for the tables); the next access faults them back in.
     // Called with map_mutex_ held (shared), so the map is not moved meanwhile.
     void trim() const {
-        if (!writemap_ && map_.second > map_.first)
-            ::madvise(reinterpret_cast<void*>(map_.first), map_.second - map_.first, MADV_DONTNEED);
+        if (writemap_ || map_.second <= map_.first) return;
+        MDB_envinfo info{};
+        MDB_stat st{};
+        if (mdb_env_info(env_, &info) != 0 || mdb_env_stat(env_, &st) != 0) return;
+        if ((info.me_last_pgno + 1) * std::size_t(st.ms_psize) < trim_above) return;
+        ::madvise(reinterpret_cast<void*>(map_.first), map_.second - map_.first, MADV_DONTNEED);
     }
 
     // Where LMDB mapped the data file (me_mapaddr is only set for MDB_FIXEDMAP): after open and after
