@@ -78,7 +78,12 @@ public:
     }
     void on_failure(const mqtt::token& tok) override {
         const auto seq = reinterpret_cast<std::uintptr_t>(tok.get_user_context());
-        c_.on_send_failed(seq, tok.get_return_code(), tok.get_reason_code());
+        const int rc = tok.get_return_code();
+        // Paho C 1.3 (MQTTAsync_processCommand): when a QoS 1/2 PUBLISH fails on a socket error (-1) or on
+        // persistence (-2), the command's topic and payload are freed although the outbound record it just
+        // stored shares them. That Paho client must never be destroyed: MQTTAsync_destroy frees them again.
+        if (rc == MQTTASYNC_FAILURE || rc == MQTTASYNC_PERSISTENCE_ERROR) c_.taint_paho(tok.get_client());
+        c_.on_send_failed(seq, rc, tok.get_reason_code());
     }
 
 private:
@@ -585,8 +590,44 @@ void client::impl::close() {
     for (auto& [s, p] : promises) p->set_exception(std::make_exception_ptr(client_closed("client closed before the publish completed (it stays in the outbox)")));
     for (auto& [s, p] : awaiting) p->set_exception(std::make_exception_ptr(client_closed("client closed before the result arrived")));
     std::lock_guard<std::mutex> lk(cli_mu_);
+    keep_tainted_paho();
     cli_.reset();  // Paho must stop calling us before the members it uses go
     retired_paho_.clear();
+}
+
+void client::impl::taint_paho(const mqtt::iasync_client* cli) {
+    std::lock_guard<std::mutex> lk(taint_mu_);
+    tainted_paho_.insert(cli);
+}
+
+void client::impl::keep_tainted_paho() {
+    // A Paho client holding a freed publish (see listener::on_failure) is disconnected and inert, but
+    // destroying it frees that topic and payload a second time: Paho's heap tracker lets the free through
+    // when the address has been reused by another Paho allocation, which corrupts the heap of the whole
+    // process (crashes in Paho's receive thread, in free(), in LMDB's malloc). So it is kept for the life
+    // of the process, with callbacks that no longer reach this client. Called with cli_mu_ held.
+    static std::mutex kept_mu;
+    static auto* kept = new std::vector<std::shared_ptr<mqtt::async_client>>;  // never destroyed
+    std::set<const mqtt::iasync_client*> tainted;
+    {
+        // Not held across Paho calls: Paho's send thread takes taint_mu_ with Paho's own mutex held.
+        std::lock_guard<std::mutex> t(taint_mu_);
+        tainted.swap(tainted_paho_);
+    }
+    auto keep = [&](std::shared_ptr<mqtt::async_client>& c) {
+        if (!c || !tainted.count(c.get())) return;
+        // The handlers are replaced before Paho is told (which it refuses while a connect is in progress).
+        try { c->set_message_callback([](mqtt::const_message_ptr) {}); } catch (const mqtt::exception&) {}
+        try { c->set_connection_lost_handler([](const std::string&) {}); } catch (const mqtt::exception&) {}
+        try { c->set_disconnected_handler([](const mqtt::properties&, mqtt::ReasonCode) {}); } catch (const mqtt::exception&) {}
+        std::lock_guard<std::mutex> k(kept_mu);
+        kept->push_back(std::move(c));
+    };
+    keep(cli_);
+    for (auto& c : retired_paho_) keep(c);
+    if (!tainted.empty())
+        log(log_level::debug, "kept " + std::to_string(tainted.size()) +
+                                  " Paho client(s) undestroyed: a failed publish left them with freed memory");
 }
 
 // ---------------------------------------------------------------------------------------------------

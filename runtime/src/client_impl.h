@@ -147,10 +147,14 @@ private:
     std::unique_ptr<detail::committer> committer_;
     std::shared_ptr<mqtt::async_client> paho() const;
     void fresh_paho();
+    void taint_paho(const mqtt::iasync_client* cli);  // from listener::on_failure
+    void keep_tainted_paho();
     void on_resumed_complete(int packet_id);
     mutable std::mutex cli_mu_;
     std::shared_ptr<mqtt::async_client> cli_;  // replaced at every connection (see fresh_paho)
     std::vector<std::shared_ptr<mqtt::async_client>> retired_paho_;  // disconnected, destroyed at close
+    std::mutex taint_mu_;  // not cli_mu_: destroying a Paho client under cli_mu_ fails its tokens
+    std::set<const mqtt::iasync_client*> tainted_paho_;  // never destroyed (keep_tainted_paho)
     std::unique_ptr<mqtt::connect_options_builder> conn_builder_;
     std::string host_;
     int port_ = 0;
