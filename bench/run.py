@@ -447,6 +447,9 @@ def med(xs):
 
 def summarize(res):
     s = {}
+    seed_ev = (res.get("seed") or {}).get("events")
+    if seed_ev:
+        s["seed_e2e"] = med([r["e2e_msgs_per_s"] for r in seed_ev])
     disk = res.get("disk", [])
     if disk:
         s["disk"] = {k: med([d[k] for d in disk]) for k in
@@ -513,7 +516,11 @@ def targets(s):
         add("fsync events >= 0.9x disk bound", "%.0f msg/s = %.2fx of %.0f" % (f["median"], f["median"] / bound, bound),
             ">= 0.9x", f["median"] >= 0.9 * bound, "median e2e vs LMDB single-put synced commits/s, same run")
         add("fsync events >= 5x seed (780 msg/s)", "%.0f msg/s = %.1fx" % (f["median"], f["median"] / SEED_MSGS_PER_S),
-            ">= 3900 msg/s", f["median"] >= 5 * SEED_MSGS_PER_S, "seed figure from NOTES (not re-measured)")
+            ">= 3900 msg/s", f["median"] >= 5 * SEED_MSGS_PER_S, "seed figure from NOTES")
+        if s.get("seed_e2e"):
+            add("fsync events >= 5x the seed's design, same run", "%.0f vs %.0f msg/s = %.1fx" % (
+                f["median"], s["seed_e2e"], f["median"] / s["seed_e2e"]), ">= 5x", f["median"] >= 5 * s["seed_e2e"],
+                "bench/seed/peer.mjs (mqtt.js + better-sqlite3, synchronous=EXTRA), median e2e")
     p = ev_value(s, "xy_lmdb_process", 100)
     q = ev_value(s, "paho_qos2", 100)
     if p and q:
