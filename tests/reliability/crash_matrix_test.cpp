@@ -35,6 +35,7 @@
 #include <random>
 
 #include "rel_util.h"
+#include "tcp_proxy.h"
 #include "support/child_process.h"
 #include "xymqtt/exception.h"
 
@@ -76,15 +77,21 @@ std::size_t count_table(const std::string& dir, table t) {
 
 namespace {
 
-// The faults: SIGKILL of a random role, or (broker_restarts) a graceful stop and start of the broker.
-void run_matrix(bool broker_restarts) {
-    const auto kills_wanted = broker_restarts ? env_number("XYMQTT_REL_RESTARTS", 6) : env_number("XYMQTT_REL_KILLS", 50);
+enum class fault { kill, broker_restart, network };
+
+// The faults: SIGKILL of a random role, a graceful stop and start of the broker, or network faults
+// injected by a TCP proxy between every role and the broker.
+void run_matrix(fault mode) {
+    const bool broker_restarts = mode == fault::broker_restart, network = mode == fault::network;
+    const auto kills_wanted = broker_restarts ? env_number("XYMQTT_REL_RESTARTS", 6)
+                              : network       ? env_number("XYMQTT_REL_NET_FAULTS", 20)
+                                              : env_number("XYMQTT_REL_KILLS", 50);
     const long events = static_cast<long>(env_number("XYMQTT_REL_EVENTS", 10000));
     const long calls = static_cast<long>(env_number("XYMQTT_REL_CALLS", 1000));
-    const auto mean_ms = broker_restarts ? 1500 : env_number("XYMQTT_REL_MEAN_MS", 250);
+    const auto mean_ms = broker_restarts ? 1500 : network ? 500 : env_number("XYMQTT_REL_MEAN_MS", 250);
     const std::string durability_name = env_string("XYMQTT_REL_DURABILITY", "process");
     const std::uint64_t seed = env_number("XYMQTT_REL_SEED", std::random_device{}());
-    const char* what = broker_restarts ? "broker restarts" : "crash matrix";
+    const char* what = broker_restarts ? "broker restarts" : network ? "network faults" : "crash matrix";
     std::printf("%s: seed %llu (XYMQTT_REL_SEED=%llu to replay the schedule), %llu kills, %ld events, %ld calls, "
                 "durability %s\n",
                 what, (unsigned long long)seed, (unsigned long long)seed, (unsigned long long)kills_wanted, events, calls,
@@ -98,12 +105,15 @@ void run_matrix(bool broker_restarts) {
     const std::string topic = base + "/ev", command = base + "/cmd/work";
     // Each kill-and-restart cycle takes about mean_ms plus a restart (~100 ms): plan the streams to
     // last past the planned kills, so that the kills fall while messages flow.
-    const auto duration_ms = std::to_string(kills_wanted * (mean_ms + (broker_restarts ? 1500 : 150)));
+    const auto duration_ms = std::to_string(kills_wanted * (mean_ms + (broker_restarts ? 1500 : network ? 900 : 150)));
+    std::unique_ptr<tcp_proxy> proxy;
+    if (network) proxy = std::make_unique<tcp_proxy>(b.port(), seed);
+    const std::string agent_uri = network ? proxy->uri() : b.uri();
     auto common = [&](const std::string& name) {
         return std::vector<std::string>{REL_AGENT, name == "publisher" ? "pub" : name == "subscriber" ? "sub"
                                                                        : name == "server"    ? "serve"
                                                                                              : "call",
-                                        "--broker", b.uri(), "--id", base + "-" + name, "--store", dir / name,
+                                        "--broker", agent_uri, "--id", base + "-" + name, "--store", dir / name,
                                         "--journal", dir / (name + ".journal"), "--durability", durability_name};
     };
     std::vector<role> roles(4);
@@ -163,6 +173,38 @@ void run_matrix(bool broker_restarts) {
         // The random moment: this sleep IS the fault schedule, not a wait for a condition.
         std::this_thread::sleep_for(wait);
         const bool in_flow = !finished(pub) || !finished(caller);
+        if (network) {
+            // The fault schedule: these sleeps set how long a fault lasts, they await nothing.
+            const auto d = std::chrono::milliseconds(100 + std::int64_t(delay(rng) % 600));
+            switch (pick(rng)) {
+                case 0:
+                    proxy->cut_all();
+                    schedule += "cut ";
+                    break;
+                case 1:
+                    proxy->random_cuts(4096);
+                    proxy->cut_all();
+                    std::this_thread::sleep_for(d);
+                    proxy->random_cuts(0);
+                    schedule += "cuts-at-random-bytes ";
+                    break;
+                case 2:
+                    proxy->stall(true);
+                    std::this_thread::sleep_for(d);
+                    proxy->stall(false);
+                    schedule += "stall ";
+                    break;
+                default:
+                    proxy->slow(64, 1ms);
+                    std::this_thread::sleep_for(d);
+                    proxy->slow(0);
+                    schedule += "slow ";
+                    break;
+            }
+            ++total_kills;
+            if (in_flow) ++kills_in_flow;
+            continue;
+        }
         if (broker_restarts) {
             // Graceful: Mosquitto saves its sessions and in-flight messages, every client reconnects.
             b.stop();
@@ -271,7 +313,7 @@ void run_matrix(bool broker_restarts) {
     // A broker restart cuts the publisher's connection with up to a window (half the broker's receive
     // maximum of 100) of publishes in flight; the outbox sends them again (finding F10: Paho's own resume
     // of them is not tracked), and those the broker had already taken arrive twice.
-    const std::uint64_t restart_dups = broker_restarts ? total_kills * 50 : 0;
+    const std::uint64_t restart_dups = broker_restarts || network ? total_kills * 50 : 0;
     const std::uint64_t event_bound = std::uint64_t(sub.kills) + pub_boot_outbox + restart_dups;
     char buf[2048];
     std::snprintf(buf, sizeof buf,
@@ -279,13 +321,13 @@ void run_matrix(bool broker_restarts) {
                   "publisher %d, subscriber %d, server %d, caller %d)\n"
                   "  events: tried %ld, published (acked) %llu, handled %llu, LOST %llu, re-handled %llu "
                   "(bound %llu = %d subscriber kills + %llu outbox records re-sent after %d publisher restarts + %llu "
-                  "for broker restarts), "
+                  "for reconnects), "
                   "unconfirmed %llu, not accepted %llu\n"
                   "  calls: tried %ld, accepted %zu, answered %zu, LOST %llu, results re-handled %llu (bound %d caller "
                   "kills), handler re-runs %llu (bound %d server kills), handler runs %zu, results for "
                   "unjournalled calls %llu",
                   what, (unsigned long long)seed, durability_name.c_str(), (unsigned long long)total_kills,
-                  broker_restarts ? "broker restarts" : "kills", flow_s,
+                  broker_restarts ? "broker restarts" : network ? "network faults" : "kills", flow_s,
                   (unsigned long long)kills_in_flow, pub.kills, sub.kills, srv.kills, caller.kills, events,
                   (unsigned long long)published, (unsigned long long)handled_unique, (unsigned long long)lost,
                   (unsigned long long)rehandled, (unsigned long long)event_bound, sub.kills,
@@ -318,12 +360,21 @@ void run_matrix(bool broker_restarts) {
 }  // namespace
 
 TEST_CASE("crash matrix: SIGKILL of publisher, subscriber, server and caller loses nothing", "[crash][matrix]") {
-    run_matrix(false);
+    run_matrix(fault::kill);
 }
 
 // The supported form of finding F7's scenario: each client in its own process (with several clients in
 // one process, Paho C 1.3 re-sends every client's in-flight packets when one of them reconnects).
 TEST_CASE("broker restarted gracefully again and again, one client per process: nothing lost, every call answered",
           "[broker][matrix]") {
-    run_matrix(true);
+    run_matrix(fault::broker_restart);
+}
+
+// Network faults with one client per process: every role reaches the broker through a TCP proxy that
+// cuts all connections, cuts each after a random number of bytes (inside MQTT packets), stalls, or
+// trickles 64 bytes per millisecond. (network_fault_test.cpp has the same faults with four clients in one
+// process, Paho finding F7.)
+TEST_CASE("network faults, one client per process: cuts at random bytes, stalls and slow links lose nothing",
+          "[network][matrix]") {
+    run_matrix(fault::network);
 }
