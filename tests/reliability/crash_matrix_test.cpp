@@ -14,13 +14,13 @@
 //
 // Why re-handling is bounded, per role (see docs/reliability.md for the full argument):
 //  - subscriber kill: a lane handles one message at a time and removes it from the inbox (one commit)
-//    before the next; redeliveries of committed messages are recognised by packet id and digest. So a
+//    before the next; a QoS 2 redelivery of a committed message is stopped by Paho's own inbound record. So a
 //    kill can only repeat the message whose handler ran but whose removal was not committed: <= 1 per
 //    kill per lane (one lane here).
-//  - publisher kill: only outbox records are ever sent again. Records whose flow Paho had persisted are
-//    resumed under the same packet id (no duplicate); the rest are re-published, and those the broker had
-//    already accepted (PUBCOMP received but the removal not yet committed, or PUBLISH delivered but not
-//    yet persisted by Paho) arrive twice. So a kill adds <= the outbox size at restart, which the
+//  - publisher kill: only outbox records are ever sent again (Paho also resends the flows it had
+//    persisted, and the outbox sends them once more: finding F10), and those the broker had already
+//    accepted (PUBCOMP received but the removal not yet committed, or PUBLISH delivered but not yet
+//    persisted by Paho) arrive twice. So a kill adds <= the outbox size at restart, which the
 //    restarted agent records ("boot <outbox> ..."); with batches of B awaited before the next, that is
 //    <= 2B (one batch in flight plus the removals of the previous one still queued).
 //  - server kill: the invoke being handled runs again (<= 1 per kill); repeated invokes (a caller's
