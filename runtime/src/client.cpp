@@ -926,16 +926,7 @@ void client::impl::refuse(std::uint64_t seq, int reason_code) {
         // A refused invoke: the call will never get a result. Tell an awaiting caller now.
         if (auto id = wire::decode_message_id(msg->payload, msg->props)) {
             ops.push_back({table::calls, *id, std::nullopt});
-            std::shared_ptr<std::promise<command_result>> p;
-            {
-                std::lock_guard<std::mutex> lk(mu_);
-                auto it = awaiting_.find(*id);
-                if (it != awaiting_.end()) {
-                    p = it->second;
-                    awaiting_.erase(it);
-                }
-            }
-            if (p) p->set_exception(std::make_exception_ptr(broker_error(why, reason_code)));
+            if (auto p = take_awaiting(*id)) p->set_exception(std::make_exception_ptr(broker_error(why, reason_code)));
         }
     }
     committer_->submit(std::move(ops), [this, dead = bool(msg)](std::exception_ptr) {

@@ -136,6 +136,8 @@ private:
     std::string start_call(const std::string& command, std::string body, const call_options& opts,
                            std::shared_ptr<std::promise<command_result>> awaiting);
     call_handle make_handle(const std::string& command, const std::string& id, wire_format format);
+    /// Removes and returns the promise of a call awaited by call_async, or nullptr. Takes mu_.
+    std::shared_ptr<std::promise<command_result>> take_awaiting(const std::string& id);
     void cancel_call(const std::string& command, const std::string& message_id, wire_format format);
     void timer_loop();
     void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn);

@@ -232,17 +232,8 @@ void client::impl::ensure_results_lane(const std::string& command) {
 
 void client::impl::handle_result(const std::string& command, bool rejected, const message& m, effects& fx) {
     command_result r = wire::decode_result(command, rejected, m.payload, m.props);
-    std::shared_ptr<std::promise<command_result>> awaiting;
     std::vector<result_handler> handlers;
-    {
-        std::lock_guard<std::mutex> lk(mu_);
-        auto it = awaiting_.find(r.message_id);
-        if (it != awaiting_.end()) {
-            awaiting = it->second;
-            awaiting_.erase(it);
-        }
-    }
-    if (awaiting) {
+    if (auto awaiting = take_awaiting(r.message_id)) {
         fx.ops.push_back({table::calls, r.message_id, std::nullopt});
         fx.after_commit.push_back([awaiting, r] { awaiting->set_value(r); });
         return;
@@ -333,6 +324,15 @@ std::string client::impl::start_call(const std::string& command, std::string bod
     return id;
 }
 
+std::shared_ptr<std::promise<command_result>> client::impl::take_awaiting(const std::string& id) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = awaiting_.find(id);
+    if (it == awaiting_.end()) return nullptr;
+    auto p = std::move(it->second);
+    awaiting_.erase(it);
+    return p;
+}
+
 call_handle client::impl::make_handle(const std::string& command, const std::string& id, wire_format format) {
     return call_handle(command, id, [this, alive = alive_, command, id, format] {
         if (!*alive) throw client_closed("cannot cancel: the client is closed");
@@ -369,14 +369,8 @@ pending_call client::impl::call_async(const std::string& command, std::string bo
     const auto f = opts.format;
     if (timeout) {
         schedule(std::chrono::steady_clock::now() + *timeout, [this, command, id, f, t = *timeout] {
-            std::shared_ptr<std::promise<command_result>> p;
-            {
-                std::lock_guard<std::mutex> lk(mu_);
-                auto it = awaiting_.find(id);
-                if (it == awaiting_.end()) return;
-                p = it->second;
-                awaiting_.erase(it);
-            }
+            const auto p = take_awaiting(id);
+            if (!p) return;
             // Forget the call, so a late result is ignored instead of waiting for a handler forever.
             committer_->submit({{table::calls, id, std::nullopt}}, nullptr);
             p->set_exception(std::make_exception_ptr(

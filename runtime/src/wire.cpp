@@ -18,6 +18,10 @@ json parse_object(const std::string& text, const char* what) {
     return j;
 }
 
+// JSON text of a payload; invalid UTF-8 in a string (a handler's error text) becomes U+FFFD instead of
+// throwing, so the outcome still goes out.
+std::string to_text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 // MQTT 5 strings (user properties) must be UTF-8, or the broker drops the connection: replace what is not.
 std::string valid_utf8(const std::string& in) {
     if (is_valid_utf8(in)) return in;
@@ -56,7 +60,7 @@ outgoing encode_invoke(wire_format f, const std::string& message_id, const std::
     if (f == wire_format::json) {
         json j = parse_object(body, "request");
         j["messageId"] = message_id;
-        out.payload = j.dump(-1, ' ', false, json::error_handler_t::replace);
+        out.payload = to_text(j);
         out.props.content_type = content_type_json;
     } else {
         out.payload = body;
@@ -101,7 +105,7 @@ outgoing encode_resolve(wire_format f, const std::string& message_id, const std:
             throw command_error(500, std::string("handler returned an invalid JSON result: ") + e.what());
         }
         j["messageId"] = message_id;
-        out.payload = j.dump(-1, ' ', false, json::error_handler_t::replace);
+        out.payload = to_text(j);
         out.props.content_type = content_type_json;
     } else {
         out.payload = body;
@@ -124,7 +128,7 @@ outgoing encode_reject(wire_format f, const std::string& message_id, int status,
         j["ok"] = false;
         if (!j.contains("status")) j["status"] = status;
         if (!j.contains("message")) j["message"] = message;
-        out.payload = j.dump(-1, ' ', false, json::error_handler_t::replace);
+        out.payload = to_text(j);
         out.props.content_type = content_type_json;
     } else {
         out.payload = body;
@@ -137,7 +141,7 @@ outgoing encode_reject(wire_format f, const std::string& message_id, int status,
 outgoing encode_cancel(wire_format f, const std::string& message_id) {
     outgoing out;
     if (f == wire_format::json) {
-        out.payload = json{{"messageId", message_id}}.dump(-1, ' ', false, json::error_handler_t::replace);
+        out.payload = to_text(json{{"messageId", message_id}});
         out.props.content_type = content_type_json;
     } else {
         out.props = binary_props(message_id);
