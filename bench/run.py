@@ -555,6 +555,10 @@ def render_chart(s, outdir):
     if not gp:
         log("gnuplot not found: no chart")
         return None
+    if not s.get("events") or not s.get("rtt"):
+        # A run with --only that left out events or RTT: gnuplot fails on an empty data file.
+        log("no event or RTT results in this run: no charts")
+        return None
     sizes = sorted({e["size"] for e in s["events"]})
     dat = os.path.join(outdir, "throughput.dat")
     with open(dat, "w") as f:
