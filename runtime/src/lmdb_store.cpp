@@ -16,12 +16,15 @@
 #include <array>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
+#include <map>
 #include <fstream>
 #include <utility>
 #include <cerrno>
 #include <mutex>
 #include <shared_mutex>
 
+#include "journal.h"
 #include "store_util.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/store.h"
@@ -309,6 +312,50 @@ private:
     MDB_dbi dbi_ = 0;
 };
 
+// The journal's batch encoding: per write, table (1 byte), put or delete (1 byte), id (length-prefixed),
+// value (length-prefixed, puts only).
+void append_u32(std::string& out, std::uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); }
+
+std::string encode_batch(const std::vector<write_op>& batch) {
+    std::string out;
+    for (const auto& op : batch) {
+        out.push_back(static_cast<char>(op.tbl));
+        out.push_back(op.value ? 1 : 0);
+        append_u32(out, static_cast<std::uint32_t>(op.id.size()));
+        out += op.id;
+        if (op.value) {
+            append_u32(out, static_cast<std::uint32_t>(op.value->size()));
+            out += *op.value;
+        }
+    }
+    return out;
+}
+
+std::vector<write_op> decode_batch(const std::string& body, const std::string& dir) {
+    std::vector<write_op> out;
+    std::size_t pos = 0;
+    const auto take = [&](std::size_t n) {
+        if (body.size() - pos < n) throw storage_error("lmdb: malformed journal record in '" + dir + "'", EINVAL);
+        const std::size_t at = pos;
+        pos += n;
+        return at;
+    };
+    const auto take_str = [&] {
+        std::uint32_t n;
+        std::memcpy(&n, body.data() + take(4), 4);
+        return body.substr(take(n), n);
+    };
+    while (pos < body.size()) {
+        const auto tbl = static_cast<table>(static_cast<unsigned char>(body[take(1)]));
+        detail::table_index(tbl);
+        const bool put = body[take(1)] != 0;
+        write_op op{tbl, take_str(), std::nullopt};
+        if (put) op.value = take_str();
+        out.push_back(std::move(op));
+    }
+    return out;
+}
+
 class lmdb_store final : public store {
 public:
     lmdb_store(const std::string& dir, const store_options& opts)
@@ -326,13 +373,23 @@ public:
                 const int r = mdb_dbi_open(txn, table_name(static_cast<table>(i)), MDB_CREATE, &dbis_[i]);
                 if (r != 0) return r;
             }
-            return 0;
+            return mdb_dbi_open(txn, "xymqtt_meta", MDB_CREATE, &meta_dbi_);
         });
+        open_journal(dir, opts);
         paho_ = std::make_unique<lmdb_paho_records>(dir + "/paho", opts);
     }
 
     ~lmdb_store() override {
         paho_.reset();
+        if (journal_) {
+            // Leaves an empty journal, so the next open has nothing to replay. A failure here loses
+            // nothing: the records stay in the journal and are replayed on the next open.
+            try {
+                std::lock_guard<std::mutex> serial(commit_mu_);
+                checkpoint();
+            } catch (...) {
+            }
+        }
         env_.close();
     }
 
@@ -346,30 +403,55 @@ public:
                                         "': ids must be 1 to " + std::to_string(max_key_) + " bytes",
                                     MDB_BAD_VALSIZE);
         }
-        env_.write("commit", [&](MDB_txn* txn) {
-            for (const auto& op : batch) {
-                const MDB_dbi dbi = dbis_[static_cast<std::size_t>(op.tbl)];
-                MDB_val k = as_val(op.id);
-                int rc;
-                if (op.value) {
-                    MDB_val v = as_val(*op.value);
-                    rc = mdb_put(txn, dbi, &k, &v, 0);
-                } else if (key_ok(op.id)) {
-                    rc = mdb_del(txn, dbi, &k, nullptr);
-                    if (rc == MDB_NOTFOUND) rc = 0;
-                } else {
-                    rc = 0;  // an id LMDB cannot store cannot be there
-                }
-                if (rc != 0) return rc;
+        std::lock_guard<std::mutex> serial(commit_mu_);
+        if (!journal_) {
+            apply(batch, nullptr);
+            return;
+        }
+        const std::string body = encode_batch(batch);
+        if (!journal_->could_fit(body.size())) {
+            // Larger than the journal: straight to LMDB, after what the journal holds so order is kept.
+            checkpoint();
+            apply(batch, nullptr);
+            return;
+        }
+        if (!journal_->fits(body.size())) checkpoint();
+        // Whether each id exists before its write, for count(): read first, so that nothing can fail
+        // once the record is in the journal. Only this thread changes the overlay (commit_mu_).
+        std::vector<char> existed(batch.size(), 0);
+        env_.read("commit", [&](MDB_txn* txn) {
+            std::map<std::pair<std::size_t, std::string>, bool> in_batch;
+            for (std::size_t i = 0; i < batch.size(); ++i) {
+                const auto& op = batch[i];
+                if (!key_ok(op.id)) continue;
+                const std::size_t t = detail::table_index(op.tbl);
+                const auto b = in_batch.find({t, op.id});
+                const auto o = overlay_[t].find(op.id);
+                existed[i] = b != in_batch.end()     ? b->second
+                             : o != overlay_[t].end() ? o->second.has_value()
+                                                      : lmdb_has(txn, op.tbl, op.id);
+                in_batch[{t, op.id}] = op.value.has_value();
             }
-            return 0;
         });
+        journal_->append(seq_ + 1, body);
+        ++seq_;
+        std::lock_guard<std::mutex> lk(ov_mu_);
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            const auto& op = batch[i];
+            if (!key_ok(op.id)) continue;  // an id LMDB cannot store cannot be there
+            const std::size_t t = detail::table_index(op.tbl);
+            delta_[t] += (op.value ? 1 : 0) - (existed[i] ? 1 : 0);
+            overlay_[t][op.id] = op.value;
+        }
     }
 
     std::optional<std::string> get(table t, const std::string& id) const override {
         const MDB_dbi dbi = dbi_of(t);
         std::optional<std::string> out;
         if (!key_ok(id)) return out;
+        std::lock_guard<std::mutex> lk(ov_mu_);
+        const auto& ov = overlay_[detail::table_index(t)];
+        if (const auto it = ov.find(id); it != ov.end()) return it->second;
         env_.read("get", [&](MDB_txn* txn) {
             MDB_val k = as_val(id), v{};
             const int rc = mdb_get(txn, dbi, &k, &v);
@@ -383,74 +465,108 @@ public:
 
     void for_each(table t, const std::function<bool(const std::string&, const std::string&)>& fn) const override {
         const MDB_dbi dbi = dbi_of(t);
+        const auto& ov = overlay_[detail::table_index(t)];
         // Chunks bound both the time a read transaction stays open and the memory copied.
         constexpr std::size_t chunk_records = 256;
         constexpr std::size_t chunk_bytes = std::size_t(4) << 20;
-        std::vector<std::pair<std::string, std::string>> chunk;
+        std::vector<std::pair<std::string, std::string>> chunk, merged;
         std::optional<std::string> after;
         for (;;) {
             chunk.clear();
+            merged.clear();
             bool more = false;
-            env_.read("for_each", [&](MDB_txn* txn) {
-                MDB_cursor* cur = nullptr;
-                int rc = mdb_cursor_open(txn, dbi, &cur);
-                if (rc != 0) throw_lmdb(env_.dir(), "for_each", rc);
-                MDB_val k{}, v{};
-                if (after) {
-                    k = as_val(*after);
-                    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-                    if (rc == 0 && k.mv_size == after->size() && after->compare(0, after->size(),
-                                                                                static_cast<const char*>(k.mv_data),
-                                                                                k.mv_size) == 0)
-                        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-                } else {
-                    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-                }
-                std::size_t bytes = 0;
-                for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-                    if (chunk.size() >= chunk_records || bytes >= chunk_bytes) {
-                        more = true;
-                        break;
+            {
+                std::lock_guard<std::mutex> lk(ov_mu_);
+                env_.read("for_each", [&](MDB_txn* txn) {
+                    MDB_cursor* cur = nullptr;
+                    int rc = mdb_cursor_open(txn, dbi, &cur);
+                    if (rc != 0) throw_lmdb(env_.dir(), "for_each", rc);
+                    MDB_val k{}, v{};
+                    if (after) {
+                        k = as_val(*after);
+                        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+                        if (rc == 0 && k.mv_size == after->size() &&
+                            after->compare(0, after->size(), static_cast<const char*>(k.mv_data), k.mv_size) == 0)
+                            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+                    } else {
+                        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
                     }
-                    bytes += k.mv_size + v.mv_size;
-                    chunk.emplace_back(as_string(k), as_string(v));
+                    std::size_t bytes = 0;
+                    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+                        if (chunk.size() >= chunk_records || bytes >= chunk_bytes) {
+                            more = true;
+                            break;
+                        }
+                        bytes += k.mv_size + v.mv_size;
+                        chunk.emplace_back(as_string(k), as_string(v));
+                    }
+                    mdb_cursor_close(cur);
+                    if (rc != 0 && rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "for_each", rc);
+                });
+                // The journal's writes not yet in LMDB, over this chunk's id range (all the rest after the
+                // last chunk): they replace LMDB's record of the same id, a delete hides it.
+                auto o = after ? ov.upper_bound(*after) : ov.begin();
+                const auto o_end = more ? ov.upper_bound(chunk.back().first) : ov.end();
+                if (more) after = chunk.back().first;
+                for (auto& kv : chunk) {
+                    for (; o != o_end && o->first < kv.first; ++o)
+                        if (o->second) merged.emplace_back(o->first, *o->second);
+                    if (o != o_end && o->first == kv.first) {
+                        if (o->second) merged.emplace_back(o->first, *o->second);
+                        ++o;
+                    } else {
+                        merged.push_back(std::move(kv));
+                    }
                 }
-                mdb_cursor_close(cur);
-                if (rc != 0 && rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "for_each", rc);
-            });
-            for (const auto& kv : chunk)
+                for (; o != o_end; ++o)
+                    if (o->second) merged.emplace_back(o->first, *o->second);
+            }
+            for (const auto& kv : merged)
                 if (!fn(kv.first, kv.second)) return;
             if (!more) return;
-            after = std::move(chunk.back().first);
         }
     }
 
     std::optional<std::string> last_id(table t) const override {
         const MDB_dbi dbi = dbi_of(t);
+        const auto& ov = overlay_[detail::table_index(t)];
         std::optional<std::string> out;
+        std::lock_guard<std::mutex> lk(ov_mu_);
         env_.read("last_id", [&](MDB_txn* txn) {
             MDB_cursor* cur = nullptr;
             int rc = mdb_cursor_open(txn, dbi, &cur);
             if (rc != 0) throw_lmdb(env_.dir(), "last_id", rc);
             MDB_val k{}, v{};
-            rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-            if (rc == 0) out = as_string(k);
+            // The greatest id the journal has not deleted.
+            for (rc = mdb_cursor_get(cur, &k, &v, MDB_LAST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_PREV)) {
+                const auto it = ov.find(as_string(k));
+                if (it == ov.end() || it->second) {
+                    out = as_string(k);
+                    break;
+                }
+            }
             mdb_cursor_close(cur);
             if (rc != 0 && rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "last_id", rc);
         });
+        for (auto it = ov.rbegin(); it != ov.rend(); ++it)
+            if (it->second) {
+                if (!out || it->first > *out) out = it->first;
+                break;
+            }
         return out;
     }
 
     std::size_t count(table t) const override {
         const MDB_dbi dbi = dbi_of(t);
         std::size_t n = 0;
+        std::lock_guard<std::mutex> lk(ov_mu_);
         env_.read("count", [&](MDB_txn* txn) {
             MDB_stat st{};
             const int rc = mdb_stat(txn, dbi, &st);
             if (rc != 0) throw_lmdb(env_.dir(), "count", rc);
             n = st.ms_entries;
         });
-        return n;
+        return static_cast<std::size_t>(static_cast<std::int64_t>(n) + delta_[detail::table_index(t)]);
     }
 
     paho_records& paho() override { return *paho_; }
@@ -460,12 +576,97 @@ private:
     MDB_dbi dbi_of(table t) const { return dbis_[detail::table_index(t)]; }
     bool key_ok(const std::string& id) const { return !id.empty() && id.size() <= max_key_; }
 
+    bool lmdb_has(MDB_txn* txn, table t, const std::string& id) const {
+        MDB_val k = as_val(id), v{};
+        const int rc = mdb_get(txn, dbi_of(t), &k, &v);
+        if (rc != 0 && rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "get", rc);
+        return rc == 0;
+    }
+
+    // Writes `batch` in one LMDB transaction (synced unless MDB_NOSYNC), and the journal's sequence
+    // number `seq` with it when given.
+    void apply(const std::vector<write_op>& batch, const std::uint64_t* seq) {
+        env_.write("commit", [&](MDB_txn* txn) {
+            for (const auto& op : batch) {
+                const MDB_dbi dbi = dbi_of(op.tbl);
+                MDB_val k = as_val(op.id);
+                int rc;
+                if (op.value) {
+                    MDB_val v = as_val(*op.value);
+                    rc = mdb_put(txn, dbi, &k, &v, 0);
+                } else if (key_ok(op.id)) {
+                    rc = mdb_del(txn, dbi, &k, nullptr);
+                    if (rc == MDB_NOTFOUND) rc = 0;
+                } else {
+                    rc = 0;  // an id LMDB cannot store cannot be there
+                }
+                if (rc != 0) return rc;
+            }
+            if (!seq) return 0;
+            MDB_val k = as_val(journal_key), v{sizeof *seq, const_cast<std::uint64_t*>(seq)};
+            return mdb_put(txn, meta_dbi_, &k, &v, 0);
+        });
+    }
+
+    // Replays what a crash left in the journal (whatever the durability now), then keeps the journal
+    // for durability::fsync.
+    void open_journal(const std::string& dir, const store_options& opts) {
+        const std::string path = dir + "/journal";
+        const bool use = opts.durability == durability::fsync && opts.journal_bytes > 0;
+        if (!use && ::access(path.c_str(), F_OK) != 0) return;
+        env_.read("journal", [&](MDB_txn* txn) {
+            MDB_val k = as_val(journal_key), v{};
+            const int rc = mdb_get(txn, meta_dbi_, &k, &v);
+            if (rc == 0 && v.mv_size == sizeof seq_)
+                std::memcpy(&seq_, v.mv_data, sizeof seq_);
+            else if (rc != 0 && rc != MDB_NOTFOUND)
+                throw_lmdb(dir, "journal", rc);
+        });
+        auto j = std::make_unique<detail::journal>(path, use ? opts.journal_bytes : 0);
+        const auto records = j->recover(seq_);
+        if (!records.empty()) {
+            std::vector<write_op> all;
+            for (const auto& r : records)
+                for (auto& op : decode_batch(r.body, dir)) all.push_back(std::move(op));
+            seq_ = records.back().seq;
+            apply(all, &seq_);
+            if (durability_ == durability::process) env_.sync("journal replay");
+        }
+        if (use) journal_ = std::move(j);
+    }
+
+    // Moves the journal's writes into LMDB in one synced transaction and starts the journal over.
+    // Called with commit_mu_ held. @throw storage_error (nothing is lost: the journal keeps them)
+    void checkpoint() {
+        if (journal_->used() == 0) return;
+        std::lock_guard<std::mutex> lk(ov_mu_);  // readers must not see LMDB and the overlay both apply
+        std::vector<write_op> all;
+        for (std::size_t i = 0; i < detail::table_count; ++i)
+            for (const auto& [id, value] : overlay_[i]) all.push_back(write_op{static_cast<table>(i), id, value});
+        apply(all, &seq_);
+        for (auto& ov : overlay_) ov.clear();
+        delta_.fill(0);
+        journal_->reset();
+    }
+
+    static inline const std::string journal_key = "journal_seq";  // in xymqtt_meta: the last seq in LMDB
+
     detail::dir_lock lock_;  // first member: taken before, released after, the environments
     xymqtt::durability durability_;
     lmdb_env env_;
     std::array<MDB_dbi, detail::table_count> dbis_{};
+    MDB_dbi meta_dbi_ = 0;
     std::size_t max_key_ = 0;  // LMDB's key limit (511 bytes by default)
     std::unique_ptr<lmdb_paho_records> paho_;
+
+    // durability::fsync: commits go to the journal first; the overlay holds their writes (a delete as
+    // nothing) until a checkpoint applies them to LMDB. Readers look at the overlay, then LMDB.
+    std::unique_ptr<detail::journal> journal_;
+    std::uint64_t seq_ = 0;  // the last journal record written (or applied to LMDB)
+    std::mutex commit_mu_;   // serializes commits and checkpoints
+    mutable std::mutex ov_mu_;
+    std::array<std::map<std::string, std::optional<std::string>>, detail::table_count> overlay_;
+    std::array<std::int64_t, detail::table_count> delta_{};  // records added by the overlay, per table
 };
 
 }  // namespace

@@ -26,9 +26,9 @@ std::string value_of(std::uint64_t i) { return "record-" + std::to_string(i) + s
 // reported, while the main thread keeps committing, so the kill lands at an arbitrary point,
 // usually inside a commit.
 [[noreturn]] void commit_until_killed(store_kind kind, const std::string& dir, int fd, std::uint64_t n,
-                                      std::uint64_t kill_after) {
+                                      std::uint64_t kill_after, const store_options& opts = {}) {
     try {
-        auto s = open_store(kind, dir, {durability::fsync});
+        auto s = open_store(kind, dir, opts);
         std::atomic<std::uint64_t> done{0};
         std::thread killer([&] {
             while (done.load() < kill_after) std::this_thread::yield();
@@ -38,8 +38,11 @@ std::string value_of(std::uint64_t i) { return "record-" + std::to_string(i) + s
         for (std::uint64_t i = 0; i < n; ++i) {
             // Paho records too, as the runtime writes them between commits.
             s->paho().put("s-" + std::to_string(i), "x", false);
-            s->commit({write_op{table::incoming, sequence_id(i), value_of(i)},
-                       write_op{table::results, std::to_string(i), "result"}});
+            // The inbox keeps the last two: deletes too must survive the crash and the journal's replay.
+            std::vector<write_op> batch{write_op{table::incoming, sequence_id(i), value_of(i)},
+                                        write_op{table::results, std::to_string(i), "result"}};
+            if (opts.journal_bytes < 16384 && i >= 2) batch.push_back(write_op{table::incoming, sequence_id(i - 2), {}});
+            s->commit(batch);
             if (::write(fd, &i, sizeof i) != static_cast<ssize_t>(sizeof i)) ::_exit(3);
             done = i + 1;
         }
@@ -94,4 +97,49 @@ TEMPLATE_TEST_CASE("commits reported before a SIGKILL survive it", "[store][cras
     s->commit({write_op{table::incoming, sequence_id(n), "after"}});
     CHECK(s->get(table::incoming, sequence_id(n)) == std::optional<std::string>("after"));
     CHECK(s->paho().get("s-0") == std::optional<std::string>("x"));
+}
+
+TEST_CASE("lmdb: commits survive a SIGKILL across journal checkpoints, and replay in any durability",
+          "[store][crash][journal]") {
+    temp_dir tmp;
+    const std::string dir = tmp.store_dir();
+    constexpr std::uint64_t n = 100000;
+    constexpr std::uint64_t kill_after = 1500;
+    store_options opts;
+    opts.journal_bytes = 8192;  // a checkpoint about every 25 commits
+
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::close(fds[0]);
+        commit_until_killed(store_kind::lmdb, dir, fds[1], n, kill_after, opts);
+    }
+    ::close(fds[1]);
+    std::uint64_t last = 0, i = 0, count = 0;
+    while (::read(fds[0], &i, sizeof i) == static_cast<ssize_t>(sizeof i)) last = i, ++count;
+    ::close(fds[0]);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFSIGNALED(status));
+    REQUIRE(count >= kill_after);
+    REQUIRE(count == last + 1);
+
+    // Reopened with process durability: the journal is replayed all the same.
+    store_options reopen;
+    reopen.durability = GENERATE(durability::fsync, durability::process);
+    auto s = open_store(store_kind::lmdb, dir, reopen);
+    for (std::uint64_t r = 0; r <= last; ++r) {
+        INFO("record " << r);
+        REQUIRE(s->get(table::results, std::to_string(r)) == std::optional<std::string>("result"));
+    }
+    // The inbox holds the last two reported, or the last two and the one in progress minus its delete.
+    const auto results = s->count(table::results);
+    CHECK((results == last + 1 || results == last + 2));
+    const std::uint64_t top = results - 1;
+    CHECK(s->count(table::incoming) == 2);
+    CHECK(s->get(table::incoming, sequence_id(top)) == std::optional<std::string>(value_of(top)));
+    CHECK(s->get(table::incoming, sequence_id(top - 1)) == std::optional<std::string>(value_of(top - 1)));
+    CHECK(s->last_id(table::incoming) == std::optional<std::string>(sequence_id(top)));
 }

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <random>
 #include <thread>
 
 #include "store_test_util.h"
@@ -124,6 +126,90 @@ TEST_CASE("lmdb: ids beyond the key limit are refused whole", "[store][lmdb]") {
     CHECK_NOTHROW(s->commit({write_op{table::outgoing, long_id, {}}, put(table::outgoing, "ok", "1")}));
     CHECK(s->count(table::outgoing) == 1);
     CHECK_NOTHROW(s->commit({put(table::outgoing, std::string(511, 'k'), "max")}));
+}
+
+TEST_CASE("lmdb: reads agree with a model while the journal fills, checkpoints and is replayed", "[store][lmdb][journal]") {
+    // Small journal: a checkpoint every few commits, and batches larger than the journal go straight
+    // to LMDB. Large journal: everything stays in the overlay, over more LMDB records than a for_each
+    // chunk holds.
+    const std::size_t journal_bytes = GENERATE(std::size_t(2048), std::size_t(1) << 20);
+    INFO("journal bytes " << journal_bytes);
+    temp_dir tmp;
+    store_options opts;
+    opts.journal_bytes = journal_bytes;
+    std::map<std::string, std::string> model;  // table incoming
+    std::mt19937 rng(42);
+    const auto key = [](unsigned k) { return sequence_id(k); };
+    auto s = open_lmdb_store(tmp.store_dir(), opts);
+    // A base in LMDB (the close checkpoints it), then random writes over it.
+    std::vector<write_op> base;
+    for (unsigned k = 0; k < 1000; k += 2) {
+        base.push_back(put(table::incoming, key(k), "base" + std::to_string(k)));
+        model[key(k)] = "base" + std::to_string(k);
+    }
+    s->commit(base);
+    s.reset();
+    s = open_lmdb_store(tmp.store_dir(), opts);
+
+    const auto check_all = [&] {
+        std::vector<std::pair<std::string, std::string>> seen;
+        s->for_each(table::incoming, [&](const std::string& id, const std::string& v) {
+            seen.emplace_back(id, v);
+            return true;
+        });
+        REQUIRE(seen == std::vector<std::pair<std::string, std::string>>(model.begin(), model.end()));
+        REQUIRE(s->count(table::incoming) == model.size());
+        REQUIRE(s->last_id(table::incoming) ==
+                (model.empty() ? std::nullopt : std::optional<std::string>(model.rbegin()->first)));
+    };
+    for (int step = 0; step < 400; ++step) {
+        std::vector<write_op> batch;
+        const int n = step % 50 == 49 ? 100 : 1 + static_cast<int>(rng() % 3);
+        for (int i = 0; i < n; ++i) {
+            const unsigned k = rng() % 1100;
+            if (rng() % 3 == 0) {
+                batch.push_back(write_op{table::incoming, key(k), std::nullopt});
+                model.erase(key(k));
+            } else {
+                const std::string v = "v" + std::to_string(step) + "-" + std::to_string(i);
+                batch.push_back(put(table::incoming, key(k), v));
+                model[key(k)] = v;
+            }
+        }
+        // The greatest id removed now and then, so last_id must look past deletes.
+        if (step % 40 == 7 && !model.empty()) {
+            batch.push_back(write_op{table::incoming, model.rbegin()->first, std::nullopt});
+            model.erase(std::prev(model.end()));
+        }
+        s->commit(batch);
+        for (const auto& op : batch) {
+            const auto it = model.find(op.id);
+            REQUIRE(s->get(table::incoming, op.id) ==
+                    (it == model.end() ? std::nullopt : std::optional<std::string>(it->second)));
+        }
+        if (step % 25 == 0) check_all();
+        if (step == 200) {
+            s.reset();  // a close checkpoints
+            s = open_lmdb_store(tmp.store_dir(), opts);
+            check_all();
+        }
+    }
+    check_all();
+    CHECK(s->count(table::results) == 0);
+}
+
+TEST_CASE("lmdb: a journal already applied is never replayed", "[store][lmdb][journal]") {
+    temp_dir tmp;
+    // An fsync session writes through the journal; its close applies it to LMDB, the records stay in the file.
+    open_lmdb_store(tmp.store_dir())->commit({put(table::outgoing, "a", "from the journal")});
+    // A process session (no journal) deletes the record straight in LMDB.
+    store_options process;
+    process.durability = durability::process;
+    open_lmdb_store(tmp.store_dir(), process)->commit({write_op{table::outgoing, "a", std::nullopt}});
+    // The next fsync session must not bring it back from the journal's old record.
+    auto s = open_lmdb_store(tmp.store_dir());
+    CHECK(s->get(table::outgoing, "a") == std::nullopt);
+    CHECK(s->count(table::outgoing) == 0);
 }
 
 TEST_CASE("corrupted paho records are recreated empty", "[store]") {

@@ -120,6 +120,11 @@ struct store_options {
     /// LMDB: initial map size; the map grows (doubling) when full, up to max_map_bytes.
     std::size_t map_bytes = std::size_t(256) << 20;
     std::size_t max_map_bytes = std::size_t(64) << 30;
+    /// LMDB with durability::fsync: size of the write-ahead journal (file `journal` in the store's
+    /// directory). Each commit is appended there with one fdatasync, and applied to LMDB in one synced
+    /// transaction when the journal is full, on close, and on the next open after a crash. 0 commits
+    /// every batch straight to LMDB (two synced writes each: data pages, then the meta page).
+    std::size_t journal_bytes = std::size_t(1) << 20;
 };
 
 /// Opens (creating if needed) the LMDB store in directory `dir`. The embedded default.

@@ -1,0 +1,160 @@
+#include "journal.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "xymqtt/exception.h"
+
+namespace xymqtt::detail {
+namespace {
+
+constexpr std::uint32_t magic = 0x314a5958;  // "XYJ1"
+
+[[noreturn]] void fail(const std::string& path, const char* what, int err) {
+    const std::string msg = "journal: " + std::string(what) + " '" + path + "': " + std::strerror(err);
+    if (err == ENOSPC || err == EDQUOT) throw storage_full(msg, err);
+    throw storage_error(msg, err);
+}
+
+void put32(char* p, std::uint32_t v) { std::memcpy(p, &v, 4); }
+void put64(char* p, std::uint64_t v) { std::memcpy(p, &v, 8); }
+std::uint32_t get32(const char* p) {
+    std::uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+std::uint64_t get64(const char* p) {
+    std::uint64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+}
+
+// CRC over the header's length and sequence fields, then the body.
+std::uint32_t record_crc(const char* header, const char* body, std::size_t n) {
+    return crc32(crc32(0, header + 4, 12), body, n);
+}
+
+bool write_all(int fd, const char* p, std::size_t n, off_t off) {
+    while (n > 0) {
+        const ssize_t w = ::pwrite(fd, p, n, off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return false;
+        p += w;
+        n -= static_cast<std::size_t>(w);
+        off += w;
+    }
+    return true;
+}
+
+}  // namespace
+
+std::uint32_t crc32(std::uint32_t crc, const void* data, std::size_t n) {
+    static const auto table = [] {
+        std::array<std::uint32_t, 256> t{};
+        for (std::uint32_t i = 0; i < 256; ++i) {
+            std::uint32_t c = i;
+            for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            t[i] = c;
+        }
+        return t;
+    }();
+    const auto* p = static_cast<const unsigned char*>(data);
+    crc = ~crc;
+    for (std::size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+journal::journal(std::string path, std::size_t capacity) : path_(std::move(path)), capacity_(capacity) {
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd_ < 0) fail(path_, "open", errno);
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) {
+        const int err = errno;
+        ::close(fd_);
+        fail(path_, "stat", err);
+    }
+    // A journal written with a larger capacity is read in full (its records may reach that far).
+    capacity_ = std::max(capacity_, static_cast<std::size_t>(st.st_size));
+    if (static_cast<std::size_t>(st.st_size) < capacity_) {
+        // Written once, in full: an append then overwrites allocated, initialized blocks, so its
+        // fdatasync has no file-system metadata to commit (fallocate would leave unwritten extents).
+        const std::vector<char> zeros(std::size_t(64) << 10, 0);
+        for (std::size_t off = static_cast<std::size_t>(st.st_size); off < capacity_; off += zeros.size()) {
+            const std::size_t n = std::min(zeros.size(), capacity_ - off);
+            if (!write_all(fd_, zeros.data(), n, static_cast<off_t>(off))) {
+                const int err = errno ? errno : EIO;
+                ::close(fd_);
+                fail(path_, "create", err);
+            }
+        }
+        const auto slash = path_.rfind('/');
+        const std::string dir = slash == std::string::npos ? "." : path_.substr(0, slash);
+        const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        const bool synced = ::fdatasync(fd_) == 0 && dfd >= 0 && ::fsync(dfd) == 0;
+        const int err = errno;
+        if (dfd >= 0) ::close(dfd);
+        if (!synced) {
+            ::close(fd_);
+            fail(path_, "sync", err);
+        }
+    }
+}
+
+journal::~journal() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+std::vector<journal::record> journal::recover(std::uint64_t after) const {
+    std::vector<char> buf(capacity_);
+    std::size_t got = 0;
+    while (got < capacity_) {
+        const ssize_t r = ::pread(fd_, buf.data() + got, capacity_ - got, static_cast<off_t>(got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) fail(path_, "read", errno);
+        if (r == 0) break;
+        got += static_cast<std::size_t>(r);
+    }
+    // The run of records from offset 0 whose sequence numbers follow each other; those after `after`.
+    std::vector<record> out;
+    std::uint64_t prev = 0;
+    for (std::size_t off = 0; off + header_bytes <= got;) {
+        const char* h = buf.data() + off;
+        const std::size_t len = get32(h + 4);
+        const std::uint64_t seq = get64(h + 8);
+        if (get32(h) != magic || len > got - off - header_bytes || (off > 0 && seq != prev + 1)) break;
+        const char* body = h + header_bytes;
+        if (record_crc(h, body, len) != get32(h + 16)) break;
+        if (seq > after) out.push_back(record{seq, std::string(body, len)});
+        prev = seq;
+        off += header_bytes + len;
+    }
+    return out;
+}
+
+void journal::append(std::uint64_t seq, const std::string& body) {
+    std::string rec(header_bytes + body.size(), '\0');
+    char* h = rec.data();
+    put32(h, magic);
+    put32(h + 4, static_cast<std::uint32_t>(body.size()));
+    put64(h + 8, seq);
+    std::memcpy(h + header_bytes, body.data(), body.size());
+    put32(h + 16, record_crc(h, h + header_bytes, body.size()));
+    if (!write_all(fd_, rec.data(), rec.size(), static_cast<off_t>(offset_)) || ::fdatasync(fd_) != 0) {
+        const int err = errno ? errno : EIO;
+        // Best effort: a record that may have reached the disk must not be replayed after a failed
+        // commit. Its header is cleared; the next append overwrites it anyway.
+        const char zeros[header_bytes] = {};
+        write_all(fd_, zeros, header_bytes, static_cast<off_t>(offset_));
+        fail(path_, "append to", err);
+    }
+    offset_ += rec.size();
+}
+
+}  // namespace xymqtt::detail
