@@ -453,7 +453,8 @@ def summarize(res):
     disk = res.get("disk", [])
     if disk:
         s["disk"] = {k: med([d[k] for d in disk]) for k in
-                     ("fdatasync_per_s", "lmdb_fsync_commits_per_s", "sqlite_fsync_commits_per_s", "lmdb_process_commits_per_s")}
+                     ("fdatasync_per_s", "lmdb_fsync_commits_per_s", "lmdb_journal_commits_per_s", "sqlite_fsync_commits_per_s",
+                      "lmdb_process_commits_per_s") if all(k in d for d in disk)}
     ev = {}
     for r in res.get("events", []):
         ev.setdefault((r["config"], r["size"]), []).append(r)
@@ -509,12 +510,18 @@ def targets(s):
     bound = s.get("disk", {}).get("lmdb_fsync_commits_per_s")
 
     def add(name, value, target, ok, how):
-        out.append({"target": name, "value": value, "goal": target, "met": bool(ok), "how": how})
+        out.append({"target": name, "value": value, "goal": target, "met": None if ok is None else bool(ok), "how": how})
 
     f = ev_value(s, "xy_lmdb_fsync", 100)
     if f and bound:
         add("fsync events >= 0.9x disk bound", "%.0f msg/s = %.2fx of %.0f" % (f["median"], f["median"] / bound, bound),
-            ">= 0.9x", f["median"] >= 0.9 * bound, "median e2e vs LMDB single-put synced commits/s, same run")
+            ">= 0.9x", f["median"] >= 0.9 * bound,
+            "median e2e vs LMDB single-put synced commits/s (default flags, two syncs), same run")
+        jb = s.get("disk", {}).get("lmdb_journal_commits_per_s")
+        if jb:
+            add("fsync events vs the store's own single-put rate (journal, one fdatasync)",
+                "%.0f msg/s = %.2fx of %.0f" % (f["median"], f["median"] / jb, jb), "-", None,
+                "not a target of the issue: shows what is left once the commit itself costs one fdatasync")
         add("fsync events >= 5x seed (780 msg/s)", "%.0f msg/s = %.1fx" % (f["median"], f["median"] / SEED_MSGS_PER_S),
             ">= 3900 msg/s", f["median"] >= 5 * SEED_MSGS_PER_S, "seed figure from NOTES")
         if s.get("seed_e2e"):
@@ -658,7 +665,7 @@ def render_md(res, s, charts, path, findings_path):
     L.append("| target | measured | goal | met |")
     L.append("|---|---|---|---|")
     for t in res["targets"]:
-        L.append("| %s | %s | %s | %s |" % (t["target"], t["value"], t["goal"], "yes" if t["met"] else "**no**"))
+        L.append("| %s | %s | %s | %s |" % (t["target"], t["value"], t["goal"], "-" if t["met"] is None else "yes" if t["met"] else "**no**"))
     L.append("")
     if "disk" in s:
         d = s["disk"]
@@ -669,7 +676,9 @@ def render_md(res, s, charts, path, findings_path):
         L.append("| what | per second |")
         L.append("|---|---|")
         L.append("| `fdatasync` of a 150-byte overwrite (preallocated file) | %s |" % fmt(d["fdatasync_per_s"]))
-        L.append("| LMDB store, durability fsync (`open_lmdb_store`, default flags: two syncs per commit) | %s |" % fmt(d["lmdb_fsync_commits_per_s"]))
+        L.append("| **the bound**: LMDB, default flags (two syncs per commit: data pages, then meta page); the store with `journal_bytes = 0` | %s |" % fmt(d["lmdb_fsync_commits_per_s"]))
+        if "lmdb_journal_commits_per_s" in d:
+            L.append("| LMDB store as shipped, durability fsync (write-ahead journal: one `fdatasync` per commit) | %s |" % fmt(d["lmdb_journal_commits_per_s"]))
         L.append("| SQLite store, durability fsync (WAL, `synchronous=EXTRA`) | %s |" % fmt(d["sqlite_fsync_commits_per_s"]))
         L.append("| LMDB store, durability process (`MDB_NOSYNC`) | %s |" % fmt(d["lmdb_process_commits_per_s"]))
         L.append("")
@@ -906,7 +915,7 @@ def main():
         render_md(res, s, charts, md, os.path.join(ROOT, "bench", "findings.md"))
         log("wrote " + md)
     for t in res["targets"]:
-        log("%-45s %-40s %s" % (t["target"], t["value"], "met" if t["met"] else "MISSED"))
+        log("%-45s %-40s %s" % (t["target"], t["value"], "-" if t["met"] is None else "met" if t["met"] else "MISSED"))
     if res["broker_errors"]:
         log("broker errors: %s" % res["broker_errors"])
     shutil.rmtree(OUT_TMP, ignore_errors=True)

@@ -1,6 +1,11 @@
 // The LMDB store: one environment with a named database per table, and a second, unsynced
 // environment in `dir/paho` for Paho's own records.
 //
+// durability::fsync: commits go to a write-ahead journal (journal.h, one fdatasync each) and to an
+// in-memory overlay; a checkpoint applies the overlay to LMDB in one synced transaction, together with
+// the journal's last sequence number (table xymqtt_meta), and starts the journal over. Opening replays
+// the journal's records after that number, whatever the durability asked for now.
+//
 // Concurrency: writers are serialized by a mutex; every transaction (read or write) holds a shared
 // lock on `map_mutex_`, which growing the map takes exclusively, because mdb_env_set_mapsize remaps
 // the file and must not run while any transaction of this process is open. Reads are short
