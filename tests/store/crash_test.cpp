@@ -52,21 +52,17 @@ std::string value_of(std::uint64_t i) { return "record-" + std::to_string(i) + s
     }
 }
 
-}  // namespace
-
-TEMPLATE_TEST_CASE("commits reported before a SIGKILL survive it", "[store][crash]", lmdb_kind, sqlite_kind) {
-    temp_dir tmp;
-    const std::string dir = tmp.store_dir();
-    constexpr std::uint64_t n = 100000;
-    constexpr std::uint64_t kill_after = 250;
-
+// Forks a child that runs `child(fd)` (it never returns) and reports commit numbers through `fd`;
+// returns what it reported, after checking that SIGKILL ended it and that the reports are 0, 1, 2...
+template <class Child>
+std::vector<std::uint64_t> reports_until_killed(Child&& child) {
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
         ::close(fds[0]);
-        commit_until_killed(TestType::kind, dir, fds[1], n, kill_after);
+        child(fds[1]);
     }
     ::close(fds[1]);
     std::vector<std::uint64_t> reported;
@@ -77,8 +73,21 @@ TEMPLATE_TEST_CASE("commits reported before a SIGKILL survive it", "[store][cras
     REQUIRE(::waitpid(pid, &status, 0) == pid);
     REQUIRE(WIFSIGNALED(status));
     CHECK(WTERMSIG(status) == SIGKILL);
-    REQUIRE(reported.size() >= kill_after);
     for (std::size_t k = 0; k < reported.size(); ++k) REQUIRE(reported[k] == k);
+    return reported;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("commits reported before a SIGKILL survive it", "[store][crash]", lmdb_kind, sqlite_kind) {
+    temp_dir tmp;
+    const std::string dir = tmp.store_dir();
+    constexpr std::uint64_t n = 100000;
+    constexpr std::uint64_t kill_after = 250;
+
+    const auto reported =
+        reports_until_killed([&](int fd) { commit_until_killed(TestType::kind, dir, fd, n, kill_after); });
+    REQUIRE(reported.size() >= kill_after);
 
     // The lock died with the child; the store opens and holds every reported commit, whole. The
     // commit in progress at the kill may be there or not, but never in part.
@@ -108,23 +117,10 @@ TEST_CASE("lmdb: commits survive a SIGKILL across journal checkpoints, and repla
     store_options opts;
     opts.journal_bytes = 8192;  // a checkpoint about every 25 commits
 
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::close(fds[0]);
-        commit_until_killed(store_kind::lmdb, dir, fds[1], n, kill_after, opts);
-    }
-    ::close(fds[1]);
-    std::uint64_t last = 0, i = 0, count = 0;
-    while (::read(fds[0], &i, sizeof i) == static_cast<ssize_t>(sizeof i)) last = i, ++count;
-    ::close(fds[0]);
-    int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
-    REQUIRE(WIFSIGNALED(status));
-    REQUIRE(count >= kill_after);
-    REQUIRE(count == last + 1);
+    const auto reported =
+        reports_until_killed([&](int fd) { commit_until_killed(store_kind::lmdb, dir, fd, n, kill_after, opts); });
+    REQUIRE(reported.size() >= kill_after);
+    const std::uint64_t last = reported.back();
 
     // Reopened with process durability: the journal is replayed all the same.
     store_options reopen;
