@@ -110,6 +110,8 @@ private:
     void submit_publish(stored_publish pub, std::shared_ptr<std::promise<void>> prom);
     void commit_publishes(std::vector<write_op> ops, std::vector<stored_publish> pubs);
     void on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg);
+    /// mu_ held. @return whether the sender thread should run now.
+    bool sender_has_work() const;
     void sender_loop();
     void on_delivered(std::uint64_t seq, int reason_code);
     void on_send_failed(std::uint64_t seq, int rc, int reason_code);
@@ -118,7 +120,7 @@ private:
 
     // -- inbox
     void on_arrived(mqtt::const_message_ptr msg);
-    void commit_until_stored(const std::vector<write_op>& ops, bool urgent = true);
+    void commit_until_stored(const std::vector<write_op>& ops, detail::urgency u = detail::urgency::now);
     void lane_loop(lane* l);
     void process(lane* l, const std::string& id, stored_message rec,
                  std::vector<std::pair<subscription_id, lane_handler>> handlers);

@@ -1,5 +1,6 @@
 #include "committer.h"
 
+#include <algorithm>
 #include <future>
 
 #include "xymqtt/exception.h"
@@ -10,23 +11,28 @@ committer::committer(store& s) : store_(s), thread_([this] { run(); }) {}
 
 committer::~committer() { stop(); }
 
-void committer::submit(std::vector<write_op> ops, done_fn done, bool urgent) {
+void committer::submit(std::vector<write_op> ops, done_fn done, urgency u) {
     {
         std::unique_lock<std::mutex> lk(mu_);
         if (std::this_thread::get_id() != thread_.get_id())
             room_cv_.wait(lk, [&] { return stopping_ || queue_.size() < max_queued; });
         if (!stopping_) {
-            queue_.push_back(job{std::move(ops), std::move(done), urgent});
-            if (urgent) ++urgent_queued_;
-            // A lingering write need not wake a writer that lingers already: it wakes when the linger ends.
-            if (urgent || idle_) cv_.notify_one();
+            if (u == urgency::now)
+                ++urgent_queued_;
+            else if (u == urgency::linger)
+                ++lingering_queued_;
+            else if (background_queued_++ == 0)
+                oldest_background_ = std::chrono::steady_clock::now();
+            queue_.push_back(job{std::move(ops), std::move(done)});
+            // Other writes need not wake a writer that waits for a deadline already: it looks again then.
+            if (u == urgency::now || idle_) cv_.notify_one();
             return;
         }
     }
     if (done) done(std::make_exception_ptr(client_closed("store writer is stopped")));
 }
 
-void committer::commit(std::vector<write_op> ops, bool urgent) {
+void committer::commit(std::vector<write_op> ops, urgency u) {
     std::promise<void> p;
     auto f = p.get_future();
     submit(std::move(ops), [&p](std::exception_ptr e) {
@@ -34,7 +40,7 @@ void committer::commit(std::vector<write_op> ops, bool urgent) {
             p.set_exception(e);
         else
             p.set_value();
-    }, urgent);
+    }, u);
     f.get();
 }
 
@@ -81,12 +87,15 @@ void committer::run() {
     std::vector<write_op> all;
     std::unique_lock<std::mutex> lk(mu_);
     while (true) {
-        const auto until = last_urgent_ + linger;
-        const bool flowing = std::chrono::steady_clock::now() < until;  // urgent writes came lately
-        if (!queue_.empty() && (urgent_queued_ > 0 || stopping_ || !flowing)) {
-            if (urgent_queued_ > 0) last_urgent_ = std::chrono::steady_clock::now();
+        const auto now = std::chrono::steady_clock::now();
+        const auto linger_until = last_urgent_ + linger;
+        const bool flowing = now < linger_until;  // urgent writes came lately
+        const auto background_until = oldest_background_ + linger;
+        if (!queue_.empty() && (urgent_queued_ > 0 || stopping_ || (lingering_queued_ > 0 && !flowing) ||
+                                (background_queued_ > 0 && now >= background_until))) {
+            if (urgent_queued_ > 0) last_urgent_ = now;
             jobs.swap(queue_);
-            urgent_queued_ = 0;
+            urgent_queued_ = lingering_queued_ = background_queued_ = 0;
             room_cv_.notify_all();
             lk.unlock();
             commit_jobs(jobs, all);
@@ -94,9 +103,11 @@ void committer::run() {
             continue;
         }
         if (stopping_ && queue_.empty()) return;
-        if (flowing) {
-            // Lingering writes wait for the next urgent one to carry them; a submit of one does not wake
-            // this thread (that was a wake-up per message), so look again when the linger ends.
+        if (!queue_.empty()) {
+            // Lingering and background writes wait for an urgent one to carry them; a submit of one does not
+            // wake this thread (that was a wake-up per message), so look again when the first deadline passes.
+            auto until = background_queued_ > 0 ? background_until : linger_until;
+            if (lingering_queued_ > 0) until = std::min(until, linger_until);
             cv_.wait_until(lk, until);
         } else {
             idle_ = true;

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <mutex>
@@ -13,6 +14,17 @@
 #include "xymqtt/store.h"
 
 namespace xymqtt::detail {
+
+/// How soon a batch must be committed.
+enum class urgency : std::uint8_t {
+    now,      ///< Starts a commit at once (with whatever else is queued).
+    /// While `now` batches keep coming, joins the next one (waiting at most `linger`); otherwise commits at
+    /// once. For writes whose only cost of delay is latency, with a caller waiting for them.
+    linger,
+    /// Joins the next commit, or commits `linger` after it was queued. For writes nobody waits for (a lost
+    /// one only costs a duplicate after a crash): the writer wakes once per `linger`, not once per write.
+    background,
+};
 
 class committer {
 public:
@@ -26,12 +38,9 @@ public:
 
     /// Queues `ops`; `done` runs on the writer thread after the commit. Batches commit in FIFO order.
     /// Blocks while `max_queued` batches wait, so a fast producer cannot pile up memory.
-    /// `urgent` false: while urgent batches keep coming, the batch does not start a commit of its own but
-    /// joins the next urgent one (waiting at most `linger`); otherwise it commits at once. For writes whose
-    /// only cost of delay is latency.
-    void submit(std::vector<write_op> ops, done_fn done, bool urgent = true);
+    void submit(std::vector<write_op> ops, done_fn done, urgency u = urgency::now);
     /// Queues `ops` and waits until they are durable. @throw what the store threw.
-    void commit(std::vector<write_op> ops, bool urgent = true);
+    void commit(std::vector<write_op> ops, urgency u = urgency::now);
     /// Commits what is queued, then stops the writer thread. Later submissions fail with client_closed.
     void stop();
 
@@ -39,10 +48,10 @@ private:
     struct job {
         std::vector<write_op> ops;
         done_fn done;
-        bool urgent;
     };
     static constexpr std::chrono::microseconds linger{2000};
-    std::size_t urgent_queued_ = 0;
+    std::size_t urgent_queued_ = 0, lingering_queued_ = 0, background_queued_ = 0;
+    std::chrono::steady_clock::time_point oldest_background_{};  // when the first queued background batch came
     // When urgent writes flow (arrivals), lingering writes wait for the next one; when they do not
     // (a backlog being worked off), waiting would only add latency.
     std::chrono::steady_clock::time_point last_urgent_{};

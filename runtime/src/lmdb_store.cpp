@@ -1,5 +1,5 @@
-// The LMDB store: one environment with a named database per table, and a second, unsynced
-// environment in `dir/paho` for Paho's own records.
+// The LMDB store: one environment with a named database per table; Paho's own records are kept apart
+// in `dir/paho` (paho_records_file.h).
 //
 // durability::fsync: commits go to a write-ahead journal (journal.h, one fdatasync each) and to an
 // in-memory overlay; a checkpoint applies the overlay to LMDB in one synced transaction, together with
@@ -30,6 +30,7 @@
 #include <shared_mutex>
 
 #include "journal.h"
+#include "paho_records_file.h"
 #include "store_util.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/store.h"
@@ -87,11 +88,6 @@ public:
         // Clear reader slots left by a process that died holding a read transaction.
         int dead = 0;
         mdb_reader_check(env_, &dead);
-        if ((flags & MDB_WRITEMAP) && (rc = reserve_map()) != 0) {
-            close();
-            return rc;
-        }
-        writemap_ = flags & MDB_WRITEMAP;
         find_map();
         return 0;
     }
@@ -164,10 +160,10 @@ private:
     // Transactions fault the data file's pages into this process's mapping, where they stay: draining a
     // backlog of a million publishes kept ~170 MiB of the file resident. Dropping the mapping of pages
     // we are done with loses nothing (they stay in the page cache, and LMDB's map is shared and
-    // read-only, as MDB_WRITEMAP is not used for the tables); the next access faults them back in.
+    // read-only, as MDB_WRITEMAP is not used); the next access faults them back in.
     // Called with map_mutex_ held (shared), so the map is not moved meanwhile.
     void trim() const {
-        if (writemap_ || map_.second <= map_.first) return;
+        if (map_.second <= map_.first) return;
         MDB_envinfo info{};
         MDB_stat st{};
         if (mdb_env_info(env_, &info) != 0 || mdb_env_stat(env_, &st) != 0) return;
@@ -200,122 +196,22 @@ private:
         if (cur >= max_map_bytes_) throw_lmdb(dir_, what, MDB_MAP_FULL);
         const std::size_t next = cur > max_map_bytes_ / 2 ? max_map_bytes_ : cur * 2;
         int rc = mdb_env_set_mapsize(env_, next);
-        if (rc == 0 && writemap_) rc = reserve_map();
         if (rc != 0) throw_lmdb(dir_, "grow map", rc);
         find_map();
-    }
-
-    // With MDB_WRITEMAP, LMDB writes through a shared mapping of a sparse file: on a full disk the
-    // first write to an unbacked page kills the process with SIGBUS. Reserving the blocks up front
-    // turns that into ENOSPC here, a storage_full the caller can handle.
-    int reserve_map() {
-        MDB_envinfo info{};
-        mdb_env_info(env_, &info);
-        int fd = -1;
-        int rc = mdb_env_get_fd(env_, &fd);
-        if (rc != 0) return rc;
-        return ::posix_fallocate(fd, 0, static_cast<off_t>(info.me_mapsize));
     }
 
     MDB_env* env_ = nullptr;
     std::string dir_;
     std::size_t max_map_bytes_;
     std::size_t map_bytes_;
-    bool writemap_ = false;
     mutable std::atomic<unsigned> uses_{0};  // transactions, for trim()
     std::pair<unsigned long long, unsigned long long> map_{0, 0};  // address range of the map
     std::mutex write_mutex_;
     mutable std::shared_mutex map_mutex_;
 };
 
-bool is_corruption(int rc) { return rc == MDB_CORRUPTED || rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH; }
-
-// Paho's records: the unnamed database of an MDB_NOSYNC environment in dir/paho.
-class lmdb_paho_records final : public paho_records {
-public:
-    // A small map to begin with: its blocks are reserved on disk (see reserve_map), and Paho's records
-    // are only what is in flight.
-    lmdb_paho_records(const std::string& dir, const store_options& opts)
-        : env_(dir, std::min(opts.map_bytes, std::size_t(256) << 10), opts.max_map_bytes) {
-        detail::make_private_dir(dir);
-        int rc = open();
-        if (is_corruption(rc)) {
-            // Only duplicates are lost: the tables are the source of truth. Start afresh.
-            env_.close();
-            ::unlink((dir + "/data.mdb").c_str());
-            ::unlink((dir + "/lock.mdb").c_str());
-            rc = open();
-        }
-        if (rc != 0) throw_lmdb(dir, "open paho records", rc);
-    }
-
-    void put(const std::string& key, const std::string& value, bool sync) override {
-        env_.write("paho put", [&](MDB_txn* txn) {
-            MDB_val k = as_val(key), v = as_val(value);
-            return mdb_put(txn, dbi_, &k, &v, 0);
-        });
-        if (sync) env_.sync("paho sync");
-    }
-
-    std::optional<std::string> get(const std::string& key) const override {
-        std::optional<std::string> out;
-        env_.read("paho get", [&](MDB_txn* txn) {
-            MDB_val k = as_val(key), v{};
-            const int rc = mdb_get(txn, dbi_, &k, &v);
-            if (rc == 0)
-                out = as_string(v);
-            else if (rc != MDB_NOTFOUND)
-                throw_lmdb(env_.dir(), "paho get", rc);
-        });
-        return out;
-    }
-
-    void remove(const std::string& key) override {
-        env_.write("paho remove", [&](MDB_txn* txn) {
-            MDB_val k = as_val(key);
-            const int rc = mdb_del(txn, dbi_, &k, nullptr);
-            return rc == MDB_NOTFOUND ? 0 : rc;
-        });
-    }
-
-    std::vector<std::string> keys() const override {
-        std::vector<std::string> out;
-        env_.read("paho keys", [&](MDB_txn* txn) {
-            MDB_cursor* cur = nullptr;
-            int rc = mdb_cursor_open(txn, dbi_, &cur);
-            if (rc != 0) throw_lmdb(env_.dir(), "paho keys", rc);
-            MDB_val k{}, v{};
-            for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-                out.push_back(as_string(k));
-            mdb_cursor_close(cur);
-            if (rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "paho keys", rc);
-        });
-        return out;
-    }
-
-    void clear() override {
-        env_.write("paho clear", [&](MDB_txn* txn) { return mdb_drop(txn, dbi_, 0); });
-    }
-
-private:
-    int open() {
-        // Unsynced and written through the map: Paho writes these records several times per packet on its
-        // network threads, so they must cost memory writes, not system calls.
-        int rc = env_.try_open(MDB_NOSYNC | MDB_WRITEMAP, 1);
-        if (rc != 0) return rc;
-        MDB_txn* txn = nullptr;
-        rc = mdb_txn_begin(env_.handle(), nullptr, 0, &txn);
-        if (rc == 0) rc = mdb_dbi_open(txn, nullptr, 0, &dbi_);
-        if (rc == 0)
-            rc = mdb_txn_commit(txn);
-        else if (txn)
-            mdb_txn_abort(txn);
-        return rc;
-    }
-
-    lmdb_env env_;
-    MDB_dbi dbi_ = 0;
-};
+// Paho's records are no LMDB environment: a map logged to a file is far cheaper for what Paho writes
+// several times per packet (paho_records_file.h). The store below keeps this name for them.
 
 // The journal's batch encoding: per write, table (1 byte), put or delete (1 byte), id (length-prefixed),
 // value (length-prefixed, puts only).
@@ -381,7 +277,7 @@ public:
             return mdb_dbi_open(txn, "xymqtt_meta", MDB_CREATE, &meta_dbi_);
         });
         open_journal(dir, opts);
-        paho_ = std::make_unique<lmdb_paho_records>(dir + "/paho", opts);
+        paho_ = std::make_unique<detail::paho_records_file>(dir + "/paho", opts);
     }
 
     ~lmdb_store() override {
@@ -662,7 +558,7 @@ private:
     std::array<MDB_dbi, detail::table_count> dbis_{};
     MDB_dbi meta_dbi_ = 0;
     std::size_t max_key_ = 0;  // LMDB's key limit (511 bytes by default)
-    std::unique_ptr<lmdb_paho_records> paho_;
+    std::unique_ptr<detail::paho_records_file> paho_;
 
     // durability::fsync: commits go to the journal first; the overlay holds their writes (a delete as
     // nothing) until a checkpoint applies them to LMDB. Readers look at the overlay, then LMDB.

@@ -24,6 +24,7 @@
 // The journals of all incarnations of a role are one file; a restarted pub or call reads it to go on
 // where its predecessor stopped (it never re-sends anything itself: the runtime's outbox does).
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -195,6 +196,8 @@ int run_sub(std::map<std::string, std::string>& a, journal& j) {
     c.subscribe(a["filter"], [&](const xymqtt::message& m) { j.line("h " + m.payload); });
     c.connect();
     say("ready");
+    // SIGTERM (the checker's final stop) closes the client, which stores the removals still waiting.
+    ::signal(SIGTERM, [](int) {});
     pause();
     return 0;
 }

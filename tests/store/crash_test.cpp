@@ -15,6 +15,7 @@
 
 using namespace xymqtt;
 using store_test::lmdb_kind;
+using store_test::reports_until_killed;
 using store_test::sqlite_kind;
 using store_test::temp_dir;
 
@@ -50,31 +51,6 @@ std::string value_of(std::uint64_t i) { return "record-" + std::to_string(i) + s
     } catch (...) {
         ::_exit(2);
     }
-}
-
-// Forks a child that runs `child(fd)` (it never returns) and reports commit numbers through `fd`;
-// returns what it reported, after checking that SIGKILL ended it and that the reports are 0, 1, 2...
-template <class Child>
-std::vector<std::uint64_t> reports_until_killed(Child&& child) {
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::close(fds[0]);
-        child(fds[1]);
-    }
-    ::close(fds[1]);
-    std::vector<std::uint64_t> reported;
-    std::uint64_t i = 0;
-    while (::read(fds[0], &i, sizeof i) == static_cast<ssize_t>(sizeof i)) reported.push_back(i);
-    ::close(fds[0]);
-    int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
-    REQUIRE(WIFSIGNALED(status));
-    CHECK(WTERMSIG(status) == SIGKILL);
-    for (std::size_t k = 0; k < reported.size(); ++k) REQUIRE(reported[k] == k);
-    return reported;
 }
 
 }  // namespace

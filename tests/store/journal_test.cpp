@@ -12,6 +12,7 @@
 #include "store_test_util.h"
 
 using xymqtt::detail::journal;
+using store_test::overwrite;
 using store_test::temp_dir;
 
 namespace {
@@ -20,13 +21,6 @@ std::vector<std::uint64_t> seqs(const std::vector<journal::record>& rs) {
     std::vector<std::uint64_t> out;
     for (const auto& r : rs) out.push_back(r.seq);
     return out;
-}
-
-void overwrite(const std::string& path, off_t off, const std::string& bytes) {
-    const int fd = ::open(path.c_str(), O_WRONLY);
-    REQUIRE(fd >= 0);
-    REQUIRE(::pwrite(fd, bytes.data(), bytes.size(), off) == static_cast<ssize_t>(bytes.size()));
-    ::close(fd);
 }
 
 }  // namespace

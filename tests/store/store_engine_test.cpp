@@ -222,7 +222,7 @@ TEST_CASE("corrupted paho records are recreated empty", "[store]") {
             s->paho().put("s-1", "lost", true);
         }
         {
-            std::ofstream f(dir + "/paho/data.mdb", std::ios::binary | std::ios::trunc);
+            std::ofstream f(dir + "/paho/records", std::ios::binary | std::ios::trunc);
             f << std::string(16384, 'g');
         }
         auto s = open_lmdb_store(dir);
