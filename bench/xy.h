@@ -18,6 +18,13 @@ inline xymqtt::client_options xy_options(const args& a) {
     o.reconnect_max = std::chrono::milliseconds(100);
     if (a.has("max-inflight")) o.max_inflight = std::size_t(a.num("max-inflight"));
     if (a.has("receive-max")) o.receive_maximum = std::uint16_t(a.num("receive-max"));
+    if (a.has("journal-bytes") && o.store_type == xymqtt::store_kind::lmdb) {
+        // A/B of the fsync store's write-ahead journal (0: every commit straight to LMDB).
+        xymqtt::store_options so;
+        so.durability = o.durability;
+        so.journal_bytes = std::size_t(a.num("journal-bytes"));
+        o.store = xymqtt::open_lmdb_store(o.store_dir, so);
+    }
     o.hooks.on_log = [](xymqtt::log_level lv, const std::string& s) {
         if (lv >= xymqtt::log_level::warning) std::cerr << "xymqtt: " << s << std::endl;
     };

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -139,14 +140,23 @@ std::vector<journal::record> journal::recover(std::uint64_t after) const {
 }
 
 void journal::append(std::uint64_t seq, const std::string& body) {
-    std::string rec(header_bytes + body.size(), '\0');
-    char* h = rec.data();
+    char h[header_bytes];
     put32(h, magic);
     put32(h + 4, static_cast<std::uint32_t>(body.size()));
     put64(h + 8, seq);
-    std::memcpy(h + header_bytes, body.data(), body.size());
-    put32(h + 16, record_crc(h, h + header_bytes, body.size()));
-    if (!write_all(fd_, rec.data(), rec.size(), static_cast<off_t>(offset_)) || ::fdatasync(fd_) != 0) {
+    put32(h + 16, record_crc(h, body.data(), body.size()));
+    // Header and body in one system call, without copying the body.
+    iovec iov[2] = {{h, header_bytes}, {const_cast<char*>(body.data()), body.size()}};
+    const ssize_t w = ::pwritev(fd_, iov, 2, static_cast<off_t>(offset_));
+    const std::size_t done = w < 0 ? 0 : static_cast<std::size_t>(w);
+    bool ok = w >= 0;
+    if (ok && done < header_bytes)
+        ok = write_all(fd_, h + done, header_bytes - done, static_cast<off_t>(offset_ + done)) &&
+             write_all(fd_, body.data(), body.size(), static_cast<off_t>(offset_ + header_bytes));
+    else if (ok && done < header_bytes + body.size())
+        ok = write_all(fd_, body.data() + (done - header_bytes), header_bytes + body.size() - done,
+                       static_cast<off_t>(offset_ + done));
+    if (!ok || ::fdatasync(fd_) != 0) {
         const int err = errno ? errno : EIO;
         // Best effort: a record that may have reached the disk must not be replayed after a failed
         // commit. Its header is cleared; the next append overwrites it anyway.
@@ -154,7 +164,7 @@ void journal::append(std::uint64_t seq, const std::string& body) {
         write_all(fd_, zeros, header_bytes, static_cast<off_t>(offset_));
         fail(path_, "append to", err);
     }
-    offset_ += rec.size();
+    offset_ += header_bytes + body.size();
 }
 
 }  // namespace xymqtt::detail

@@ -63,6 +63,8 @@ public:
 
     /// @return bytes used since the last reset.
     std::size_t used() const { return offset_; }
+    /// @return the size of the file: no more record bytes fit between two resets.
+    std::size_t capacity() const { return capacity_; }
 
 private:
     std::string path_;

@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <string_view>
 #include <fstream>
 #include <utility>
 #include <cerrno>
@@ -217,8 +218,8 @@ private:
 // value (length-prefixed, puts only).
 void append_u32(std::string& out, std::uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); }
 
-std::string encode_batch(const std::vector<write_op>& batch) {
-    std::string out;
+void encode_batch(const std::vector<write_op>& batch, std::string& out) {
+    out.clear();
     for (const auto& op : batch) {
         out.push_back(static_cast<char>(op.tbl));
         out.push_back(op.value ? 1 : 0);
@@ -229,7 +230,6 @@ std::string encode_batch(const std::vector<write_op>& batch) {
             out += *op.value;
         }
     }
-    return out;
 }
 
 std::vector<write_op> decode_batch(const std::string& body, const std::string& dir) {
@@ -309,7 +309,8 @@ public:
             apply(batch, nullptr);
             return;
         }
-        const std::string body = encode_batch(batch);
+        std::string& body = body_;  // reused: no large allocation per commit (it would stay in the heap)
+        encode_batch(batch, body);
         if (!journal_->could_fit(body.size())) {
             // Larger than the journal: straight to LMDB, after what the journal holds so order is kept.
             checkpoint();
@@ -317,32 +318,14 @@ public:
             return;
         }
         if (!journal_->fits(body.size())) checkpoint();
-        // Whether each id exists before its write, for count(): read first, so that nothing can fail
-        // once the record is in the journal. Only this thread changes the overlay (commit_mu_).
-        std::vector<char> existed(batch.size(), 0);
-        env_.read("commit", [&](MDB_txn* txn) {
-            std::map<std::pair<std::size_t, std::string>, bool> in_batch;
-            for (std::size_t i = 0; i < batch.size(); ++i) {
-                const auto& op = batch[i];
-                if (!key_ok(op.id)) continue;
-                const std::size_t t = detail::table_index(op.tbl);
-                const auto b = in_batch.find({t, op.id});
-                const auto o = overlay_[t].find(op.id);
-                existed[i] = b != in_batch.end()     ? b->second
-                             : o != overlay_[t].end() ? o->second.has_value()
-                                                      : lmdb_has(txn, op.tbl, op.id);
-                in_batch[{t, op.id}] = op.value.has_value();
-            }
-        });
         journal_->append(seq_ + 1, body);
         ++seq_;
         std::lock_guard<std::mutex> lk(ov_mu_);
-        for (std::size_t i = 0; i < batch.size(); ++i) {
-            const auto& op = batch[i];
+        for (const auto& op : batch) {
             if (!key_ok(op.id)) continue;  // an id LMDB cannot store cannot be there
             const std::size_t t = detail::table_index(op.tbl);
-            delta_[t] += (op.value ? 1 : 0) - (existed[i] ? 1 : 0);
-            overlay_[t][op.id] = op.value;
+            const std::string_view id = keep(op.id);
+            overlay_[t][id] = op.value ? std::optional<std::string_view>(keep(*op.value)) : std::nullopt;
         }
     }
 
@@ -352,7 +335,8 @@ public:
         if (!key_ok(id)) return out;
         std::lock_guard<std::mutex> lk(ov_mu_);
         const auto& ov = overlay_[detail::table_index(t)];
-        if (const auto it = ov.find(id); it != ov.end()) return it->second;
+        if (const auto it = ov.find(id); it != ov.end())
+            return it->second ? std::optional<std::string>(*it->second) : std::nullopt;
         env_.read("get", [&](MDB_txn* txn) {
             MDB_val k = as_val(id), v{};
             const int rc = mdb_get(txn, dbi, &k, &v);
@@ -411,16 +395,16 @@ public:
                 if (more) after = chunk.back().first;
                 for (auto& kv : chunk) {
                     for (; o != o_end && o->first < kv.first; ++o)
-                        if (o->second) merged.emplace_back(o->first, *o->second);
+                        if (o->second) merged.emplace_back(std::string(o->first), std::string(*o->second));
                     if (o != o_end && o->first == kv.first) {
-                        if (o->second) merged.emplace_back(o->first, *o->second);
+                        if (o->second) merged.emplace_back(std::string(o->first), std::string(*o->second));
                         ++o;
                     } else {
                         merged.push_back(std::move(kv));
                     }
                 }
                 for (; o != o_end; ++o)
-                    if (o->second) merged.emplace_back(o->first, *o->second);
+                    if (o->second) merged.emplace_back(std::string(o->first), std::string(*o->second));
             }
             for (const auto& kv : merged)
                 if (!fn(kv.first, kv.second)) return;
@@ -451,7 +435,7 @@ public:
         });
         for (auto it = ov.rbegin(); it != ov.rend(); ++it)
             if (it->second) {
-                if (!out || it->first > *out) out = it->first;
+                if (!out || it->first > *out) out = std::string(it->first);
                 break;
             }
         return out;
@@ -459,15 +443,24 @@ public:
 
     std::size_t count(table t) const override {
         const MDB_dbi dbi = dbi_of(t);
-        std::size_t n = 0;
+        const auto& ov = overlay_[detail::table_index(t)];
+        std::int64_t n = 0;
         std::lock_guard<std::mutex> lk(ov_mu_);
         env_.read("count", [&](MDB_txn* txn) {
             MDB_stat st{};
             const int rc = mdb_stat(txn, dbi, &st);
             if (rc != 0) throw_lmdb(env_.dir(), "count", rc);
-            n = st.ms_entries;
+            n = static_cast<std::int64_t>(st.ms_entries);
+            // The journal's writes: a put of a new id adds one, a delete of an id LMDB has removes one.
+            // Counted here rather than on each commit, as counts are only asked for at start and by tools.
+            for (const auto& [id, value] : ov) {
+                MDB_val k{id.size(), const_cast<char*>(id.data())}, v{};
+                const int r = mdb_get(txn, dbi, &k, &v);
+                if (r != 0 && r != MDB_NOTFOUND) throw_lmdb(env_.dir(), "count", r);
+                n += (value ? 1 : 0) - (r == 0 ? 1 : 0);
+            }
         });
-        return static_cast<std::size_t>(static_cast<std::int64_t>(n) + delta_[detail::table_index(t)]);
+        return static_cast<std::size_t>(n);
     }
 
     paho_records& paho() override { return *paho_; }
@@ -477,32 +470,41 @@ private:
     MDB_dbi dbi_of(table t) const { return dbis_[detail::table_index(t)]; }
     bool key_ok(const std::string& id) const { return !id.empty() && id.size() <= max_key_; }
 
-    bool lmdb_has(MDB_txn* txn, table t, const std::string& id) const {
-        MDB_val k = as_val(id), v{};
-        const int rc = mdb_get(txn, dbi_of(t), &k, &v);
-        if (rc != 0 && rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "get", rc);
-        return rc == 0;
+    // Copies `bytes` into arena_ (never reallocated: see its declaration). Called with commit_mu_ and ov_mu_ held.
+    std::string_view keep(const std::string& bytes) {
+        const std::size_t at = arena_.size();
+        arena_.append(bytes);
+        return std::string_view(arena_.data() + at, bytes.size());
     }
 
     // Writes `batch` in one LMDB transaction (synced unless MDB_NOSYNC), and the journal's sequence
     // number `seq` with it when given.
     void apply(const std::vector<write_op>& batch, const std::uint64_t* seq) {
-        env_.write("commit", [&](MDB_txn* txn) {
+        write("commit", seq, [&](const auto& write_one) {
             for (const auto& op : batch) {
-                const MDB_dbi dbi = dbi_of(op.tbl);
-                MDB_val k = as_val(op.id);
-                int rc;
-                if (op.value) {
-                    MDB_val v = as_val(*op.value);
-                    rc = mdb_put(txn, dbi, &k, &v, 0);
-                } else if (key_ok(op.id)) {
-                    rc = mdb_del(txn, dbi, &k, nullptr);
-                    if (rc == MDB_NOTFOUND) rc = 0;
-                } else {
-                    rc = 0;  // an id LMDB cannot store cannot be there
-                }
-                if (rc != 0) return rc;
+                const std::string_view value = op.value ? std::string_view(*op.value) : std::string_view();
+                if (const int rc = write_one(op.tbl, op.id, op.value ? &value : nullptr)) return rc;
             }
+            return 0;
+        });
+    }
+
+    // One write transaction: `writes(write_one)` calls write_one(table, id, value or nullptr for a delete)
+    // for each write and returns the first non-zero LMDB code.
+    template <class Writes>
+    void write(const char* what, const std::uint64_t* seq, Writes&& writes) {
+        env_.write(what, [&](MDB_txn* txn) {
+            const auto write_one = [&](table t, std::string_view id, const std::string_view* value) {
+                MDB_val k{id.size(), const_cast<char*>(id.data())};
+                if (value) {
+                    MDB_val v{value->size(), const_cast<char*>(value->data())};
+                    return mdb_put(txn, dbi_of(t), &k, &v, 0);
+                }
+                if (id.empty() || id.size() > max_key_) return 0;  // an id LMDB cannot store cannot be there
+                const int rc = mdb_del(txn, dbi_of(t), &k, nullptr);
+                return rc == MDB_NOTFOUND ? 0 : rc;
+            };
+            if (const int rc = writes(write_one)) return rc;
             if (!seq) return 0;
             MDB_val k = as_val(journal_key), v{sizeof *seq, const_cast<std::uint64_t*>(seq)};
             return mdb_put(txn, meta_dbi_, &k, &v, 0);
@@ -533,7 +535,10 @@ private:
             apply(all, &seq_);
             if (durability_ == durability::process) env_.sync("journal replay");
         }
-        if (use) journal_ = std::move(j);
+        if (use) {
+            journal_ = std::move(j);
+            arena_.reserve(journal_->capacity());
+        }
     }
 
     // Moves the journal's writes into LMDB in one synced transaction and starts the journal over.
@@ -541,12 +546,14 @@ private:
     void checkpoint() {
         if (journal_->used() == 0) return;
         std::lock_guard<std::mutex> lk(ov_mu_);  // readers must not see LMDB and the overlay both apply
-        std::vector<write_op> all;
-        for (std::size_t i = 0; i < detail::table_count; ++i)
-            for (const auto& [id, value] : overlay_[i]) all.push_back(write_op{static_cast<table>(i), id, value});
-        apply(all, &seq_);
+        write("checkpoint", &seq_, [&](const auto& write_one) {
+            for (std::size_t i = 0; i < detail::table_count; ++i)
+                for (const auto& [id, value] : overlay_[i])
+                    if (const int rc = write_one(static_cast<table>(i), id, value ? &*value : nullptr)) return rc;
+            return 0;
+        });
         for (auto& ov : overlay_) ov.clear();
-        delta_.fill(0);
+        arena_.clear();
         journal_->reset();
     }
 
@@ -566,8 +573,12 @@ private:
     std::uint64_t seq_ = 0;  // the last journal record written (or applied to LMDB)
     std::mutex commit_mu_;   // serializes commits and checkpoints
     mutable std::mutex ov_mu_;
-    std::array<std::map<std::string, std::optional<std::string>>, detail::table_count> overlay_;
-    std::array<std::int64_t, detail::table_count> delta_{};  // records added by the overlay, per table
+    // The overlay's ids and values live in arena_, reserved once to the journal's capacity (what they add up
+    // to is less than the journal records holding them), so a checkpoint frees them at once and the
+    // heap does not fragment with thousands of small strings per cycle (measured: +12 MiB RSS).
+    std::array<std::map<std::string_view, std::optional<std::string_view>>, detail::table_count> overlay_;
+    std::string arena_;
+    std::string body_;  // the journal record being written (commit_mu_)
 };
 
 }  // namespace
