@@ -11,6 +11,7 @@
 #include <cstring>
 #include <utility>
 
+#include "store_util.h"
 #include "xymqtt/exception.h"
 
 namespace xymqtt::detail {
@@ -19,18 +20,11 @@ namespace {
 constexpr std::uint32_t magic = 0x314a5958;  // "XYJ1"
 
 [[noreturn]] void fail(const std::string& path, const char* what, int err) {
-    const std::string msg = "journal: " + std::string(what) + " '" + path + "': " + std::strerror(err);
-    if (err == ENOSPC || err == EDQUOT) throw storage_full(msg, err);
-    throw storage_error(msg, err);
+    throw_file_error("journal", what, path, err);
 }
 
 void put32(char* p, std::uint32_t v) { std::memcpy(p, &v, 4); }
 void put64(char* p, std::uint64_t v) { std::memcpy(p, &v, 8); }
-std::uint32_t get32(const char* p) {
-    std::uint32_t v;
-    std::memcpy(&v, p, 4);
-    return v;
-}
 std::uint64_t get64(const char* p) {
     std::uint64_t v;
     std::memcpy(&v, p, 8);
@@ -97,11 +91,8 @@ journal::journal(std::string path, std::size_t capacity) : path_(std::move(path)
         }
         const auto slash = path_.rfind('/');
         const std::string dir = slash == std::string::npos ? "." : path_.substr(0, slash);
-        const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        const bool synced = ::fdatasync(fd_) == 0 && dfd >= 0 && ::fsync(dfd) == 0;
-        const int err = errno;
-        if (dfd >= 0) ::close(dfd);
-        if (!synced) {
+        const int err = ::fdatasync(fd_) != 0 ? errno : sync_dir(dir);
+        if (err) {
             ::close(fd_);
             fail(path_, "sync", err);
         }
@@ -127,11 +118,11 @@ std::vector<journal::record> journal::recover(std::uint64_t after) const {
     std::uint64_t prev = 0;
     for (std::size_t off = 0; off + header_bytes <= got;) {
         const char* h = buf.data() + off;
-        const std::size_t len = get32(h + 4);
+        const std::size_t len = load_u32(h + 4);
         const std::uint64_t seq = get64(h + 8);
-        if (get32(h) != magic || len > got - off - header_bytes || (off > 0 && seq != prev + 1)) break;
+        if (load_u32(h) != magic || len > got - off - header_bytes || (off > 0 && seq != prev + 1)) break;
         const char* body = h + header_bytes;
-        if (record_crc(h, body, len) != get32(h + 16)) break;
+        if (record_crc(h, body, len) != load_u32(h + 16)) break;
         if (seq > after) out.push_back(record{seq, std::string(body, len)});
         prev = seq;
         off += header_bytes + len;

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -75,5 +76,12 @@ private:
 
 /// CRC-32 (IEEE 802.3, as zlib's crc32) of `n` bytes, continuing from `crc`.
 std::uint32_t crc32(std::uint32_t crc, const void* data, std::size_t n);
+
+/// @return the 32-bit field at `p` of a record (host byte order, as written), without alignment needs.
+inline std::uint32_t load_u32(const char* p) {
+    std::uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
 
 }  // namespace xymqtt::detail

@@ -21,16 +21,9 @@ constexpr std::size_t header_bytes = 12;
 constexpr std::uint32_t removal_bit = 0x80000000u;
 
 [[noreturn]] void fail(const std::string& path, const char* what, int err) {
-    const std::string msg = "paho records: " + std::string(what) + " '" + path + "': " + std::strerror(err);
-    if (err == ENOSPC || err == EDQUOT) throw storage_full(msg, err);
-    throw storage_error(msg, err);
+    throw_file_error("paho records", what, path, err);
 }
 
-std::uint32_t get32(const char* p) {
-    std::uint32_t v;
-    std::memcpy(&v, p, 4);
-    return v;
-}
 
 std::size_t record_bytes(const std::string& key, const std::string* value) {
     return header_bytes + key.size() + (value ? value->size() : 0);
@@ -96,11 +89,11 @@ void paho_records_file::load() {
     // The log ends at the first record that is not whole: the unused (zero) end, or a torn write.
     for (std::size_t off = 0; off + header_bytes <= got;) {
         const char* h = bytes.data() + off;
-        const std::uint32_t klen = get32(h + 4) & ~removal_bit;
-        const std::uint32_t vlen = get32(h + 8);
-        const bool removal = get32(h + 4) & removal_bit;
+        const std::uint32_t klen = load_u32(h + 4) & ~removal_bit;
+        const std::uint32_t vlen = load_u32(h + 8);
+        const bool removal = load_u32(h + 4) & removal_bit;
         const std::size_t n = header_bytes + std::size_t(klen) + vlen;
-        if (n > got - off || get32(h) != crc32(crc32(0, h + 4, 8), h + header_bytes, n - header_bytes)) break;
+        if (n > got - off || load_u32(h) != crc32(crc32(0, h + 4, 8), h + header_bytes, n - header_bytes)) break;
         std::string key(h + header_bytes, klen);
         if (removal)
             records_.erase(key);
@@ -143,10 +136,7 @@ void paho_records_file::compact(std::size_t extra) {
     used_ = used;
     if (durable_compaction_) {
         // The rename itself must survive a power loss too.
-        const int dfd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        const int err = dfd < 0 ? errno : ::fsync(dfd) == 0 ? 0 : errno;
-        if (dfd >= 0) ::close(dfd);
-        if (err) fail(dir_, "sync", err);
+        if (const int err = sync_dir(dir_)) fail(dir_, "sync", err);
     }
 }
 

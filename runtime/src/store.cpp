@@ -30,6 +30,20 @@ namespace {
 
 }  // namespace
 
+void throw_file_error(const char* component, const char* what, const std::string& path, int err) {
+    const std::string msg = std::string(component) + ": " + what + " '" + path + "': " + std::strerror(err);
+    if (err == ENOSPC || err == EDQUOT) throw storage_full(msg, err);
+    throw storage_error(msg, err);
+}
+
+int sync_dir(const std::string& dir) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    const int err = ::fsync(fd) == 0 ? 0 : errno;
+    ::close(fd);
+    return err;
+}
+
 void make_private_dir(const std::string& dir) {
     if (dir.empty()) throw configuration_error("store: empty directory path");
     // Walk the components left to right, creating each missing one; a racing creator is fine.

@@ -25,6 +25,14 @@ void make_private_dir(const std::string& dir);
 /// wider default modes reuse ours). @throw configuration_error
 void touch_private_file(const std::string& path);
 
+/// Throws the error of a failed file operation: storage_full for ENOSPC and EDQUOT, storage_error
+/// otherwise, with the message "`component`: `what` '`path`': strerror(err)".
+[[noreturn]] void throw_file_error(const char* component, const char* what, const std::string& path, int err);
+
+/// Syncs directory `dir`, so that entries created or renamed in it survive a power loss.
+/// @return 0, or the errno of the failure.
+int sync_dir(const std::string& dir);
+
 /// An exclusive flock on `dir/lock`, held for the lifetime of the object: one process per store.
 class dir_lock {
 public:
