@@ -21,14 +21,14 @@
 #include <array>
 #include <atomic>
 #include <cstdlib>
-#include <cstring>
-#include <map>
-#include <string_view>
-#include <fstream>
-#include <utility>
 #include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
 #include <mutex>
 #include <shared_mutex>
+#include <string_view>
+#include <utility>
 
 #include "journal.h"
 #include "paho_records_file.h"
@@ -211,9 +211,6 @@ private:
     mutable std::shared_mutex map_mutex_;
 };
 
-// Paho's records are no LMDB environment: a map logged to a file is far cheaper for what Paho writes
-// several times per packet (paho_records_file.h). The store below keeps this name for them.
-
 // The journal's batch encoding: per write, table (1 byte), put or delete (1 byte), id (length-prefixed),
 // value (length-prefixed, puts only).
 void append_u32(std::string& out, std::uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); }
@@ -309,16 +306,15 @@ public:
             apply(batch, nullptr);
             return;
         }
-        std::string& body = body_;  // reused: no large allocation per commit (it would stay in the heap)
-        encode_batch(batch, body);
-        if (!journal_->could_fit(body.size())) {
+        encode_batch(batch, body_);
+        if (!journal_->could_fit(body_.size())) {
             // Larger than the journal: straight to LMDB, after what the journal holds so order is kept.
             checkpoint();
             apply(batch, nullptr);
             return;
         }
-        if (!journal_->fits(body.size())) checkpoint();
-        journal_->append(seq_ + 1, body);
+        if (!journal_->fits(body_.size())) checkpoint();
+        journal_->append(seq_ + 1, body_);
         ++seq_;
         std::lock_guard<std::mutex> lk(ov_mu_);
         for (const auto& op : batch) {
@@ -393,18 +389,18 @@ public:
                 auto o = after ? ov.upper_bound(*after) : ov.begin();
                 const auto o_end = more ? ov.upper_bound(chunk.back().first) : ov.end();
                 if (more) after = chunk.back().first;
-                for (auto& kv : chunk) {
-                    for (; o != o_end && o->first < kv.first; ++o)
-                        if (o->second) merged.emplace_back(std::string(o->first), std::string(*o->second));
-                    if (o != o_end && o->first == kv.first) {
-                        if (o->second) merged.emplace_back(std::string(o->first), std::string(*o->second));
-                        ++o;
-                    } else {
-                        merged.push_back(std::move(kv));
-                    }
-                }
-                for (; o != o_end; ++o)
+                const auto take_overlay = [&] {  // a put is listed, a delete is not
                     if (o->second) merged.emplace_back(std::string(o->first), std::string(*o->second));
+                    ++o;
+                };
+                for (auto& kv : chunk) {
+                    while (o != o_end && o->first < kv.first) take_overlay();
+                    if (o != o_end && o->first == kv.first)
+                        take_overlay();
+                    else
+                        merged.push_back(std::move(kv));
+                }
+                while (o != o_end) take_overlay();
             }
             for (const auto& kv : merged)
                 if (!fn(kv.first, kv.second)) return;
@@ -468,7 +464,7 @@ public:
 
 private:
     MDB_dbi dbi_of(table t) const { return dbis_[detail::table_index(t)]; }
-    bool key_ok(const std::string& id) const { return !id.empty() && id.size() <= max_key_; }
+    bool key_ok(std::string_view id) const { return !id.empty() && id.size() <= max_key_; }
 
     // Copies `bytes` into arena_ (never reallocated: see its declaration). Called with commit_mu_ and ov_mu_ held.
     std::string_view keep(const std::string& bytes) {
@@ -500,7 +496,7 @@ private:
                     MDB_val v{value->size(), const_cast<char*>(value->data())};
                     return mdb_put(txn, dbi_of(t), &k, &v, 0);
                 }
-                if (id.empty() || id.size() > max_key_) return 0;  // an id LMDB cannot store cannot be there
+                if (!key_ok(id)) return 0;  // an id LMDB cannot store cannot be there
                 const int rc = mdb_del(txn, dbi_of(t), &k, nullptr);
                 return rc == MDB_NOTFOUND ? 0 : rc;
             };
@@ -578,7 +574,8 @@ private:
     // heap does not fragment with thousands of small strings per cycle (measured: +12 MiB RSS).
     std::array<std::map<std::string_view, std::optional<std::string_view>>, detail::table_count> overlay_;
     std::string arena_;
-    std::string body_;  // the journal record being written (commit_mu_)
+    std::string body_;  // the journal record being written (commit_mu_); reused, so no large allocation per
+                        // commit stays behind in the heap
 };
 
 }  // namespace
