@@ -33,6 +33,24 @@ void committer::submit(std::vector<write_op> ops, done_fn done, urgency u) {
 }
 
 void committer::commit(std::vector<write_op> ops, urgency u) {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (u == urgency::now && !committing_ && !stopping_ && std::this_thread::get_id() != thread_.get_id()) {
+        // Lead: this thread would only wait for the writer thread to do this same commit.
+        std::vector<job> jobs = take_queue(true);
+        std::exception_ptr mine;
+        jobs.push_back(job{std::move(ops), [&mine](std::exception_ptr e) { mine = e; }});
+        lk.unlock();
+        std::vector<write_op> all;
+        commit_jobs(jobs, all);
+        lk.lock();
+        committing_ = false;
+        if (!queue_.empty() || stopping_) cv_.notify_one();
+        idle_cv_.notify_all();
+        lk.unlock();
+        if (mine) std::rethrow_exception(mine);
+        return;
+    }
+    lk.unlock();
     std::promise<void> p;
     auto f = p.get_future();
     submit(std::move(ops), [&p](std::exception_ptr e) {
@@ -44,6 +62,17 @@ void committer::commit(std::vector<write_op> ops, urgency u) {
     f.get();
 }
 
+std::vector<committer::job> committer::take_queue(bool urgent) {
+    // mu_ held
+    if (urgent || urgent_queued_ > 0) last_urgent_ = std::chrono::steady_clock::now();
+    std::vector<job> jobs;
+    jobs.swap(queue_);
+    urgent_queued_ = lingering_queued_ = background_queued_ = 0;
+    committing_ = true;
+    room_cv_.notify_all();
+    return jobs;
+}
+
 void committer::stop() {
     {
         std::lock_guard<std::mutex> lk(mu_);
@@ -53,6 +82,8 @@ void committer::stop() {
         room_cv_.notify_all();
     }
     if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+    std::unique_lock<std::mutex> lk(mu_);
+    idle_cv_.wait(lk, [&] { return !committing_; });  // a leading caller still using the store
 }
 
 void committer::commit_jobs(std::vector<job>& jobs, std::vector<write_op>& all) {
@@ -91,15 +122,22 @@ void committer::run() {
         const auto linger_until = last_urgent_ + linger;
         const bool flowing = now < linger_until;  // urgent writes came lately
         const auto background_until = oldest_background_ + linger;
+        if (committing_) {
+            // A leading caller: it wakes this thread when it leaves batches behind; as for an idle writer,
+            // a batch queued afterwards wakes it.
+            idle_ = true;
+            cv_.wait(lk);
+            idle_ = false;
+            continue;
+        }
         if (!queue_.empty() && (urgent_queued_ > 0 || stopping_ || (lingering_queued_ > 0 && !flowing) ||
                                 (background_queued_ > 0 && now >= background_until))) {
-            if (urgent_queued_ > 0) last_urgent_ = now;
-            jobs.swap(queue_);
-            urgent_queued_ = lingering_queued_ = background_queued_ = 0;
-            room_cv_.notify_all();
+            jobs = take_queue(false);
             lk.unlock();
             commit_jobs(jobs, all);
             lk.lock();
+            committing_ = false;
+            idle_cv_.notify_all();
             continue;
         }
         if (stopping_ && queue_.empty()) return;
