@@ -97,6 +97,14 @@ std::function<void(std::exception_ptr)> fulfil(std::promise<void>& p) {
     };
 }
 
+// Starts a commit of "lead" on another thread and returns once the store holds it mid-commit.
+std::future<void> start_held_lead(recording_store& s, committer& c) {
+    s.hold("lead");
+    auto leader = std::async(std::launch::async, [&c] { c.commit(put("lead")); });
+    s.await_holding();
+    return leader;
+}
+
 }  // namespace
 
 TEST_CASE("committer: a commit with nothing running is made on the caller's thread, with the lingering batches", "[committer]") {
@@ -120,9 +128,7 @@ TEST_CASE("committer: while a caller commits, later batches wait and keep their 
     temp_dir tmp;
     recording_store s(tmp.store_dir());
     committer c(s);
-    s.hold("lead");
-    auto leader = std::async(std::launch::async, [&] { c.commit(put("lead")); });
-    s.await_holding();
+    auto leader = start_held_lead(s, c);
     std::promise<void> first, second;
     c.submit(put("first"), fulfil(first));
     auto other = std::async(std::launch::async, [&] {
@@ -165,9 +171,7 @@ TEST_CASE("committer: stop waits for a leading caller's commit", "[committer]") 
     temp_dir tmp;
     recording_store s(tmp.store_dir());
     committer c(s);
-    s.hold("lead");
-    auto leader = std::async(std::launch::async, [&] { c.commit(put("lead")); });
-    s.await_holding();
+    auto leader = start_held_lead(s, c);
     auto stopper = std::async(std::launch::async, [&] { c.stop(); });
     CHECK(stopper.wait_for(std::chrono::milliseconds(50)) == std::future_status::timeout);
     s.release();
