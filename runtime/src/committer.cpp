@@ -7,7 +7,8 @@
 
 namespace xymqtt::detail {
 
-committer::committer(store& s) : store_(s), thread_([this] { run(); }) {}
+committer::committer(store& s, std::chrono::microseconds linger)
+    : linger_(linger), store_(s), thread_([this] { run(); }) {}
 
 committer::~committer() { stop(); }
 
@@ -24,8 +25,12 @@ void committer::submit(std::vector<write_op> ops, done_fn done, urgency u) {
             else if (background_queued_++ == 0)
                 oldest_background_ = std::chrono::steady_clock::now();
             queue_.push_back(job{std::move(ops), std::move(done)});
-            // Other writes need not wake a writer that waits for a deadline already: it looks again then.
-            if (u == urgency::now || idle_) cv_.notify_one();
+            // While a commit runs, whoever runs it looks at the queue when done. Other writes need not wake a
+            // writer that waits for a deadline already: it looks again then, unless a lingering write is due
+            // before it (now, if urgent writes stopped flowing).
+            if (!committing_ &&
+                (u == urgency::now || idle_ || (u == urgency::linger && wake_at_ > last_urgent_ + linger_)))
+                cv_.notify_one();
             return;
         }
     }
@@ -44,7 +49,9 @@ void committer::commit(std::vector<write_op> ops, urgency u) {
         commit_jobs(jobs, all);
         lk.lock();
         committing_ = false;
-        if (!queue_.empty() || stopping_) cv_.notify_one();
+        // The writer looks again if it waits for this commit, sleeps untimed with batches queued, or an urgent
+        // batch came meanwhile; lingering ones wait for the next urgent write or the deadline it sleeps to.
+        if (stopping_ || urgent_queued_ > 0 || lead_waiter_ || (idle_ && !queue_.empty())) cv_.notify_one();
         idle_cv_.notify_all();
         lk.unlock();
         if (mine) std::rethrow_exception(mine);
@@ -119,15 +126,13 @@ void committer::run() {
     std::unique_lock<std::mutex> lk(mu_);
     while (true) {
         const auto now = std::chrono::steady_clock::now();
-        const auto linger_until = last_urgent_ + linger;
+        const auto linger_until = last_urgent_ + linger_;
         const bool flowing = now < linger_until;  // urgent writes came lately
-        const auto background_until = oldest_background_ + linger;
-        if (committing_) {
-            // A leading caller: it wakes this thread when it leaves batches behind; as for an idle writer,
-            // a batch queued afterwards wakes it.
-            idle_ = true;
+        const auto background_until = oldest_background_ + linger_;
+        if (committing_) {  // a leading caller: it wakes this thread when done
+            lead_waiter_ = true;
             cv_.wait(lk);
-            idle_ = false;
+            lead_waiter_ = false;
             continue;
         }
         if (!queue_.empty() && (urgent_queued_ > 0 || stopping_ || (lingering_queued_ > 0 && !flowing) ||
@@ -141,12 +146,15 @@ void committer::run() {
             continue;
         }
         if (stopping_ && queue_.empty()) return;
-        if (!queue_.empty()) {
-            // Lingering and background writes wait for an urgent one to carry them; a submit of one does not
-            // wake this thread (that was a wake-up per message), so look again when the first deadline passes.
+        if (!queue_.empty() || flowing) {
+            // Lingering and background writes wait for an urgent one to carry them, and while urgent writes
+            // flow more lingering ones come: a submit of one does not wake this thread (that was a wake-up per
+            // message), so look again when the first deadline passes.
             auto until = background_queued_ > 0 ? background_until : linger_until;
-            if (lingering_queued_ > 0) until = std::min(until, linger_until);
+            if (lingering_queued_ > 0 || flowing) until = std::min(until, linger_until);
+            wake_at_ = until;
             cv_.wait_until(lk, until);
+            wake_at_ = std::chrono::steady_clock::time_point::max();
         } else {
             idle_ = true;
             cv_.wait(lk);

@@ -33,7 +33,8 @@ public:
     /// Called on the writer thread once the batch is durable (nullptr) or has failed.
     using done_fn = std::function<void(std::exception_ptr)>;
 
-    explicit committer(store& s);
+    /// @param linger how long lingering and background batches may wait for an urgent one to carry them
+    explicit committer(store& s, std::chrono::microseconds linger = std::chrono::milliseconds(2));
     ~committer();
     committer(const committer&) = delete;
     committer& operator=(const committer&) = delete;
@@ -47,13 +48,18 @@ public:
     void commit(std::vector<write_op> ops, urgency u = urgency::now);
     /// Commits what is queued, then stops the writer thread. Later submissions fail with client_closed.
     void stop();
+    /// @return whether the writer thread sleeps until a deadline (lingering or background batches wait).
+    bool waiting_for_deadline() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return wake_at_ != std::chrono::steady_clock::time_point::max();
+    }
 
 private:
     struct job {
         std::vector<write_op> ops;
         done_fn done;
     };
-    static constexpr std::chrono::microseconds linger{2000};
+    const std::chrono::microseconds linger_;
     std::size_t urgent_queued_ = 0, lingering_queued_ = 0, background_queued_ = 0;
     std::chrono::steady_clock::time_point oldest_background_{};  // when the first queued background batch came
     // When urgent writes flow (arrivals), lingering writes wait for the next one; when they do not
@@ -67,14 +73,17 @@ private:
     void commit_jobs(std::vector<job>& jobs, std::vector<write_op>& scratch);
 
     store& store_;
-    std::mutex mu_;
+    mutable std::mutex mu_;
     std::condition_variable cv_;
     std::vector<job> queue_;
     std::condition_variable room_cv_;
     bool idle_ = false;  // the writer sleeps until woken (no linger running): every submit wakes it
+    // When the writer sleeps until a deadline, that deadline: a lingering batch due earlier wakes it.
+    std::chrono::steady_clock::time_point wake_at_ = std::chrono::steady_clock::time_point::max();
     // A commit is running (on the writer thread or a leading caller): no other may start, so batches keep
     // their FIFO order. idle_cv_ tells stop() when a leading caller is done with the store.
     bool committing_ = false;
+    bool lead_waiter_ = false;  // the writer waits for a leading caller's commit to end
     std::condition_variable idle_cv_;
     static constexpr std::size_t max_queued = 16384;
     bool stopping_ = false;

@@ -167,6 +167,38 @@ TEST_CASE("committer: a batch queued after a lead is committed without another w
     }
 }
 
+TEST_CASE("committer: a lingering batch rides with the next urgent one while urgent ones flow", "[committer]") {
+    temp_dir tmp;
+    recording_store s(tmp.store_dir());
+    committer c(s, std::chrono::seconds(60));  // no deadline passes during the test
+    c.commit(put("urgent 1"));
+    std::promise<void> lingering;
+    c.submit(put("lingering"), fulfil(lingering), urgency::linger);
+    c.commit(put("urgent 2"));
+    REQUIRE(lingering.get_future().wait_for(patience) == std::future_status::ready);
+    const auto log = s.log();
+    REQUIRE(log.size() == 2);
+    CHECK(log.back().ids == std::vector<std::string>{"lingering", "urgent 2"});
+    CHECK(log.back().thread == std::this_thread::get_id());
+}
+
+TEST_CASE("committer: a lingering batch does not wait for a background batch's deadline", "[committer]") {
+    temp_dir tmp;
+    recording_store s(tmp.store_dir());
+    committer c(s, std::chrono::seconds(60));
+    std::promise<void> background, lingering;
+    // The writer sleeps until the background batch's deadline, 60 s away. No urgent writes flow, so the
+    // lingering batch is due at once and must wake it (taking the background batch along).
+    c.submit(put("background"), fulfil(background), urgency::background);
+    const auto give_up = std::chrono::steady_clock::now() + patience;
+    while (!c.waiting_for_deadline() && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+    REQUIRE(c.waiting_for_deadline());
+    c.submit(put("lingering"), fulfil(lingering), urgency::linger);
+    REQUIRE(lingering.get_future().wait_for(patience) == std::future_status::ready);
+    REQUIRE(background.get_future().wait_for(patience) == std::future_status::ready);
+    CHECK(s.log().size() == 1);
+}
+
 TEST_CASE("committer: stop waits for a leading caller's commit", "[committer]") {
     temp_dir tmp;
     recording_store s(tmp.store_dir());
