@@ -948,16 +948,14 @@ void client::impl::refuse(std::uint64_t seq, int reason_code) {
 // inbox
 
 void client::impl::commit_until_stored(const std::vector<write_op>& ops, detail::urgency u) {
-    // Without syncs there is nothing to share: commit on this thread and save two thread hand-offs per
-    // message (the store serialises writers itself).
-    const bool direct = store_->durability() == durability::process;
+    // Without syncs there is nothing to share: never wait for a later commit to carry this one. With no
+    // commit running the committer makes it on this thread (no hand-off); with one running it waits, so
+    // batches queued before (a lane's relabelling, say) are not overtaken.
+    if (store_->durability() == durability::process) u = detail::urgency::now;
     auto delay = std::chrono::milliseconds(10);
     while (true) {
         try {
-            if (direct)
-                store_->commit(ops);
-            else
-                committer_->commit(ops, u);
+            committer_->commit(ops, u);
             return;
         } catch (const client_closed&) {
             throw;
