@@ -64,6 +64,22 @@ struct txn_guard {
     }
 };
 
+// A cursor over `dbi`, closed at scope exit (LMDB frees a read-only transaction's cursors only when
+// closed, also when a copy into the results throws). @throw storage_error
+class cursor_guard {
+public:
+    cursor_guard(MDB_txn* txn, MDB_dbi dbi, const std::string& where, const char* what) {
+        if (const int rc = mdb_cursor_open(txn, dbi, &cur_)) throw_lmdb(where, what, rc);
+    }
+    ~cursor_guard() { mdb_cursor_close(cur_); }
+    cursor_guard(const cursor_guard&) = delete;
+    cursor_guard& operator=(const cursor_guard&) = delete;
+    MDB_cursor* get() const { return cur_; }
+
+private:
+    MDB_cursor* cur_ = nullptr;
+};
+
 MDB_val as_val(const std::string& s) { return MDB_val{s.size(), const_cast<char*>(s.data())}; }
 std::string as_string(const MDB_val& v) { return std::string(static_cast<const char*>(v.mv_data), v.mv_size); }
 
@@ -359,9 +375,9 @@ public:
             {
                 std::lock_guard<std::mutex> lk(ov_mu_);
                 env_.read("for_each", [&](MDB_txn* txn) {
-                    MDB_cursor* cur = nullptr;
-                    int rc = mdb_cursor_open(txn, dbi, &cur);
-                    if (rc != 0) throw_lmdb(env_.dir(), "for_each", rc);
+                    const cursor_guard g(txn, dbi, env_.dir(), "for_each");
+                    MDB_cursor* cur = g.get();
+                    int rc;
                     MDB_val k{}, v{};
                     if (after) {
                         k = as_val(*after);
@@ -381,7 +397,6 @@ public:
                         bytes += k.mv_size + v.mv_size;
                         chunk.emplace_back(as_string(k), as_string(v));
                     }
-                    mdb_cursor_close(cur);
                     if (rc != 0 && rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "for_each", rc);
                 });
                 // The journal's writes not yet in LMDB, over this chunk's id range (all the rest after the
@@ -414,9 +429,9 @@ public:
         std::optional<std::string> out;
         std::lock_guard<std::mutex> lk(ov_mu_);
         env_.read("last_id", [&](MDB_txn* txn) {
-            MDB_cursor* cur = nullptr;
-            int rc = mdb_cursor_open(txn, dbi, &cur);
-            if (rc != 0) throw_lmdb(env_.dir(), "last_id", rc);
+            const cursor_guard g(txn, dbi, env_.dir(), "last_id");
+            MDB_cursor* cur = g.get();
+            int rc;
             MDB_val k{}, v{};
             // The greatest id the journal has not deleted.
             for (rc = mdb_cursor_get(cur, &k, &v, MDB_LAST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_PREV)) {
@@ -426,7 +441,6 @@ public:
                     break;
                 }
             }
-            mdb_cursor_close(cur);
             if (rc != 0 && rc != MDB_NOTFOUND) throw_lmdb(env_.dir(), "last_id", rc);
         });
         for (auto it = ov.rbegin(); it != ov.rend(); ++it)
