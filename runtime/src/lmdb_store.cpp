@@ -1,10 +1,12 @@
 // The LMDB store: one environment with a named database per table; Paho's own records are kept apart
 // in `dir/paho` (paho_records_file.h).
 //
-// durability::fsync: commits go to a write-ahead journal (journal.h, one fdatasync each) and to an
-// in-memory overlay; a checkpoint applies the overlay to LMDB in one synced transaction, together with
-// the journal's last sequence number (table xymqtt_meta), and starts the journal over. Opening replays
-// the journal's records after that number, whatever the durability asked for now.
+// Commits go to a write-ahead journal (journal.h) and to an in-memory overlay; a checkpoint applies the
+// overlay to LMDB in one transaction, together with the journal's last sequence number (table
+// xymqtt_meta), and starts the journal over. Opening replays the journal's records after that number,
+// whatever the durability asked for now. durability::fsync: one fdatasync per append, synced
+// checkpoints. durability::process: appends are copies into a shared mapping of the journal (the page
+// cache outlives the process), checkpoints are MDB_NOSYNC transactions.
 //
 // Concurrency: writers are serialized by a mutex; every transaction (read or write) holds a shared
 // lock on `map_mutex_`, which growing the map takes exclusively, because mdb_env_set_mapsize remaps
@@ -276,7 +278,7 @@ public:
         : lock_((detail::make_private_dir(dir), dir)),
           durability_(opts.durability),
           env_(dir, opts.map_bytes, opts.max_map_bytes) {
-        // fsync: default flags, every commit is synced. process: MDB_NOSYNC, the OS writes it back.
+        // fsync: default flags, every transaction is synced. process: MDB_NOSYNC, the OS writes it back.
         const unsigned flags = opts.durability == durability::process ? MDB_NOSYNC : 0;
         int rc = env_.try_open(flags, detail::table_count + 2);
         if (rc != 0) throw_lmdb(dir, "open", rc);
@@ -522,10 +524,10 @@ private:
     }
 
     // Replays what a crash left in the journal (whatever the durability now), then keeps the journal
-    // for durability::fsync.
+    // unless journal_bytes is 0.
     void open_journal(const std::string& dir, const store_options& opts) {
         const std::string path = dir + "/journal";
-        const bool use = opts.durability == durability::fsync && opts.journal_bytes > 0;
+        const bool use = opts.journal_bytes > 0;
         if (!use && ::access(path.c_str(), F_OK) != 0) return;
         env_.read("journal", [&](MDB_txn* txn) {
             MDB_val k = as_val(journal_key), v{};
@@ -535,7 +537,11 @@ private:
             else if (rc != 0 && rc != MDB_NOTFOUND)
                 throw_lmdb(dir, "journal", rc);
         });
-        auto j = std::make_unique<detail::journal>(path, use ? opts.journal_bytes : 0);
+        // Process durability writes through a shared mapping: the page cache outlives a killed process,
+        // and a transaction per arriving message cost the subscriber ~10 us (docs/benchmarks.md, F14).
+        const auto mode = use && durability_ == durability::process ? detail::journal::mode::mapped
+                                                                     : detail::journal::mode::synced;
+        auto j = std::make_unique<detail::journal>(path, use ? opts.journal_bytes : 0, mode);
         const auto records = j->recover(seq_);
         if (!records.empty()) {
             std::vector<write_op> all;
@@ -551,7 +557,8 @@ private:
         }
     }
 
-    // Moves the journal's writes into LMDB in one synced transaction and starts the journal over.
+    // Moves the journal's writes into LMDB in one transaction (synced unless MDB_NOSYNC) and starts the
+    // journal over.
     // Called with commit_mu_ held. @throw storage_error (nothing is lost: the journal keeps them)
     void checkpoint() {
         if (journal_->used() == 0) return;
@@ -577,8 +584,8 @@ private:
     std::size_t max_key_ = 0;  // LMDB's key limit (511 bytes by default)
     std::unique_ptr<detail::paho_records_file> paho_;
 
-    // durability::fsync: commits go to the journal first; the overlay holds their writes (a delete as
-    // nothing) until a checkpoint applies them to LMDB. Readers look at the overlay, then LMDB.
+    // Commits go to the journal first; the overlay holds their writes (a delete as nothing) until a
+    // checkpoint applies them to LMDB. Readers look at the overlay, then LMDB.
     std::unique_ptr<detail::journal> journal_;
     std::uint64_t seq_ = 0;  // the last journal record written (or applied to LMDB)
     std::mutex commit_mu_;   // serializes commits and checkpoints

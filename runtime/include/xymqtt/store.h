@@ -120,10 +120,12 @@ struct store_options {
     /// LMDB: initial map size; the map grows (doubling) when full, up to max_map_bytes.
     std::size_t map_bytes = std::size_t(256) << 20;
     std::size_t max_map_bytes = std::size_t(64) << 30;
-    /// LMDB with durability::fsync: size of the write-ahead journal (file `journal` in the store's
-    /// directory). Each commit is appended there with one fdatasync, and applied to LMDB in one synced
-    /// transaction when the journal is full, on close, and on the next open after a crash. 0 commits
-    /// every batch straight to LMDB (two synced writes each: data pages, then the meta page).
+    /// LMDB: size of the write-ahead journal (file `journal` in the store's directory). Each commit is
+    /// appended there and applied to LMDB in one transaction when the journal is full, on close, and on
+    /// the next open after a crash. With durability::fsync an append costs one fdatasync; with
+    /// durability::process it is copied into a shared mapping of the file (no system call). 0 commits
+    /// every batch straight to LMDB: with fsync two synced writes each (data pages, then the meta page),
+    /// with process an `MDB_NOSYNC` transaction.
     std::size_t journal_bytes = std::size_t(1) << 20;
 };
 
