@@ -11,6 +11,7 @@
 #include "journal.h"
 #include "store_test_util.h"
 
+using xymqtt::detail::crc32;
 using xymqtt::detail::journal;
 using store_test::overwrite;
 using store_test::temp_dir;
@@ -23,7 +24,34 @@ std::vector<std::uint64_t> seqs(const std::vector<journal::record>& rs) {
     return out;
 }
 
+// The plain bytewise CRC-32 (IEEE, reflected), to check the fast one against.
+std::uint32_t bytewise_crc32(std::uint32_t crc, const unsigned char* p, std::size_t n) {
+    crc = ~crc;
+    while (n--) {
+        crc ^= *p++;
+        for (int k = 0; k < 8; ++k) crc = (crc & 1) ? 0xEDB88320u ^ (crc >> 1) : crc >> 1;
+    }
+    return ~crc;
+}
+
 }  // namespace
+
+TEST_CASE("crc32: zlib's values, at any length and alignment, and continued over pieces", "[store][journal]") {
+    CHECK(crc32(0, "123456789", 9) == 0xCBF43926u);  // the standard check value
+    CHECK(crc32(0, "", 0) == 0u);
+    std::vector<unsigned char> data(4096 + 16);
+    std::uint32_t x = 12345;
+    for (auto& b : data) b = static_cast<unsigned char>((x = x * 1103515245u + 12345u) >> 16);
+    for (std::size_t offset = 0; offset < 8; ++offset)
+        for (std::size_t n : {0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 100, 1000, 4096}) {
+            INFO("offset " << offset << ", length " << n);
+            const unsigned char* p = data.data() + offset;
+            const std::uint32_t whole = crc32(0, p, n);
+            CHECK(whole == bytewise_crc32(0, p, n));
+            const std::size_t cut = n / 3;
+            CHECK(crc32(crc32(0, p, cut), p + cut, n - cut) == whole);
+        }
+}
 
 TEST_CASE("journal: a new file is written in full, private, and empty", "[store][journal]") {
     temp_dir tmp;
