@@ -127,7 +127,9 @@ private:
     void dead_letter_record(const std::string& id, stored_message rec, const std::string& reason, bool parse);
     lane* find_lane(const std::string& filter);
     void adopt_parked(lane* l);
-    void route(const std::string& id, stored_message rec);
+    /// Queues a delivery on its lane (or parks it). Called with mu_ held. @return the lane to wake once
+    /// mu_ is released, or nullptr.
+    std::shared_ptr<lane> route(const std::string& id, stored_message rec);
 
     // -- commands (commands.cpp)
     void serve_invoke(const std::string& command, const command_handler& handler, const message& m, effects& fx);
@@ -197,8 +199,9 @@ private:
     std::size_t outbox_count_ = 0;
 
     // inbox
-    std::map<std::string, std::unique_ptr<lane>> lanes_;  // by filter
-    std::vector<std::unique_ptr<lane>> retired_;
+    // Shared: a lane is woken after mu_ is released, when it may already have been retired.
+    std::map<std::string, std::shared_ptr<lane>> lanes_;  // by filter
+    std::vector<std::shared_ptr<lane>> retired_;
     std::map<std::string, stored_message> parked_;         // inbox records with no active lane
     std::unordered_map<subscription_id, std::string> sub_filter_;
     std::size_t inbox_count_ = 0;
