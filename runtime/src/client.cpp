@@ -74,7 +74,7 @@ public:
     explicit listener(impl& c) : c_(c) {}
     void on_success(const mqtt::token& tok) override {
         const auto seq = reinterpret_cast<std::uintptr_t>(tok.get_user_context());
-        c_.on_delivered(seq, tok.get_reason_code());
+        c_.on_delivered(seq, tok.get_reason_code(), tok.get_client());
     }
     void on_failure(const mqtt::token& tok) override {
         const auto seq = reinterpret_cast<std::uintptr_t>(tok.get_user_context());
@@ -297,6 +297,7 @@ void client::impl::fresh_paho() {
         // The old client is disconnected; it is kept, not destroyed, until close(): destroying a Paho
         // client while Paho's shared threads still hold work of it crashed here under reconnect storms.
         std::lock_guard<std::mutex> lk(cli_mu_);
+        current_paho_ = nullptr;
         if (cli_) retired_paho_.push_back(std::move(cli_));
     }
     detail::paho_persistence::purge_commands(store_->paho());
@@ -312,6 +313,7 @@ void client::impl::fresh_paho() {
     });
     {
         std::lock_guard<std::mutex> lk(cli_mu_);
+        current_paho_ = cli.get();
         cli_ = std::move(cli);
     }
     // The new client resumes the flows it restored; everything else in flight is sent again.
@@ -590,6 +592,7 @@ void client::impl::close() {
     for (auto& [s, p] : promises) p->set_exception(std::make_exception_ptr(client_closed("client closed before the publish completed (it stays in the outbox)")));
     for (auto& [s, p] : awaiting) p->set_exception(std::make_exception_ptr(client_closed("client closed before the result arrived")));
     std::lock_guard<std::mutex> lk(cli_mu_);
+    current_paho_ = nullptr;
     keep_tainted_paho();
     cli_.reset();  // Paho must stop calling us before the members it uses go
     retired_paho_.clear();
@@ -749,117 +752,132 @@ bool client::impl::sender_has_work() const {
 }
 
 void client::impl::sender_loop() {
-    struct item {
-        std::uint64_t seq;
-        std::shared_ptr<stored_message> msg;
-        bool sent = false;
-        bool gone = false;  // its outbox record could not be read: nothing to send
-    };
-    std::vector<item> batch;
     auto refused_pause = std::chrono::milliseconds(10);  // back-off while Paho refuses for other reasons
     std::unique_lock<std::mutex> lk(mu_);
     while (true) {
-        send_cv_.wait(lk, [&] { return closing_ || sender_has_work(); });
+        send_cv_.wait(lk, [&] { return closing_ || (sender_has_work() && !dispatching_); });
         if (closing_) return;
         const auto gen = connection_gen_;
-        // Take what the window allows in one go: one lock hand-off per batch, not per message.
-        batch.clear();
-        while (batch.size() < 64 && inflight_.size() < window_ &&
-               (!requeue_.empty() || !backlog_.empty() || !ready_.empty())) {
-            item it;
-            // Oldest first: what failed in flight, then what waited on disk, then new publishes.
-            if (!requeue_.empty()) {
-                it.seq = requeue_.begin()->first;
-                it.msg = requeue_.begin()->second;
-                requeue_.erase(requeue_.begin());
-            } else if (!backlog_.empty() && (ready_.empty() || backlog_.front() < ready_.begin()->first)) {
-                it.seq = backlog_.front();
-                backlog_.pop_front();
-            } else {
-                it.seq = ready_.begin()->first;
-                it.msg = ready_.begin()->second;
-                ready_.erase(ready_.begin());
-            }
-            if (resumed_seqs_.count(it.seq)) continue;  // Paho is finishing it under its old packet id
-            inflight_[it.seq] = it.msg;
-            batch.push_back(std::move(it));
-        }
+        auto batch = take_batch();
         lk.unlock();
-
-        int refused_rc = 0;
-        auto cli = paho();
-        for (auto& it : batch) {
-            if (refused_rc) break;  // Paho refused one: the rest of the batch waits too
-            if (!it.msg) {
-                try {
-                    if (auto v = store_->get(table::outgoing, sequence_id(it.seq)))
-                        it.msg = std::make_shared<stored_message>(decode_record(*v));
-                } catch (const std::exception& e) {
-                    log(log_level::error, "outbox record " + sequence_id(it.seq) + " is unreadable: " + e.what());
-                    fire(opts_.hooks.on_storage_error, std::string(e.what()));
-                }
-                if (!it.msg) {
-                    it.gone = true;
-                    continue;
-                }
-            }
-            try {
-                if (!cli) throw mqtt::exception(MQTTASYNC_DISCONNECTED);
-                auto tok = cli->publish(to_paho(*it.msg), reinterpret_cast<void*>(static_cast<std::uintptr_t>(it.seq)),
-                                        *listener_);
-                it.sent = true;
-                persistence_->map_packet(tok->get_message_id(), it.seq);
-            } catch (const mqtt::exception& e) {
-                refused_rc = e.get_return_code() ? e.get_return_code() : MQTTASYNC_FAILURE;
-                log(log_level::debug, std::string("publish deferred: ") + e.what());
-            } catch (const std::exception& e) {
-                // The packet mapping could not be stored: the publish is out; a crash now costs a duplicate.
-                log(log_level::error, std::string("storing the packet id of a publish failed: ") + e.what());
-            }
-            if (it.sent) fire(opts_.hooks.on_packet_send, it.msg->topic, it.msg->payload);
+        int refused_rc;
+        {
+            // This may be the last reference to a Paho client replaced meanwhile; destroying it fails its
+            // tokens, whose callbacks take mu_: let it go before taking mu_.
+            auto cli = paho();
+            refused_rc = publish_batch(batch, cli.get());
         }
-        // This may be the last reference to a Paho client replaced meanwhile; destroying it fails its
-        // tokens, whose callbacks take mu_: let it go before taking mu_.
-        cli.reset();
-
         lk.lock();
-        for (auto& it : batch) {
-            auto f = inflight_.find(it.seq);
-            if (f == inflight_.end()) continue;  // completed (or failed and requeued) already
-            if (it.gone) {
-                inflight_.erase(f);  // the record is gone from the store: nothing to send
-            } else if (!it.sent) {
-                requeue_[it.seq] = it.msg;
-                inflight_.erase(f);
-            } else {
-                f->second = it.msg;
-            }
-        }
-        // A refusal by the client of a connection that has been replaced since says nothing about the
-        // new one: blocking on it would stall the outbox until the next reconnect.
-        if (refused_rc && gen == connection_gen_) {
-            // Paho's queue is full: wait for a completion. Not connected: wait for the next connection.
-            // Anything else (Paho could not store its record on a full disk: -2) is no connection
-            // problem, and no reconnect would come to end a wait for one: try again after a pause.
-            if (refused_rc == MQTTASYNC_MAX_BUFFERED_MESSAGES) {
-                buffer_full_ = true;
-            } else if (refused_rc == MQTTASYNC_DISCONNECTED) {
-                send_blocked_ = true;
-            } else {
-                send_cv_.wait_for(lk, refused_pause, [&] { return closing_.load(); });
-                refused_pause = std::min(refused_pause * 2, std::chrono::milliseconds(1000));
-            }
+        if (!settle_batch(batch, refused_rc, gen)) {
+            // Anything but a full queue or no connection (Paho could not store its record on a full disk:
+            // -2) is no connection problem, and no reconnect would come to end a wait for one: try again
+            // after a pause.
+            send_cv_.wait_for(lk, refused_pause, [&] { return closing_.load(); });
+            refused_pause = std::min(refused_pause * 2, std::chrono::milliseconds(1000));
         }
         if (!refused_rc) refused_pause = std::chrono::milliseconds(10);
     }
 }
 
-void client::impl::on_delivered(std::uint64_t seq, int reason_code) {
+std::vector<client::impl::send_item> client::impl::take_batch() {
+    // mu_ held. Takes what the window allows in one go: one lock hand-off per batch, not per message.
+    std::vector<send_item> batch;
+    dispatching_ = true;
+    while (batch.size() < 64 && inflight_.size() < window_ &&
+           (!requeue_.empty() || !backlog_.empty() || !ready_.empty())) {
+        send_item it;
+        // Oldest first: what failed in flight, then what waited on disk, then new publishes.
+        if (!requeue_.empty()) {
+            it.seq = requeue_.begin()->first;
+            it.msg = requeue_.begin()->second;
+            requeue_.erase(requeue_.begin());
+        } else if (!backlog_.empty() && (ready_.empty() || backlog_.front() < ready_.begin()->first)) {
+            it.seq = backlog_.front();
+            backlog_.pop_front();
+        } else {
+            it.seq = ready_.begin()->first;
+            it.msg = ready_.begin()->second;
+            ready_.erase(ready_.begin());
+        }
+        if (resumed_seqs_.count(it.seq)) continue;  // Paho is finishing it under its old packet id
+        inflight_[it.seq] = it.msg;
+        batch.push_back(std::move(it));
+    }
+    return batch;
+}
+
+int client::impl::publish_batch(std::vector<send_item>& batch, mqtt::iasync_client* cli) {
+    // mu_ not held
+    int refused_rc = 0;
+    for (auto& it : batch) {
+        if (refused_rc) break;  // Paho refused one: the rest of the batch waits too
+        if (!it.msg) {
+            try {
+                if (auto v = store_->get(table::outgoing, sequence_id(it.seq)))
+                    it.msg = std::make_shared<stored_message>(decode_record(*v));
+            } catch (const std::exception& e) {
+                log(log_level::error, "outbox record " + sequence_id(it.seq) + " is unreadable: " + e.what());
+                fire(opts_.hooks.on_storage_error, std::string(e.what()));
+            }
+            if (!it.msg) {
+                it.gone = true;
+                continue;
+            }
+        }
+        try {
+            if (!cli) throw mqtt::exception(MQTTASYNC_DISCONNECTED);
+            auto tok = cli->publish(to_paho(*it.msg), reinterpret_cast<void*>(static_cast<std::uintptr_t>(it.seq)),
+                                    *listener_);
+            it.sent = true;
+            persistence_->map_packet(tok->get_message_id(), it.seq);
+        } catch (const mqtt::exception& e) {
+            refused_rc = e.get_return_code() ? e.get_return_code() : MQTTASYNC_FAILURE;
+            log(log_level::debug, std::string("publish deferred: ") + e.what());
+        } catch (const std::exception& e) {
+            // The packet mapping could not be stored: the publish is out; a crash now costs a duplicate.
+            log(log_level::error, std::string("storing the packet id of a publish failed: ") + e.what());
+        }
+        if (it.sent) fire(opts_.hooks.on_packet_send, it.msg->topic, it.msg->payload);
+    }
+    return refused_rc;
+}
+
+bool client::impl::settle_batch(std::vector<send_item>& batch, int refused_rc, std::uint64_t gen) {
+    // mu_ held
+    dispatching_ = false;
+    for (auto& it : batch) {
+        auto f = inflight_.find(it.seq);
+        if (f == inflight_.end()) continue;  // completed (or failed and requeued) already
+        if (it.gone) {
+            inflight_.erase(f);  // the record is gone from the store: nothing to send
+        } else if (!it.sent) {
+            requeue_[it.seq] = it.msg;
+            inflight_.erase(f);
+        } else {
+            f->second = it.msg;
+        }
+    }
+    // A refusal by the client of a connection that has been replaced since says nothing about the new
+    // one: blocking on it would stall the outbox until the next reconnect.
+    if (!refused_rc || gen != connection_gen_) return true;
+    // Paho's queue is full: wait for a completion. Not connected: wait for the next connection.
+    if (refused_rc == MQTTASYNC_MAX_BUFFERED_MESSAGES) {
+        buffer_full_ = true;
+        return true;
+    }
+    if (refused_rc == MQTTASYNC_DISCONNECTED) {
+        send_blocked_ = true;
+        return true;
+    }
+    return false;
+}
+
+void client::impl::on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync_client* from) {
     // Paho reports success even when an MQTT 5 PUBREC carries a failure reason code.
     if (reason_code >= 0x80) return refuse(seq, reason_code);
     std::shared_ptr<std::promise<void>> prom;
     {
-        std::lock_guard<std::mutex> lk(mu_);
+        std::unique_lock<std::mutex> lk(mu_);
         if (!inflight_.erase(seq) && !requeue_.erase(seq)) return;  // completed already
         buffer_full_ = false;
         auto it = promises_.find(seq);
@@ -867,7 +885,23 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code) {
             prom = it->second;
             promises_.erase(it);
         }
-        if (sender_has_work()) send_cv_.notify_one();
+        if (sender_has_work() && !dispatching_) {
+            if (from && from == current_paho_.load()) {
+                // The window has room: hand Paho the next batch from here, on Paho's receive thread, which
+                // holds Paho's lock already. Woken for it, the sender thread would wait for that lock
+                // against Paho's threads and cost two more context switches (bench/findings.md, F17).
+                // Paho is inside a callback of `from`, so it cannot be destroyed meanwhile.
+                const auto gen = connection_gen_;
+                auto batch = take_batch();
+                lk.unlock();
+                const int refused_rc = publish_batch(batch, from);
+                lk.lock();
+                // Pauses after other refusals are the sender thread's: a callback must not sleep.
+                if (!settle_batch(batch, refused_rc, gen) || sender_has_work()) send_cv_.notify_one();
+            } else {
+                send_cv_.notify_one();
+            }
+        }
     }
     ++published_;
     if (prom) prom->set_value();

@@ -113,7 +113,22 @@ private:
     /// mu_ held. @return whether the sender thread should run now.
     bool sender_has_work() const;
     void sender_loop();
-    void on_delivered(std::uint64_t seq, int reason_code);
+    // Handing publishes to Paho, one thread at a time (dispatching_), in outbox order: take_batch (mu_ held)
+    // moves what the window allows into inflight_, publish_batch (mu_ not held) hands it to Paho, and
+    // settle_batch (mu_ held) requeues what Paho refused. settle_batch @return false if the refusal
+    // calls for a pause before trying again.
+    struct send_item {
+        std::uint64_t seq = 0;
+        std::shared_ptr<stored_message> msg;
+        bool sent = false;
+        bool gone = false;  // its outbox record could not be read: nothing to send
+    };
+    std::vector<send_item> take_batch();
+    int publish_batch(std::vector<send_item>& batch, mqtt::iasync_client* cli);
+    bool settle_batch(std::vector<send_item>& batch, int refused_rc, std::uint64_t gen);
+    /// A publish completed. `from`: the Paho client whose callback this is, if any (a batch may then be
+    /// handed to it on its callback thread).
+    void on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync_client* from = nullptr);
     void on_send_failed(std::uint64_t seq, int rc, int reason_code);
     void refuse(std::uint64_t seq, int reason_code);
     std::shared_ptr<mqtt::message> to_paho(const stored_message& m) const;
@@ -157,6 +172,7 @@ private:
     void keep_tainted_paho();
     void on_resumed_complete(int packet_id);
     mutable std::mutex cli_mu_;
+    std::atomic<const mqtt::iasync_client*> current_paho_{nullptr};  // cli_, for comparisons without cli_mu_
     std::shared_ptr<mqtt::async_client> cli_;  // replaced at every connection (see fresh_paho)
     std::vector<std::shared_ptr<mqtt::async_client>> retired_paho_;  // disconnected, destroyed at close
     std::mutex taint_mu_;  // not cli_mu_: destroying a Paho client under cli_mu_ fails its tokens
@@ -189,6 +205,7 @@ private:
     std::map<std::uint64_t, std::shared_ptr<stored_message>> inflight_; // handed to Paho
     bool send_blocked_ = false;  // Paho is not connected: wait for the next connection
     bool buffer_full_ = false;   // Paho's command queue is full: wait for a completion
+    bool dispatching_ = false;   // a thread is between take_batch and settle_batch
     std::uint64_t connection_gen_ = 0;  // counts connections: a refusal seen by the sender is for one of them
     std::size_t window_ = 1;              // publishes allowed in flight: min(max_inflight, receive maximum)
     bool connecting_ = false;

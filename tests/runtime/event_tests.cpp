@@ -1,5 +1,8 @@
 // Events against a real Mosquitto: round trips, offline delivery, retries, restarts, dead letters.
 #include <catch2/catch.hpp>
+#include <mutex>
+#include <set>
+#include <thread>
 
 #include "support/child_process.h"
 #include "util.h"
@@ -297,6 +300,50 @@ TEST_CASE("MQTT 3.1.1 round trip", "[events]") {
         return got.size() > 0;
     }));
     CHECK(got.items()[0] == "v3");
+}
+
+TEST_CASE("completions hand the next publishes to Paho from its own thread, in outbox order", "[events]") {
+    // With a window of 4 every completion frees room: the next batch goes to Paho from the completion
+    // callback on Paho's receive thread, and the sender thread only starts what nothing completes.
+    temp_dir dir("inline");
+    const auto dur = GENERATE(durability::fsync, durability::process);
+    auto so = options_for(dir, "sub");
+    so.durability = dur;
+    auto po = options_for(dir, "pub");
+    po.durability = dur;
+    po.max_inflight = 4;
+    std::mutex mu;
+    std::set<std::thread::id> senders;
+    std::vector<std::string> sent;
+    po.hooks.on_packet_send = [&](const std::string&, const std::string& payload) {
+        std::lock_guard<std::mutex> lk(mu);
+        senders.insert(std::this_thread::get_id());
+        sent.push_back(payload);
+    };
+    const std::string topic = "test/" + so.client_id + "/inline";
+    recorder got;
+    auto sub = std::make_unique<client>(so);
+    sub->subscribe(topic, [&](const message& m) { got.add(m.payload); });
+    sub->connect();
+    REQUIRE(sub->wait_connected(10s));
+    auto pub = connected(po);
+    REQUIRE(eventually([&] {
+        pub->publish(topic + "/probe", "x").get();
+        return true;
+    }));
+    constexpr int n = 400;
+    for (int i = 0; i < n; ++i) pub->post(topic, std::to_string(i));
+    REQUIRE(pub->wait_outbox_empty(60s));
+    REQUIRE(got.wait_size(n));
+    const auto items = got.items();
+    for (int i = 0; i < n; ++i) REQUIRE(items[i] == std::to_string(i));
+    std::lock_guard<std::mutex> lk(mu);
+    std::vector<std::string> events;
+    for (const auto& p : sent)
+        if (p != "x") events.push_back(p);
+    REQUIRE(events.size() == std::size_t(n));  // each handed to Paho once, in order
+    for (int i = 0; i < n; ++i) CHECK(events[i] == std::to_string(i));
+    CHECK(senders.size() >= 2);  // the sender thread and Paho's receive thread
 }
 
 TEST_CASE("hooks report connection and packets", "[events]") {
