@@ -744,10 +744,10 @@ std::shared_ptr<mqtt::message> client::impl::to_paho(const stored_message& m) co
 bool client::impl::sender_has_work() const {
     if (!connected_ || send_blocked_ || buffer_full_ || inflight_.size() >= window_) return false;
     const std::size_t pending = requeue_.size() + backlog_.size() + ready_.size();
-    // With more waiting than the window holds, wait for a quarter of it to be free: the sender then
-    // hands Paho a burst, instead of waking (and taking Paho's lock against its threads) once per
-    // completion. The other three quarters keep the pipeline full meanwhile.
-    const std::size_t burst = std::min(pending, std::max<std::size_t>(1, window_ / 4));
+    // With more waiting than the window holds, wait for half of it to be free: Paho then gets a burst,
+    // instead of one publish (and one wake-up of its send thread) per completion. The other half keeps
+    // the pipeline full meanwhile. Measured against a quarter: +6 % process events (F17).
+    const std::size_t burst = std::min(pending, std::max<std::size_t>(1, window_ / 2));
     return pending > 0 && window_ - inflight_.size() >= burst;
 }
 
