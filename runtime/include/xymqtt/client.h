@@ -59,7 +59,9 @@ struct retry_policy {
 enum class log_level : std::uint8_t { debug, info, warning, error };
 
 /// Callbacks, all optional. They run on xymqtt's or Paho's threads and must not block for long;
-/// exceptions they throw are caught and logged.
+/// exceptions they throw are caught and logged. Some may run inside Paho's callbacks, where Paho holds
+/// its global lock (`on_packet_send` and `on_log`, for example): from hooks, do not call `close`,
+/// `subscribe` or `unsubscribe`, which wait for Paho.
 struct hooks {
     /// Every successful connection. `session_present` is false when the broker had no session.
     std::function<void(bool session_present)> on_connect;
