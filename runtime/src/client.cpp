@@ -757,32 +757,41 @@ void client::impl::sender_loop() {
     while (true) {
         send_cv_.wait(lk, [&] { return closing_ || (sender_has_work() && !dispatching_); });
         if (closing_) return;
-        const auto gen = connection_gen_;
-        auto batch = take_batch();
-        lk.unlock();
-        int refused_rc;
-        {
-            // This may be the last reference to a Paho client replaced meanwhile; destroying it fails its
-            // tokens, whose callbacks take mu_: let it go before taking mu_.
-            auto cli = paho();
-            refused_rc = publish_batch(batch, cli.get());
-        }
-        lk.lock();
-        if (!settle_batch(batch, refused_rc, gen)) {
-            // Anything but a full queue or no connection (Paho could not store its record on a full disk:
-            // -2) is no connection problem, and no reconnect would come to end a wait for one: try again
-            // after a pause.
+        const auto outcome = dispatch(lk, nullptr);
+        if (outcome == send_outcome::pause) {
             send_cv_.wait_for(lk, refused_pause, [&] { return closing_.load(); });
             refused_pause = std::min(refused_pause * 2, std::chrono::milliseconds(1000));
+        } else if (outcome == send_outcome::sent) {
+            refused_pause = std::chrono::milliseconds(10);
         }
-        if (!refused_rc) refused_pause = std::chrono::milliseconds(10);
     }
+}
+
+client::impl::send_outcome client::impl::dispatch(std::unique_lock<std::mutex>& lk, mqtt::iasync_client* from) {
+    // mu_ held, released while Paho is called
+    const auto gen = connection_gen_;
+    dispatching_ = true;
+    auto batch = take_batch();
+    lk.unlock();
+    int refused_rc;
+    {
+        std::shared_ptr<mqtt::async_client> current;
+        if (!from) {
+            // This may be the last reference to a Paho client replaced meanwhile; destroying it fails its
+            // tokens, whose callbacks take mu_: it goes before mu_ is taken again.
+            current = paho();
+            from = current.get();
+        }
+        refused_rc = publish_batch(batch, from);
+    }
+    lk.lock();
+    dispatching_ = false;
+    return settle_batch(batch, refused_rc, gen);
 }
 
 std::vector<client::impl::send_item> client::impl::take_batch() {
     // mu_ held. Takes what the window allows in one go: one lock hand-off per batch, not per message.
     std::vector<send_item> batch;
-    dispatching_ = true;
     while (batch.size() < 64 && inflight_.size() < window_ &&
            (!requeue_.empty() || !backlog_.empty() || !ready_.empty())) {
         send_item it;
@@ -842,9 +851,9 @@ int client::impl::publish_batch(std::vector<send_item>& batch, mqtt::iasync_clie
     return refused_rc;
 }
 
-bool client::impl::settle_batch(std::vector<send_item>& batch, int refused_rc, std::uint64_t gen) {
+client::impl::send_outcome client::impl::settle_batch(std::vector<send_item>& batch, int refused_rc,
+                                                      std::uint64_t gen) {
     // mu_ held
-    dispatching_ = false;
     for (auto& it : batch) {
         auto f = inflight_.find(it.seq);
         if (f == inflight_.end()) continue;  // completed (or failed and requeued) already
@@ -857,19 +866,22 @@ bool client::impl::settle_batch(std::vector<send_item>& batch, int refused_rc, s
             f->second = it.msg;
         }
     }
+    if (!refused_rc) return send_outcome::sent;
     // A refusal by the client of a connection that has been replaced since says nothing about the new
     // one: blocking on it would stall the outbox until the next reconnect.
-    if (!refused_rc || gen != connection_gen_) return true;
+    if (gen != connection_gen_) return send_outcome::held;
     // Paho's queue is full: wait for a completion. Not connected: wait for the next connection.
     if (refused_rc == MQTTASYNC_MAX_BUFFERED_MESSAGES) {
         buffer_full_ = true;
-        return true;
+        return send_outcome::held;
     }
     if (refused_rc == MQTTASYNC_DISCONNECTED) {
         send_blocked_ = true;
-        return true;
+        return send_outcome::held;
     }
-    return false;
+    // Anything else (Paho could not store its record on a full disk: -2) is no connection problem, and
+    // no reconnect would come to end a wait for one: try again after a pause.
+    return send_outcome::pause;
 }
 
 void client::impl::on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync_client* from) {
@@ -891,13 +903,8 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync
                 // holds Paho's lock already. Woken for it, the sender thread would wait for that lock
                 // against Paho's threads and cost two more context switches (bench/findings.md, F17).
                 // Paho is inside a callback of `from`, so it cannot be destroyed meanwhile.
-                const auto gen = connection_gen_;
-                auto batch = take_batch();
-                lk.unlock();
-                const int refused_rc = publish_batch(batch, from);
-                lk.lock();
                 // Pauses after other refusals are the sender thread's: a callback must not sleep.
-                if (!settle_batch(batch, refused_rc, gen) || sender_has_work()) send_cv_.notify_one();
+                if (dispatch(lk, from) == send_outcome::pause || sender_has_work()) send_cv_.notify_one();
             } else {
                 send_cv_.notify_one();
             }

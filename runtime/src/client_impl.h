@@ -113,10 +113,17 @@ private:
     /// mu_ held. @return whether the sender thread should run now.
     bool sender_has_work() const;
     void sender_loop();
-    // Handing publishes to Paho, one thread at a time (dispatching_), in outbox order: take_batch (mu_ held)
-    // moves what the window allows into inflight_, publish_batch (mu_ not held) hands it to Paho, and
-    // settle_batch (mu_ held) requeues what Paho refused. settle_batch @return false if the refusal
-    // calls for a pause before trying again.
+    enum class send_outcome {
+        sent,   ///< Paho took the whole batch
+        held,   ///< Paho refused: sending waits for a completion or a connection (or it was the old one's)
+        pause,  ///< Paho refused otherwise: try again after a pause
+    };
+    /// Hands Paho the next batch of what waits to be sent: one thread at a time (dispatching_), in outbox
+    /// order. Called with `lk` (mu_) held, released while Paho is called. @param from the Paho client to
+    /// publish with, from inside its callback; nullptr: the current one.
+    send_outcome dispatch(std::unique_lock<std::mutex>& lk, mqtt::iasync_client* from);
+    // dispatch's steps: take_batch (mu_ held) moves what the window allows into inflight_, publish_batch
+    // (mu_ not held) hands it to Paho, settle_batch (mu_ held) requeues what Paho refused.
     struct send_item {
         std::uint64_t seq = 0;
         std::shared_ptr<stored_message> msg;
@@ -125,7 +132,7 @@ private:
     };
     std::vector<send_item> take_batch();
     int publish_batch(std::vector<send_item>& batch, mqtt::iasync_client* cli);
-    bool settle_batch(std::vector<send_item>& batch, int refused_rc, std::uint64_t gen);
+    send_outcome settle_batch(std::vector<send_item>& batch, int refused_rc, std::uint64_t gen);
     /// A publish completed. `from`: the Paho client whose callback this is, if any (a batch may then be
     /// handed to it on its callback thread).
     void on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync_client* from = nullptr);
@@ -205,7 +212,7 @@ private:
     std::map<std::uint64_t, std::shared_ptr<stored_message>> inflight_; // handed to Paho
     bool send_blocked_ = false;  // Paho is not connected: wait for the next connection
     bool buffer_full_ = false;   // Paho's command queue is full: wait for a completion
-    bool dispatching_ = false;   // a thread is between take_batch and settle_batch
+    bool dispatching_ = false;   // a thread is in dispatch(), handing Paho a batch
     std::uint64_t connection_gen_ = 0;  // counts connections: a refusal seen by the sender is for one of them
     std::size_t window_ = 1;              // publishes allowed in flight: min(max_inflight, receive maximum)
     bool connecting_ = false;
