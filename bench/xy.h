@@ -20,7 +20,7 @@ inline xymqtt::client_options xy_options(const args& a) {
     if (a.has("nodelay")) o.tcp_nodelay = a.num("nodelay") != 0;
     if (a.has("receive-max")) o.receive_maximum = std::uint16_t(a.num("receive-max"));
     if (a.has("journal-bytes") && o.store_type == xymqtt::store_kind::lmdb) {
-        // A/B of the fsync store's write-ahead journal (0: every commit straight to LMDB).
+        // A/B of the LMDB store's write-ahead journal (0: every commit straight to LMDB).
         xymqtt::store_options so;
         so.durability = o.durability;
         so.journal_bytes = std::size_t(a.num("journal-bytes"));

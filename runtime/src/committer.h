@@ -30,7 +30,8 @@ enum class urgency : std::uint8_t {
 
 class committer {
 public:
-    /// Called on the writer thread once the batch is durable (nullptr) or has failed.
+    /// Called once the batch is durable (nullptr) or has failed: on the writer thread, or on a caller of
+    /// `commit` that made the commit itself (see commit).
     using done_fn = std::function<void(std::exception_ptr)>;
 
     /// @param linger how long lingering and background batches may wait for an urgent one to carry them
@@ -39,7 +40,7 @@ public:
     committer(const committer&) = delete;
     committer& operator=(const committer&) = delete;
 
-    /// Queues `ops`; `done` runs on the writer thread after the commit. Batches commit in FIFO order.
+    /// Queues `ops`; `done` runs after the commit (see done_fn). Batches commit in FIFO order.
     /// Blocks while `max_queued` batches wait, so a fast producer cannot pile up memory.
     void submit(std::vector<write_op> ops, done_fn done, urgency u = urgency::now);
     /// Commits `ops` and waits until they are durable. With urgency::now and no commit running, commits on

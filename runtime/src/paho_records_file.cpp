@@ -24,7 +24,6 @@ constexpr std::uint32_t removal_bit = 0x80000000u;
     throw_file_error("paho records", what, path, err);
 }
 
-
 std::size_t record_bytes(const std::string& key, const std::string* value) {
     return header_bytes + key.size() + (value ? value->size() : 0);
 }
