@@ -2,6 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
+#include <limits>
+
 #include "xymqtt/exception.h"
 #include "xymqtt/topic.h"
 
@@ -189,12 +192,13 @@ command_result decode_result(const std::string& command, bool rejected, const st
     if (rejected) {
         const auto st = j.find("status");
         if (st != j.end()) {
-            // Peers are not always strict about the type: accept 409, 409.0 and "409"; anything else is
-            // reported as the default 500 (the reject itself still counts).
-            if (st->is_number_integer())
-                r.status = st->get<int>();
-            else if (st->is_number_float())
-                r.status = static_cast<int>(st->get<double>());
+            // Peers are not always strict about the type: accept 409, 409.0 and "409"; anything else,
+            // including a number no int can hold, is reported as the default 500 (the reject itself still
+            // counts).
+            constexpr double lowest = std::numeric_limits<int>::min(), highest = std::numeric_limits<int>::max();
+            if (st->is_number() && st->get<double>() >= lowest && st->get<double>() <= highest)
+                r.status = st->is_number_float() ? static_cast<int>(st->get<double>())
+                                                 : static_cast<int>(st->get<std::int64_t>());
             else if (st->is_string() && !st->get<std::string>().empty() &&
                      st->get<std::string>().find_first_not_of("0123456789") == std::string::npos &&
                      st->get<std::string>().size() < 6)

@@ -181,6 +181,9 @@ TEST_CASE("JSON with wrong types: rejects or dead letters, and the next call sti
     s.caller->publish(s.command + "/resolve", R"({"messageId":42})").get();
     s.caller->publish(s.command + "/resolve", "]]]").get();
     s.caller->publish(s.command + "/reject", R"({"messageId":"unknown","status":"abc","message":7})").get();
+    // A status no int holds (found by fuzz_wire: converting it was undefined behaviour).
+    s.caller->publish(s.command + "/reject", R"({"messageId":"unknown","status":4e79})").get();
+    s.caller->publish(s.command + "/reject", R"({"messageId":"unknown","status":99999999999})").get();
     const auto r = s.call(R"({"n":"after-garbage"})");
     CHECK(r.ok);
     CHECK(json::parse(r.body)["echo"] == "after-garbage");
