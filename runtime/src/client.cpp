@@ -178,6 +178,8 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
             fire(opts_.hooks.on_storage_error, e);
         });
     persistence_->on_complete([this](int packet_id) { on_resumed_complete(packet_id); });
+    if (opts_.tcp_nodelay && opts_.adaptive_nagle)
+        nagle_ = std::make_unique<detail::nagle_governor>(detail::nagle_governor::settings{});
 
     conn_builder_ = std::make_unique<mqtt::connect_options_builder>();
     auto& b = *conn_builder_;
@@ -450,8 +452,19 @@ void client::impl::connection_loop() {
 }
 
 void client::impl::on_connected(bool session_present) {
-    if (opts_.tcp_nodelay && detail::set_tcp_nodelay_to_peer(host_, port_) == 0)
-        log(log_level::warning, "could not set TCP_NODELAY on the broker connection");
+    if (opts_.tcp_nodelay) {
+        if (auto own = detail::peer_socket::claim(host_, port_)) {
+            if (nagle_) nagle_->attach(std::move(own));  // sets TCP_NODELAY
+            else own.set_nodelay(true);
+        } else {
+            // This connection's socket cannot be told from another of this process to the same broker:
+            // TCP_NODELAY on all of them (what they all want outside a stream) and no Nagle in streams.
+            if (detail::set_tcp_nodelay_to_peer(host_, port_) == 0)
+                log(log_level::warning, "could not set TCP_NODELAY on the broker connection");
+            else if (nagle_)
+                log(log_level::debug, "adaptive Nagle off for this connection: its socket is not the only new one to the broker");
+        }
+    }
     std::vector<std::string> filters, stale;
     bool reconnect;
     {
@@ -497,6 +510,7 @@ void client::impl::on_connected(bool session_present) {
 }
 
 void client::impl::on_connection_lost(const std::string& cause) {
+    if (nagle_) nagle_->detach();
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (!connected_) return;
@@ -562,6 +576,7 @@ void client::impl::close() {
     if (conn_thread_.joinable()) conn_thread_.join();
     if (sender_thread_.joinable()) sender_thread_.join();
     if (timer_thread_.joinable()) timer_thread_.join();
+    if (nagle_) nagle_->detach();
     // Disconnect before stopping the lanes and the writer: a delivery being committed in Paho's
     // callback must finish (or be refused) before the writer goes.
     if (auto cli = paho()) {
@@ -1013,6 +1028,7 @@ void client::impl::commit_until_stored(const std::vector<write_op>& ops, detail:
 void client::impl::on_arrived(mqtt::const_message_ptr msg) {
     // Runs on Paho's receive thread, before the acknowledgement leaves: the commit here is what makes
     // the acknowledgement safe. Nothing may escape into Paho (it does not catch).
+    if (nagle_) nagle_->on_message();
     try {
         const std::string& topic = msg->get_topic();
         const std::string& payload = msg->get_payload_str();
@@ -1382,6 +1398,7 @@ client_stats client::impl::stats() const {
     s.retries = retries_;
     s.connected = connected_;
     s.last_error = last_error_;
+    s.nagle_streams = nagle_ ? nagle_->streams() : 0;
     return s;
 }
 

@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "committer.h"
+#include "nagle_governor.h"
 #include "paho_persistence.h"
 #include "xymqtt/client.h"
 
@@ -172,6 +173,7 @@ private:
     // -- state
     std::shared_ptr<store> store_;
     std::unique_ptr<detail::paho_persistence> persistence_;
+    std::unique_ptr<detail::nagle_governor> nagle_;  // with tcp_nodelay and adaptive_nagle
     std::unique_ptr<detail::committer> committer_;
     std::shared_ptr<mqtt::async_client> paho() const;
     void fresh_paho();

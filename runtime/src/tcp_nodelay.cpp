@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -11,6 +12,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <set>
 #include <vector>
 
 namespace xymqtt::detail {
@@ -61,7 +64,7 @@ bool parse_server_uri(const std::string& uri, std::string& scheme, std::string& 
 
 namespace {
 
-// Calls fn(fd) for each TCP socket of this process connected to host:port; @return how often fn was true.
+// Calls fn(fd, st) for each TCP socket of this process connected to host:port; @return how often fn was true.
 template <class F>
 int for_each_socket_to_peer(const std::string& host, int port, F fn) {
     addrinfo hints{};
@@ -96,7 +99,7 @@ int for_each_socket_to_peer(const std::string& host, int port, F fn) {
         bool match = false;
         for (const auto& a : addrs) match = match || same_address(peer, reinterpret_cast<const sockaddr*>(&a));
         if (!match) continue;
-        if (fn(static_cast<int>(fd))) ++count;
+        if (fn(static_cast<int>(fd), st)) ++count;
     }
     closedir(dir);
     return count;
@@ -105,14 +108,81 @@ int for_each_socket_to_peer(const std::string& host, int port, F fn) {
 }  // namespace
 
 int set_tcp_nodelay_to_peer(const std::string& host, int port) {
-    return for_each_socket_to_peer(host, port, [](int fd) {
+    return for_each_socket_to_peer(host, port, [](int fd, const struct stat&) {
         int one = 1;
         return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0;
     });
 }
 
 int shutdown_sockets_to_peer(const std::string& host, int port) {
-    return for_each_socket_to_peer(host, port, [](int fd) { return shutdown(fd, SHUT_RDWR) == 0; });
+    return for_each_socket_to_peer(host, port, [](int fd, const struct stat&) { return shutdown(fd, SHUT_RDWR) == 0; });
+}
+
+namespace {
+
+// Inodes of the sockets claimed by live peer_sockets of this process.
+std::mutex claims_mu;
+std::set<ino_t> claims;
+
+}  // namespace
+
+peer_socket peer_socket::claim(const std::string& host, int port) {
+    std::lock_guard<std::mutex> g(claims_mu);
+    int found = -1;
+    ino_t inode = 0;
+    const int n = for_each_socket_to_peer(host, port, [&](int fd, const struct stat& st) {
+        if (claims.count(st.st_ino)) return false;
+        found = fd;
+        inode = st.st_ino;
+        return true;
+    });
+    peer_socket s;
+    if (n != 1) return s;
+    s.fd_ = fcntl(found, F_DUPFD_CLOEXEC, 0);
+    if (s.fd_ < 0) return s;
+    struct stat st{};
+    if (fstat(s.fd_, &st) != 0 || st.st_ino != inode) {  // closed and reused in between
+        close(s.fd_);
+        s.fd_ = -1;
+        return s;
+    }
+    s.inode_ = inode;
+    claims.insert(inode);
+    return s;
+}
+
+peer_socket::peer_socket(peer_socket&& o) noexcept : fd_(o.fd_), inode_(o.inode_) { o.fd_ = -1; }
+
+peer_socket& peer_socket::operator=(peer_socket&& o) noexcept {
+    if (this != &o) {
+        release();
+        fd_ = o.fd_;
+        inode_ = o.inode_;
+        o.fd_ = -1;
+    }
+    return *this;
+}
+
+peer_socket::~peer_socket() { release(); }
+
+void peer_socket::release() noexcept {
+    if (fd_ < 0) return;
+    close(fd_);
+    fd_ = -1;
+    std::lock_guard<std::mutex> g(claims_mu);
+    claims.erase(inode_);
+}
+
+bool peer_socket::set_nodelay(bool on) const {
+    const int v = on ? 1 : 0;
+    return fd_ >= 0 && setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v)) == 0;
+}
+
+int peer_socket::nodelay() const {
+    int v = 0;
+    socklen_t len = sizeof(v);
+    if (fd_ < 0 || getsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &v, &len) != 0) return -1;
+    return v ? 1 : 0;
 }
 
 }  // namespace xymqtt::detail

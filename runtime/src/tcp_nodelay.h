@@ -2,9 +2,42 @@
 // peer's delayed ACK (~40 ms): request/response latency goes from sub-millisecond to ~88 ms.
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 
 namespace xymqtt::detail {
+
+/// This client's own socket to the broker, for settings that must not touch another connection.
+/// Paho offers no access to its socket: claim() looks through /proc/self/fd for sockets connected to
+/// the broker and takes the one that no other live claim in this process holds. It keeps a duplicate of
+/// the descriptor, so the socket it names cannot change when Paho closes its descriptor and the number is
+/// reused (Paho shuts its socket down before closing it, so the duplicate does not keep the connection up).
+class peer_socket {
+public:
+    /// @return the claim, or an empty one when no socket to `host`:`port` is unclaimed, or several are
+    ///         (connections being made at the same time, or not made by this runtime): then which one is
+    ///         this client's cannot be told.
+    static peer_socket claim(const std::string& host, int port);
+
+    peer_socket() = default;
+    peer_socket(peer_socket&& o) noexcept;
+    peer_socket& operator=(peer_socket&& o) noexcept;
+    peer_socket(const peer_socket&) = delete;
+    peer_socket& operator=(const peer_socket&) = delete;
+    ~peer_socket();  ///< Closes the duplicate and releases the claim.
+
+    explicit operator bool() const { return fd_ >= 0; }
+    /// @return false if the socket refused (e.g. it is closed).
+    bool set_nodelay(bool on) const;
+    /// @return TCP_NODELAY as the socket has it, or -1 on error.
+    int nodelay() const;
+
+private:
+    void release() noexcept;
+    int fd_ = -1;
+    ino_t inode_ = 0;
+};
 
 /// Sets TCP_NODELAY on every TCP socket of this process connected to `host`:`port`.
 /// Paho offers no access to its socket, so the sockets are found through /proc/self/fd and matched by

@@ -1,6 +1,7 @@
 // Commands against a real Mosquitto: resolve, reject, cancel, dedupe, crashes, share groups.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+#include <algorithm>
 #include <thread>
 
 #include "support/child_process.h"
@@ -35,14 +36,18 @@ struct pair_of_clients {
     temp_dir dir{"cmd"};
     std::unique_ptr<client> server, caller;
     std::string command;
-    explicit pair_of_clients(command_handler h = echo_handler(), command_options co = {}) {
+    explicit pair_of_clients(command_handler h = echo_handler(), command_options co = {},
+                             durability d = durability::fsync) {
         auto so = options_for(dir, "server");
+        so.durability = d;
         command = "test/" + so.client_id + "/cmd/echo";
         server = std::make_unique<client>(so);
         server->command_register(command, std::move(h), co);
         server->connect();
         REQUIRE(server->wait_connected(10s));
-        caller = connected(options_for(dir, "caller"));
+        auto caller_options = options_for(dir, "caller");
+        caller_options.durability = d;
+        caller = connected(caller_options);
     }
     // The first call also waits for the server's subscription to reach the broker.
     command_result first_call(const std::string& body, call_options o = {}) {
@@ -393,4 +398,36 @@ TEST_CASE("three servers in a share group split 300 calls, each handled once", "
         for (auto& l : read_lines(dir / ("s" + std::to_string(i) + ".log")))
             if (l.rfind("done ", 0) == 0) ++handled[l.substr(5)];
     for (auto& c : calls) CHECK(handled[c.handle.message_id()] == 1);
+}
+
+TEST_CASE("a stream of events lets Nagle coalesce at the server, and calls right after it are not held", "[commands][nagle]") {
+    // During the stream the server's connection runs without TCP_NODELAY (adaptive_nagle). A reply sent
+    // right after acknowledging its call would wait ~40 ms for the broker's delayed ACK if Nagle stayed
+    // on; the governor sets TCP_NODELAY again within about a millisecond of the stream's end.
+    pair_of_clients p(echo_handler(), {}, durability::process);
+    p.first_call(R"({"n":"warm"})");
+    const std::string topic = "test/" + unique_id("nagle") + "/stream";
+    std::atomic<int> events{0};
+    p.server->subscribe(topic, [&](const message& m) {
+        if (m.payload == "e") ++events;
+    });
+    REQUIRE(eventually([&] {  // the subscription is at the broker once a probe arrives
+        p.caller->publish(topic, "probe").get();
+        return p.server->stats().handled > 1;
+    }));
+    constexpr int n = 20000;
+    for (int i = 0; i < n; ++i) p.caller->post(topic, "e");
+    REQUIRE(eventually([&] { return events == n; }, 120s));
+    CHECK(p.server->stats().nagle_streams >= 1);
+
+    std::vector<double> ms;
+    for (int i = 0; i < 21; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        auto r = p.caller->call_async(p.command, R"({"n":"after"})", {}, 10s).result.get();
+        REQUIRE(r.ok);
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    INFO("call round trips after the stream, sorted (ms): " << ms.front() << " ... " << ms[10] << " ... " << ms.back());
+    CHECK(ms[10] < 20.0);  // a call held by Nagle takes 40 ms or more
 }

@@ -125,6 +125,11 @@ struct client_options {
     std::chrono::seconds result_retention{7 * 24 * 3600};
     /// Set TCP_NODELAY on the broker connection (Paho does not), cutting ~40 ms Nagle delays.
     bool tcp_nodelay = true;
+    /// With tcp_nodelay: while messages arrive 8 or more per millisecond, let TCP coalesce Paho's
+    /// acknowledgements (Nagle's algorithm), and set TCP_NODELAY again, which sends what it holds, within
+    /// ~1 ms of the stream slowing (docs/benchmarks.md, F18). Needs this connection's socket told apart
+    /// from other sockets of the process to the same broker; when it cannot be, TCP_NODELAY stays on.
+    bool adaptive_nagle = true;
 
     xymqtt::hooks hooks;
 };
@@ -144,6 +149,7 @@ struct client_stats {
     std::uint64_t delivered = 0;   ///< Deliveries committed since start.
     std::uint64_t handled = 0;     ///< Deliveries handled since start.
     std::uint64_t retries = 0;
+    std::uint64_t nagle_streams = 0;  ///< Streams of arrivals that Nagle's algorithm was on for (adaptive_nagle).
     bool connected = false;
     /// Why the last connection attempt failed or the connection was lost ("" while connected):
     /// e.g. "connect to tcp://... failed: not authorized: bad user name or password".
