@@ -223,6 +223,8 @@ int paho_pub(const args& a) {
 }  // namespace
 
 int events_main(const std::string& mode, const args& a) {
+    // The raw Paho baseline as xymqtt drives Paho: trace at errors (F19). xymqtt clients set it themselves.
+    if (a.has("paho-trace-errors") && a.num("paho-trace-errors") != 0) MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
     if (mode == "xy-sub") return xy_sub(a);
     if (mode == "xy-pub") return xy_pub(a);
     if (mode == "paho-sub") return paho_sub(a);

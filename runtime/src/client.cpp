@@ -5,10 +5,12 @@
 #include <mqtt/message.h>
 #undef UNIT_TESTS
 
+#include <MQTTAsync.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -129,6 +131,12 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     const bool tls_scheme = scheme == "ssl" || scheme == "mqtts";
     if (!tls_scheme && scheme != "tcp" && scheme != "mqtt")
         throw configuration_error("server_uri scheme \"" + scheme + "\" is not supported (tcp, mqtt, ssl, mqtts)");
+    if (!opts_.paho_trace && !std::getenv("MQTT_C_CLIENT_TRACE") && !std::getenv("MQTT_C_CLIENT_TRACE_LEVEL")) {
+        // Paho C, as Debian builds it, records every function it enters and leaves, and formats each
+        // packet it logs, into an in-memory trace under global locks; nothing reads it unless tracing
+        // is asked for. Errors only: -18 % CPU per message here (docs/benchmarks.md, F19).
+        MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
+    }
     if (opts_.session_expiry.count() <= 0 && opts_.mqtt_version == 5)
         throw configuration_error("session_expiry must be > 0: with 0 the session dies at each disconnect");
     if (opts_.max_inflight == 0) throw configuration_error("max_inflight must be > 0");

@@ -1,5 +1,7 @@
 // Events against a real Mosquitto: round trips, offline delivery, retries, restarts, dead letters.
+#include <MQTTAsync.h>
 #include <catch2/catch.hpp>
+#include <atomic>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -477,4 +479,39 @@ TEST_CASE("post stores and delivers like publish, without a future", "[events]")
     std::set<std::string> u;
     for (auto& s : got.items()) u.insert(s);
     CHECK(u.size() == 1000);
+}
+
+namespace {
+
+std::atomic<int> paho_trace_lines{0};
+
+void count_paho_trace(enum MQTTASYNC_TRACE_LEVELS level, char*) {
+    // Paho also prints a banner (at the minimum level) the first time it outputs anything.
+    if (level == MQTTASYNC_TRACE_PROTOCOL) ++paho_trace_lines;
+}
+
+}  // namespace
+
+TEST_CASE("Paho's own trace is kept to errors unless the client is told to leave it", "[events]") {
+    // Paho records every function entry into an in-memory trace under global locks (F19); a trace
+    // callback receives what Paho records at or above the level it outputs.
+    const bool leave = GENERATE(false, true);
+    MQTTAsync_setTraceCallback(count_paho_trace);
+    MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_PROTOCOL);  // as an application that wants Paho's trace
+    temp_dir dir("trace");
+    auto o = options_for(dir, "c");
+    o.paho_trace = leave;
+    paho_trace_lines = 0;
+    {
+        auto c = connected(o);
+        c->publish("test/" + o.client_id + "/t", "x").get();
+    }
+    const int lines = paho_trace_lines;
+    MQTTAsync_setTraceCallback(nullptr);
+    MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
+    INFO("Paho protocol trace lines: " << lines);
+    if (leave)
+        CHECK(lines > 0);
+    else
+        CHECK(lines == 0);
 }

@@ -130,6 +130,11 @@ struct client_options {
     /// ~1 ms of the stream slowing (docs/benchmarks.md, F18). Needs this connection's socket told apart
     /// from other sockets of the process to the same broker; when it cannot be, TCP_NODELAY stays on.
     bool adaptive_nagle = true;
+    /// Leave Paho C's own trace as it is. Paho records every function it enters and leaves into an
+    /// in-memory trace under global locks, which costs ~18 % of a client's CPU (docs/benchmarks.md, F19),
+    /// so by default constructing a client sets Paho's trace level to errors. Paho has one level per
+    /// process. Nothing is changed when MQTT_C_CLIENT_TRACE or MQTT_C_CLIENT_TRACE_LEVEL is set.
+    bool paho_trace = false;
 
     xymqtt::hooks hooks;
 };
