@@ -140,7 +140,6 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.session_expiry.count() <= 0 && opts_.mqtt_version == 5)
         throw configuration_error("session_expiry must be > 0: with 0 the session dies at each disconnect");
     if (opts_.max_inflight == 0) throw configuration_error("max_inflight must be > 0");
-    if (opts_.receive_maximum == 0) throw configuration_error("receive_maximum must be > 0");
 
     if (opts_.store) {
         store_ = opts_.store;
@@ -178,6 +177,8 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     });
     inbox_count_ = parked_.size();
     dead_count_ = store_->count(table::dead_letters);
+
+    if (opts_.receive_maximum == 0) opts_.receive_maximum = store_->durability() == durability::fsync ? 1 : 8;
 
     persistence_ = std::make_unique<detail::paho_persistence>(
         store_->paho(), opts_.mqtt_version == 4 && opts_.durability == durability::fsync,

@@ -116,11 +116,12 @@ struct client_options {
     /// Most publishes handed to Paho and not yet completed; more wait in the outbox (on disk).
     std::size_t max_inflight = 4096;
     /// MQTT 5 receive maximum: most QoS 2 deliveries the broker may have in flight to this client. Each
-    /// arriving message is committed before it is acknowledged, so a deep window buys nothing, and Paho
-    /// searches its list of unreleased messages linearly for every packet, a list Mosquitto lets grow with
-    /// the window (docs/benchmarks.md, F9): 8 measured +12-30 % with fsync durability over 64, and the same
-    /// with process durability.
-    std::uint16_t receive_maximum = 8;
+    /// arriving message is committed before it is acknowledged, so a deep window buys little, and Paho
+    /// searches its list of unreleased messages linearly for every packet, a list Mosquitto 2.0.11 lets
+    /// grow past the window while it holds a backlog for this client (docs/benchmarks.md, F9, F20).
+    /// 0 (default): 1 with durability::fsync (2x the events of 8 once a backlog builds: a synced commit
+    /// per message leaves nothing to pipeline) and 8 with durability::process (more calls per second).
+    std::uint16_t receive_maximum = 0;
     /// How long a command server keeps each call's outcome to answer repeated invokes.
     std::chrono::seconds result_retention{7 * 24 * 3600};
     /// Set TCP_NODELAY on the broker connection (Paho does not), cutting ~40 ms Nagle delays.
