@@ -187,6 +187,7 @@ private:
     std::mutex taint_mu_;  // not cli_mu_: destroying a Paho client under cli_mu_ fails its tokens
     std::set<const mqtt::iasync_client*> tainted_paho_;  // never destroyed (keep_tainted_paho)
     std::unique_ptr<mqtt::connect_options_builder> conn_builder_;
+    mqtt::properties connect_properties() const;  // MQTT 5 CONNECT properties, made for each connect
     std::string host_;
     int port_ = 0;
 
