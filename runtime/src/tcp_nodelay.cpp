@@ -107,11 +107,17 @@ int for_each_socket_to_peer(const std::string& host, int port, F fn) {
 
 }  // namespace
 
+namespace {
+
+bool set_nodelay(int fd, bool on) {
+    const int v = on ? 1 : 0;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v)) == 0;
+}
+
+}  // namespace
+
 int set_tcp_nodelay_to_peer(const std::string& host, int port) {
-    return for_each_socket_to_peer(host, port, [](int fd, const struct stat&) {
-        int one = 1;
-        return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0;
-    });
+    return for_each_socket_to_peer(host, port, [](int fd, const struct stat&) { return set_nodelay(fd, true); });
 }
 
 int shutdown_sockets_to_peer(const std::string& host, int port) {
@@ -173,16 +179,6 @@ void peer_socket::release() noexcept {
     claims.erase(inode_);
 }
 
-bool peer_socket::set_nodelay(bool on) const {
-    const int v = on ? 1 : 0;
-    return fd_ >= 0 && setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v)) == 0;
-}
-
-int peer_socket::nodelay() const {
-    int v = 0;
-    socklen_t len = sizeof(v);
-    if (fd_ < 0 || getsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &v, &len) != 0) return -1;
-    return v ? 1 : 0;
-}
+bool peer_socket::set_nodelay(bool on) const { return fd_ >= 0 && detail::set_nodelay(fd_, on); }
 
 }  // namespace xymqtt::detail

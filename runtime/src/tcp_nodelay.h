@@ -30,8 +30,6 @@ public:
     explicit operator bool() const { return fd_ >= 0; }
     /// @return false if the socket refused (e.g. it is closed).
     bool set_nodelay(bool on) const;
-    /// @return TCP_NODELAY as the socket has it, or -1 on error.
-    int nodelay() const;
 
 private:
     void release() noexcept;
