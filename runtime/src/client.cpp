@@ -50,6 +50,14 @@ message_properties from_paho(const mqtt::properties& p) {
     return out;
 }
 
+// The MQTT 5 subscription identifier of a filter: the same in every process, so that messages the broker
+// queued for an earlier process carry the identifier this one expects (FNV-1a into 1..268,435,455).
+std::uint32_t subscription_identifier(const std::string& filter) {
+    std::uint32_t h = 2166136261u;
+    for (unsigned char c : filter) h = (h ^ c) * 16777619u;
+    return h % 268435455u + 1;
+}
+
 }  // namespace
 
 std::chrono::milliseconds retry_policy::delay_after(std::uint32_t attempt) const {
@@ -76,7 +84,7 @@ public:
     explicit listener(impl& c) : c_(c) {}
     void on_success(const mqtt::token& tok) override {
         const auto seq = reinterpret_cast<std::uintptr_t>(tok.get_user_context());
-        c_.on_delivered(seq, tok.get_reason_code(), tok.get_client());
+        c_.on_delivered(seq, reason_code(tok), tok.get_client());
     }
     void on_failure(const mqtt::token& tok) override {
         const auto seq = reinterpret_cast<std::uintptr_t>(tok.get_user_context());
@@ -85,34 +93,41 @@ public:
         // persistence (-2), the command's topic and payload are freed although the outbound record it just
         // stored shares them. That Paho client must never be destroyed: MQTTAsync_destroy frees them again.
         if (rc == MQTTASYNC_FAILURE || rc == MQTTASYNC_PERSISTENCE_ERROR) c_.taint_paho(tok.get_client());
-        c_.on_send_failed(seq, rc, tok.get_reason_code());
+        c_.on_send_failed(seq, rc, reason_code(tok));
     }
 
 private:
+    // Reason codes are MQTT 5's; under 3.1.1 Paho leaves the field with no meaning (seen as 255).
+    int reason_code(const mqtt::token& tok) const { return c_.opts_.mqtt_version == 5 ? tok.get_reason_code() : 0; }
+
     impl& c_;
 };
 
 namespace {
 
-// Logs the broker's answer to SUBSCRIBE / UNSUBSCRIBE.
+// Logs the broker's answer to SUBSCRIBE / UNSUBSCRIBE, and hands a failure (not a refusal) to `failed`.
 class sub_listener : public mqtt::iaction_listener {
 public:
-    sub_listener(std::function<void(log_level, const std::string&)> log, std::string what)
-        : log_(std::move(log)), what_(std::move(what)) {}
+    sub_listener(std::function<void(log_level, const std::string&)> log, std::string what,
+                 std::function<void(const mqtt::iasync_client*)> failed = nullptr)
+        : log_(std::move(log)), what_(std::move(what)), failed_(std::move(failed)) {}
     void on_success(const mqtt::token& tok) override {
         if (tok.get_reason_code() >= 0x80)
             log_(log_level::error, what_ + " refused by the broker, reason code " + std::to_string(tok.get_reason_code()));
         delete this;
     }
     void on_failure(const mqtt::token& tok) override {
-        log_(log_level::error, what_ + " failed: return code " + std::to_string(tok.get_return_code()) +
-                                   ", reason code " + std::to_string(tok.get_reason_code()));
+        log_(log_level::warning, what_ + " failed: return code " + std::to_string(tok.get_return_code()) +
+                                     ", reason code " + std::to_string(tok.get_reason_code()) +
+                                     (failed_ ? " (retrying)" : ""));
+        if (failed_) failed_(tok.get_client());
         delete this;
     }
 
 private:
     std::function<void(log_level, const std::string&)> log_;
     std::string what_;
+    std::function<void(const mqtt::iasync_client*)> failed_;
 };
 
 }  // namespace
@@ -187,6 +202,10 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
             fire(opts_.hooks.on_storage_error, e);
         });
     persistence_->on_complete([this](int packet_id) { on_resumed_complete(packet_id); });
+    persistence_->on_stale([this](int packet_id) {
+        cut_connection("the broker sent a new message under packet id " + std::to_string(packet_id) +
+                       ", whose earlier flow it has forgotten (restarted from an older state?)");
+    });
     if (opts_.tcp_nodelay && opts_.adaptive_nagle)
         nagle_ = std::make_unique<detail::nagle_governor>(detail::nagle_governor::settings{});
 
@@ -231,6 +250,7 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
             "client per process where reconnects with QoS 2 flows in flight matter");
 
     purge_expired_results();
+    detail::connect_gate::process().join(&gate_member_);
     sender_thread_ = std::thread([this] { sender_loop(); });
     timer_thread_ = std::thread([this] { timer_loop(); });
     conn_thread_ = std::thread([this] { connection_loop(); });
@@ -238,6 +258,18 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
 
 client::impl::~impl() {
     close();
+    {
+        // Lanes left running by a close() from their own handler touch this object until they end.
+        std::unique_lock<std::mutex> lk(mu_);
+        auto running = [&] {
+            for (const auto& [f, l] : lanes_)
+                if (l->detached && !l->finished) return true;
+            for (const auto& l : retired_)
+                if (l->detached && !l->finished) return true;
+            return false;
+        };
+        state_cv_.wait(lk, [&] { return !running(); });
+    }
     --clients_alive;
 }
 
@@ -308,6 +340,10 @@ void client::impl::fresh_paho() {
         current_paho_ = nullptr;
         if (cli_) retired_paho_.push_back(std::move(cli_));
     }
+    {
+        std::lock_guard<std::mutex> lk(own_mu_);
+        own_socket_ = detail::peer_socket();
+    }
     detail::paho_persistence::purge_commands(store_->paho());
     mqtt::create_options co(opts_.mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1);
     co.set_send_while_disconnected(false);  // the outbox holds what waits, on disk
@@ -315,9 +351,13 @@ void client::impl::fresh_paho() {
     co.set_max_buffered_messages(static_cast<int>(std::min<std::size_t>(opts_.max_inflight, 65000)) + 64);
     auto cli = std::make_shared<mqtt::async_client>(opts_.server_uri, opts_.client_id, co, persistence_.get());
     cli->set_message_callback([this](mqtt::const_message_ptr m) { on_arrived(std::move(m)); });
-    cli->set_connection_lost_handler([this](const std::string& cause) { on_connection_lost(cause); });
-    cli->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode rc) {
-        on_connection_lost("broker sent DISCONNECT, reason code " + std::to_string(int(rc)));
+    // A loss reported by a client of an earlier connection says nothing about the current one.
+    const mqtt::iasync_client* self = cli.get();
+    cli->set_connection_lost_handler([this, self](const std::string& cause) {
+        if (current_paho_.load() == self) on_connection_lost(cause);
+    });
+    cli->set_disconnected_handler([this, self](const mqtt::properties&, mqtt::ReasonCode rc) {
+        if (current_paho_.load() == self) on_connection_lost("broker sent DISCONNECT, reason code " + std::to_string(int(rc)));
     });
     {
         std::lock_guard<std::mutex> lk(cli_mu_);
@@ -348,6 +388,21 @@ void client::impl::fresh_paho() {
                               std::to_string(requeue_.size()) + " publishes to send again");
 }
 
+bool client::impl::gate_member::drained() const {
+    std::lock_guard<std::mutex> lk(c_.mu_);
+    return !c_.connected_ || (c_.inflight_.empty() && c_.resumed_.empty());
+}
+
+void client::impl::gate_member::resume() {
+    std::lock_guard<std::mutex> lk(c_.mu_);
+    if (c_.sender_has_work()) c_.send_cv_.notify_one();
+}
+
+void client::impl::notify_gate() {
+    auto& gate = detail::connect_gate::process();
+    if (gate.closed_to(&gate_member_)) gate.notify();
+}
+
 void client::impl::on_resumed_complete(int packet_id) {
     std::uint64_t seq;
     {
@@ -374,6 +429,11 @@ void client::impl::connection_loop() {
     while (!closing_) {
         conn_cv_.wait(lk, [&] { return closing_ || (want_connect_ && !connected_); });
         if (closing_) break;
+        if (hold_off_.count() > 0) {
+            // The last connection was cut because an arrival could not be stored: give storage time.
+            conn_cv_.wait_for(lk, hold_off_, [&] { return closing_.load(); });
+            if (closing_) break;
+        }
         lk.unlock();
         bool ok = false;
         bool session_present = false;
@@ -397,6 +457,20 @@ void client::impl::connection_loop() {
             // client and reconnect under LeakSanitizer).
             auto co = conn_builder_->finalize();
             if (opts_.mqtt_version == 5) co.set_properties(connect_properties());
+            // With flows to resume, Paho re-sends every connected client's in-flight packets at the CONNACK:
+            // the other clients of the process drain first (connect_gate.h).
+            struct gate_guard {
+                gate_member* m = nullptr;
+                ~gate_guard() {
+                    if (m) detail::connect_gate::process().open(m);
+                }
+            } gate;
+            if (persistence_->has_outbound()) {
+                gate.m = &gate_member_;
+                if (const auto left = detail::connect_gate::process().close(gate.m, std::chrono::seconds(5)))
+                    log(log_level::warning, std::to_string(left) + " other client(s) of this process still have publishes "
+                                            "in flight: Paho will re-send them when this client connects");
+            }
             auto tok = paho()->connect(co);
             if (!tok->wait_for(opts_.connect_timeout + std::chrono::seconds(2)))
                 throw mqtt::exception(MQTTASYNC_FAILURE, "connect timed out");
@@ -419,6 +493,9 @@ void client::impl::connection_loop() {
             for (int packet_id : finished) on_resumed_complete(packet_id);
             if (rsp.get_properties().contains(mqtt::property::RECEIVE_MAXIMUM))
                 receive_max = mqtt::get<uint16_t>(rsp.get_properties(), mqtt::property::RECEIVE_MAXIMUM);
+            subscription_ids_ = opts_.mqtt_version == 5 &&
+                                (!rsp.get_properties().contains(mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE) ||
+                                 mqtt::get<uint8_t>(rsp.get_properties(), mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE) != 0);
             ok = true;
         } catch (const mqtt::exception& e) {
             {
@@ -470,8 +547,16 @@ mqtt::properties client::impl::connect_properties() const {
 }
 
 void client::impl::on_connected(bool session_present) {
+    // This connection's own socket, to cut it alone if an arrival cannot be stored (cut_connection).
+    // Claimed under own_mu_: a cut meanwhile must not find the socket claimed but not yet recorded.
+    detail::peer_socket own;
+    {
+        std::lock_guard<std::mutex> lk(own_mu_);
+        own = detail::peer_socket::claim(host_, port_);
+        own_socket_ = own.share();
+    }
     if (opts_.tcp_nodelay) {
-        if (auto own = detail::peer_socket::claim(host_, port_)) {
+        if (own) {
             if (nagle_) nagle_->attach(std::move(own));  // sets TCP_NODELAY
             else own.set_nodelay(true);
         } else {
@@ -530,6 +615,10 @@ void client::impl::on_connected(bool session_present) {
 void client::impl::on_connection_lost(const std::string& cause) {
     if (nagle_) nagle_->detach();
     {
+        std::lock_guard<std::mutex> lk(own_mu_);
+        own_socket_ = detail::peer_socket();
+    }
+    {
         std::lock_guard<std::mutex> lk(mu_);
         if (!connected_) return;
         connected_ = false;
@@ -537,21 +626,31 @@ void client::impl::on_connection_lost(const std::string& cause) {
         conn_cv_.notify_all();
         state_cv_.notify_all();
     }
+    notify_gate();  // not connected: drained
     log(log_level::warning, "connection lost: " + cause);
     fire(opts_.hooks.on_connection_lost, cause);
 }
 
-void client::impl::subscribe_at_broker(const std::string& filter) {
+void client::impl::subscribe_at_broker(const std::string& filter, std::chrono::milliseconds retry_in) {
     auto cli = paho();
     if (!cli) return;  // subscribed on the next connection
+    if (retry_in.count() <= 0) retry_in = opts_.reconnect_min;
     try {
         auto* l = new sub_listener([this](log_level lv, const std::string& s) { log(lv, s); },
-                                   "subscription to " + filter);
+                                   "subscription to " + filter,
+                                   [this, filter, retry_in](const mqtt::iasync_client* c) {
+                                       on_subscribe_failed(filter, c, retry_in);
+                                   });
         if (opts_.mqtt_version == 5) {
             // Retained messages only for a new subscription, not again at each reconnect.
             mqtt::subscribe_options so;
             so.set_retain_handling(mqtt::subscribe_options::SEND_RETAINED_ON_NEW);
-            cli->subscribe(filter, 2, nullptr, *l, so);
+            // A broker sends one copy of a message per matching subscription (Mosquitto does); the
+            // identifier tells which lane each copy is for, so overlapping filters handle it once each.
+            mqtt::properties props;
+            if (subscription_ids_)
+                props.add({mqtt::property::SUBSCRIPTION_IDENTIFIER, static_cast<int32_t>(subscription_identifier(filter))});
+            cli->subscribe(filter, 2, nullptr, *l, so, props);
         } else {
             cli->subscribe(filter, 2, nullptr, *l);
         }
@@ -559,6 +658,26 @@ void client::impl::subscribe_at_broker(const std::string& filter) {
         // Not connected: it is subscribed again on the next connection.
         log(log_level::debug, "subscribe " + filter + " deferred: " + e.what());
     }
+}
+
+void client::impl::on_subscribe_failed(const std::string& filter, const mqtt::iasync_client* cli,
+                                       std::chrono::milliseconds retry_in) {
+    // Runs on Paho's threads. A SUBSCRIBE interrupted with its connection is made again on the next one
+    // (on_connected subscribes every filter); on a connection that is still up it is retried here.
+    if (closing_ || !cli || current_paho_.load() != cli) return;
+    schedule(std::chrono::steady_clock::now() + retry_in, [this, filter, cli, retry_in] {
+        if (closing_ || current_paho_.load() != cli) return;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (!find_lane(filter) || !connected_) return;  // gone, or subscribed at the next connection
+        }
+        if (auto c = paho(); !c || !c->is_connected()) {
+            // Paho knows the connection is gone but has not told us (or told us too early): reconnect.
+            on_connection_lost("connection lost while subscribing to " + filter);
+            return;
+        }
+        subscribe_at_broker(filter, std::min(retry_in * 2, opts_.reconnect_max));
+    });
 }
 
 void client::impl::unsubscribe_at_broker(const std::string& filter) {
@@ -575,8 +694,25 @@ void client::impl::unsubscribe_at_broker(const std::string& filter) {
     }
 }
 
+namespace {
+
+// The client whose lane runs on this thread, if any: close() from a handler must not wait for a close()
+// that is joining this very thread.
+thread_local const void* lane_of = nullptr;
+
+}  // namespace
+
 void client::impl::close() {
-    if (closing_.exchange(true)) {
+    // One close at a time: a second caller waits until the first is done, except a handler, whose lane
+    // the first may be joining.
+    std::unique_lock<std::mutex> once(close_mu_, std::defer_lock);
+    if (lane_of == this) {
+        if (!once.try_lock()) return;
+    } else {
+        once.lock();
+    }
+    closing_ = true;
+    {
         std::lock_guard<std::mutex> lk(mu_);
         if (closed_) return;
     }
@@ -592,6 +728,7 @@ void client::impl::close() {
         timer_cv_.notify_all();
     }
     if (conn_thread_.joinable()) conn_thread_.join();
+    detail::connect_gate::process().leave(&gate_member_);
     if (sender_thread_.joinable()) sender_thread_.join();
     if (timer_thread_.joinable()) timer_thread_.join();
     if (nagle_) nagle_->detach();
@@ -610,8 +747,17 @@ void client::impl::close() {
         for (auto& [f, l] : lanes_) ls.push_back(l.get());
         for (auto& l : retired_) ls.push_back(l.get());
     }
-    for (auto* l : ls)
-        if (l->thread.joinable() && l->thread.get_id() != std::this_thread::get_id()) l->thread.join();
+    for (auto* l : ls) {
+        if (!l->thread.joinable()) continue;
+        if (l->thread.get_id() == std::this_thread::get_id()) {
+            // close() from a handler: this lane ends when the handler returns; the destructor waits for it.
+            std::lock_guard<std::mutex> lk(mu_);
+            l->thread.detach();
+            l->detached = true;
+        } else {
+            l->thread.join();
+        }
+    }
     committer_->stop();
     *alive_ = false;
     std::map<std::uint64_t, std::shared_ptr<std::promise<void>>> promises;
@@ -693,6 +839,7 @@ std::future<void> client::impl::publish(const std::string& topic, std::string pa
 void client::impl::post(const std::string& topic, std::string payload, publish_options opts,
                         std::shared_ptr<std::promise<void>> prom) {
     validate_topic_name(topic);
+    validate_properties(opts.props);
     if (payload.size() > max_payload)
         throw error("payload of " + std::to_string(payload.size()) + " bytes is larger than MQTT allows");
     require_open();
@@ -715,11 +862,13 @@ void client::impl::submit_publish(stored_publish pub, std::shared_ptr<std::promi
                 state_cv_.notify_all();
             }
             if (prom) {
+                bool ours;
                 {
+                    // close() may have failed it already (client_closed): a promise is satisfied once.
                     std::lock_guard<std::mutex> lk(mu_);
-                    promises_.erase(seq);
+                    ours = promises_.erase(seq) > 0;
                 }
-                prom->set_exception(e);
+                if (ours) prom->set_exception(e);
             } else {
                 try {
                     std::rethrow_exception(e);
@@ -776,6 +925,7 @@ std::shared_ptr<mqtt::message> client::impl::to_paho(const stored_message& m) co
 
 bool client::impl::sender_has_work() const {
     if (!connected_ || send_blocked_ || buffer_full_ || inflight_.size() >= window_) return false;
+    if (detail::connect_gate::process().closed_to(&gate_member_)) return false;  // another client connects
     const std::size_t pending = requeue_.size() + backlog_.size() + ready_.size();
     // With more waiting than the window holds, wait for half of it to be free: Paho then gets a burst,
     // instead of one publish (and one wake-up of its send thread) per completion. The other half keeps
@@ -924,6 +1074,7 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync
     {
         std::unique_lock<std::mutex> lk(mu_);
         if (!inflight_.erase(seq) && !requeue_.erase(seq)) return;  // completed already
+        refusals_.erase(seq);
         buffer_full_ = false;
         auto it = promises_.find(seq);
         if (it != promises_.end()) {
@@ -944,6 +1095,7 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync
         }
     }
     ++published_;
+    notify_gate();
     if (prom) prom->set_value();
     // Only costs a duplicate after a crash if lost: no sync of its own, it joins the next commit.
     committer_->submit({{table::outgoing, sequence_id(seq), std::nullopt}}, [this](std::exception_ptr e) {
@@ -964,7 +1116,7 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync
 
 void client::impl::on_send_failed(std::uint64_t seq, int rc, int reason_code) {
     if (reason_code >= 0x80) return refuse(seq, reason_code);
-    std::lock_guard<std::mutex> lk(mu_);
+    std::unique_lock<std::mutex> lk(mu_);
     auto it = inflight_.find(seq);
     if (it == inflight_.end()) return;
     // Lost with the connection or the session: it is sent again, as the outbox promises.
@@ -973,15 +1125,30 @@ void client::impl::on_send_failed(std::uint64_t seq, int rc, int reason_code) {
     inflight_.erase(it);
     buffer_full_ = false;
     send_cv_.notify_one();
+    lk.unlock();
+    notify_gate();
 }
 
+namespace {
+
+// MQTT 5 reason codes that refuse a publish for now, not for good.
+bool transient_refusal(int reason_code) {
+    return reason_code == 0x89     // server busy
+           || reason_code == 0x97;  // quota exceeded
+}
+
+}  // namespace
+
 void client::impl::refuse(std::uint64_t seq, int reason_code) {
+    if (transient_refusal(reason_code)) return refuse_for_now(seq, reason_code);
     std::shared_ptr<stored_message> msg;
     std::shared_ptr<std::promise<void>> prom;
+    bool known = false;
     {
         std::lock_guard<std::mutex> lk(mu_);
         auto it = inflight_.find(seq);
         if (it != inflight_.end()) {
+            known = true;
             msg = it->second;
             inflight_.erase(it);
         }
@@ -990,32 +1157,110 @@ void client::impl::refuse(std::uint64_t seq, int reason_code) {
             prom = p->second;
             promises_.erase(p);
         }
+        refusals_.erase(seq);
         send_cv_.notify_one();
     }
+    if (!known) return;  // completed or refused already
+    notify_gate();
     const std::string why = "broker refused the publish with reason code " + std::to_string(reason_code) +
                             (reason_code == 0x87 ? " (not authorized)" : "");
+    if (!msg) {
+        // Sent from disk (a resumed or backlogged publish): the dead letter needs the record.
+        try {
+            if (auto v = store_->get(table::outgoing, sequence_id(seq)))
+                msg = std::make_shared<stored_message>(decode_record(*v));
+        } catch (const std::exception& e) {
+            log(log_level::error, "outbox record " + sequence_id(seq) + " is unreadable: " + e.what());
+        }
+    }
     log(log_level::error, why + (msg ? " on " + msg->topic : ""));
     // Sending it again would be refused again; keep it as a dead letter so nothing vanishes silently.
     std::vector<write_op> ops{{table::outgoing, sequence_id(seq), std::nullopt}};
+    std::vector<std::pair<std::string, stored_message>> local;
     if (msg) {
         stored_message dl = *msg;
         dl.error = why;
+        dl.outgoing = true;
         ops.push_back({table::dead_letters, sequence_id(seq), encode_record(dl)});
-    }
-    if (msg && msg->kind == "call") {
-        // A refused invoke: the call will never get a result. Tell an awaiting caller now.
-        if (auto id = wire::decode_message_id(msg->payload, msg->props)) {
-            ops.push_back({table::calls, *id, std::nullopt});
-            if (auto p = take_awaiting(*id)) p->set_exception(std::make_exception_ptr(broker_error(why, reason_code)));
+        std::optional<std::string> call_id;
+        if (msg->kind == "call") call_id = wire::decode_message_id(msg->payload, msg->props);
+        if (call_id) {
+            if (auto p = take_awaiting(*call_id)) {
+                // call_async: its future fails with the broker's reason.
+                ops.push_back({table::calls, *call_id, std::nullopt});
+                p->set_exception(std::make_exception_ptr(broker_error(why, reason_code)));
+                call_id.reset();
+            }
+        }
+        if (call_id) {
+            // call(): a refused invoke never reaches a server, so its result handlers get a reject from
+            // here, through the inbox like any result.
+            const auto command = msg->topic.substr(0, msg->topic.size() - std::string("/invoke").size());
+            if (auto id = call_id) {
+                const int status = reason_code == 0x87 ? 403 : 502;
+                auto out = wire::encode_reject(wire::detect_format(msg->props), *id, status, why, "");
+                stored_message rec;
+                rec.topic = wire::reject_topic(command);
+                rec.payload = std::move(out.payload);
+                rec.props = std::move(out.props);
+                rec.created_ms = now_ms();
+                local = inbox_records(std::move(rec));
+                for (const auto& [rid, r] : local) ops.push_back({table::incoming, rid, encode_record(r)});
+            }
         }
     }
-    committer_->submit(std::move(ops), [this, dead = bool(msg)](std::exception_ptr) {
+    try {
+        committer_->commit(std::move(ops));
+    } catch (const std::exception& e) {
+        // Still in the outbox: sent again (and refused again) after a restart.
+        log(log_level::error, std::string("storing the dead letter of a refused publish failed: ") + e.what());
+        fire(opts_.hooks.on_storage_error, std::string(e.what()));
+        if (prom) prom->set_exception(std::make_exception_ptr(broker_error(why, reason_code)));
+        return;
+    }
+    std::vector<std::shared_ptr<lane>> wake;
+    {
         std::lock_guard<std::mutex> lk(mu_);
         --outbox_count_;
-        if (dead) ++dead_count_;
+        if (msg) ++dead_count_;
+        inbox_count_ += local.size();
+        for (auto& [rid, r] : local)
+            if (auto l = route(rid, std::move(r))) wake.push_back(std::move(l));
         state_cv_.notify_all();
-    });
+    }
+    for (auto& l : wake) l->cv.notify_one();
+    if (msg) {
+        message m;
+        m.topic = msg->topic;
+        m.payload = msg->payload;
+        m.props = msg->props;
+        m.id = sequence_id(seq);
+        fire(opts_.hooks.on_dead_letter, m, why);
+    }
     if (prom) prom->set_exception(std::make_exception_ptr(broker_error(why, reason_code)));
+}
+
+void client::impl::refuse_for_now(std::uint64_t seq, int reason_code) {
+    std::shared_ptr<stored_message> msg;
+    std::chrono::milliseconds delay;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = inflight_.find(seq);
+        if (it == inflight_.end()) return;
+        msg = it->second;
+        inflight_.erase(it);
+        const auto n = std::min<std::uint32_t>(refusals_[seq]++, 16);
+        delay = std::min(opts_.reconnect_min * (1 << n), opts_.reconnect_max);
+        send_cv_.notify_one();
+    }
+    notify_gate();
+    log(log_level::warning, "broker refused publish " + sequence_id(seq) + " for now (reason code " +
+                                std::to_string(reason_code) + "): sent again in " + std::to_string(delay.count()) + " ms");
+    schedule(std::chrono::steady_clock::now() + delay, [this, seq, msg] {
+        std::lock_guard<std::mutex> lk(mu_);
+        requeue_[seq] = msg;
+        if (sender_has_work()) send_cv_.notify_one();
+    });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1044,57 +1289,53 @@ void client::impl::commit_until_stored(const std::vector<write_op>& ops, detail:
 }
 
 void client::impl::on_arrived(mqtt::const_message_ptr msg) {
-    // Runs on Paho's receive thread, before the acknowledgement leaves: the commit here is what makes
-    // the acknowledgement safe. Nothing may escape into Paho (it does not catch).
+    // Runs on Paho's receive thread, with Paho's process-wide lock held, before the acknowledgement leaves
+    // (MQTT 5: PUBREC, at PUBLISH; 3.1.1: PUBCOMP, at PUBREL): the commit here is what makes the
+    // acknowledgement safe. Paho sends it whatever happens here, so a message that is not stored has its
+    // connection cut instead (refuse_arrival), and the broker sends it again on the next one. Nothing may
+    // escape into Paho (it does not catch).
     if (nagle_) nagle_->on_message();
+    int packet_id = 0, qos = 0;
+    std::vector<std::pair<std::string, stored_message>> recs;
     try {
+        packet_id = msg->c_struct().msgid;
+        qos = msg->get_qos();
         const std::string& topic = msg->get_topic();
         const std::string& payload = msg->get_payload_str();
         fire(opts_.hooks.on_packet_receive, topic, payload);
-        const auto packet_id = static_cast<std::uint16_t>(msg->c_struct().msgid);
         // A QoS 2 redelivery of a committed message never reaches this callback: Paho restores its
         // inbound record (written only after the commit below) and does not deliver the packet id again.
-        std::vector<std::string> filters;
-        {
-            std::lock_guard<std::mutex> lk(mu_);
-            for (auto& [f, l] : lanes_)
-                if (!l->stopping && topic_matches(f, topic)) filters.push_back(f);
-        }
-        if (filters.empty()) filters.push_back("");  // parked until a subscription matches
-
         stored_message rec;
         rec.topic = topic;
         rec.payload = payload;
         rec.props = from_paho(msg->get_properties());
         rec.retain = msg->is_retained();
         rec.created_ms = now_ms();
+        std::vector<std::uint32_t> sub_ids;
+        const auto& props = msg->get_properties();
+        for (std::size_t i = 0, n = props.count(mqtt::property::SUBSCRIPTION_IDENTIFIER); i < n; ++i)
+            sub_ids.push_back(mqtt::get<uint32_t>(props, mqtt::property::SUBSCRIPTION_IDENTIFIER, i));
+        recs = inbox_records(std::move(rec), sub_ids);
         std::vector<write_op> ops;
-        std::vector<std::pair<std::string, stored_message>> recs;
-        for (const auto& f : filters) {
-            rec.lane = f;
-            const auto id = sequence_id(next_seq_++);
-            ops.push_back({table::incoming, id, encode_record(rec)});
-            recs.emplace_back(id, rec);
-        }
-        try {
-            commit_until_stored(ops);
-        } catch (const client_closed&) {
-            // Closing with the message unstored: cut the connection so no acknowledgement can leave;
-            // the broker keeps the message for the next session.
-            detail::shutdown_sockets_to_peer(host_, port_);
-            return;
-        }
+        for (const auto& [id, r] : recs) ops.push_back({table::incoming, id, encode_record(r)});
+        if (!commit_arrival(ops)) return refuse_arrival(packet_id, qos, "the message could not be stored");
+    } catch (const std::exception& e) {
+        return refuse_arrival(packet_id, qos, std::string("the message could not be taken in: ") + e.what());
+    } catch (...) {
+        return refuse_arrival(packet_id, qos, "the message could not be taken in");
+    }
+    // Stored: from here on a failure costs at most a delay, never the message.
+    try {
         ++delivered_;
-        if (msg->get_qos() == 2) {
-            try {
-                persistence_->release_inbound(packet_id);
-            } catch (const std::exception&) {
-                // Reported by the persistence; without the record a crash only costs a redelivery.
-            }
-        }
+        if (qos == 2) persistence_->release_inbound(packet_id);
+    } catch (const std::exception&) {
+        // Reported by the persistence; without the record a crash only costs a redelivery.
+    }
+    try {
         std::vector<std::shared_ptr<lane>> wake;
         {
             std::lock_guard<std::mutex> lk(mu_);
+            hold_off_ = std::chrono::milliseconds(0);
             inbox_count_ += recs.size();
             for (auto& [id, r] : recs)
                 if (auto l = route(id, std::move(r))) wake.push_back(std::move(l));
@@ -1103,10 +1344,77 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
         // more context switches per message (bench/findings.md, F16).
         for (auto& l : wake) l->cv.notify_one();
     } catch (const std::exception& e) {
-        log(log_level::error, std::string("message arrival failed: ") + e.what());
-    } catch (...) {
-        log(log_level::error, "message arrival failed");
+        log(log_level::error, std::string("a stored message could not be queued (it is handled after a restart): ") + e.what());
     }
+}
+
+bool client::impl::commit_arrival(const std::vector<write_op>& ops) {
+    // Paho's lock is held: every client of the process waits meanwhile. A few quick tries cover a passing
+    // failure; past them the arrival is refused and the broker's resend tries again after a reconnect.
+    auto delay = std::chrono::milliseconds(2);
+    for (int attempt = 1;; ++attempt) {
+        try {
+            committer_->commit(ops, detail::urgency::now);
+            return true;
+        } catch (const client_closed&) {
+            return false;
+        } catch (const std::exception& e) {
+            log(log_level::error, std::string("cannot store an arriving message: ") + e.what());
+            fire(opts_.hooks.on_storage_error, std::string(e.what()));
+        }
+        if (closing_ || attempt == 4) return false;
+        std::this_thread::sleep_for(delay);  // storage back-off: nothing to await but the disk
+        delay *= 4;
+    }
+}
+
+void client::impl::refuse_arrival(int packet_id, int qos, const std::string& why) {
+    try {
+        if (qos == 2) persistence_->refuse_inbound(packet_id);
+    } catch (const std::exception&) {
+        // Reported by the persistence. The cut below still keeps the acknowledgement from leaving.
+    }
+    cut_connection(why);
+    if (closing_) return;
+    std::lock_guard<std::mutex> lk(mu_);
+    hold_off_ = std::min(std::max(hold_off_ * 2, opts_.reconnect_min), opts_.reconnect_max);
+}
+
+void client::impl::cut_connection(const std::string& why) {
+    bool cut = false;
+    {
+        std::lock_guard<std::mutex> lk(own_mu_);
+        cut = own_socket_.shutdown();
+        // Not claimed (a message that came with the CONNACK, or a socket that could not be told apart):
+        // the sockets no other client has claimed.
+        if (!cut) cut = detail::shutdown_unclaimed_sockets_to_peer(host_, port_) > 0;
+    }
+    log(closing_ ? log_level::debug : log_level::warning,
+        "connection cut so that no acknowledgement leaves: " + why + (cut ? "" : " (no socket found)"));
+}
+
+std::vector<std::pair<std::string, stored_message>> client::impl::inbox_records(
+    stored_message rec, const std::vector<std::uint32_t>& sub_ids) {
+    std::vector<std::string> filters, identified;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        for (auto& [f, l] : lanes_) {
+            if (l->stopping || !topic_matches(f, rec.topic)) continue;
+            filters.push_back(f);
+            if (std::find(sub_ids.begin(), sub_ids.end(), subscription_identifier(f)) != sub_ids.end())
+                identified.push_back(f);
+        }
+    }
+    // A copy that names its subscriptions goes to their lanes only. One that names none of ours (sent for
+    // a subscription made before identifiers, or since replaced) goes to every matching lane.
+    if (!identified.empty()) filters.swap(identified);
+    if (filters.empty()) filters.push_back("");  // parked until a subscription matches
+    std::vector<std::pair<std::string, stored_message>> out;
+    for (const auto& f : filters) {
+        rec.lane = f;
+        out.emplace_back(sequence_id(next_seq_++), rec);
+    }
+    return out;
 }
 
 std::shared_ptr<client::impl::lane> client::impl::route(const std::string& id, stored_message rec) {
@@ -1125,8 +1433,9 @@ client::impl::lane* client::impl::find_lane(const std::string& filter) {
     return it == lanes_.end() || it->second->stopping ? nullptr : it->second.get();
 }
 
-void client::impl::adopt_parked(lane* l) {
+std::vector<write_op> client::impl::adopt_parked(lane* l) {
     // mu_ held. Deliveries stored for this filter, or for no filter yet but matching it, join the lane.
+    // @return the relabelling to commit once mu_ is released (the committer's completions take mu_).
     std::vector<write_op> relabel;
     for (auto it = parked_.begin(); it != parked_.end();) {
         auto& rec = it->second;
@@ -1141,8 +1450,7 @@ void client::impl::adopt_parked(lane* l) {
             ++it;
         }
     }
-    // Recording the lane is bookkeeping: if it is lost the record is parked again and re-adopted.
-    if (!relabel.empty()) committer_->submit(std::move(relabel), nullptr);
+    return relabel;
 }
 
 subscription_id client::impl::add_handler(const std::string& filter, lane_handler handler) {
@@ -1150,6 +1458,7 @@ subscription_id client::impl::add_handler(const std::string& filter, lane_handle
     require_open();
     bool fresh = false;
     subscription_id id;
+    std::vector<write_op> relabel;
     {
         std::lock_guard<std::mutex> lk(mu_);
         id = next_sub_++;
@@ -1170,7 +1479,7 @@ subscription_id client::impl::add_handler(const std::string& filter, lane_handle
             nl->filter = filter;
             l = nl.get();
             lanes_[filter] = std::move(nl);
-            adopt_parked(l);
+            relabel = adopt_parked(l);
             l->thread = std::thread([this, l] { lane_loop(l); });
             fresh = true;
         }
@@ -1178,6 +1487,8 @@ subscription_id client::impl::add_handler(const std::string& filter, lane_handle
         sub_filter_[id] = filter;
         fresh = fresh && connected_;
     }
+    // Recording the lane is bookkeeping: if it is lost the record is parked again and re-adopted.
+    if (!relabel.empty()) committer_->submit(std::move(relabel), nullptr);
     if (fresh) subscribe_at_broker(filter);
     return id;
 }
@@ -1215,6 +1526,7 @@ void client::impl::remove_filter(const std::string& filter) {
 }
 
 void client::impl::lane_loop(lane* l) {
+    lane_of = this;
     std::unique_lock<std::mutex> lk(mu_);
     while (!closing_ && !l->stopping) {
         if (l->queue.empty()) {
@@ -1222,7 +1534,13 @@ void client::impl::lane_loop(lane* l) {
             continue;
         }
         auto it = l->queue.begin();
-        const auto wait = it->second.next_attempt_ms - now_ms();
+        auto wait = it->second.next_attempt_ms - now_ms();
+        if (wait > opts_.retry.cap.count()) {
+            // next_attempt_ms is wall-clock time, so that the backoff holds across restarts, and no delay
+            // is longer than the cap: the clock was set back. Wait one cap from now.
+            it->second.next_attempt_ms = now_ms() + opts_.retry.cap.count();
+            wait = opts_.retry.cap.count();
+        }
         if (wait > 0) {
             l->cv.wait_for(lk, std::chrono::milliseconds(wait));
             continue;
@@ -1242,6 +1560,7 @@ void client::impl::lane_loop(lane* l) {
         lk.lock();
     }
     l->finished = true;
+    state_cv_.notify_all();  // the destructor may be waiting for a lane that close() left running
 }
 
 void client::impl::process(lane* l, const std::string& id, stored_message rec,
@@ -1374,6 +1693,19 @@ bool client::impl::replay_dead_letter(const std::string& id) {
     rec.error.clear();
     rec.attempts = 0;
     rec.next_attempt_ms = 0;
+    if (rec.outgoing) {
+        // Refused by the broker on its way out: back to the outbox, sent again under its own id.
+        rec.outgoing = false;
+        const auto seq = parse_sequence_id(id);
+        if (!seq) return false;
+        committer_->commit({{table::dead_letters, id, std::nullopt}, {table::outgoing, id, encode_record(rec)}});
+        std::lock_guard<std::mutex> lk(mu_);
+        --dead_count_;
+        ++outbox_count_;
+        requeue_[*seq] = std::make_shared<stored_message>(std::move(rec));
+        if (sender_has_work()) send_cv_.notify_one();
+        return true;
+    }
     committer_->commit({{table::dead_letters, id, std::nullopt}, {table::incoming, id, encode_record(rec)}});
     std::shared_ptr<lane> wake;
     {

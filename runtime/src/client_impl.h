@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "committer.h"
+#include "connect_gate.h"
 #include "nagle_governor.h"
 #include "paho_persistence.h"
 #include "xymqtt/client.h"
@@ -79,6 +80,7 @@ private:
         std::condition_variable cv;
         bool stopping = false;
         bool finished = false;  // the thread has left its loop (guarded by mu_)
+        bool detached = false;  // close() ran on this lane's thread and left it to end (guarded by mu_)
         std::thread thread;
     };
     struct command_entry {
@@ -94,10 +96,28 @@ private:
     void require_open() const;
 
     // -- connection
+    /// This client as a member of the process's connect gate (connect_gate.h).
+    class gate_member : public detail::connect_gate::member {
+    public:
+        explicit gate_member(impl& c) : c_(c) {}
+        bool drained() const override;
+        void resume() override;
+
+    private:
+        impl& c_;
+    };
+    gate_member gate_member_{*this};
+    /// Wakes a client waiting at the connect gate if this one has just drained. Call without mu_.
+    void notify_gate();
     void connection_loop();
     void on_connected(bool session_present);
     void on_connection_lost(const std::string& cause);
-    void subscribe_at_broker(const std::string& filter);
+    /// @param retry_in delay before a retry if this SUBSCRIBE fails (0: reconnect_min)
+    void subscribe_at_broker(const std::string& filter, std::chrono::milliseconds retry_in = {});
+    /// A SUBSCRIBE failed on `cli`'s connection: retried by the runtime, never left failed.
+    void on_subscribe_failed(const std::string& filter, const mqtt::iasync_client* cli, std::chrono::milliseconds retry_in);
+    /// Cuts the current connection so that nothing more, such as an acknowledgement, leaves on it.
+    void cut_connection(const std::string& why);
     void unsubscribe_at_broker(const std::string& filter);
 
     // -- outbox
@@ -138,18 +158,30 @@ private:
     /// handed to it on its callback thread).
     void on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync_client* from = nullptr);
     void on_send_failed(std::uint64_t seq, int rc, int reason_code);
+    /// The broker refused a publish for good: a dead letter (and, for an invoke, a local reject).
     void refuse(std::uint64_t seq, int reason_code);
+    /// The broker refused a publish for now (busy, quota): sent again after a backoff.
+    void refuse_for_now(std::uint64_t seq, int reason_code);
     std::shared_ptr<mqtt::message> to_paho(const stored_message& m) const;
 
     // -- inbox
     void on_arrived(mqtt::const_message_ptr msg);
+    /// Commits an arrival inside Paho's callback: a few quick tries, since Paho holds its process-wide
+    /// lock meanwhile. @return false if it was not stored.
+    bool commit_arrival(const std::vector<write_op>& ops);
+    /// An arrival could not be stored: its acknowledgement must not leave (see on_arrived).
+    void refuse_arrival(int packet_id, int qos, const std::string& why);
     void commit_until_stored(const std::vector<write_op>& ops, detail::urgency u = detail::urgency::now);
     void lane_loop(lane* l);
     void process(lane* l, const std::string& id, stored_message rec,
                  std::vector<std::pair<subscription_id, lane_handler>> handlers);
     void dead_letter_record(const std::string& id, stored_message rec, const std::string& reason, bool parse);
     lane* find_lane(const std::string& filter);
-    void adopt_parked(lane* l);
+    std::vector<write_op> adopt_parked(lane* l);
+    /// @return the inbox records of a message: one per matching lane (or one parked), with new ids.
+    /// @param sub_ids the MQTT 5 subscription identifiers the copy carries (see subscribe_at_broker)
+    std::vector<std::pair<std::string, stored_message>> inbox_records(stored_message rec,
+                                                                      const std::vector<std::uint32_t>& sub_ids = {});
     /// Queues a delivery on its lane (or parks it). Called with mu_ held. @return the lane to wake once
     /// mu_ is released, or nullptr.
     std::shared_ptr<lane> route(const std::string& id, stored_message rec);
@@ -165,6 +197,8 @@ private:
     call_handle make_handle(const std::string& command, const std::string& id, wire_format format);
     /// Removes and returns the promise of a call awaited by call_async, or nullptr. Takes mu_.
     std::shared_ptr<std::promise<command_result>> take_awaiting(const std::string& id);
+    /// @return whether call_async awaits the result of call `id`. Takes mu_.
+    bool awaits(const std::string& id) const;
     void cancel_call(const std::string& command, const std::string& message_id, wire_format format);
     void timer_loop();
     void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn);
@@ -186,6 +220,8 @@ private:
     std::vector<std::shared_ptr<mqtt::async_client>> retired_paho_;  // disconnected, destroyed at close
     std::mutex taint_mu_;  // not cli_mu_: destroying a Paho client under cli_mu_ fails its tokens
     std::set<const mqtt::iasync_client*> tainted_paho_;  // never destroyed (keep_tainted_paho)
+    std::mutex own_mu_;
+    detail::peer_socket own_socket_;  // the current connection's socket, once claimed (see on_connected)
     std::unique_ptr<mqtt::connect_options_builder> conn_builder_;
     mqtt::properties connect_properties() const;  // MQTT 5 CONNECT properties, made for each connect
     std::string host_;
@@ -196,8 +232,11 @@ private:
     std::condition_variable send_cv_;
     std::condition_variable conn_cv_;
     bool want_connect_ = false;
+    std::atomic<bool> subscription_ids_{false};  // the broker takes MQTT 5 subscription identifiers
+    std::chrono::milliseconds hold_off_{0};  // before the next connect: arrivals are being refused
     bool connected_ = false;
     bool ever_connected_ = false;
+    std::mutex close_mu_;  // held through close()
     std::atomic<bool> closing_{false};
     bool closed_ = false;
     std::string last_error_;
@@ -213,6 +252,7 @@ private:
     std::deque<std::uint64_t> backlog_;                                 // stored, only on disk
     std::map<std::uint64_t, std::shared_ptr<stored_message>> requeue_;  // sent, failed, to send again
     std::map<std::uint64_t, std::shared_ptr<stored_message>> inflight_; // handed to Paho
+    std::map<std::uint64_t, std::uint32_t> refusals_;  // refusals for now, per publish (backoff)
     bool send_blocked_ = false;  // Paho is not connected: wait for the next connection
     bool buffer_full_ = false;   // Paho's command queue is full: wait for a completion
     bool dispatching_ = false;   // a thread is in dispatch(), handing Paho a batch

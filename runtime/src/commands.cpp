@@ -192,6 +192,9 @@ void client::impl::serve_invoke(const std::string& command, const command_handle
 void client::impl::serve_cancel(const std::string& command, const message& m, effects& fx) {
     auto id = wire::decode_message_id(m.payload, m.props);
     if (!id || id->empty()) throw parse_error("cancel of " + command + " without a message id");
+    if (!wire::valid_message_id(*id))
+        throw parse_error("cancel of " + command + " with a message id longer than " +
+                          std::to_string(wire::max_message_id) + " bytes");
     std::shared_ptr<call_ctx> ctx;
     {
         std::lock_guard<std::mutex> lk(results_mu_);
@@ -232,10 +235,17 @@ void client::impl::ensure_results_lane(const std::string& command) {
 
 void client::impl::handle_result(const std::string& command, bool rejected, const message& m, effects& fx) {
     command_result r = wire::decode_result(command, rejected, m.payload, m.props);
+    if (!wire::valid_message_id(r.message_id)) {
+        log(log_level::debug, "result with a message id this client never makes ignored");
+        return;
+    }
     std::vector<result_handler> handlers;
-    if (auto awaiting = take_awaiting(r.message_id)) {
+    if (awaits(r.message_id)) {
+        // Handed over once the removal is committed: a failed commit leaves the promise for the retry.
         fx.ops.push_back({table::calls, r.message_id, std::nullopt});
-        fx.after_commit.push_back([awaiting, r] { awaiting->set_value(r); });
+        fx.after_commit.push_back([this, r] {
+            if (auto awaiting = take_awaiting(r.message_id)) awaiting->set_value(r);
+        });
         return;
     }
     if (!store_->get(table::calls, r.message_id)) {
@@ -322,6 +332,11 @@ std::string client::impl::start_call(const std::string& command, std::string bod
         throw;
     }
     return id;
+}
+
+bool client::impl::awaits(const std::string& id) const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return awaiting_.count(id) > 0;
 }
 
 std::shared_ptr<std::promise<command_result>> client::impl::take_awaiting(const std::string& id) {

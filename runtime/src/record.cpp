@@ -4,7 +4,7 @@
 // is a varint length followed by that many bytes):
 //   u8 version = 1
 //   bytes topic, bytes payload, bytes content_type, bytes correlation_data, bytes response_topic
-//   u8 flags (bit 0 retain, bit 1 expiry present; other bits must be 0)
+//   u8 flags (bit 0 retain, bit 1 expiry present, bit 2 outgoing; other bits must be 0)
 //   [varint expiry_seconds if bit 1]
 //   varint user count, then count x (bytes key, bytes value)
 //   bytes lane, varint attempts, svarint next_attempt_ms, svarint created_ms, bytes error, bytes kind
@@ -60,6 +60,7 @@ namespace {
 constexpr unsigned char record_version = 1;
 constexpr unsigned char flag_retain = 1;
 constexpr unsigned char flag_expiry = 2;
+constexpr unsigned char flag_outgoing = 4;
 
 std::size_t varint_size(std::uint64_t v) {
     std::size_t n = 1;
@@ -156,6 +157,7 @@ std::string encode_record(const stored_message& m) {
     unsigned char flags = 0;
     if (m.retain) flags |= flag_retain;
     if (pr.expiry_seconds) flags |= flag_expiry;
+    if (m.outgoing) flags |= flag_outgoing;
     out.push_back(static_cast<char>(flags));
     if (pr.expiry_seconds) put_varint(out, *pr.expiry_seconds);
     put_varint(out, pr.user.size());
@@ -183,8 +185,9 @@ stored_message decode_record(const std::string& bytes) {
     m.props.correlation_data = r.bytes("correlation_data");
     m.props.response_topic = r.bytes("response_topic");
     const unsigned char flags = r.byte("flags");
-    if (flags & ~(flag_retain | flag_expiry)) reader::fail("unknown flags");
+    if (flags & ~(flag_retain | flag_expiry | flag_outgoing)) reader::fail("unknown flags");
     m.retain = (flags & flag_retain) != 0;
+    m.outgoing = (flags & flag_outgoing) != 0;
     if (flags & flag_expiry) {
         const std::uint64_t e = r.varint("expiry");
         if (e > std::numeric_limits<std::uint32_t>::max()) reader::fail("expiry out of range");

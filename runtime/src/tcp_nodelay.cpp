@@ -120,17 +120,20 @@ int set_tcp_nodelay_to_peer(const std::string& host, int port) {
     return for_each_socket_to_peer(host, port, [](int fd, const struct stat&) { return set_nodelay(fd, true); });
 }
 
-int shutdown_sockets_to_peer(const std::string& host, int port) {
-    return for_each_socket_to_peer(host, port, [](int fd, const struct stat&) { return shutdown(fd, SHUT_RDWR) == 0; });
-}
-
 namespace {
 
-// Inodes of the sockets claimed by live peer_sockets of this process.
+// Inodes of the sockets claimed by live peer_sockets of this process (one entry per handle).
 std::mutex claims_mu;
-std::set<ino_t> claims;
+std::multiset<ino_t> claims;
 
 }  // namespace
+
+int shutdown_unclaimed_sockets_to_peer(const std::string& host, int port) {
+    std::lock_guard<std::mutex> g(claims_mu);
+    return for_each_socket_to_peer(host, port, [](int fd, const struct stat& st) {
+        return !claims.count(st.st_ino) && shutdown(fd, SHUT_RDWR) == 0;
+    });
+}
 
 peer_socket peer_socket::claim(const std::string& host, int port) {
     std::lock_guard<std::mutex> g(claims_mu);
@@ -176,9 +179,22 @@ void peer_socket::release() noexcept {
     close(fd_);
     fd_ = -1;
     std::lock_guard<std::mutex> g(claims_mu);
-    claims.erase(inode_);
+    if (auto it = claims.find(inode_); it != claims.end()) claims.erase(it);
+}
+
+peer_socket peer_socket::share() const {
+    peer_socket s;
+    if (fd_ < 0) return s;
+    s.fd_ = fcntl(fd_, F_DUPFD_CLOEXEC, 0);
+    if (s.fd_ < 0) return s;
+    s.inode_ = inode_;
+    std::lock_guard<std::mutex> g(claims_mu);
+    claims.insert(inode_);
+    return s;
 }
 
 bool peer_socket::set_nodelay(bool on) const { return fd_ >= 0 && detail::set_nodelay(fd_, on); }
+
+bool peer_socket::shutdown() const { return fd_ >= 0 && ::shutdown(fd_, SHUT_RDWR) == 0; }
 
 }  // namespace xymqtt::detail

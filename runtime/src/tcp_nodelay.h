@@ -28,8 +28,13 @@ public:
     ~peer_socket();  ///< Closes the duplicate and releases the claim.
 
     explicit operator bool() const { return fd_ >= 0; }
+    /// @return a second handle on the same claim (the claim ends when the last handle goes).
+    peer_socket share() const;
     /// @return false if the socket refused (e.g. it is closed).
     bool set_nodelay(bool on) const;
+    /// Shuts the connection down in both directions: nothing more leaves on it, and Paho sees it lost.
+    /// @return false if there is no socket or it refused.
+    bool shutdown() const;
 
 private:
     void release() noexcept;
@@ -43,10 +48,12 @@ private:
 /// @return the number of sockets set (0 if none was found).
 int set_tcp_nodelay_to_peer(const std::string& host, int port);
 
-/// Shuts down (both directions) every TCP socket of this process connected to `host`:`port`, so that
-/// nothing more, such as an acknowledgement for a message that could not be stored, can leave.
+/// Shuts down (both directions) every TCP socket of this process connected to `host`:`port` that no
+/// peer_socket claims, so that nothing more, such as an acknowledgement for a message that could not be
+/// stored, can leave. For a connection whose socket has not been claimed yet: the connections of other
+/// clients that claimed theirs are left alone.
 /// @return the number of sockets shut down.
-int shutdown_sockets_to_peer(const std::string& host, int port);
+int shutdown_unclaimed_sockets_to_peer(const std::string& host, int port);
 
 /// Splits an MQTT server URI ("tcp://host:port", "ssl://[::1]:8883", "mqtt://host") into host and port.
 /// @return false if it is not of that form.

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "xymqtt/exception.h"
+#include "xymqtt/message.h"
 
 namespace xymqtt {
 
@@ -136,6 +137,32 @@ bool topic_matches(std::string_view filter, std::string_view topic) {
         }
         f = fe + 1;
         t = te + 1;
+    }
+}
+
+namespace {
+
+void check_property(const std::string& what, std::string_view s) {
+    if (s.size() > 65535) throw invalid_property(what + " is longer than 65,535 bytes");
+    if (!is_valid_utf8(s)) throw invalid_property(what + " is not valid UTF-8");
+    if (s.find('\0') != std::string_view::npos) throw invalid_property(what + " contains U+0000");
+}
+
+}  // namespace
+
+void validate_properties(const message_properties& props) {
+    check_property("content type", props.content_type);
+    if (props.correlation_data.size() > 65535) throw invalid_property("correlation data is longer than 65,535 bytes");
+    if (!props.response_topic.empty()) {
+        try {
+            validate_topic_name(props.response_topic);
+        } catch (const invalid_topic& e) {
+            throw invalid_property(std::string("response topic: ") + e.what());
+        }
+    }
+    for (const auto& [k, v] : props.user) {
+        check_property("user property name " + quoted(k), k);
+        check_property("user property " + quoted(k) + " value", v);
     }
 }
 

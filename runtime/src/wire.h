@@ -14,10 +14,13 @@ namespace xymqtt::wire {
 inline constexpr const char* content_type_json = ::xymqtt::content_type::json;
 inline constexpr const char* content_type_protobuf = ::xymqtt::content_type::protobuf;
 
-/// Longest message id accepted from a caller: ids are store keys (LMDB keys are at most 511 bytes).
+/// Longest message id accepted from a peer (invoke, cancel or result): ids are keys of the results and
+/// calls tables, and LMDB's keys are at most 511 bytes. The runtime's own ids are 32 bytes.
 inline constexpr std::size_t max_message_id = 256;
+inline bool valid_message_id(const std::string& id) { return !id.empty() && id.size() <= max_message_id; }
 
 /// The four topics of a command.
+
 inline std::string invoke_topic(const std::string& command) { return command + "/invoke"; }
 inline std::string resolve_topic(const std::string& command) { return command + "/resolve"; }
 inline std::string reject_topic(const std::string& command) { return command + "/reject"; }

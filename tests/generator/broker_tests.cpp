@@ -1,10 +1,13 @@
-// The generated stubs over xymqtt::client and a real broker: XYMQTT_TEST_BROKER=tcp://host:port.
-// Skipped (with a warning) when the variable is unset or the client cannot connect.
+// The generated stubs over xymqtt::client and a real broker: XYMQTT_TEST_BROKER=tcp://host:port, or a
+// private Mosquitto started for this process when it is unset. A client that cannot connect fails.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <vector>
 #include <cstdlib>
 #include <filesystem>
 #include <future>
@@ -17,6 +20,7 @@
 #include <xymqtt/exception.h>
 
 #include "examples/publisher.xymqtt.h"
+#include "support/broker.h"
 
 using namespace std::chrono_literals;
 using namespace xymqtt::examples;
@@ -28,32 +32,20 @@ std::string unique_suffix() {
     return std::to_string(::getpid()) + "-" + std::to_string(rd() % 1000000);
 }
 
-/// A connected client with its own store in a temporary directory, or null (with a warning).
+/// A connected client with its own store in a temporary directory.
 class broker_client {
 public:
     explicit broker_client(const std::string& name) {
-        const char* uri = std::getenv("XYMQTT_TEST_BROKER");
-        if (uri == nullptr || *uri == '\0') {
-            WARN("XYMQTT_TEST_BROKER is not set: broker test skipped");
-            return;
-        }
+        const std::string uri = xymqtt::test::shared_broker_uri();
         dir_ = std::filesystem::temp_directory_path() / ("xymqtt-gen-" + name + "-" + unique_suffix());
         std::filesystem::create_directories(dir_);
-        try {
-            xymqtt::client_options options;
-            options.server_uri = uri;
-            options.client_id = "xymqtt-gen-" + name + "-" + unique_suffix();
-            options.store_dir = dir_.string();
-            client_ = std::make_unique<xymqtt::client>(options);
-            client_->connect();
-            if (!client_->wait_connected(5s)) {
-                WARN("cannot connect to " << uri << ": broker test skipped");
-                client_.reset();
-            }
-        } catch (const std::exception& e) {
-            WARN("xymqtt::client is not functional (" << e.what() << "): broker test skipped");
-            client_.reset();
-        }
+        xymqtt::client_options options;
+        options.server_uri = uri;
+        options.client_id = "xymqtt-gen-" + name + "-" + unique_suffix();
+        options.store_dir = dir_.string();
+        client_ = std::make_unique<xymqtt::client>(options);
+        client_->connect();
+        if (!client_->wait_connected(10s)) FAIL("cannot connect to " << uri << ": " << client_->stats().last_error);
     }
     ~broker_client() {
         if (client_) {
@@ -66,7 +58,6 @@ public:
         std::error_code ec;
         if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
     }
-    explicit operator bool() const { return client_ != nullptr; }
     xymqtt::client& operator*() { return *client_; }
 
 private:
@@ -97,36 +88,57 @@ Publisher::Options options_for(const std::string& system, xymqtt::wire_format fo
 TEST_CASE("a tick published through the broker reaches the subscriber", "[generated][broker]") {
     const auto format = GENERATE(xymqtt::wire_format::binary, xymqtt::wire_format::json);
     broker_client publisher_side("pub"), subscriber_side("sub");
-    if (!publisher_side || !subscriber_side) return;
     const auto options = options_for("gen-test-" + unique_suffix(), format);
 
     Publisher::Client client(*subscriber_side, options);
-    std::promise<Tick> received;
-    client.subscribe_tick([&](const Tick& tick) { received.set_value(tick); });
-    std::this_thread::sleep_for(300ms);  // let the subscription reach the broker
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<Tick> received;
+    client.subscribe_tick([&](const Tick& tick) {
+        std::lock_guard<std::mutex> lk(mu);
+        received.push_back(tick);
+        cv.notify_all();
+    });
 
     Publisher::Server server(*publisher_side, options);
     Tick tick;
     tick.set_timestamp("2024-05-01T12:00:00.000Z");
     tick.set_count(41);
-    REQUIRE(server.publish_tick(tick).wait_for(10s) == std::future_status::ready);
-
-    auto future = received.get_future();
-    REQUIRE(future.wait_for(10s) == std::future_status::ready);
-    CHECK(future.get().count() == 41);
+    // The SUBSCRIBE is asynchronous: publish until a tick arrives (earlier ones found no subscription).
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    bool arrived = false;
+    while (!arrived && std::chrono::steady_clock::now() < deadline) {
+        REQUIRE(server.publish_tick(tick).wait_for(10s) == std::future_status::ready);
+        std::unique_lock<std::mutex> lk(mu);
+        arrived = cv.wait_for(lk, 500ms, [&] { return !received.empty(); });
+    }
+    REQUIRE(arrived);
+    std::lock_guard<std::mutex> lk(mu);
+    CHECK(received.front().count() == 41);
+    CHECK(received.front().timestamp() == "2024-05-01T12:00:00.000Z");
 }
 
 TEST_CASE("ping resolves and rejects through the broker", "[generated][broker]") {
     const auto format = GENERATE(xymqtt::wire_format::binary, xymqtt::wire_format::json);
     broker_client server_side("srv"), caller_side("cli");
-    if (!server_side || !caller_side) return;
     const auto options = options_for("gen-test-" + unique_suffix(), format);
 
     PingService service;
     Publisher::Server server(*server_side, options);
     server.serve(service);
     Publisher::Client client(*caller_side, options);
-    std::this_thread::sleep_for(300ms);
+    // The server's SUBSCRIBE is asynchronous: an invoke sent before it reaches the broker finds no
+    // subscriber. Call until one is answered.
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    bool served = false;
+    while (!served && std::chrono::steady_clock::now() < deadline) {
+        auto probe = client.call_ping_async(PingRequest{}, 1s);
+        try {
+            served = probe.outcome.get().ok();
+        } catch (const xymqtt::timeout_error&) {
+        }
+    }
+    REQUIRE(served);
 
     auto ok = client.call_ping_async(PingRequest{}, 10s);
     const auto resolved = ok.outcome.get();
@@ -138,7 +150,7 @@ TEST_CASE("ping resolves and rejects through the broker", "[generated][broker]")
     std::promise<Publisher::PingRejection> rejected;
     client.subscribe_ping_results([](const std::string&, const PingResult&) {},
                                   [&](const Publisher::PingRejection& r) { rejected.set_value(r); });
-    std::this_thread::sleep_for(300ms);
+    // The reject subscription reached the broker before the answered call's invoke (Paho sends in order).
     const auto handle = client.call_ping(PingRequest{});
     auto future = rejected.get_future();
     REQUIRE(future.wait_for(10s) == std::future_status::ready);

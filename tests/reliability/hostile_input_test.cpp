@@ -192,6 +192,28 @@ TEST_CASE("JSON with wrong types: rejects or dead letters, and the next call sti
                 "garbage results ignored, later calls answered");
 }
 
+TEST_CASE("message ids longer than a store key: dead letters and an ignored result, no wedged lane", "[hostile]") {
+    // 600 bytes: over LMDB's 511-byte key limit. A cancel with such an id used to make the commit throw on
+    // the cancel lane, which retried it forever; a result with one, on the caller's result lane.
+    json_server s;
+    auto raw = connected(options_for(s.dir, "raw"));
+    const std::string long_id(600, 'L');
+    const auto dead_before = s.server->dead_letters().size();
+    const int runs_before = s.runs.load();
+    raw->publish(s.command + "/invoke", json{{"messageId", long_id}, {"n", "x"}}.dump()).get();
+    raw->publish(s.command + "/cancel", json{{"messageId", long_id}}.dump()).get();
+    s.caller->publish(s.command + "/resolve", json{{"messageId", long_id}, {"echo", "?"}}.dump()).get();
+    s.caller->publish(s.command + "/reject", json{{"messageId", long_id}, {"status", 500}}.dump()).get();
+    const auto r = s.call(R"({"n":"after-long-ids"})");  // every lane still flows
+    CHECK(r.ok);
+    CHECK(json::parse(r.body)["echo"] == "after-long-ids");
+    REQUIRE(eventually([&] { return s.server->dead_letters().size() == dead_before + 2; }, 10s));
+    CHECK(s.runs.load() == runs_before + 1);  // the long-id invoke never ran
+    CHECK(s.server->wait_inbox_empty(10s));
+    CHECK(s.caller->wait_inbox_empty(10s));
+    CHECK(s.caller->dead_letters().empty());
+}
+
 TEST_CASE("a handler whose error text is not UTF-8 still rejects the call (JSON and binary)", "[hostile][bug]") {
     // Found by fuzz_wire: encode_reject puts the handler's exception text into the JSON reject (and
     // into an MQTT 5 user property for binary); nlohmann::json::dump throws type_error 316 on invalid

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 
 #include <catch2/catch.hpp>
+#include <atomic>
+#include <mutex>
 #include <fstream>
 
 #include "rel_util.h"
@@ -206,10 +208,9 @@ TEST_CASE("ACL: a denied publish fails with broker_error 0x87, never a silent su
     CHECK(f.got.wait_size(2, 10s));
 }
 
-TEST_CASE("ACL: an invoke the ACL denies fails the call with broker_error, not a timeout", "[security][acl][bug]") {
-    // Found here: the refused invoke is dead-lettered by the publish path (refuse()), but the call's
-    // result future is only failed by its own timeout (timeout_error), or never without one; call()
-    // reports nothing at all. The reason code is known at that moment and should fail the call.
+TEST_CASE("ACL: an invoke the ACL denies fails the call with broker_error, not a timeout", "[security][acl]") {
+    // The refused invoke is dead-lettered by the publish path, which fails the awaited result at once
+    // with the broker's reason code.
     acl_fixture f;
     auto p = f.c->call_async("denied/cmd", "x", {}, 5s);
     std::string outcome;
@@ -223,6 +224,47 @@ TEST_CASE("ACL: an invoke the ACL denies fails the call with broker_error, not a
     }
     INFO("call_async outcome: " << outcome);
     CHECK(outcome == "broker_error 135");
+}
+
+TEST_CASE("ACL: a denied invoke rejects a call() at its result handler, and its dead letter replays as a publish",
+          "[security][acl]") {
+    // call() has no future: without a reject from the runtime its caller would never hear of the refusal.
+    acl_fixture f;
+    std::mutex mu;
+    std::vector<command_result> results;
+    std::atomic<int> dead{0};
+    auto o = f.opts("caller");
+    o.hooks.on_dead_letter = [&](const message&, const std::string&) { ++dead; };
+    auto c = connected(o);
+    c->subscribe_results("denied/cmd", [&](const command_result& r) {
+        std::lock_guard<std::mutex> lk(mu);
+        results.push_back(r);
+    });
+    const auto h = c->call("denied/cmd", "x");
+    REQUIRE(eventually([&] {
+        std::lock_guard<std::mutex> lk(mu);
+        return !results.empty();
+    }, 20s));
+    {
+        std::lock_guard<std::mutex> lk(mu);
+        CHECK(results[0].message_id == h.message_id());
+        CHECK_FALSE(results[0].ok);
+        CHECK(results[0].status == 403);
+        CHECK(results[0].message.find("not authorized") != std::string::npos);
+    }
+    CHECK(dead.load() == 1);
+    const auto dls = c->dead_letters();
+    REQUIRE(dls.size() == 1);
+    CHECK(dls[0].record.outgoing);
+    CHECK(dls[0].record.topic == "denied/cmd/invoke");
+    // Replayed, it is published again (and refused again by the ACL), not handled as an arrival.
+    REQUIRE(c->replay_dead_letter(dls[0].id));
+    REQUIRE(eventually([&] { return dead.load() == 2; }, 20s));
+    CHECK(c->wait_outbox_empty(10s));
+    CHECK(c->stats().dead_letters == 1);
+    CHECK(c->wait_inbox_empty(10s));
+    std::lock_guard<std::mutex> lk(mu);
+    CHECK(results.size() == 1);  // the call was answered once; the second reject names a finished call
 }
 
 TEST_CASE("credentials never appear in logs or in the store", "[security][acl]") {

@@ -29,6 +29,14 @@ public:
     using error::error;
 };
 
+/// An MQTT 5 property that MQTT does not allow: a string property (content type, response topic, user
+/// property) that is not valid UTF-8 or holds U+0000, a response topic with wildcards, a value over
+/// 65,535 bytes. A broker drops the connection of a client that sends one.
+class invalid_property : public error {
+public:
+    using error::error;
+};
+
 /// The store failed: disk full, map full that could not grow, permissions, corruption.
 /// Nothing was acknowledged for the operation that raised it.
 class storage_error : public error {

@@ -57,4 +57,9 @@ struct publish_options {
     bool retain = false;
 };
 
+/// Checks properties for sending, before anything is stored: a property the broker refuses would drop
+/// the connection each time the outbox sends it.
+/// @throw invalid_property naming the property and the problem.
+void validate_properties(const message_properties& props);
+
 }  // namespace xymqtt

@@ -163,6 +163,8 @@ struct stored_message {
     std::string error;
     /// Outbox: the message belongs to a command call/result (kept for the command-line tool).
     std::string kind;
+    /// Dead letters: the broker refused it on its way out; replaying it publishes it again.
+    bool outgoing = false;
 };
 
 /// Encodes a stored_message as a versioned binary record.

@@ -1,0 +1,268 @@
+// Delivery defects outside the short test's envelope, each against a real Mosquitto: overlapping
+// subscriptions, properties a broker refuses, close() from a handler, arrivals that cannot be taken in.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <new>
+
+#include "util.h"
+#include "xymqtt/exception.h"
+
+using namespace xymqtt;
+using namespace xymqtt::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Publishes `probe` until the subscriber's handler for it has run: the broker has the subscriptions.
+void await_subscribed(client& pub, const std::string& topic, recorder& probes) {
+    REQUIRE(eventually([&] {
+        pub.publish(topic, "probe").get();
+        return probes.wait_size(1, 300ms);
+    }, 20s));
+}
+
+}  // namespace
+
+TEST_CASE("overlapping subscriptions: each handler runs once per message", "[events][overlap]") {
+    // The broker sends one copy per matching subscription; without subscription identifiers each copy
+    // went to every matching lane, and each handler ran once per copy.
+    temp_dir dir("overlap");
+    const auto dur = GENERATE(durability::fsync, durability::process);
+    auto so = options_for(dir, "sub");
+    so.durability = dur;
+    const std::string base = "test/" + so.client_id;
+    std::mutex mu;
+    std::map<std::string, int> wide, narrow;
+    recorder probes;
+    client sub(so);
+    sub.subscribe(base + "/#", [&](const message& m) {
+        if (m.payload == "probe") return;
+        std::lock_guard<std::mutex> lk(mu);
+        ++wide[m.payload];
+    });
+    sub.subscribe(base + "/ev", [&](const message& m) {
+        if (m.payload == "probe") return probes.add(m.payload);
+        std::lock_guard<std::mutex> lk(mu);
+        ++narrow[m.payload];
+    });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    auto pub = connected(options_for(dir, "pub"));
+    await_subscribed(*pub, base + "/ev", probes);
+    REQUIRE(sub.wait_inbox_empty(10s));
+    const auto delivered_before = sub.stats().delivered;
+    constexpr int n = 40;
+    for (int i = 0; i < n; ++i) pub->publish(base + "/ev", std::to_string(i)).get();
+    // Every copy the broker sends has arrived (two per message), and each has been handled.
+    REQUIRE(eventually([&] {
+        std::lock_guard<std::mutex> lk(mu);
+        return wide.size() == std::size_t(n) && narrow.size() == std::size_t(n);
+    }, 20s));
+    REQUIRE(eventually([&] { return sub.stats().delivered - delivered_before >= 2 * n; }, 20s));
+    REQUIRE(sub.wait_inbox_empty(20s));
+    CHECK(sub.stats().delivered - delivered_before == 2 * n);
+    std::lock_guard<std::mutex> lk(mu);
+    for (int i = 0; i < n; ++i) {
+        INFO("message " << i);
+        CHECK(wide[std::to_string(i)] == 1);
+        CHECK(narrow[std::to_string(i)] == 1);
+    }
+}
+
+TEST_CASE("properties a broker would refuse are refused before anything is stored", "[errors]") {
+    temp_dir dir("props");
+    client c(options_for(dir, "c"));
+    const std::string topic = "test/" + c.options().client_id + "/p";
+    const std::string bad = "\xff\xfe";
+    auto with = [](auto set) {
+        publish_options o;
+        set(o.props);
+        return o;
+    };
+    CHECK_THROWS_AS(c.publish(topic, "x", with([&](message_properties& p) { p.user.emplace_back("k", bad); })),
+                    invalid_property);
+    CHECK_THROWS_AS(c.publish(topic, "x", with([&](message_properties& p) { p.user.emplace_back(bad, "v"); })),
+                    invalid_property);
+    CHECK_THROWS_AS(c.post(topic, "x", with([&](message_properties& p) { p.content_type = bad; })), invalid_property);
+    CHECK_THROWS_AS(c.post(topic, "x", with([&](message_properties& p) { p.content_type = std::string("a\0b", 3); })),
+                    invalid_property);
+    CHECK_THROWS_AS(c.post(topic, "x", with([&](message_properties& p) { p.response_topic = "a/+/b"; })),
+                    invalid_property);
+    CHECK_THROWS_AS(c.post(topic, "x", with([&](message_properties& p) { p.user.emplace_back("k", std::string(70000, 'v')); })),
+                    invalid_property);
+    CHECK(c.stats().outbox == 0);
+    // Valid ones go through.
+    c.post(topic, "x", with([&](message_properties& p) {
+        p.user.emplace_back("k", "v\xc3\xa9");
+        p.response_topic = topic + "/reply";
+        p.correlation_data = std::string("\0\xff", 2);
+    }));
+    CHECK(c.stats().outbox == 1);
+}
+
+TEST_CASE("close() from a handler returns, and the client is destroyed cleanly", "[events]") {
+    temp_dir dir("selfclose");
+    auto so = options_for(dir, "sub");
+    const std::string topic = "test/" + so.client_id + "/x";
+    std::atomic<bool> closed{false};
+    auto sub = std::make_unique<client>(so);
+    client* self = sub.get();
+    sub->subscribe(topic, [&](const message&) {
+        if (closed.exchange(true)) return;
+        self->close();  // from the lane's own thread
+    });
+    sub->connect();
+    REQUIRE(sub->wait_connected(10s));
+    auto pub = connected(options_for(dir, "pub"));
+    REQUIRE(eventually([&] {
+        pub->publish(topic, "x").get();
+        return closed.load();
+    }, 20s));
+    sub.reset();  // joined the other threads and waited for the lane that close() left running
+    SUCCEED("destroyed after close() from a handler");
+}
+
+TEST_CASE("an arrival that cannot be taken in is not acknowledged: it comes again and is handled once",
+          "[events][storage]") {
+    // A store whose commit throws something other than a storage error (here std::bad_alloc, as a copy
+    // of a large payload could): the connection is cut before the acknowledgement leaves, and the broker
+    // sends the message again on the next connection.
+    temp_dir dir("refused");
+    const auto version = GENERATE(5, 4);
+    store_options sto;
+    sto.durability = durability::process;
+    std::shared_ptr<store> inner(open_lmdb_store(dir / ("sub" + std::to_string(version)), sto));
+    struct flaky : store {
+        std::shared_ptr<store> in;
+        std::atomic<int> failures{0};
+        explicit flaky(std::shared_ptr<store> s) : in(std::move(s)) {}
+        void commit(const std::vector<write_op>& b) override {
+            for (const auto& op : b)
+                if (op.tbl == table::incoming && op.value && op.value->find("boom") != std::string::npos &&
+                    failures.fetch_add(1) < 6)
+                    throw std::bad_alloc();
+            in->commit(b);
+        }
+        std::optional<std::string> get(table t, const std::string& id) const override { return in->get(t, id); }
+        void for_each(table t, const std::function<bool(const std::string&, const std::string&)>& fn) const override {
+            in->for_each(t, fn);
+        }
+        std::optional<std::string> last_id(table t) const override { return in->last_id(t); }
+        std::size_t count(table t) const override { return in->count(t); }
+        paho_records& paho() override { return in->paho(); }
+        xymqtt::durability durability() const override { return in->durability(); }
+    };
+    auto s = std::make_shared<flaky>(inner);
+    auto so = options_for(dir, "sub");
+    so.client_id += std::to_string(version);
+    so.mqtt_version = version;
+    so.store = s;
+    so.reconnect_min = 20ms;
+    std::atomic<int> losses{0};
+    so.hooks.on_connection_lost = [&](const std::string&) { ++losses; };
+    const std::string topic = "test/" + so.client_id + "/x";
+    std::mutex mu;
+    std::map<std::string, int> got;
+    recorder probes;
+    client sub(so);
+    sub.subscribe(topic, [&](const message& m) {
+        if (m.payload == "probe") return probes.add(m.payload);
+        std::lock_guard<std::mutex> lk(mu);
+        ++got[m.payload];
+    });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    auto po = options_for(dir, "pub");
+    po.mqtt_version = version;
+    auto pub = connected(po);
+    await_subscribed(*pub, topic, probes);
+    pub->publish(topic, "before").get();
+    pub->publish(topic, "boom").get();
+    pub->publish(topic, "after").get();
+    REQUIRE(eventually([&] {
+        std::lock_guard<std::mutex> lk(mu);
+        return got.size() == 3;
+    }, 30s));
+    REQUIRE(sub.wait_inbox_empty(10s));
+    CHECK(s->failures.load() >= 6);
+    CHECK(losses.load() >= 1);  // cut, so that no acknowledgement left
+    std::lock_guard<std::mutex> lk(mu);
+    CHECK(got["before"] == 1);
+    CHECK(got["boom"] == 1);
+    CHECK(got["after"] == 1);
+}
+
+namespace {
+
+// An MQTT 5 QoS 2 PUBLISH as Paho keeps it in an `r5-` record: fixed header, remaining length, topic,
+// packet id, no properties, payload.
+std::string publish_record(const std::string& topic, int packet_id, const std::string& payload) {
+    std::string body;
+    body += char(topic.size() >> 8);
+    body += char(topic.size() & 0xff);
+    body += topic;
+    body += char(packet_id >> 8);
+    body += char(packet_id & 0xff);
+    body += '\0';  // property length
+    body += payload;
+    std::string rec(1, '\x34');  // PUBLISH, QoS 2, DUP clear
+    for (std::size_t n = body.size();;) {
+        const char b = char(n % 128);
+        n /= 128;
+        rec += n ? char(b | 0x80) : b;
+        if (!n) break;
+    }
+    return rec + body;
+}
+
+}  // namespace
+
+TEST_CASE("a new message under the packet id of a flow the broker forgot is delivered", "[events][stale]") {
+    // A broker restarted from an older snapshot has forgotten flows the client still holds records of,
+    // and sends new messages under their packet ids without DUP. Paho took each for a resend and
+    // acknowledged it without delivering it.
+    temp_dir dir("stale");
+    auto so = options_for(dir, "sub");
+    so.reconnect_min = 20ms;
+    std::atomic<int> losses{0};
+    so.hooks.on_connection_lost = [&](const std::string&) { ++losses; };
+    const std::string topic = "test/" + so.client_id + "/x";
+    std::mutex mu;
+    std::map<std::string, int> got;
+    recorder probes;
+    auto handler = [&](const message& m) {
+        if (m.payload == "probe") return probes.add(m.payload);
+        std::lock_guard<std::mutex> lk(mu);
+        ++got[m.payload];
+    };
+    auto pub = connected(options_for(dir, "pub"));
+    {
+        client sub(so);  // makes the session and its subscription at the broker
+        sub.subscribe(topic, handler);
+        sub.connect();
+        REQUIRE(sub.wait_connected(10s));
+        await_subscribed(*pub, topic, probes);
+        REQUIRE(sub.wait_inbox_empty(10s));
+    }
+    {
+        // Records of flows the broker no longer knows, under the next packet ids it will use.
+        auto s = open_store(store_kind::lmdb, so.store_dir, store_options{so.durability});
+        for (int id = 1; id <= 200; ++id) s->paho().put("r5-" + std::to_string(id), publish_record(topic, id, "old"), false);
+    }
+    client sub(so);
+    sub.subscribe(topic, handler);
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    for (const std::string p : {"a", "b", "c"}) pub->publish(topic, p).get();
+    REQUIRE(eventually([&] {
+        std::lock_guard<std::mutex> lk(mu);
+        return got.size() == 3;
+    }, 30s));
+    CHECK(losses.load() >= 1);  // cut before Paho's acknowledgement of a message it did not deliver
+    std::lock_guard<std::mutex> lk(mu);
+    for (const std::string p : {"a", "b", "c"}) CHECK(got[p] >= 1);
+    CHECK(got.count("old") == 0);
+}
