@@ -16,7 +16,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <condition_variable>
 #include <list>
+#include <map>
 #include <mutex>
 #include <random>
 #include <stdexcept>
@@ -55,6 +57,17 @@ public:
 
     /// Resets every open connection (new ones are accepted as usual).
     void cut_all() { ++generation_; }
+    /// cut_all(), then waits until every connection open before it has been reset (each notices within
+    /// ~20 ms). @return false on timeout.
+    bool cut_all_and_wait(std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+        const auto gen = ++generation_;
+        std::unique_lock<std::mutex> lk(live_mu_);
+        return live_cv_.wait_for(lk, timeout, [&] {
+            for (const auto& [g, n] : live_)
+                if (g < gen && n > 0) return false;
+            return true;
+        });
+    }
     /// 0 = off; else each new connection is reset after a random number of bytes in [1, max_bytes].
     void random_cuts(std::size_t max_bytes) { random_cut_max_ = max_bytes; }
     /// Holds all data in both directions while true (the kernel buffers fill; nothing is lost).
@@ -120,6 +133,10 @@ private:
     // Forwards both directions of one connection until either side closes or a fault cuts it.
     void pump(int c, int u, std::size_t budget) {
         const auto gen = generation_.load();
+        {
+            std::lock_guard<std::mutex> lk(live_mu_);
+            ++live_[gen];
+        }
         std::size_t moved = 0;
         char buf[16384];
         bool cut = false;
@@ -165,6 +182,9 @@ private:
         if (cut) ++cuts_;
         reset(c);
         reset(u);
+        std::lock_guard<std::mutex> lk(live_mu_);
+        if (--live_[gen] == 0) live_.erase(gen);
+        live_cv_.notify_all();
     }
 
     std::uint16_t upstream_;
@@ -177,6 +197,9 @@ private:
     std::atomic<int> slow_pause_ms_{2};
     std::mutex mu_;
     std::list<std::thread> threads_;
+    std::mutex live_mu_;  // apart from mu_, which the destructor holds while joining the pumps
+    std::condition_variable live_cv_;
+    std::map<std::uint64_t, int> live_;  // open connections per generation
     std::thread acceptor_;
 };
 
