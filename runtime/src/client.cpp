@@ -27,10 +27,6 @@ namespace {
 constexpr std::size_t max_payload = 268435455 - 65536;  // MQTT's limit less room for topic and properties
 constexpr std::size_t ready_cap = 8192;  // publishes kept in memory beyond this wait on disk only
 
-// Clients alive in this process. Paho C 1.3 shares its threads and protocol state between all clients of
-// a process, and when one reconnects with restored flows it re-sends every other client's in-flight
-// packets on their live connections (docs/reliability.md, F7): several clients per process are warned.
-std::atomic<int> clients_alive{0};
 
 message_properties from_paho(const mqtt::properties& p) {
     message_properties out;
@@ -243,11 +239,6 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     }
 
     listener_ = std::make_unique<listener>(*this);
-    if (++clients_alive > 1)
-        log(log_level::warning,
-            "more than one xymqtt client in this process: after a broker restart Paho C 1.3 may re-send the "
-            "in-flight packets of one client on another's connection (see docs/reliability.md, F7); use one "
-            "client per process where reconnects with QoS 2 flows in flight matter");
 
     purge_expired_results();
     detail::connect_gate::process().join(&gate_member_);
@@ -270,7 +261,6 @@ client::impl::~impl() {
         };
         state_cv_.wait(lk, [&] { return !running(); });
     }
-    --clients_alive;
 }
 
 void client::impl::log(log_level level, const std::string& text) const {
