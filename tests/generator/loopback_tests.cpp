@@ -271,7 +271,7 @@ TEST_CASE("call_async gives a typed outcome", "[generated][commands]") {
     CHECK_FALSE(outcome.rejection);
 }
 
-TEST_CASE("a handler's command_error rejects with its status; other exceptions with 500", "[generated][commands]") {
+TEST_CASE("a handler's command_error rejects with its status, other exceptions with 500", "[generated][commands]") {
     loopback lb;
     PingService service;
     Publisher::Server server(lb);
@@ -429,7 +429,7 @@ TEST_CASE("schema expiry and share group are applied", "[generated][commands]") 
     CHECK(lb.published("prod/inventory/cmd/reserve/resolve").empty());
 }
 
-TEST_CASE("serve is all or nothing; stop unregisters", "[generated][commands]") {
+TEST_CASE("serve is all or nothing, and stop unregisters", "[generated][commands]") {
     loopback lb;
     InventoryService service;
     inv::Inventory::Server server(lb, "prod");

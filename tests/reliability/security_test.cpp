@@ -87,7 +87,7 @@ std::string try_connect(client_options o, std::chrono::milliseconds timeout = 10
 
 }  // namespace
 
-TEST_CASE("TLS: verified by default; wrong CA, wrong host name and missing client certificate refused",
+TEST_CASE("TLS: verified by default, and wrong CA, wrong host name and missing client certificate refused",
           "[security][tls]") {
     tls_broker t;
     temp_dir dir("tls");

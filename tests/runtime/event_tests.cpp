@@ -151,7 +151,7 @@ TEST_CASE("retry backoff doubles up to the cap", "[events]") {
     CHECK(p.delay_after(30) == 12800ms);
 }
 
-TEST_CASE("several handlers per filter; unsubscribing the last one unsubscribes at the broker", "[events]") {
+TEST_CASE("several handlers per filter, and unsubscribing the last one unsubscribes at the broker", "[events]") {
     temp_dir dir("handlers");
     auto sub = connected(options_for(dir, "sub"));
     auto pub = connected(options_for(dir, "pub"));
