@@ -60,18 +60,6 @@ std::map<std::string, std::string> parse(int argc, char** argv) {
 
 std::string T() { return " " + std::to_string(mono_us()) + "\n"; }
 
-std::vector<std::vector<std::string>> read_records(const std::string& path) {
-    std::vector<std::vector<std::string>> out;
-    std::ifstream in(path);
-    for (std::string line; std::getline(in, line);) {
-        std::istringstream w(line);
-        std::vector<std::string> words;
-        for (std::string s; w >> s;) words.push_back(s);
-        if (!words.empty()) out.push_back(std::move(words));
-    }
-    return out;
-}
-
 struct agent {
     std::map<std::string, std::string> a;
     journal_writer& j;
@@ -297,7 +285,7 @@ int main(int argc, char** argv) {
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
     try {
-        const auto before = read_records(a["journal"]);
+        const auto before = xymqtt::test::read_journal(a["journal"]);
         journal_writer j(a["journal"]);
         agent g{a, j, a.count("clients") ? std::stoi(a["clients"]) : 1};
         if (mode == "pub") return run_pub(g, before);

@@ -27,6 +27,8 @@ public:
     journal_writer(const journal_writer&) = delete;
     journal_writer& operator=(const journal_writer&) = delete;
 
+    /// Appends one line.
+    void line(const std::string& s) { write(s + "\n"); }
     /// Appends `lines` (complete lines) with one write(2) (a regular file takes it whole).
     void write(const std::string& lines) {
         std::lock_guard<std::mutex> lk(mu_);
@@ -88,5 +90,12 @@ private:
     std::size_t offset_ = 0;
     std::string partial_;
 };
+
+/// @return the complete lines of a journal, each split into words (empty lines left out).
+inline std::vector<std::vector<std::string>> read_journal(const std::string& path) {
+    std::vector<std::vector<std::string>> out;
+    journal_tail(path).poll([&](const std::vector<std::string>& words) { out.push_back(words); });
+    return out;
+}
 
 }  // namespace xymqtt::test

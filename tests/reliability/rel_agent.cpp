@@ -46,6 +46,7 @@
 #include "xymqtt/client.h"
 #include "xymqtt/exception.h"
 #include "faulty_store.h"
+#include "history_journal.h"
 
 namespace {
 
@@ -62,46 +63,8 @@ std::int64_t epoch_ms() {
         .count();
 }
 
-// Append-only journal: one write(2) per record (O_APPEND), nothing buffered in the process.
-class journal {
-public:
-    explicit journal(const std::string& path) : fd_(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) {
-        if (fd_ < 0) throw std::runtime_error("cannot open journal " + path + ": " + std::strerror(errno));
-    }
-    ~journal() { ::close(fd_); }
-    void write(const std::string& lines) {
-        std::lock_guard<std::mutex> lk(mu_);
-        const char* p = lines.data();
-        std::size_t left = lines.size();
-        while (left > 0) {
-            const ssize_t n = ::write(fd_, p, left);
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                std::perror("journal write");
-                std::_Exit(4);
-            }
-            p += n;
-            left -= static_cast<std::size_t>(n);
-        }
-    }
-    void line(const std::string& s) { write(s + "\n"); }
-
-private:
-    int fd_;
-    std::mutex mu_;
-};
-
-std::vector<std::vector<std::string>> read_records(const std::string& path) {
-    std::vector<std::vector<std::string>> out;
-    std::ifstream in(path);
-    for (std::string line; std::getline(in, line);) {
-        std::istringstream w(line);
-        std::vector<std::string> words;
-        for (std::string s; w >> s;) words.push_back(s);
-        if (!words.empty()) out.push_back(std::move(words));
-    }
-    return out;
-}
+// Journals: one write(2) per record, so a SIGKILL cuts one only between records (history_journal.h).
+using journal = xymqtt::test::journal_writer;
 
 xymqtt::client_options options(std::map<std::string, std::string>& a) {
     xymqtt::client_options o;
@@ -280,7 +243,7 @@ int main(int argc, char** argv) {
     const std::string mode = argv[1];
     auto a = parse(argc, argv);
     try {
-        const auto before = read_records(a["journal"]);
+        const auto before = xymqtt::test::read_journal(a["journal"]);
         journal j(a["journal"]);
         if (mode == "pub") return run_pub(a, j, before);
         if (mode == "sub") return run_sub(a, j);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "history_journal.h"
 #include "runtime/util.h"
 
 namespace xymqtt::test {
@@ -26,17 +27,7 @@ inline std::string env_string(const char* name, const std::string& fallback) {
 }
 
 /// Records (lines split into words) of a journal written by rel_agent.
-inline std::vector<std::vector<std::string>> journal_records(const std::string& path) {
-    std::vector<std::vector<std::string>> out;
-    std::ifstream in(path);
-    for (std::string line; std::getline(in, line);) {
-        std::istringstream w(line);
-        std::vector<std::string> words;
-        for (std::string s; w >> s;) words.push_back(s);
-        if (!words.empty()) out.push_back(std::move(words));
-    }
-    return out;
-}
+inline std::vector<std::vector<std::string>> journal_records(const std::string& path) { return read_journal(path); }
 
 /// Does the journal contain a record whose first word is `word` (and second `arg`, if given)?
 inline bool journal_has(const std::string& path, const std::string& word, const std::string& arg = {}) {
