@@ -140,16 +140,35 @@ std::vector<journal::record> journal::recover(std::uint64_t after) const {
         got += static_cast<std::size_t>(r);
     }
     // The run of records from offset 0 whose sequence numbers follow each other; those after `after`.
+    // A record that is not whole ends the run. Past it, a whole record with a greater sequence number
+    // than any before (and than `after`) can only be a later commit of this cycle whose predecessor was
+    // damaged in place (a page the kernel wrote back out of order before a power loss, a bad sector): the
+    // run goes on from there, so that one damaged record does not take the acknowledged ones after it.
+    // Records of earlier cycles have smaller numbers, so the scan never takes them.
+    auto whole = [&](std::size_t off, std::uint64_t& seq, std::size_t& len) {
+        if (off + header_bytes > got) return false;
+        const char* h = buf.data() + off;
+        len = load_u32(h + 4);
+        seq = get64(h + 8);
+        return load_u32(h) == magic && len <= got - off - header_bytes &&
+               record_crc(h, h + header_bytes, len) == load_u32(h + 16);
+    };
     std::vector<record> out;
     std::uint64_t prev = 0;
-    for (std::size_t off = 0; off + header_bytes <= got;) {
-        const char* h = buf.data() + off;
-        const std::size_t len = load_u32(h + 4);
-        const std::uint64_t seq = get64(h + 8);
-        if (load_u32(h) != magic || len > got - off - header_bytes || (off > 0 && seq != prev + 1)) break;
-        const char* body = h + header_bytes;
-        if (record_crc(h, body, len) != load_u32(h + 16)) break;
-        if (seq > after) out.push_back(record{seq, std::string(body, len)});
+    std::size_t off = 0;
+    while (off + header_bytes <= got) {
+        std::uint64_t seq = 0;
+        std::size_t len = 0;
+        if (!whole(off, seq, len) || (off > 0 && seq != prev + 1)) {
+            // Resynchronise on the next whole record numbered past everything seen, if there is one.
+            const std::uint64_t floor = std::max(prev, after);
+            std::size_t next = off + 1;
+            for (; next + header_bytes <= got; ++next)
+                if (whole(next, seq, len) && seq > floor) break;
+            if (next + header_bytes > got) break;
+            off = next;
+        }
+        if (seq > after) out.push_back(record{seq, std::string(buf.data() + off + header_bytes, len)});
         prev = seq;
         off += header_bytes + len;
     }

@@ -13,7 +13,8 @@
 /// from offset 0: a 20-byte header (magic, body length, sequence number, CRC-32 of length, sequence
 /// and body) and the body. After a checkpoint, writing starts again at offset 0 with the next sequence
 /// number, so the valid journal is the run of records from offset 0 whose sequence numbers continue
-/// the checkpointed one by one; a torn or stale record ends it.
+/// the checkpointed one by one; a torn or stale record ends it, unless a whole record numbered past
+/// every record before it follows (a record damaged in place): the run goes on from that one.
 ///
 /// Guarantees:
 ///  - mode::synced: `append` returns once the record is on disk (`fdatasync`); on failure it throws
@@ -22,7 +23,8 @@
 ///  - mode::mapped: `append` returns once the record is in the page cache, which outlives the process
 ///    (not the machine); a process killed during an append leaves a torn record, which ends recovery.
 ///  - `recover(after)` returns exactly the records appended after sequence `after` and before the last
-///    reset, in order, up to the first record that did not reach the disk whole.
+///    reset, in order, up to the first record that did not reach the disk whole. A record damaged after
+///    it was written (its successors whole) costs that record only: the ones after it are returned.
 /// Not thread-safe: the store serializes its commits.
 #pragma once
 
@@ -58,7 +60,8 @@ public:
     journal& operator=(const journal&) = delete;
 
     /// @return the records with a sequence number greater than `after`, in order, out of the run of
-    /// valid records from offset 0 whose sequence numbers follow each other.
+    /// valid records from offset 0 whose sequence numbers follow each other, resumed past a damaged
+    /// record at the next whole one numbered higher than any before it.
     /// @throw storage_error if the file cannot be read
     std::vector<record> recover(std::uint64_t after) const;
 

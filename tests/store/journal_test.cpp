@@ -100,7 +100,7 @@ TEST_CASE("journal: after a reset, the older cycle's records are never replayed"
     CHECK(j.recover(6).empty());
 }
 
-TEST_CASE("journal: a torn or damaged record ends the journal", "[store][journal]") {
+TEST_CASE("journal: a torn or damaged last record ends the journal", "[store][journal]") {
     temp_dir tmp;
     const std::string path = tmp.path() + "/journal";
     const std::string body(50, 'v');
@@ -114,6 +114,38 @@ TEST_CASE("journal: a torn or damaged record ends the journal", "[store][journal
     SECTION("the tail never written") { overwrite(path, third + journal::header_bytes, std::string(50, '\0')); }
     journal j(path, 4096);
     CHECK(seqs(j.recover(0)) == std::vector<std::uint64_t>{1, 2});
+}
+
+TEST_CASE("journal: a record damaged in the middle costs that record, not the acknowledged ones after it",
+          "[store][journal]") {
+    temp_dir tmp;
+    const std::string path = tmp.path() + "/journal";
+    const std::string body(50, 'v');
+    {
+        journal j(path, 4096);
+        for (std::uint64_t s = 1; s <= 5; ++s) j.append(s, body + std::to_string(s));
+    }
+    const off_t size = static_cast<off_t>(journal::header_bytes + body.size() + 1);
+    SECTION("a byte of the body") { overwrite(path, 2 * size + journal::header_bytes + 10, "X"); }
+    SECTION("the length") { overwrite(path, 2 * size + 4, std::string("\xff\xff\x00\x00", 4)); }
+    SECTION("a whole record zeroed") { overwrite(path, 2 * size, std::string(std::size_t(size), '\0')); }
+    journal j(path, 4096);
+    const auto got = j.recover(0);
+    REQUIRE(seqs(got) == std::vector<std::uint64_t>{1, 2, 4, 5});
+    CHECK(got[2].body == body + "4");
+    CHECK(seqs(j.recover(3)) == std::vector<std::uint64_t>{4, 5});
+}
+
+TEST_CASE("journal: past a damaged record, older cycles' records are not taken", "[store][journal]") {
+    temp_dir tmp;
+    const std::string path = tmp.path() + "/journal";
+    journal j(path, 4096);
+    for (std::uint64_t s = 1; s <= 6; ++s) j.append(s, "first cycle " + std::to_string(s));
+    j.reset();  // 1..6 are in LMDB now
+    j.append(7, "second cycle 7");
+    j.append(8, "second cycle 8");
+    overwrite(path, journal::header_bytes + 2, "#");  // record 7 damaged: behind 8 lie the first cycle's 3..6
+    CHECK(seqs(j.recover(6)) == std::vector<std::uint64_t>{8});
 }
 
 TEST_CASE("journal: mapped appends are in the file at once, and read back like synced ones", "[store][journal]") {
