@@ -335,6 +335,7 @@ void client::impl::fresh_paho() {
         own_socket_ = detail::peer_socket();
     }
     detail::paho_persistence::purge_commands(store_->paho());
+    persistence_->new_connection();
     mqtt::create_options co(opts_.mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1);
     co.set_send_while_disconnected(false);  // the outbox holds what waits, on disk
     // Paho refuses publishes (-12) once this many wait in its command queue, connected or not.
@@ -1290,11 +1291,12 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
     try {
         packet_id = msg->c_struct().msgid;
         qos = msg->get_qos();
+        // The broker's resend of a message committed in an earlier connection (paho_persistence.h): Paho
+        // acknowledges it when this returns.
+        if (qos == 2 && opts_.mqtt_version == 5 && persistence_->take_resend(packet_id)) return;
         const std::string& topic = msg->get_topic();
         const std::string& payload = msg->get_payload_str();
         fire(opts_.hooks.on_packet_receive, topic, payload);
-        // A QoS 2 redelivery of a committed message never reaches this callback: Paho restores its
-        // inbound record (written only after the commit below) and does not deliver the packet id again.
         stored_message rec;
         rec.topic = topic;
         rec.payload = payload;

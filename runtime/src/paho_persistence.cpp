@@ -53,13 +53,43 @@ std::optional<std::pair<std::string_view, std::string_view>> publish_content(std
     return std::make_pair(topic, rec.substr(at + *props));
 }
 
-// Whether a PUBLISH arriving under a packet id is a resend of the one recorded under it: DUP set, and the
-// same topic and payload. Anything else is a new message, and the record is stale.
-bool resend_of(const std::string& arriving, const std::string& recorded) {
-    if (arriving.empty() || !(static_cast<unsigned char>(arriving[0]) & 0x08)) return false;
-    const auto a = publish_content(arriving), r = publish_content(recorded);
-    return a && r && *a == *r;
+bool is_dup(const std::string& packet) { return !packet.empty() && (static_cast<unsigned char>(packet[0]) & 0x08); }
+
+std::uint64_t fnv1a(std::string_view s, std::uint64_t h) {
+    for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ULL;
+    return h;
 }
+
+void append_u64(std::string& out, std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
+}
+
+// What an inbound record keeps of a message: enough to recognise the broker's resend (same topic and
+// payload) in 36 bytes, whatever the payload's size. Two independent 64-bit hashes of the payload make a
+// false match (same packet id, DUP set, same topic, both hashes and the length equal) practically
+// impossible.
+constexpr std::string_view digest_tag = "xd1:";
+
+std::string digest(std::string_view topic, std::string_view payload) {
+    std::string d(digest_tag);
+    append_u64(d, fnv1a(topic, 0xcbf29ce484222325ULL));
+    append_u64(d, fnv1a(payload, 0xcbf29ce484222325ULL));
+    append_u64(d, fnv1a(payload, 0x84222325cbf29ce4ULL ^ payload.size()));
+    append_u64(d, payload.size());
+    return d;
+}
+
+std::string digest_of_packet(const std::string& packet) {
+    const auto c = publish_content(packet);
+    return c ? digest(c->first, c->second) : std::string();
+}
+
+// A stored record: a digest, or a whole packet (stores written by earlier versions).
+std::string digest_of_record(const std::string& rec) {
+    return rec.compare(0, digest_tag.size(), digest_tag) == 0 ? rec : digest_of_packet(rec);
+}
+
+int inbound_packet_id(const std::string& key) { return std::atoi(key.c_str() + 3); }  // "r5-<id>"
 
 }  // namespace
 
@@ -69,27 +99,40 @@ void paho_persistence::purge_commands(paho_records& records) {
 }
 
 void paho_persistence::release_inbound(int packet_id) {
-    const std::string key = "r5-" + std::to_string(packet_id);
-    std::string value;
+    std::string d;
     {
         std::lock_guard<std::mutex> lk(held_mu_);
-        auto it = held_.find(key);
-        if (it == held_.end()) return;
-        value = std::move(it->second);
-        held_.erase(it);
+        auto it = flows_.find(packet_id);
+        if (it == flows_.end() || it->second.committed) return;
+        it->second.committed = true;
+        d = it->second.digest;
     }
-    guarded("put", key, [&] { records_.put(key, value, false); });
+    const std::string key = "r5-" + std::to_string(packet_id);
+    guarded("put", key, [&] { records_.put(key, d, false); });
 }
 
 void paho_persistence::refuse_inbound(int packet_id) {
     const auto id = std::to_string(packet_id);
     {
         std::lock_guard<std::mutex> lk(held_mu_);
-        held_.erase("r5-" + id);
+        flows_.erase(packet_id);
+        resent_.erase(packet_id);
         kept_.insert("r-" + id);
     }
-    // Paho delivered it, so it had no record of this id in memory: a stored one is stale.
+    // Not committed: a stored record under this id is from an older flow, and would make the broker's
+    // resend of this message pass for a resend of a committed one.
     guarded("remove", "r5-" + id, [&] { records_.remove("r5-" + id); });
+}
+
+bool paho_persistence::take_resend(int packet_id) {
+    std::lock_guard<std::mutex> lk(held_mu_);
+    return resent_.erase(packet_id) > 0;
+}
+
+void paho_persistence::new_connection() {
+    std::lock_guard<std::mutex> lk(held_mu_);
+    flows_.clear();
+    resent_.clear();
 }
 
 void paho_persistence::map_packet(int packet_id, std::uint64_t seq) {
@@ -129,26 +172,23 @@ void paho_persistence::close() {}
 void paho_persistence::clear() {
     {
         std::lock_guard<std::mutex> lk(held_mu_);
-        held_.clear();
+        flows_.clear();
+        resent_.clear();
         kept_.clear();
     }
     guarded("clear", "", [&] { records_.clear(); });
 }
 
 bool paho_persistence::contains_key(const mqtt::string& key) {
-    {
-        std::lock_guard<std::mutex> lk(held_mu_);
-        if (held_.count(key)) return true;
-    }
     return guarded("contains", key, [&] { return records_.get(key).has_value(); });
 }
 
 mqtt::string_collection paho_persistence::keys() const {
     return guarded("keys", "", [&] {
+        // MQTT 5 inbound records are this adapter's own (see the class comment): Paho never restores them.
         mqtt::string_collection out;
-        for (const auto& k : records_.keys()) out.push_back(k);
-        std::lock_guard<std::mutex> lk(held_mu_);
-        for (const auto& [k, v] : held_) out.push_back(k);
+        for (const auto& k : records_.keys())
+            if (k.rfind("r5-", 0) != 0) out.push_back(k);
         return out;
     });
 }
@@ -156,28 +196,7 @@ mqtt::string_collection paho_persistence::keys() const {
 void paho_persistence::put(const mqtt::string& key, const std::vector<mqtt::string_view>& bufs) {
     std::string value;
     for (const auto& b : bufs) value.append(b.data(), b.size());
-    if (key.rfind("r5-", 0) == 0) {
-        // Held until the inbox commit (release_inbound), unless a record under this id is stale: then the
-        // arriving message is new, and Paho, which holds the id, would drop it (see the class comment).
-        std::optional<std::string> recorded;
-        {
-            std::lock_guard<std::mutex> lk(held_mu_);
-            auto it = held_.find(key);
-            if (it != held_.end()) recorded = it->second;
-        }
-        if (!recorded) recorded = guarded("get", key, [&] { return records_.get(key); });
-        {
-            std::lock_guard<std::mutex> lk(held_mu_);
-            if (!recorded || resend_of(value, *recorded)) {
-                held_[key] = std::move(value);
-                return;
-            }
-            held_.erase(key);
-        }
-        guarded("remove", key, [&] { records_.remove(key); });
-        if (on_stale_) on_stale_(std::atoi(key.c_str() + 3));
-        return;
-    }
+    if (key.rfind("r5-", 0) == 0) return put_inbound(key, value);
     if (key.rfind("r-", 0) == 0) {
         std::lock_guard<std::mutex> lk(held_mu_);
         kept_.erase(key);  // a new flow under this packet id
@@ -186,12 +205,38 @@ void paho_persistence::put(const mqtt::string& key, const std::vector<mqtt::stri
     guarded("put", key, [&] { records_.put(key, value, sync_inbound_ && inbound); });
 }
 
-mqtt::string paho_persistence::get(const mqtt::string& key) const {
+void paho_persistence::put_inbound(const std::string& key, const std::string& packet) {
+    // Paho writes the record of an MQTT 5 QoS 2 PUBLISH as it reads it, before it delivers the message.
+    const int packet_id = inbound_packet_id(key);
+    const std::string d = digest_of_packet(packet);
+    const bool dup = is_dup(packet);
+    bool stale = false;
     {
         std::lock_guard<std::mutex> lk(held_mu_);
-        auto it = held_.find(key);
-        if (it != held_.end()) return it->second;
+        resent_.erase(packet_id);
+        auto it = flows_.find(packet_id);
+        if (it != flows_.end()) {
+            // Paho holds this packet id (a flow of this connection) and delivers nothing that comes under it.
+            if (dup && !d.empty() && it->second.digest == d) return;  // the broker's resend: right so
+            flows_.erase(it);  // a new message, which Paho would take for a resend and drop
+            stale = true;
+        }
     }
+    if (stale) {
+        if (on_stale_) on_stale_(packet_id);
+        return;
+    }
+    const auto stored = guarded("get", key, [&] { return records_.get(key); });
+    std::lock_guard<std::mutex> lk(held_mu_);
+    // Committed in an earlier connection: Paho, which restored nothing, delivers it again, and the client
+    // drops that copy (take_resend). Otherwise a stored record is from an older flow that the broker has
+    // finished or forgotten, and this message's commit replaces it.
+    const bool committed = stored && dup && !d.empty() && digest_of_record(*stored) == d;
+    if (committed) resent_.insert(packet_id);
+    flows_[packet_id] = flow{d, committed};
+}
+
+mqtt::string paho_persistence::get(const mqtt::string& key) const {
     // A missing key is Paho asking, not a storage failure: no error report for it.
     auto v = guarded("get", key, [&] { return records_.get(key); });
     if (!v) throw mqtt::persistence_exception();
@@ -201,7 +246,10 @@ mqtt::string paho_persistence::get(const mqtt::string& key) const {
 void paho_persistence::remove(const mqtt::string& key) {
     {
         std::lock_guard<std::mutex> lk(held_mu_);
-        held_.erase(key);  // and the stored copy too, if an earlier copy was released (a DUP resend)
+        if (key.rfind("r5-", 0) == 0) {
+            flows_.erase(inbound_packet_id(key));  // PUBREL: the flow is over
+            resent_.erase(inbound_packet_id(key));
+        }
         if (kept_.erase(key)) return;  // refused: the next client delivers it at the resent PUBREL
     }
     guarded("remove", key, [&] { records_.remove(key); });

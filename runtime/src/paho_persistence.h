@@ -15,38 +15,38 @@
 namespace xymqtt::detail {
 
 /// Keeps Paho's records in the store's paho area, so that a restarted (or re-created) Paho client resumes
-/// its QoS 2 flows with the broker exactly where they stopped:
-///  - inbound (`r-`, `r5-`): messages already received are not delivered twice;
-///  - outbound (`s-`, `sc-`): publishes in flight are finished under their own packet ids. Dropping them
-///    would leave the broker waiting for PUBRELs that never come, and those half-open flows count against
-///    its receive maximum until it refuses the connection.
+/// its outbound QoS 2 flows with the broker exactly where they stopped: publishes in flight (`s-`, `s5-`,
+/// `sc-`, `sc5-`) are finished under their own packet ids. Dropping them would leave the broker waiting for
+/// PUBRELs that never come, and those half-open flows count against its receive maximum until it refuses
+/// the connection.
 /// Queued commands (`c-`, `c5-`) are dropped before a client is created (purge_commands): those
 /// publishes never left, and the outbox sends them again.
 /// Each outbound flow is tied to its outbox record by a mapping record `x-<packet id>`, written by the
 /// client after Paho accepted the publish (map_packet) and removed with the flow. When Paho removes
 /// `s-<id>`/`s5-<id>` the flow is over and `on_complete(id)` is called.
 ///
-/// Inbound records are held back where Paho would otherwise make a promise the inbox cannot keep:
-///  - MQTT 5 (`r5-`): Paho writes the record when it reads a QoS 2 PUBLISH, before the message reaches the
-///    inbox, and restores it in a new client to recognise the broker's DUP resend. Written at once, a crash
-///    (or a failed commit) in between would make that client acknowledge the resend without delivering it.
-///    So the record is held in memory until release_inbound(), after the inbox commit.
-///  - MQTT 3.1.1 (`r-`): Paho delivers at PUBREL and removes the record after the callback, whatever
-///    happened in it. keep_inbound() makes that removal a no-op, so the record is restored by the next
-///    client, which delivers the message when the broker resends PUBREL.
-/// A record can outlive its flow at the broker: a broker restarted from an older snapshot (after a hard
-/// kill) has forgotten flows the client finished or still holds, and reuses their packet ids for new
-/// messages. Paho takes any PUBLISH whose packet id it holds a record for as a resend: it acknowledges it
-/// without delivering it (a loss). So a PUBLISH that is not a resend of the record under its id (DUP
-/// clear, or another topic or payload) removes that stale record and calls `on_stale`, whose caller cuts
-/// the connection before Paho's acknowledgement can leave; the broker sends the message again on the next
-/// connection, to a Paho client that no longer holds the id. (A new message identical to the forgotten
-/// one, whose first copy was lost in a cut, still passes for a resend.)
-/// Otherwise this is a faithful store: held records are visible to get/keys/contains_key; a put
-/// overwrites; a remove removes the record wherever it is (held and stored); clear empties both. Paho
-/// writes a QoS 2 PUBLISH's record again for each DUP resend, after the first copy was released: a remove
-/// that only dropped the held copy would leave the stored one behind, and once the broker's 16-bit packet
-/// ids wrap that stale record would make Paho take a new message for a resend and drop it.
+/// Inbound, MQTT 5 (`r5-`): the records are this adapter's own, and Paho never sees them again.
+///  - Paho writes `r5-<id>` when it reads a QoS 2 PUBLISH, before the message reaches the inbox. The record
+///    is stored only after the inbox commit (release_inbound), and holds a digest of the topic and payload,
+///    not the packet: a crash or a failed commit in between must not make the next client acknowledge the
+///    broker's resend without delivering it.
+///  - keys() does not list them, so a new Paho client restores no inbound state. Restored, every open
+///    inbound flow would sit in Paho's process-wide list of publications, which Paho searches linearly for
+///    each packet of every client: a broker that exceeds the client's receive maximum (Mosquitto 2.0.11
+///    does, after reconnects) left tens of thousands of them, and each packet then cost milliseconds.
+///    Restored state is also what made Paho take a new message under a reused packet id for a resend of a
+///    forgotten flow, and drop it.
+///  - Instead, a resend of a committed message is recognised here: DUP set, and a stored record under its
+///    packet id with the same digest. take_resend() then tells the client to drop the copy that Paho
+///    delivers. A stored record that does not match is from an older flow (one the broker finished after a
+///    reconnect, whose PUBREL this client's Paho did not know, or one a broker restarted from an older state
+///    forgot) and is replaced by the new message's.
+///  - Within one connection Paho holds the packet ids of its open flows and delivers nothing under them:
+///    a new message under such an id (a broker error) calls `on_stale`, whose caller cuts the connection
+///    before Paho's acknowledgement can leave.
+/// Inbound, MQTT 3.1.1 (`r-`): Paho delivers at PUBREL from its record, and removes the record after the
+/// callback whatever happened in it. refuse_inbound() makes that removal a no-op, so that the next client
+/// restores the record and delivers the message when the broker resends PUBREL.
 ///
 /// Paho ignores many persistence errors (a full store silently makes it non-persistent), so every
 /// failure is also reported through `on_error` before it is returned to Paho.
@@ -67,12 +67,17 @@ public:
 
     /// Removes Paho's queued commands; call before a Paho client restores its state.
     static void purge_commands(paho_records& records);
-    /// Writes the held `r5-<packet_id>` record: call once the message is committed to the inbox.
+    /// Stores the `r5-<packet_id>` record: call once the message is committed to the inbox.
     void release_inbound(int packet_id);
+    /// @return true (once) if the message Paho is delivering under `packet_id` is the broker's resend of
+    ///         one committed in an earlier connection: the client drops it, and Paho acknowledges it.
+    bool take_resend(int packet_id);
+    /// Call before a new Paho client connects: it holds no flows of the previous connection.
+    void new_connection();
     /// The message of `packet_id` could not be committed (its acknowledgement must not leave, and the
-    /// connection is being cut): forgets the held `r5-` record, so that the next Paho client delivers the
-    /// broker's resend, and makes Paho's coming removal of the `r-` record (MQTT 3.1.1) a no-op, so that
-    /// the next client delivers the message at the broker's resent PUBREL.
+    /// connection is being cut): forgets the `r5-` flow, so that the next Paho client delivers the broker's
+    /// resend, and makes Paho's coming removal of the `r-` record (MQTT 3.1.1) a no-op, so that the next
+    /// client delivers the message at the broker's resent PUBREL.
     void refuse_inbound(int packet_id);
     /// Records that outbox record `seq` is in flight under `packet_id`.
     void map_packet(int packet_id, std::uint64_t seq);
@@ -81,7 +86,7 @@ public:
     /// Called (on Paho's threads) when the outbound flow of a packet id has ended.
     void on_complete(std::function<void(int packet_id)> fn) { on_complete_ = std::move(fn); }
     /// Called (on Paho's receive thread, before Paho handles the PUBLISH) when the broker sent a new
-    /// message under a packet id that a stale inbound record holds: the connection must be cut now.
+    /// message under the packet id of an open flow of this connection: the connection must be cut now.
     void on_stale(std::function<void(int packet_id)> fn) { on_stale_ = std::move(fn); }
     /// @return true if Paho has outbound flows (`s-`, `s5-`, `sc-`, `sc5-` records) to resume.
     bool has_outbound() const;
@@ -95,8 +100,15 @@ private:
     std::function<void(const std::string&)> on_error_;
     std::function<void(int)> on_complete_;
     std::function<void(int)> on_stale_;
+    void put_inbound(const std::string& key, const std::string& packet);
+
+    struct flow {
+        std::string digest;
+        bool committed = false;  // stored (released, or a resend of a message committed before)
+    };
     mutable std::mutex held_mu_;
-    std::map<std::string, std::string> held_;  // MQTT 5 inbound records not yet released
+    std::map<int, flow> flows_;  // MQTT 5 inbound flows of this connection, by packet id
+    std::set<int> resent_;       // packet ids whose delivery now is a resend of a committed message
     std::set<std::string> kept_;               // MQTT 3.1.1 inbound records whose next removal is refused
 };
 

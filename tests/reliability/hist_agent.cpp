@@ -284,6 +284,14 @@ int main(int argc, char** argv) {
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    // Diagnostics: Paho C's own protocol trace, one file per agent process (Paho reads these variables
+    // when its first client is created).
+    if (const char* dir = std::getenv("XYMQTT_HIST_PAHO_TRACE")) {
+        const std::string path = std::string(dir) + "/paho-" + mode + "-" + std::to_string(::getpid()) + ".log";
+        ::setenv("MQTT_C_CLIENT_TRACE", path.c_str(), 1);
+        ::setenv("MQTT_C_CLIENT_TRACE_LEVEL", "PROTOCOL", 1);
+        ::setenv("MQTT_C_CLIENT_TRACE_MAX_LINES", "100000000", 1);
+    }
     try {
         const auto before = xymqtt::test::read_journal(a["journal"]);
         journal_writer j(a["journal"]);
