@@ -62,6 +62,24 @@ std::chrono::milliseconds retry_policy::delay_after(std::uint32_t attempt) const
     return std::chrono::milliseconds(std::min<std::int64_t>(std::int64_t(d), cap.count()));
 }
 
+std::size_t varint_bytes(std::size_t n) { return n < 128 ? 1 : n < 16384 ? 2 : n < 2097152 ? 3 : 4; }
+
+// The size of the QoS 2 PUBLISH packet that carries `m` (MQTT 5 when `v5`), as a broker's Maximum Packet
+// Size counts it: fixed header, topic, packet id, properties, payload.
+std::size_t publish_packet_size(const stored_message& m, bool v5) {
+    std::size_t rest = 2 + m.topic.size() + 2 + m.payload.size();
+    if (v5) {
+        std::size_t props = 0;
+        if (!m.props.content_type.empty()) props += 3 + m.props.content_type.size();
+        if (!m.props.correlation_data.empty()) props += 3 + m.props.correlation_data.size();
+        if (!m.props.response_topic.empty()) props += 3 + m.props.response_topic.size();
+        if (m.props.expiry_seconds) props += 5;
+        for (const auto& [k, v] : m.props.user) props += 5 + k.size() + v.size();
+        rest += varint_bytes(props) + props;
+    }
+    return 1 + varint_bytes(rest) + rest;
+}
+
 std::string make_message_id() {
     thread_local std::mt19937_64 rng([] {
         std::random_device rd;
@@ -89,7 +107,7 @@ public:
         // persistence (-2), the command's topic and payload are freed although the outbound record it just
         // stored shares them. That Paho client must never be destroyed: MQTTAsync_destroy frees them again.
         if (rc == MQTTASYNC_FAILURE || rc == MQTTASYNC_PERSISTENCE_ERROR) c_.taint_paho(tok.get_client());
-        c_.on_send_failed(seq, rc, reason_code(tok));
+        c_.on_send_failed(seq, rc, reason_code(tok), tok.get_client());
     }
 
 private:
@@ -484,6 +502,9 @@ void client::impl::connection_loop() {
             for (int packet_id : finished) on_resumed_complete(packet_id);
             if (rsp.get_properties().contains(mqtt::property::RECEIVE_MAXIMUM))
                 receive_max = mqtt::get<uint16_t>(rsp.get_properties(), mqtt::property::RECEIVE_MAXIMUM);
+            max_packet_size_ = opts_.mqtt_version == 5 && rsp.get_properties().contains(mqtt::property::MAXIMUM_PACKET_SIZE)
+                                   ? mqtt::get<uint32_t>(rsp.get_properties(), mqtt::property::MAXIMUM_PACKET_SIZE)
+                                   : 0;
             subscription_ids_ = opts_.mqtt_version == 5 &&
                                 (!rsp.get_properties().contains(mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE) ||
                                  mqtt::get<uint8_t>(rsp.get_properties(), mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE) != 0);
@@ -832,9 +853,13 @@ void client::impl::post(const std::string& topic, std::string payload, publish_o
     validate_topic_name(topic);
     validate_properties(opts.props);
     if (payload.size() > max_payload)
-        throw error("payload of " + std::to_string(payload.size()) + " bytes is larger than MQTT allows");
+        throw message_too_large("payload of " + std::to_string(payload.size()) + " bytes is larger than MQTT allows");
     require_open();
-    submit_publish(make_publish(topic, std::move(payload), std::move(opts.props), opts.retain, ""), std::move(prom));
+    auto pub = make_publish(topic, std::move(payload), std::move(opts.props), opts.retain, "");
+    if (const auto limit = max_packet_size_.load(); limit && publish_packet_size(*pub.msg, opts_.mqtt_version == 5) > limit)
+        throw message_too_large("a message of " + std::to_string(publish_packet_size(*pub.msg, opts_.mqtt_version == 5)) +
+                                " bytes on " + topic + " is larger than the broker takes (" + std::to_string(limit) + " bytes)");
+    submit_publish(std::move(pub), std::move(prom));
 }
 
 void client::impl::submit_publish(stored_publish pub, std::shared_ptr<std::promise<void>> prom) {
@@ -1007,6 +1032,13 @@ int client::impl::publish_batch(std::vector<send_item>& batch, mqtt::iasync_clie
                 continue;
             }
         }
+        if (const auto limit = max_packet_size_.load();
+            limit && publish_packet_size(*it.msg, opts_.mqtt_version == 5) > limit) {
+            // Stored before this broker's limit was known (offline, or a call's invoke): the broker would
+            // drop the connection at it, and this record would be sent first again, for ever.
+            it.too_large = true;
+            continue;
+        }
         try {
             if (!cli) throw mqtt::exception(MQTTASYNC_DISCONNECTED);
             auto tok = cli->publish(to_paho(*it.msg), reinterpret_cast<void*>(static_cast<std::uintptr_t>(it.seq)),
@@ -1022,6 +1054,11 @@ int client::impl::publish_batch(std::vector<send_item>& batch, mqtt::iasync_clie
         }
         if (it.sent) fire(opts_.hooks.on_packet_send, it.msg->topic, it.msg->payload);
     }
+    for (auto& it : batch)
+        if (it.too_large)
+            refuse(it.seq, 0x95, "the message (" + std::to_string(publish_packet_size(*it.msg, opts_.mqtt_version == 5)) +
+                                     " bytes) is larger than the broker takes (" +
+                                     std::to_string(max_packet_size_.load()) + " bytes)");
     return refused_rc;
 }
 
@@ -1105,8 +1142,12 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync
     }, detail::urgency::background);
 }
 
-void client::impl::on_send_failed(std::uint64_t seq, int rc, int reason_code) {
+void client::impl::on_send_failed(std::uint64_t seq, int rc, int reason_code, const mqtt::iasync_client* from) {
     if (reason_code >= 0x80) return refuse(seq, reason_code);
+    // A publish of an earlier connection's Paho client that fails now (its queued command, once Paho
+    // notices the loss) was taken back into the outbox when the connection was replaced, and may be in
+    // flight on the current one already: sent again here, it reached the broker twice (finding H8).
+    if (from && from != current_paho_.load()) return;
     std::unique_lock<std::mutex> lk(mu_);
     auto it = inflight_.find(seq);
     if (it == inflight_.end()) return;
@@ -1130,7 +1171,7 @@ bool transient_refusal(int reason_code) {
 
 }  // namespace
 
-void client::impl::refuse(std::uint64_t seq, int reason_code) {
+void client::impl::refuse(std::uint64_t seq, int reason_code, const std::string& reason) {
     if (transient_refusal(reason_code)) return refuse_for_now(seq, reason_code);
     std::shared_ptr<stored_message> msg;
     std::shared_ptr<std::promise<void>> prom;
@@ -1153,8 +1194,9 @@ void client::impl::refuse(std::uint64_t seq, int reason_code) {
     }
     if (!known) return;  // completed or refused already
     notify_gate();
-    const std::string why = "broker refused the publish with reason code " + std::to_string(reason_code) +
-                            (reason_code == 0x87 ? " (not authorized)" : "");
+    const std::string why = !reason.empty() ? reason
+                                            : "broker refused the publish with reason code " + std::to_string(reason_code) +
+                                                  (reason_code == 0x87 ? " (not authorized)" : "");
     if (!msg) {
         // Sent from disk (a resumed or backlogged publish): the dead letter needs the record.
         try {

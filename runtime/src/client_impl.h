@@ -150,6 +150,7 @@ private:
         std::shared_ptr<stored_message> msg;
         bool sent = false;
         bool gone = false;  // its outbox record could not be read: nothing to send
+        bool too_large = false;  // over the broker's maximum packet size: a dead letter, not sent
     };
     std::vector<send_item> take_batch();
     int publish_batch(std::vector<send_item>& batch, mqtt::iasync_client* cli);
@@ -157,9 +158,9 @@ private:
     /// A publish completed. `from`: the Paho client whose callback this is, if any (a batch may then be
     /// handed to it on its callback thread).
     void on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync_client* from = nullptr);
-    void on_send_failed(std::uint64_t seq, int rc, int reason_code);
+    void on_send_failed(std::uint64_t seq, int rc, int reason_code, const mqtt::iasync_client* from = nullptr);
     /// The broker refused a publish for good: a dead letter (and, for an invoke, a local reject).
-    void refuse(std::uint64_t seq, int reason_code);
+    void refuse(std::uint64_t seq, int reason_code, const std::string& why = {});
     /// The broker refused a publish for now (busy, quota): sent again after a backoff.
     void refuse_for_now(std::uint64_t seq, int reason_code);
     std::shared_ptr<mqtt::message> to_paho(const stored_message& m) const;
@@ -233,6 +234,7 @@ private:
     std::condition_variable conn_cv_;
     bool want_connect_ = false;
     std::atomic<bool> subscription_ids_{false};  // the broker takes MQTT 5 subscription identifiers
+    std::atomic<std::uint32_t> max_packet_size_{0};  // the broker's MQTT 5 Maximum Packet Size (0: none)
     std::chrono::milliseconds hold_off_{0};  // before the next connect: arrivals are being refused
     bool connected_ = false;
     bool ever_connected_ = false;

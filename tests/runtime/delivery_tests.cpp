@@ -266,3 +266,59 @@ TEST_CASE("a new message under the packet id of a flow the broker forgot is deli
     for (const std::string p : {"a", "b", "c"}) CHECK(got[p] == 1);
     CHECK(got.count("old") == 0);
 }
+
+TEST_CASE("a message over the broker's maximum packet size is refused, or dead-lettered if stored before",
+          "[errors][too-large]") {
+    // Mosquitto drops the connection of a client that sends a packet over its max_packet_size (DISCONNECT
+    // 0x95). A record stored before the limit was known was sent first again on every connection, for ever.
+    broker b("max_packet_size 2048\n");
+    temp_dir dir("too-large");
+    auto po = options_for(dir, "pub", b.uri());
+    po.reconnect_min = 20ms;
+    std::atomic<int> losses{0};
+    po.hooks.on_connection_lost = [&](const std::string&) { ++losses; };
+    std::mutex mu;
+    std::vector<std::string> dead;
+    po.hooks.on_dead_letter = [&](const message& m, const std::string& reason) {
+        std::lock_guard<std::mutex> lk(mu);
+        dead.push_back(m.payload.substr(0, 3) + ": " + reason);
+    };
+    const std::string topic = "test/" + po.client_id + "/x";
+    auto so = options_for(dir, "sub", b.uri());
+    recorder got;
+    client sub(so);
+    sub.subscribe(topic, [&](const message& m) { got.add(m.payload); });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+
+    client pub(po);
+    // Stored while the limit is unknown (not connected yet).
+    auto small1 = pub.publish(topic, "one");
+    auto big = pub.publish(topic, "big" + std::string(4000, 'x'));
+    auto small2 = pub.publish(topic, "two");
+    pub.connect();
+    REQUIRE(pub.wait_connected(10s));
+    CHECK(small1.wait_for(10s) == std::future_status::ready);
+    CHECK(small2.wait_for(10s) == std::future_status::ready);
+    REQUIRE(big.wait_for(10s) == std::future_status::ready);
+    CHECK_THROWS_AS(big.get(), broker_error);
+    REQUIRE(got.wait_size(2, 10s));
+    CHECK(got.items() == std::vector<std::string>{"one", "two"});
+    CHECK(losses.load() == 0);
+    {
+        std::lock_guard<std::mutex> lk(mu);
+        REQUIRE(dead.size() == 1);
+        CHECK(dead[0].rfind("big: ", 0) == 0);
+        CHECK(dead[0].find("larger than the broker takes (2048 bytes)") != std::string::npos);
+    }
+    const auto letters = pub.dead_letters();
+    REQUIRE(letters.size() == 1);
+    CHECK(letters[0].record.outgoing);  // a replay publishes it again (to a broker that takes it)
+
+    // Known now: refused at once, nothing stored.
+    CHECK_THROWS_AS(pub.publish(topic, std::string(4000, 'y')), message_too_large);
+    CHECK(pub.wait_outbox_empty(10s));  // nothing of it was stored
+    pub.publish(topic, "three").get();
+    REQUIRE(got.wait_size(3, 10s));
+    CHECK(losses.load() == 0);
+}

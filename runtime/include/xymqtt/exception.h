@@ -37,6 +37,13 @@ public:
     using error::error;
 };
 
+/// A message larger than MQTT allows, or than the broker announced it takes (MQTT 5 Maximum Packet
+/// Size, in its CONNACK). A broker drops the connection of a client that sends one.
+class message_too_large : public error {
+public:
+    using error::error;
+};
+
 /// The store failed: disk full, map full that could not grow, permissions, corruption.
 /// Nothing was acknowledged for the operation that raised it.
 class storage_error : public error {
