@@ -1335,9 +1335,9 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
         qos = msg->get_qos();
         // The broker's resend of a message committed in an earlier connection (paho_persistence.h): Paho
         // acknowledges it when this returns.
-        if (qos == 2 && opts_.mqtt_version == 5 && persistence_->take_resend(packet_id)) return;
         const std::string& topic = msg->get_topic();
         const std::string& payload = msg->get_payload_str();
+        if (qos == 2 && opts_.mqtt_version == 5 && persistence_->take_resend(packet_id, topic, payload)) return;
         fire(opts_.hooks.on_packet_receive, topic, payload);
         stored_message rec;
         rec.topic = topic;

@@ -116,7 +116,6 @@ void paho_persistence::refuse_inbound(int packet_id) {
     {
         std::lock_guard<std::mutex> lk(held_mu_);
         flows_.erase(packet_id);
-        resent_.erase(packet_id);
         kept_.insert("r-" + id);
     }
     // Not committed: a stored record under this id is from an older flow, and would make the broker's
@@ -124,9 +123,12 @@ void paho_persistence::refuse_inbound(int packet_id) {
     guarded("remove", "r5-" + id, [&] { records_.remove("r5-" + id); });
 }
 
-bool paho_persistence::take_resend(int packet_id) {
+bool paho_persistence::take_resend(int packet_id, std::string_view topic, std::string_view payload) {
     std::lock_guard<std::mutex> lk(held_mu_);
-    return resent_.erase(packet_id) > 0;
+    auto it = resent_.find({packet_id, digest(topic, payload)});
+    if (it == resent_.end()) return false;
+    resent_.erase(it);
+    return true;
 }
 
 void paho_persistence::new_connection() {
@@ -213,7 +215,6 @@ void paho_persistence::put_inbound(const std::string& key, const std::string& pa
     bool stale = false;
     {
         std::lock_guard<std::mutex> lk(held_mu_);
-        resent_.erase(packet_id);
         auto it = flows_.find(packet_id);
         if (it != flows_.end()) {
             // Paho holds this packet id (a flow of this connection) and delivers nothing that comes under it.
@@ -232,7 +233,7 @@ void paho_persistence::put_inbound(const std::string& key, const std::string& pa
     // drops that copy (take_resend). Otherwise a stored record is from an older flow that the broker has
     // finished or forgotten, and this message's commit replaces it.
     const bool committed = stored && dup && !d.empty() && digest_of_record(*stored) == d;
-    if (committed) resent_.insert(packet_id);
+    if (committed) resent_.insert({packet_id, d});
     flows_[packet_id] = flow{d, committed};
 }
 
@@ -247,8 +248,9 @@ void paho_persistence::remove(const mqtt::string& key) {
     {
         std::lock_guard<std::mutex> lk(held_mu_);
         if (key.rfind("r5-", 0) == 0) {
-            flows_.erase(inbound_packet_id(key));  // PUBREL: the flow is over
-            resent_.erase(inbound_packet_id(key));
+            // PUBREL: the flow is over. A resend mark stays until its delivery takes it: Paho may hand a
+            // message over after its PUBREC and PUBREL (from its queue of undelivered messages).
+            flows_.erase(inbound_packet_id(key));
         }
         if (kept_.erase(key)) return;  // refused: the next client delivers it at the resent PUBREL
     }

@@ -9,6 +9,8 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <string_view>
+#include <utility>
 
 #include "xymqtt/store.h"
 
@@ -69,9 +71,10 @@ public:
     static void purge_commands(paho_records& records);
     /// Stores the `r5-<packet_id>` record: call once the message is committed to the inbox.
     void release_inbound(int packet_id);
-    /// @return true (once) if the message Paho is delivering under `packet_id` is the broker's resend of
-    ///         one committed in an earlier connection: the client drops it, and Paho acknowledges it.
-    bool take_resend(int packet_id);
+    /// @return true (once per resend) if the message Paho is delivering under `packet_id`, with this topic
+    ///         and payload, is the broker's resend of one committed in an earlier connection: the client
+    ///         drops it, and Paho acknowledges it.
+    bool take_resend(int packet_id, std::string_view topic, std::string_view payload);
     /// Call before a new Paho client connects: it holds no flows of the previous connection.
     void new_connection();
     /// The message of `packet_id` could not be committed (its acknowledgement must not leave, and the
@@ -108,7 +111,7 @@ private:
     };
     mutable std::mutex held_mu_;
     std::map<int, flow> flows_;  // MQTT 5 inbound flows of this connection, by packet id
-    std::set<int> resent_;       // packet ids whose delivery now is a resend of a committed message
+    std::multiset<std::pair<int, std::string>> resent_;  // (packet id, digest) of resends still to be delivered
     std::set<std::string> kept_;               // MQTT 3.1.1 inbound records whose next removal is refused
 };
 

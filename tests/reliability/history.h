@@ -142,6 +142,24 @@ public:
         for (const auto& [name, h] : it->second.handled) d += h.distinct;
         return d;
     }
+    /// The messages of `stream` accepted and not handled by some expecting subscription, with the times
+    /// they were accepted.
+    std::vector<std::pair<std::uint64_t, std::int64_t>> unhandled(const std::string& stream) const {
+        std::vector<std::pair<std::uint64_t, std::int64_t>> out;
+        const auto st = streams_.find(stream);
+        if (st == streams_.end()) return out;
+        const auto& a = st->second.accepted;
+        for (std::uint64_t i = first_unhandled(stream, 0); i < accepted_end(stream); i = first_unhandled(stream, i + 1))
+            if (a[i] != never) out.emplace_back(i, a[i]);
+        return out;
+    }
+    /// Whether a message accepted at `t` may have been forgotten by a hard-killed broker: accepted within a
+    /// kill's forget window before it, or during it. (For calls, whose acknowledgement is not journalled.)
+    bool in_forget_window(std::int64_t t) const {
+        for (const auto& f : faults_)
+            if (f.forget_window > 0 && t >= f.start - f.forget_window && t <= f.end) return true;
+        return false;
+    }
     /// The first n >= from of `stream` that was accepted and that some expecting subscription has not
     /// handled yet; accepted_end(stream) if there is none. (A watermark: callers pass the last answer.)
     std::uint64_t first_unhandled(const std::string& stream, std::uint64_t from) const {

@@ -141,6 +141,21 @@ TEST_CASE("history: a hard broker kill's forget window separates what Mosquitto 
     CHECK(r.faults_over_bound == 0);
 }
 
+TEST_CASE("history: unanswered calls inside a hard broker kill's forget window are told from the others",
+          "[history][checker]") {
+    history h;
+    h.expect("result", "call");
+    for (std::uint64_t k = 0; k < 4; ++k) h.accepted("call", k, 1000 + std::int64_t(k) * 2000);  // 1000 .. 7000
+    h.handled("result", "call", 0, 1500);
+    h.fault("kill-broker", 5500, 5600, 0, 1000);  // forgets what it took from 4500 on
+    h.fault("cut", 2000, 2100, 0);                // no forget window
+    const auto open = h.unhandled("call");
+    REQUIRE(open.size() == 3);  // 1 (at 3000), 2 (at 5000), 3 (at 7000)
+    CHECK_FALSE(h.in_forget_window(open[0].second));
+    CHECK(h.in_forget_window(open[1].second));
+    CHECK_FALSE(h.in_forget_window(open[2].second));  // after the broker was back
+}
+
 TEST_CASE("history: first_unhandled is the watermark of what every subscription has handled", "[history][checker]") {
     history h;
     h.expect("a", "ev");
@@ -198,11 +213,13 @@ struct role {
     int kills = 0;
     std::uint64_t boot_outbox = 0;  // summed over every boot record
     std::uint64_t boot_inbox = 0;
+    std::string log_name;  // <scenario>-<role>: scenarios that CTest runs side by side keep apart
 
     void start() {
         child_options o;
         // XYMQTT_HIST_LOGDIR: keep every incarnation's output (with XYMQTT_REL_LOG=1, the runtime's log).
-        if (const auto logdir = env_string("XYMQTT_HIST_LOGDIR", ""); !logdir.empty()) o.output_file = logdir + "/" + name + ".log";
+        if (const auto logdir = env_string("XYMQTT_HIST_LOGDIR", ""); !logdir.empty())
+            o.output_file = logdir + "/" + log_name + ".log";
         proc = std::make_unique<child_process>(argv, o);
         if (!proc->wait_for_line("ready", 60s)) {
             proc->kill();
@@ -241,6 +258,7 @@ run_result run_scenario(const scenario& s) {
     auto agent = [&](const std::string& mode, const std::string& name, int clients) {
         role r;
         r.name = name;
+        r.log_name = s.name + "-" + name;
         r.journal = dir / (name + ".journal");
         r.tail = std::make_unique<journal_tail>(r.journal);
         r.argv = {REL_HIST_AGENT, mode,          "--broker", proxy.uri(),  "--id",         base + "-" + name,
@@ -571,7 +589,16 @@ run_result run_scenario(const scenario& s) {
     CHECK(report.faults.size() >= s.faults);
     for (const auto k : kinds) CHECK(done_by_kind.count(name_of(k)) == 1);
     CHECK(pub_fin);
-    if (commands) CHECK(caller_fin);
+    if (commands && !caller_fin) {
+        // A call whose invoke a hard-killed broker forgot (acknowledged within its autosave window) is
+        // never answered, and the caller waits for it (docs/reliability.md, section 2): that alone is
+        // excused. Any other unanswered call fails the run.
+        std::uint64_t forgotten = 0, unexcused = 0;
+        for (const auto& [k, t] : h.unhandled("call/0")) (h.in_forget_window(t) ? forgotten : unexcused) += 1;
+        INFO(forgotten << " calls unanswered within a hard broker kill's forget window, " << unexcused << " outside one");
+        CHECK(unexcused == 0);
+        CHECK(forgotten > 0);  // the caller did not finish: something must explain it
+    }
     CHECK(min_session > 65535);  // the packet ids of every subscriber session wrapped
     CHECK(report.lost == 0);
     CHECK(report.stray == 0);
@@ -586,9 +613,8 @@ run_result run_scenario(const scenario& s) {
 
 // The CI matrix: every configuration (MQTT 3.1.1 and 5, LMDB and SQLite, fsync and process durability,
 // overlapping subscriptions, 4 clients in one process, commands) and every fault kind appears at least
-// once, and every subscriber session crosses Mosquitto's packet-id wrap. Two configurations are still
-// hidden from CTest, each while a finding is open (docs/reliability.md, section 7): scripts/reliability
-// runs them.
+// once, and every subscriber session crosses Mosquitto's packet-id wrap. MQTT 3.1.1 is still hidden from
+// CTest while finding H5 is open (docs/reliability.md, section 7): scripts/reliability runs it.
 TEST_CASE("history session: MQTT 5 + LMDB + process durability + commands, with cuts, kills of every role, broker restarts",
           "[history][session][s-commands]") {
     scenario s;
@@ -641,10 +667,8 @@ TEST_CASE("history session: MQTT 3.1.1 + SQLite + process durability, with cuts,
 
 // Paho re-sends every connected client's in-flight packets when one client connects with flows to
 // resume; the runtime's connect gate drains the others first (runtime/src/connect_gate.h).
-// Hidden from CTest while finding H8 is open (docs/reliability.md): in 1 of 3 runs one message was
-// published twice under two packet ids with no fault near it. scripts/reliability runs it.
 TEST_CASE("history session: four clients in one process, with cuts, kills, broker restarts",
-          "[.][history][session][s-clients4]") {
+          "[history][session][s-clients4]") {
     scenario s;
     s.name = "mqtt5-lmdb-process-4clients";
     s.clients = 4;

@@ -289,7 +289,7 @@ TEST_CASE("Paho contract: MQTT 5 inbound QoS 2, record before callback, PUBREC a
     std::atomic<bool> resend_recognised{false};
     auto c2 = k.connected(5, true, [&](mqtt::const_message_ptr m) {
         ++delivered;
-        resend_recognised = p.take_resend(m->c_struct().msgid);
+        resend_recognised = p.take_resend(m->c_struct().msgid, m->get_topic(), m->get_payload_str());
     });
     peer.publish_qos2(8, "t", "n", true);
     CHECK(peer.expect_ack() == std::make_pair(5, 8));

@@ -48,7 +48,7 @@ TEST_CASE("paho persistence: an MQTT 5 inbound record is stored at release, smal
     REQUIRE(records.get("r5-3"));
     CHECK(records.get("r5-3")->size() < 64);  // a digest, not the packet
     CHECK_FALSE(has_key(p, "r5-3"));          // a new Paho client restores no inbound flow
-    CHECK_FALSE(p.take_resend(3));            // a first delivery is delivered
+    CHECK_FALSE(p.take_resend(3, "t", std::string(4096, 'm')));            // a first delivery is delivered
     p.remove("r5-3");                         // PUBREL
     CHECK_FALSE(records.get("r5-3"));
 }
@@ -66,8 +66,8 @@ TEST_CASE("paho persistence: the broker's resend of a committed message is recog
     paho_persistence p(records, false, nullptr);
     p.new_connection();
     put(p, "r5-7", publish("the message", true));  // DUP, same topic and payload
-    CHECK(p.take_resend(7));
-    CHECK_FALSE(p.take_resend(7));  // once
+    CHECK(p.take_resend(7, "t", "the message"));
+    CHECK_FALSE(p.take_resend(7, "t", "the message"));  // once
     p.remove("r5-7");               // PUBREL
     CHECK_FALSE(records.get("r5-7"));
 
@@ -75,12 +75,29 @@ TEST_CASE("paho persistence: the broker's resend of a committed message is recog
     p.release_inbound(8);
     p.new_connection();
     put(p, "r5-8", publish("another message", true));  // DUP, but not that message
-    CHECK_FALSE(p.take_resend(8));
+    CHECK_FALSE(p.take_resend(8, "t", "another message"));
     put(p, "r5-9", publish("committed"));
     p.release_inbound(9);
     p.new_connection();
     put(p, "r5-9", publish("committed"));  // same content, DUP clear: a new message
-    CHECK_FALSE(p.take_resend(9));
+    CHECK_FALSE(p.take_resend(9, "t", "committed"));
+}
+
+TEST_CASE("paho persistence: a resend that Paho hands over after its PUBREL is still recognised",
+          "[store][paho]") {
+    // Paho delivers from its queue of undelivered messages after it has sent PUBREC, and the PUBREL may
+    // come first; meanwhile a new message may come under the same packet id.
+    temp_dir tmp;
+    paho_records_file records(tmp.store_dir(), false);
+    paho_persistence p(records, false, nullptr);
+    put(p, "r5-2", publish("committed"));
+    p.release_inbound(2);
+    p.new_connection();
+    put(p, "r5-2", publish("committed", true));  // the resend, queued by Paho
+    p.remove("r5-2");                            // its PUBREL
+    put(p, "r5-2", publish("next"));             // a new message under the same id
+    CHECK(p.take_resend(2, "t", "committed"));   // the queued resend, delivered now
+    CHECK_FALSE(p.take_resend(2, "t", "next"));  // the new message is delivered
 }
 
 TEST_CASE("paho persistence: records written by earlier versions (whole packets) are still recognised",
@@ -91,7 +108,7 @@ TEST_CASE("paho persistence: records written by earlier versions (whole packets)
     paho_persistence p(records, false, nullptr);
     CHECK_FALSE(has_key(p, "r5-4"));
     put(p, "r5-4", publish("old format", true));
-    CHECK(p.take_resend(4));
+    CHECK(p.take_resend(4, "t", "old format"));
 }
 
 TEST_CASE("paho persistence: clear empties the flows of the connection too", "[store][paho]") {
@@ -116,7 +133,7 @@ TEST_CASE("paho persistence: a refused MQTT 5 arrival leaves no record for the n
     CHECK_FALSE(records.get("r5-9"));
     p.new_connection();
     put(p, "r5-9", publish("could not be committed", true));  // the broker's resend: delivered
-    CHECK_FALSE(p.take_resend(9));
+    CHECK_FALSE(p.take_resend(9, "t", "could not be committed"));
 
     records.put("r5-10", publish("stale"), false);  // left by an earlier flow under this id
     put(p, "r5-10", publish("stale", true));
@@ -154,12 +171,12 @@ TEST_CASE("paho persistence: a new message under a reused packet id is delivered
 
     records.put("r5-5", publish("a flow the broker finished or forgot"), false);
     put(p, "r5-5", publish("a new message"));
-    CHECK_FALSE(p.take_resend(5));  // delivered
+    CHECK_FALSE(p.take_resend(5, "t", "a new message"));  // delivered
     CHECK(stale.empty());           // and no cut: Paho holds nothing under this id
     p.release_inbound(5);
     p.new_connection();
     put(p, "r5-5", publish("a new message", true));
-    CHECK(p.take_resend(5));  // the stored record is now the new message's
+    CHECK(p.take_resend(5, "t", "a new message"));  // the stored record is now the new message's
 
     // Within one connection Paho holds the ids of its open flows: a new message under one is dropped by
     // Paho, so the connection must be cut.
