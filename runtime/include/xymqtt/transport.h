@@ -120,7 +120,9 @@ public:
     /// Stores `payload` for `topic` and sends it with QoS 2.
     /// @return a future ready when the QoS 2 flow completes (PUBCOMP); it fails with broker_error
     ///         if the broker refuses the message.
-    /// @throw invalid_topic before anything is stored; storage_error if it cannot be stored.
+    /// @throw invalid_topic, invalid_property, or message_too_large (over MQTT's limit, or over the
+    ///        broker's announced maximum packet size), before anything is stored; storage_error if it
+    ///        cannot be stored.
     virtual std::future<void> publish(const std::string& topic, std::string payload, publish_options opts = {}) = 0;
 
     /// Adds `handler` for `filter`; the first handler of a filter subscribes at the broker (QoS 2).
