@@ -187,12 +187,10 @@ bool paho_persistence::contains_key(const mqtt::string& key) {
 
 mqtt::string_collection paho_persistence::keys() const {
     return guarded("keys", "", [&] {
-        // The adapter's own records are not Paho's to see: MQTT 5 inbound records (see the class comment),
-        // and the `x-` mappings. Paho's restore deletes every record it cannot read as a packet, so listed,
-        // each new Paho client would delete them all.
+        // MQTT 5 inbound records are this adapter's own (see the class comment): Paho never restores them.
         mqtt::string_collection out;
         for (const auto& k : records_.keys())
-            if (k.rfind("r5-", 0) != 0 && k.rfind("x-", 0) != 0) out.push_back(k);
+            if (k.rfind("r5-", 0) != 0) out.push_back(k);
         return out;
     });
 }

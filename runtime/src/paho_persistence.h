@@ -24,8 +24,7 @@ namespace xymqtt::detail {
 /// Queued commands (`c-`, `c5-`) are dropped before a client is created (purge_commands): those
 /// publishes never left, and the outbox sends them again.
 /// Each outbound flow is tied to its outbox record by a mapping record `x-<packet id>`, written by the
-/// client after Paho accepted the publish (map_packet) and removed with the flow. keys() does not list
-/// the mappings: Paho's restore deletes every record it cannot read as a packet. When Paho removes
+/// client after Paho accepted the publish (map_packet) and removed with the flow. When Paho removes
 /// `s-<id>`/`s5-<id>` the flow is over and `on_complete(id)` is called.
 ///
 /// Inbound, MQTT 5 (`r5-`): the records are this adapter's own, and Paho never sees them again.
