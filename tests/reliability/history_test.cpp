@@ -630,7 +630,7 @@ TEST_CASE("history session: MQTT 5 + LMDB + process durability + commands, with 
 // Overlapping subscriptions need MQTT 5: the runtime routes each copy the broker sends by its subscription
 // identifier. MQTT 3.1.1 has none (README, "Guarantees and limits").
 TEST_CASE("history session: MQTT 5 + LMDB + overlapping subscriptions, with cuts, kills, broker restarts",
-          "[history][session][s-overlap]") {
+          "[.][history][session][s-overlap]") {
     scenario s;
     s.name = "mqtt5-lmdb-process-overlap";
     s.overlap = true;
