@@ -44,7 +44,8 @@ lines = conf_path.read_text().splitlines()
 settings = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 check("listener 1883" in settings, "the config must listen with 'listener 1883' (rendered for tests)")
 for required in ("persistence true", "persistence_location /mosquitto/data/", "max_queued_messages 0",
-                 "set_tcp_nodelay true", "log_dest file /mosquitto/log/mosquitto.log"):
+                 "set_tcp_nodelay true", "log_dest file /mosquitto/log/mosquitto.log",
+                 "allow_duplicate_messages true"):
     check(required in settings, f"the config lacks '{required}'")
 for option in ("autosave_interval", "max_queued_bytes", "persistent_client_expiration"):
     check(any(re.match(option + r"\s+\S", s) for s in settings), f"the config does not set {option}")

@@ -126,7 +126,8 @@ TEST_CASE("broker: the config is the project's, with only listener and paths cha
   CHECK(rendered.find("log_dest file /tmp/x/log/mosquitto.log") != std::string::npos);
   CHECK((rendered.find("\nuser root\n") != std::string::npos) == (::geteuid() == 0));
   for (const char* setting : {"\npersistence true\n", "\nmax_queued_messages 0\n", "\nset_tcp_nodelay true\n",
-                              "\nautosave_interval 1\n", "\nmax_queued_bytes ", "\npersistent_client_expiration "}) {
+                              "\nautosave_interval 1\n", "\nmax_queued_bytes ", "\npersistent_client_expiration ",
+                              "\nallow_duplicate_messages true\n"}) {
     INFO(setting);
     CHECK(source.find(setting) != std::string::npos);
     CHECK(rendered.find(setting) != std::string::npos);
