@@ -3,6 +3,9 @@
 
 #include "examples/inventory.xymqtt.h"
 
+#include <exception>
+#include <future>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -123,14 +126,21 @@ Inventory::Client::Client(::xymqtt::transport& transport, std::string env, Optio
 
 Inventory::PendingReserve Inventory::Client::call_reserve_async(
     const ::xymqtt::examples::inventory::ReserveRequest& request, std::optional<std::chrono::milliseconds> timeout) {
-  ::xymqtt::pending_call call = transport_.call_async(
-      reserve_topic_, ::xymqtt::protobuf::encode(request, format_),
-      inventory_reserve_call_options(format_), timeout);
+  auto promise = std::make_shared<std::promise<ReserveOutcome>>();
   PendingReserve pending;
-  pending.handle = std::move(call.handle);
-  pending.outcome = std::async(std::launch::deferred, [result = std::move(call.result)]() mutable {
-    return ReserveOutcome::decode(result.get());
-  });
+  pending.outcome = promise->get_future();
+  pending.handle = transport_.call_async(
+      reserve_topic_, ::xymqtt::protobuf::encode(request, format_),
+      inventory_reserve_call_options(format_), timeout,
+      [promise](std::exception_ptr error, ::xymqtt::command_result result) {
+        // Decoded here, as the result arrives: the future is ready when wait_for says so.
+        try {
+          if (error) std::rethrow_exception(error);
+          promise->set_value(ReserveOutcome::decode(result));
+        } catch (...) {
+          promise->set_exception(std::current_exception());
+        }
+      });
   return pending;
 }
 
@@ -157,14 +167,21 @@ Inventory::PendingReserve Inventory::Client::call_reserve_async(
 
 Inventory::PendingGetStock Inventory::Client::call_get_stock_async(
     const ::xymqtt::examples::inventory::GetStockRequest& request, std::optional<std::chrono::milliseconds> timeout) {
-  ::xymqtt::pending_call call = transport_.call_async(
-      get_stock_topic_, ::xymqtt::protobuf::encode(request, format_),
-      inventory_get_stock_call_options(format_), timeout);
+  auto promise = std::make_shared<std::promise<GetStockOutcome>>();
   PendingGetStock pending;
-  pending.handle = std::move(call.handle);
-  pending.outcome = std::async(std::launch::deferred, [result = std::move(call.result)]() mutable {
-    return GetStockOutcome::decode(result.get());
-  });
+  pending.outcome = promise->get_future();
+  pending.handle = transport_.call_async(
+      get_stock_topic_, ::xymqtt::protobuf::encode(request, format_),
+      inventory_get_stock_call_options(format_), timeout,
+      [promise](std::exception_ptr error, ::xymqtt::command_result result) {
+        // Decoded here, as the result arrives: the future is ready when wait_for says so.
+        try {
+          if (error) std::rethrow_exception(error);
+          promise->set_value(GetStockOutcome::decode(result));
+        } catch (...) {
+          promise->set_exception(std::current_exception());
+        }
+      });
   return pending;
 }
 

@@ -3,6 +3,9 @@
 
 #include "examples/publisher.xymqtt.h"
 
+#include <exception>
+#include <future>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -73,14 +76,21 @@ Publisher::Client::Client(::xymqtt::transport& transport, Options options)
 
 Publisher::PendingPing Publisher::Client::call_ping_async(
     const ::xymqtt::examples::PingRequest& request, std::optional<std::chrono::milliseconds> timeout) {
-  ::xymqtt::pending_call call = transport_.call_async(
-      ping_topic_, ::xymqtt::protobuf::encode(request, format_),
-      publisher_ping_call_options(format_), timeout);
+  auto promise = std::make_shared<std::promise<PingOutcome>>();
   PendingPing pending;
-  pending.handle = std::move(call.handle);
-  pending.outcome = std::async(std::launch::deferred, [result = std::move(call.result)]() mutable {
-    return PingOutcome::decode(result.get());
-  });
+  pending.outcome = promise->get_future();
+  pending.handle = transport_.call_async(
+      ping_topic_, ::xymqtt::protobuf::encode(request, format_),
+      publisher_ping_call_options(format_), timeout,
+      [promise](std::exception_ptr error, ::xymqtt::command_result result) {
+        // Decoded here, as the result arrives: the future is ready when wait_for says so.
+        try {
+          if (error) std::rethrow_exception(error);
+          promise->set_value(PingOutcome::decode(result));
+        } catch (...) {
+          promise->set_exception(std::current_exception());
+        }
+      });
   return pending;
 }
 

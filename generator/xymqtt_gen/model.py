@@ -25,6 +25,10 @@ unsigned using virtual void volatile wchar_t while xor xor_eq
 """.split())
 # Names the generated classes use for their own members and parameters.
 _RESERVED_TOKENS = {"format", "options", "transport", "service", "event", "request", "handler"}
+# The keys the JSON wire's envelope shares with the payload's object (the JavaScript library's protocol):
+# an invoke and a result carry `messageId`, a reject also `ok`, `status` and `message`.
+_ENVELOPE_KEYS = {"messageId"}
+_REJECT_ENVELOPE_KEYS = {"messageId", "ok", "status", "message"}
 
 _STRING_TYPES = {descriptor_pb2.FieldDescriptorProto.TYPE_STRING}
 _INTEGER_TYPES = {
@@ -94,6 +98,11 @@ def cpp_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def cpp_identifier(name: str) -> str:
+    """`name` as a C++ identifier: a keyword gets a trailing underscore, as protoc does for fields."""
+    return name + "_" if name in _CPP_KEYWORDS else name
+
+
 def camel(snake: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in snake.split("_") if p)
 
@@ -117,6 +126,7 @@ class Token:
     default_literal: str  # C++ literal of the default ("" if required)
     doc: List[str]
     member: str
+    param: str  # the constructor parameter and Options member: the name, escaped if it is a C++ keyword
 
 
 @dataclass
@@ -147,6 +157,7 @@ class Event:
 @dataclass
 class Command:
     name: str
+    method: str  # the Service's handler method: the name, escaped if it is a C++ keyword
     camel: str
     request_cpp: str
     result_cpp: str
@@ -208,12 +219,12 @@ class _Locator:
             if loc.leading_comments and key not in self.comments:
                 self.comments[key] = loc.leading_comments
 
-    def at(self, *paths: Tuple[int, ...]) -> str:
+    def at(self, *paths: Tuple[int, ...], fallback: Optional[str] = None) -> str:
         for path in paths:
             if path in self.spans:
                 line, col = self.spans[path]
                 return f"{self.name}:{line}:{col}"
-        return f"{self.name}:1:1"
+        return fallback if fallback is not None else f"{self.name}:1:1"
 
 
 class _Builder:
@@ -319,7 +330,7 @@ class _Builder:
                         self.error(where, f"{what}: token '{{{name}}}' is field {event_type.full_name}.{name}, "
                                           "which is not a singular string or integer field")
                         return None
-                    accessor = f"event.{fd.name}()"
+                    accessor = f"event.{cpp_identifier(fd.name)}()"
                     is_string = fd.type in _STRING_TYPES
                     field_tokens.append(FieldToken(name, accessor, is_string))
                     pieces.append(("field", accessor if is_string else f"std::to_string({accessor})"))
@@ -356,6 +367,37 @@ class _Builder:
             return f"std::string({parts[0]})"
         return " + ".join(parts)
 
+    # -- the JSON wire's envelope ----------------------------------------------------------------
+
+    def field_location(self, fd, fallback: str) -> str:
+        """`file:line:col` of a field's declaration, in the file that declares its message."""
+        fdp = self.files.get(fd.containing_type.file.name)
+        if fdp is None:
+            return fallback
+        path: List[int] = [2, list(fd.containing_type.fields).index(fd)]
+        desc = fd.containing_type
+        while desc.containing_type is not None:
+            parent = desc.containing_type
+            path[:0] = [3, list(parent.nested_types).index(desc)]
+            desc = parent
+        path[:0] = [4, list(desc.file.message_types_by_name.values()).index(desc)]
+        return _Locator(fdp).at(tuple(path), fallback=fallback)
+
+    def envelope_clashes(self, command: str, role: str, desc, keys: set, where: str) -> int:
+        """Reports the fields of `desc` whose JSON key is one of the envelope's. @return how many."""
+        count = 0
+        for fd in desc.fields:
+            key = next((k for k in (fd.json_name, fd.name) if k in keys), None)
+            if key is None:
+                continue
+            count += 1
+            self.error(self.field_location(fd, where),
+                       f"command {command}: {role} message {desc.full_name} has field '{fd.name}', whose JSON key "
+                       f"'{key}' the JSON wire's envelope uses too (it carries {', '.join(sorted(keys))} in the "
+                       f"same object): the value would be overwritten. Rename the field (e.g. '{fd.name}_value'; "
+                       f"a json_name is not enough, JSON parsing also accepts the field's own name)")
+        return count
+
     def register_topic(self, key: str, description: str, where: str) -> None:
         if key in self.topics:
             self.error(where, f"duplicate topic '{key}': {description} uses the topic of {self.topics[key]}")
@@ -388,8 +430,8 @@ class _Builder:
         defaults: Dict[str, str] = {}
         for i, t in enumerate(token_opts):
             where = loc.at(spath + (_SERVICE_OPTIONS, self.ext_token.number, i), spath + (_SERVICE_OPTIONS,), spath)
-            if not _IDENTIFIER.match(t.name) or t.name in _CPP_KEYWORDS:
-                self.error(where, f"service {sdp.name}: token name '{t.name}' must be a lower_snake_case C++ identifier")
+            if not _IDENTIFIER.match(t.name):
+                self.error(where, f"service {sdp.name}: token name '{t.name}' must be lower_snake_case")
                 continue
             if t.name in _RESERVED_TOKENS:
                 self.error(where, f"service {sdp.name}: token name '{t.name}' is reserved by the generated code")
@@ -404,15 +446,19 @@ class _Builder:
                                       "of '/', '+', '#'")
                     continue
                 defaults[t.name] = t.default
+            # A keyword's parameter takes the trailing underscore, so its member takes another suffix: in the
+            # constructor the parameter would hide a member of the same name.
+            keyword = t.name in _CPP_KEYWORDS
             tokens[t.name] = Token(t.name, required, cpp_string(t.default) if not required else "",
-                                   doc_lines(t.doc), t.name + "_")
+                                   doc_lines(t.doc), t.name + ("_value_" if keyword else "_"), cpp_identifier(t.name))
 
         events: List[Event] = []
         names = set()
         for i, e in enumerate(event_opts):
             where = loc.at(spath + (_SERVICE_OPTIONS, self.ext_event.number, i), spath + (_SERVICE_OPTIONS,), spath)
-            if not _IDENTIFIER.match(e.name) or e.name in _CPP_KEYWORDS:
-                self.error(where, f"service {sdp.name}: event name '{e.name}' must be a lower_snake_case C++ identifier")
+            # Keywords are fine: an event's name only appears inside longer names (publish_<name>, ...).
+            if not _IDENTIFIER.match(e.name):
+                self.error(where, f"service {sdp.name}: event name '{e.name}' must be lower_snake_case")
                 continue
             if e.name in names:
                 self.error(where, f"service {sdp.name}: event '{e.name}' declared twice")
@@ -429,6 +475,7 @@ class _Builder:
             events.append(Event(e.name, camel(e.name), self.cpp_type(desc), desc.full_name, topic, []))
 
         commands: List[Command] = []
+        command_where: Dict[str, str] = {}
         for mi, mdp in enumerate(sdp.method):
             mpath = spath + (_SERVICE_METHOD, mi)
             where = loc.at(mpath + (_METHOD_OPTIONS, self.ext_command.number), mpath)
@@ -440,10 +487,16 @@ class _Builder:
                 continue
             c = method_opts[mi].Extensions[self.ext_command]
             name = snake(mdp.name)
-            if name in names or name in _CPP_KEYWORDS:
-                self.error(where, f"command {name}: name clashes with an event or a C++ keyword")
+            method = cpp_identifier(name)  # rpc Delete -> delete_(), as protoc names a field `delete`
+            if name in names:
+                self.error(where, f"command {name}: name clashes with an event of service {sdp.name}")
+                continue
+            if method in command_where:
+                self.error(where, f"command {name}: its handler method {method}() clashes with the one of the "
+                                  f"command at {command_where[method]}")
                 continue
             names.add(name)
+            command_where[method] = where
             request, _ = self.resolve_message(mdp.input_type, fdp.package, fdp.name)
             result, _ = self.resolve_message(mdp.output_type, fdp.package, fdp.name)
             reject = None
@@ -452,6 +505,11 @@ class _Builder:
                 if reject is None:
                     self.error(where, f"command {name}: reject: {problem}")
                     continue
+            clashes = (self.envelope_clashes(name, "request", request, _ENVELOPE_KEYS, where)
+                       + self.envelope_clashes(name, "result", result, _ENVELOPE_KEYS, where)
+                       + (self.envelope_clashes(name, "reject", reject, _REJECT_ENVELOPE_KEYS, where) if reject else 0))
+            if clashes:
+                continue
             topic = self.parse_topic(c.topic, where, f"command {name}", tokens, sdp.name)
             if topic is None:
                 continue
@@ -462,7 +520,7 @@ class _Builder:
             for action in ("invoke", "resolve", "reject", "cancel"):
                 self.register_topic(f"{key}/{action}", f"command {name} of {full_name}", where)
             commands.append(Command(
-                name=name, camel=mdp.name[:1].upper() + mdp.name[1:],
+                name=name, method=method, camel=mdp.name[:1].upper() + mdp.name[1:],
                 request_cpp=self.cpp_type(request), result_cpp=self.cpp_type(result),
                 request_name=request.full_name, result_name=result.full_name,
                 reject_cpp=self.cpp_type(reject) if reject else None,

@@ -773,7 +773,7 @@ void client::impl::close() {
     committer_->stop();
     *alive_ = false;
     std::map<std::uint64_t, std::shared_ptr<std::promise<void>>> promises;
-    std::map<std::string, std::shared_ptr<std::promise<command_result>>> awaiting;
+    std::map<std::string, call_completion> awaiting;
     {
         std::lock_guard<std::mutex> lk(mu_);
         promises.swap(promises_);
@@ -781,7 +781,7 @@ void client::impl::close() {
         closed_ = true;
     }
     for (auto& [s, p] : promises) p->set_exception(std::make_exception_ptr(client_closed("client closed before the publish completed (it stays in the outbox)")));
-    for (auto& [s, p] : awaiting) p->set_exception(std::make_exception_ptr(client_closed("client closed before the result arrived")));
+    for (auto& [s, done] : awaiting) done(std::make_exception_ptr(client_closed("client closed before the result arrived")), {});
     std::lock_guard<std::mutex> lk(cli_mu_);
     current_paho_ = nullptr;
     keep_tainted_paho();
@@ -1221,7 +1221,7 @@ void client::impl::refuse(std::uint64_t seq, int reason_code, const std::string&
             if (auto p = take_awaiting(*call_id)) {
                 // call_async: its future fails with the broker's reason.
                 ops.push_back({table::calls, *call_id, std::nullopt});
-                p->set_exception(std::make_exception_ptr(broker_error(why, reason_code)));
+                p(std::make_exception_ptr(broker_error(why, reason_code)), {});
                 call_id.reset();
             }
         }
@@ -1817,9 +1817,9 @@ subscription_id client::subscribe_results(const std::string& command, result_han
 call_handle client::call(const std::string& command, std::string body, call_options opts) {
     return impl_->call(command, std::move(body), opts);
 }
-pending_call client::call_async(const std::string& command, std::string body, call_options opts,
-                                std::optional<std::chrono::milliseconds> timeout) {
-    return impl_->call_async(command, std::move(body), opts, timeout);
+call_handle client::call_async(const std::string& command, std::string body, call_options opts,
+                               std::optional<std::chrono::milliseconds> timeout, call_completion done) {
+    return impl_->call_async(command, std::move(body), opts, timeout, std::move(done));
 }
 std::vector<dead_letter> client::dead_letters() const { return impl_->dead_letters(); }
 bool client::replay_dead_letter(const std::string& id) { return impl_->replay_dead_letter(id); }

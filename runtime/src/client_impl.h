@@ -57,8 +57,8 @@ public:
     void command_unregister(const std::string& command);
     subscription_id subscribe_results(const std::string& command, result_handler handler);
     call_handle call(const std::string& command, std::string body, call_options opts);
-    pending_call call_async(const std::string& command, std::string body, call_options opts,
-                            std::optional<std::chrono::milliseconds> timeout);
+    call_handle call_async(const std::string& command, std::string body, call_options opts,
+                           std::optional<std::chrono::milliseconds> timeout, call_completion done);
 
     // inspection
     std::vector<dead_letter> dead_letters() const;
@@ -194,10 +194,10 @@ private:
     void ensure_results_lane(const std::string& command);
     bool has_result_subscription(const std::string& command) const;
     std::string start_call(const std::string& command, std::string body, const call_options& opts,
-                           std::shared_ptr<std::promise<command_result>> awaiting);
+                           call_completion awaiting);
     call_handle make_handle(const std::string& command, const std::string& id, wire_format format);
-    /// Removes and returns the promise of a call awaited by call_async, or nullptr. Takes mu_.
-    std::shared_ptr<std::promise<command_result>> take_awaiting(const std::string& id);
+    /// Removes and returns the completion of a call awaited by call_async, or an empty one. Takes mu_.
+    call_completion take_awaiting(const std::string& id);
     /// @return whether call_async awaits the result of call `id`. Takes mu_.
     bool awaits(const std::string& id) const;
     void cancel_call(const std::string& command, const std::string& message_id, wire_format format);
@@ -280,7 +280,7 @@ private:
     std::map<std::string, command_entry> commands_;
     std::map<std::string, std::map<subscription_id, result_handler>> result_handlers_;
     std::map<std::string, std::pair<subscription_id, subscription_id>> result_lanes_;
-    std::map<std::string, std::shared_ptr<std::promise<command_result>>> awaiting_;
+    std::map<std::string, call_completion> awaiting_;
     mutable std::mutex results_mu_;
     std::map<std::string, std::shared_ptr<call_ctx>> running_;
     std::set<std::string> finalizing_;

@@ -241,10 +241,10 @@ void client::impl::handle_result(const std::string& command, bool rejected, cons
     }
     std::vector<result_handler> handlers;
     if (awaits(r.message_id)) {
-        // Handed over once the removal is committed: a failed commit leaves the promise for the retry.
+        // Handed over once the removal is committed: a failed commit leaves the completion for the retry.
         fx.ops.push_back({table::calls, r.message_id, std::nullopt});
         fx.after_commit.push_back([this, r] {
-            if (auto awaiting = take_awaiting(r.message_id)) awaiting->set_value(r);
+            if (auto awaiting = take_awaiting(r.message_id)) awaiting(nullptr, r);
         });
         return;
     }
@@ -308,7 +308,7 @@ bool client::impl::has_result_subscription(const std::string& command) const {
 }
 
 std::string client::impl::start_call(const std::string& command, std::string body, const call_options& opts,
-                                     std::shared_ptr<std::promise<command_result>> awaiting) {
+                                     call_completion awaiting) {
     if (opts.format == wire_format::binary && opts_.mqtt_version != 5)
         throw configuration_error("the binary format carries the message id in MQTT 5 properties: use MQTT 5 or JSON");
     const auto id = make_message_id();
@@ -319,7 +319,7 @@ std::string client::impl::start_call(const std::string& command, std::string bod
     c.kind = kind_call;
     c.created_ms = now_ms();
     if (awaiting) {
-        // Registered before the invoke is stored, so that a fast result finds its promise.
+        // Registered before the invoke is stored, so that a fast result finds its completion.
         std::lock_guard<std::mutex> lk(mu_);
         awaiting_[id] = awaiting;
     }
@@ -339,10 +339,10 @@ bool client::impl::awaits(const std::string& id) const {
     return awaiting_.count(id) > 0;
 }
 
-std::shared_ptr<std::promise<command_result>> client::impl::take_awaiting(const std::string& id) {
+call_completion client::impl::take_awaiting(const std::string& id) {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = awaiting_.find(id);
-    if (it == awaiting_.end()) return nullptr;
+    if (it == awaiting_.end()) return {};
     auto p = std::move(it->second);
     awaiting_.erase(it);
     return p;
@@ -373,14 +373,13 @@ call_handle client::impl::call(const std::string& command, std::string body, cal
     return make_handle(command, id, opts.format);
 }
 
-pending_call client::impl::call_async(const std::string& command, std::string body, call_options opts,
-                                      std::optional<std::chrono::milliseconds> timeout) {
+call_handle client::impl::call_async(const std::string& command, std::string body, call_options opts,
+                                     std::optional<std::chrono::milliseconds> timeout, call_completion done) {
+    if (!done) throw configuration_error("call_async of " + command + " needs a completion");
     validate_topic_name(command);
     require_open();
     ensure_results_lane(command);
-    const auto prom = std::make_shared<std::promise<command_result>>();
-    auto fut = prom->get_future();
-    const auto id = start_call(command, std::move(body), opts, prom);
+    const auto id = start_call(command, std::move(body), opts, std::move(done));
     const auto f = opts.format;
     if (timeout) {
         schedule(std::chrono::steady_clock::now() + *timeout, [this, command, id, f, t = *timeout] {
@@ -388,8 +387,9 @@ pending_call client::impl::call_async(const std::string& command, std::string bo
             if (!p) return;
             // Forget the call, so a late result is ignored instead of waiting for a handler forever.
             committer_->submit({{table::calls, id, std::nullopt}}, nullptr);
-            p->set_exception(std::make_exception_ptr(
-                timeout_error("no result for " + command + " call " + id + " within " + std::to_string(t.count()) + " ms")));
+            p(std::make_exception_ptr(
+                  timeout_error("no result for " + command + " call " + id + " within " + std::to_string(t.count()) + " ms")),
+              {});
             try {
                 cancel_call(command, id, f);
             } catch (const std::exception& e) {
@@ -397,7 +397,7 @@ pending_call client::impl::call_async(const std::string& command, std::string bo
             }
         });
     }
-    return pending_call{make_handle(command, id, f), std::move(fut)};
+    return make_handle(command, id, f);
 }
 
 // ---------------------------------------------------------------------------------------------------

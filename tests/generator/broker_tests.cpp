@@ -141,6 +141,8 @@ TEST_CASE("ping resolves and rejects through the broker", "[generated][broker]")
     REQUIRE(served);
 
     auto ok = client.call_ping_async(PingRequest{}, 10s);
+    // The outcome is a plain future: a caller that polls it sees it ready (a deferred one never is).
+    REQUIRE(ok.outcome.wait_for(10s) == std::future_status::ready);
     const auto resolved = ok.outcome.get();
     REQUIRE(resolved.ok());
     CHECK(resolved.result->pong());

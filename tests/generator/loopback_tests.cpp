@@ -14,6 +14,7 @@
 #include "examples/inventory.xymqtt.h"
 #include "examples/publisher.xymqtt.h"
 #include "testing/echo.xymqtt.h"
+#include "testing/keywords.xymqtt.h"
 
 using namespace xymqtt::examples;
 namespace inv = xymqtt::examples::inventory;
@@ -262,7 +263,10 @@ TEST_CASE("call_async gives a typed outcome", "[generated][commands]") {
     Publisher::Client client(lb, with_format(format));
 
     Publisher::PendingPing pending = client.call_ping_async(PingRequest{});
+    // A plain future: not ready until the loopback delivers the result, then ready for wait_for too.
+    CHECK(pending.outcome.wait_for(std::chrono::seconds(0)) == std::future_status::timeout);
     lb.run_until_idle();
+    REQUIRE(pending.outcome.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
     const Publisher::PingOutcome outcome = pending.outcome.get();
     CHECK(outcome.ok());
     CHECK(outcome.message_id == pending.handle.message_id());
@@ -515,4 +519,52 @@ TEST_CASE("code from xymqtt_generate() at build time works too", "[generated][cm
     CHECK(rejected.rejection->status == 422);
     REQUIRE(rejected.rejection->details);
     CHECK(rejected.rejection->details->why() == "nothing to echo");
+}
+
+TEST_CASE("names that are C++ keywords are escaped as protoc escapes fields: rpc Delete serves delete_()",
+          "[generated][keywords]") {
+    namespace kw = xymqtt::testing::keywords;
+    class LibraryService final : public kw::Library::Service {
+    public:
+        std::vector<std::string> deleted;
+        kw::Shelf get(const kw::GetShelfRequest& request, xymqtt::call_context&) override {
+            kw::Shelf shelf;
+            shelf.set_name(request.name());
+            shelf.set_class_("fiction");
+            return shelf;
+        }
+        kw::Empty delete_(const kw::DeleteShelfRequest& request, xymqtt::call_context&) override {
+            deleted.push_back(request.name());
+            return {};
+        }
+    } service;
+    loopback lb;
+    kw::Library::Options options;
+    options.default_ = "annex";  // the token `default`
+    kw::Library::Server server(lb, "ns-1", options);  // the required token `namespace`
+    server.serve(service);
+    kw::Library::Client client(lb, "ns-1", options);
+    CHECK(client.delete_topic() == "test/ns-1/annex/cmd/delete");
+    CHECK(client.deleted_topic() == "test/ns-1/annex/evt/deleted/+");
+
+    std::vector<std::string> classes;
+    client.subscribe_deleted([&](const kw::Shelf& shelf) { classes.push_back(shelf.class_()); });
+    kw::GetShelfRequest get;
+    get.set_name("a");
+    auto got = client.call_get_async(get);
+    kw::DeleteShelfRequest del;
+    del.set_name("a");
+    auto gone = client.call_delete_async(del);
+    lb.run_until_idle();
+    REQUIRE(got.outcome.get().ok());
+    REQUIRE(gone.outcome.get().ok());
+    CHECK(service.deleted == std::vector<std::string>{"a"});
+
+    kw::Shelf shelf;
+    shelf.set_name("a");
+    shelf.set_class_("fiction");
+    server.publish_deleted(shelf).get();  // the field token {class} comes from class_()
+    lb.run_until_idle();
+    CHECK(classes == std::vector<std::string>{"fiction"});
+    REQUIRE(lb.published("test/ns-1/annex/evt/deleted/fiction").size() == 1);
 }

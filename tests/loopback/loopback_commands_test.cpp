@@ -556,6 +556,33 @@ TEST_CASE("loopback call_async results go to the future only", "[loopback][comma
     CHECK(results.items() == std::vector<std::string>{h.message_id()});
 }
 
+TEST_CASE("loopback call_async with a completion: called once with the result, or with the error",
+          "[loopback][commands]") {
+    loopback lb;
+    echo_server server;
+    lb.command_register(cmd, server.handler());
+    std::vector<std::pair<bool, command_result>> outcomes;  // (error, result)
+    auto record = [&](std::exception_ptr e, command_result r) { outcomes.emplace_back(e != nullptr, std::move(r)); };
+    const auto h = lb.call_async(cmd, request(wire_format::binary, 3), {}, std::nullopt, record);
+    const auto late = lb.call_async("cmd/nobody/home", request(wire_format::binary, 1), {},
+                                    std::chrono::milliseconds(10), record);
+    CHECK(outcomes.empty());  // nothing runs until pumped
+    lb.run_until_idle();
+    REQUIRE(outcomes.size() == 1);
+    CHECK_FALSE(outcomes[0].first);
+    CHECK(outcomes[0].second.message_id == h.message_id());
+    CHECK(outcomes[0].second.ok);
+    lb.advance_clock(std::chrono::milliseconds(10));
+    lb.run_until_idle();
+    REQUIRE(outcomes.size() == 2);
+    CHECK(outcomes[1].first);  // timeout_error
+    lb.run_until_idle();
+    CHECK(outcomes.size() == 2);  // once each
+    CHECK_THROWS_AS(lb.call_async(cmd, request(wire_format::binary, 1), {}, std::nullopt, nullptr),
+                    xymqtt::configuration_error);
+    (void)late;
+}
+
 TEST_CASE("loopback results go to every result handler, with none they wait for one",
           "[loopback][commands][manual]") {
     loopback lb;

@@ -199,8 +199,9 @@ public:
     void command_unregister(const std::string& command) override;
     subscription_id subscribe_results(const std::string& command, result_handler handler) override;
     call_handle call(const std::string& command, std::string body, call_options opts = {}) override;
-    pending_call call_async(const std::string& command, std::string body, call_options opts = {},
-                            std::optional<std::chrono::milliseconds> timeout = std::nullopt) override;
+    call_handle call_async(const std::string& command, std::string body, call_options opts,
+                           std::optional<std::chrono::milliseconds> timeout, call_completion done) override;
+    using transport::call_async;
 
     /// @return the dead letters, oldest first.
     std::vector<dead_letter> dead_letters() const;

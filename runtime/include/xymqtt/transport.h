@@ -12,7 +12,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <memory>
 #include <future>
 #include <optional>
 #include <string>
@@ -108,9 +110,15 @@ private:
 /// A call whose result is awaited by a future.
 struct pending_call {
     call_handle handle;
-    /// Ready with the resolve or reject; fails with timeout_error, or client_closed.
+    /// Ready with the resolve or reject; fails with timeout_error, or client_closed. A plain
+    /// (not deferred) future: `wait_for` reports it ready as soon as the outcome is in.
     std::future<command_result> result;
 };
+
+/// Receives the outcome of one call_async, exactly once: the resolve or reject with `error` null, or
+/// why there is none (timeout_error, client_closed, broker_error) with `result` empty. It runs on a
+/// runtime thread (or on the calling thread, for an outcome known at once) and must not block.
+using call_completion = std::function<void(std::exception_ptr error, command_result result)>;
 
 /// The messaging interface. See the file comment.
 class transport {
@@ -154,11 +162,34 @@ public:
     ///        or subscriptions matching both `<command>/resolve` and `<command>/reject`).
     virtual call_handle call(const std::string& command, std::string body, call_options opts = {}) = 0;
 
-    /// Calls `command` and awaits its result through a future, for callers that stay online.
-    /// Needs no subscription of its own. On timeout the future fails with timeout_error and the call is
-    /// cancelled.
-    virtual pending_call call_async(const std::string& command, std::string body, call_options opts = {},
-                                    std::optional<std::chrono::milliseconds> timeout = std::nullopt) = 0;
+    /// Calls `command` and hands its outcome to `done`, for callers that stay online. Needs no
+    /// subscription of its own: the result goes to `done` only, not to subscribe_results handlers. On
+    /// timeout `done` gets timeout_error and the call is cancelled; a later result is ignored.
+    /// @return once the invoke is durably stored.
+    /// @throw invalid_topic, storage_error, client_closed, as call() does; configuration_error if `done`
+    ///        is empty.
+    virtual call_handle call_async(const std::string& command, std::string body, call_options opts,
+                                   std::optional<std::chrono::milliseconds> timeout, call_completion done) = 0;
+
+    /// Calls `command` and awaits its result through a future (call_async with a completion that
+    /// fulfils it). @throw as the completion form does.
+    pending_call call_async(const std::string& command, std::string body, call_options opts = {},
+                            std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 };
+
+inline pending_call transport::call_async(const std::string& command, std::string body, call_options opts,
+                                          std::optional<std::chrono::milliseconds> timeout) {
+    auto promise = std::make_shared<std::promise<command_result>>();
+    pending_call out;
+    out.result = promise->get_future();
+    out.handle = call_async(command, std::move(body), opts, timeout,
+                            [promise](std::exception_ptr error, command_result result) {
+                                if (error)
+                                    promise->set_exception(error);
+                                else
+                                    promise->set_value(std::move(result));
+                            });
+    return out;
+}
 
 }  // namespace xymqtt

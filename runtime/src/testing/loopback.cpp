@@ -141,7 +141,7 @@ struct outcome {
 struct async_call {
     std::string command;
     wire_format format = wire_format::binary;
-    std::promise<command_result> promise;
+    call_completion done;
     std::optional<steady::time_point> deadline;
 };
 
@@ -181,8 +181,7 @@ public:
             std::lock_guard<std::mutex> lk(m_);
             pending.swap(async_);
         }
-        for (auto& kv : pending)
-            kv.second.promise.set_exception(std::make_exception_ptr(client_closed("loopback destroyed")));
+        for (auto& kv : pending) kv.second.done(std::make_exception_ptr(client_closed("loopback destroyed")), {});
     }
 
     // ---- clock ----
@@ -525,13 +524,13 @@ public:
 
     void handle_result(const std::string& command, bool rejected, const message& m) {
         command_result r = wire::decode_result(command, rejected, m.payload, m.props);  // parse_error: dead
-        std::optional<std::promise<command_result>> awaited;
+        call_completion awaited;
         std::vector<std::shared_ptr<result_handler>> handlers;
         {
             std::lock_guard<std::mutex> lk(m_);
             auto a = async_.find(r.message_id);
             if (a != async_.end()) {  // call_async: the future gets it, nobody else
-                awaited = std::move(a->second.promise);
+                awaited = std::move(a->second.done);
                 async_.erase(a);
                 calls_.erase(r.message_id);
             } else {
@@ -546,7 +545,7 @@ public:
             }
         }
         if (awaited) {
-            awaited->set_value(std::move(r));
+            awaited(nullptr, std::move(r));
             return;
         }
         try {
@@ -609,19 +608,16 @@ public:
         return make_handle(command, id, o.format);
     }
 
-    pending_call call_async(const std::string& command, std::string body, call_options o,
-                            std::optional<std::chrono::milliseconds> timeout) {
+    call_handle call_async(const std::string& command, std::string body, call_options o,
+                           std::optional<std::chrono::milliseconds> timeout, call_completion done) {
+        if (!done) throw configuration_error("call_async of " + command + " needs a completion");
         validate_topic_name(command);
         const std::string id = make_id();
         wire::outgoing out = wire::encode_invoke(o.format, id, body, o.expiry);
-        pending_call pc;
         if (auto f = take_failure()) {
             if (f->second == failure_point::thrown) std::rethrow_exception(f->first);
-            std::promise<command_result> p;
-            p.set_exception(f->first);
-            pc.handle = call_handle(command, id, {});
-            pc.result = p.get_future();
-            return pc;
+            done(f->first, {});
+            return call_handle(command, id, {});
         }
         {
             std::lock_guard<std::mutex> lk(m_);
@@ -629,14 +625,13 @@ public:
             async_call a;
             a.command = command;
             a.format = o.format;
+            a.done = std::move(done);
             if (timeout) a.deadline = now_locked() + *timeout;
-            pc.result = a.promise.get_future();
             async_.emplace(id, std::move(a));
             calls_.insert(id);
         }
         accept(wire::invoke_topic(command), std::move(out));
-        pc.handle = make_handle(command, id, o.format);
-        return pc;
+        return make_handle(command, id, o.format);
     }
 
     /// Fails the call_async futures whose timeout has run out, and cancels their calls. A result that
@@ -657,8 +652,9 @@ public:
             }
         }
         for (auto& d : due) {
-            d.second.promise.set_exception(std::make_exception_ptr(
-                timeout_error("no result for " + d.second.command + " call " + d.first + " in time")));
+            d.second.done(std::make_exception_ptr(
+                              timeout_error("no result for " + d.second.command + " call " + d.first + " in time")),
+                          {});
             try {
                 send_cancel(d.second.command, d.first, d.second.format);
             } catch (const std::exception&) {
@@ -993,9 +989,9 @@ call_handle loopback::call(const std::string& command, std::string body, call_op
     return impl_->call(command, std::move(body), opts);
 }
 
-pending_call loopback::call_async(const std::string& command, std::string body, call_options opts,
-                                  std::optional<std::chrono::milliseconds> timeout) {
-    return impl_->call_async(command, std::move(body), opts, timeout);
+call_handle loopback::call_async(const std::string& command, std::string body, call_options opts,
+                                 std::optional<std::chrono::milliseconds> timeout, call_completion done) {
+    return impl_->call_async(command, std::move(body), opts, timeout, std::move(done));
 }
 
 std::size_t loopback::run_until_idle(std::size_t max_deliveries) {

@@ -96,6 +96,15 @@ class SchemaErrors(unittest.TestCase):
     def test_type_from_a_file_not_imported(self):
         self.check("not_imported_b", "not_imported")
 
+    def test_result_field_named_like_the_envelope(self):
+        self.check("envelope_result_field")
+
+    def test_reject_fields_named_like_the_envelope(self):
+        self.check("envelope_reject_fields")
+
+    def test_handler_methods_that_clash_once_escaped(self):
+        self.check("handler_method_clash")
+
     def test_error_format_is_file_line_col(self):
         r = self.check("unknown_event_type")
         self.assertRegex(r.stderr, r"(?m)errors/unknown_event_type\.proto:9:3: event tick: unknown message type 'Tock'$")

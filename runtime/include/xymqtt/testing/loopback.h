@@ -197,16 +197,17 @@ public:
     /// @throw the exception given to fail_next_publish (either failure point); nothing is published.
     call_handle call(const std::string& command, std::string body, call_options opts = {}) override;
 
-    /// Like call() without needing a subscription; the future gets the call's first resolve or
-    /// reject (subscribe_results handlers do not). In manual mode the future becomes ready only while
-    /// the test pumps. Destroying the loopback fails it with client_closed.
+    /// Like call() without needing a subscription; `done` (or the future, in the form without it) gets
+    /// the call's first resolve or reject (subscribe_results handlers do not). In manual mode the outcome
+    /// comes only while the test pumps. Destroying the loopback ends it with client_closed.
     /// @param timeout if set, when it runs out (on the loopback's clock, see advance_clock) before a
-    ///        result arrives, the future fails with timeout_error, a cancel is published and a later
-    ///        result is ignored.
+    ///        result arrives, the outcome is timeout_error, a cancel is published and a later result is
+    ///        ignored.
     /// @throw as call() does, except call_with_no_subscription; an injected failure with
-    ///        failure_point::future fails the future instead of throwing.
-    pending_call call_async(const std::string& command, std::string body, call_options opts = {},
-                            std::optional<std::chrono::milliseconds> timeout = std::nullopt) override;
+    ///        failure_point::future is handed to `done` (fails the future) instead of being thrown.
+    call_handle call_async(const std::string& command, std::string body, call_options opts,
+                           std::optional<std::chrono::milliseconds> timeout, call_completion done) override;
+    using transport::call_async;
 
     // ---- pumping (manual mode) ----------------------------------------------------------------
 

@@ -3,6 +3,9 @@
 
 #include "golden.xymqtt.h"
 
+#include <exception>
+#include <future>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -112,14 +115,21 @@ SensorHub::Client::Client(::xymqtt::transport& transport, std::string site, Opti
 
 SensorHub::PendingCalibrate SensorHub::Client::call_calibrate_async(
     const ::golden::v1::Calibrate& request, std::optional<std::chrono::milliseconds> timeout) {
-  ::xymqtt::pending_call call = transport_.call_async(
-      calibrate_topic_, ::xymqtt::protobuf::encode(request, format_),
-      sensor_hub_calibrate_call_options(format_), timeout);
+  auto promise = std::make_shared<std::promise<CalibrateOutcome>>();
   PendingCalibrate pending;
-  pending.handle = std::move(call.handle);
-  pending.outcome = std::async(std::launch::deferred, [result = std::move(call.result)]() mutable {
-    return CalibrateOutcome::decode(result.get());
-  });
+  pending.outcome = promise->get_future();
+  pending.handle = transport_.call_async(
+      calibrate_topic_, ::xymqtt::protobuf::encode(request, format_),
+      sensor_hub_calibrate_call_options(format_), timeout,
+      [promise](std::exception_ptr error, ::xymqtt::command_result result) {
+        // Decoded here, as the result arrives: the future is ready when wait_for says so.
+        try {
+          if (error) std::rethrow_exception(error);
+          promise->set_value(CalibrateOutcome::decode(result));
+        } catch (...) {
+          promise->set_exception(std::current_exception());
+        }
+      });
   return pending;
 }
 
@@ -146,14 +156,21 @@ SensorHub::PendingCalibrate SensorHub::Client::call_calibrate_async(
 
 SensorHub::PendingReset SensorHub::Client::call_reset_async(
     const ::golden::v1::Empty& request, std::optional<std::chrono::milliseconds> timeout) {
-  ::xymqtt::pending_call call = transport_.call_async(
-      reset_topic_, ::xymqtt::protobuf::encode(request, format_),
-      sensor_hub_reset_call_options(format_), timeout);
+  auto promise = std::make_shared<std::promise<ResetOutcome>>();
   PendingReset pending;
-  pending.handle = std::move(call.handle);
-  pending.outcome = std::async(std::launch::deferred, [result = std::move(call.result)]() mutable {
-    return ResetOutcome::decode(result.get());
-  });
+  pending.outcome = promise->get_future();
+  pending.handle = transport_.call_async(
+      reset_topic_, ::xymqtt::protobuf::encode(request, format_),
+      sensor_hub_reset_call_options(format_), timeout,
+      [promise](std::exception_ptr error, ::xymqtt::command_result result) {
+        // Decoded here, as the result arrives: the future is ready when wait_for says so.
+        try {
+          if (error) std::rethrow_exception(error);
+          promise->set_value(ResetOutcome::decode(result));
+        } catch (...) {
+          promise->set_exception(std::current_exception());
+        }
+      });
   return pending;
 }
 
