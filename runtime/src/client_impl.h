@@ -133,6 +133,9 @@ private:
     void on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg);
     /// mu_ held. @return whether the sender thread should run now.
     bool sender_has_work() const;
+    std::size_t in_flight() const;
+    /// @return true if Paho's flow under `packet_id` is outbox record `seq` (`msg`, or read from the store).
+    bool resumes(int packet_id, std::uint64_t seq, std::shared_ptr<stored_message> msg) const;  ///< mu_ held: this client's publishes in flight and the flows Paho resumes
     void sender_loop();
     enum class send_outcome {
         sent,   ///< Paho took the whole batch

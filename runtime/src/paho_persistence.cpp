@@ -2,10 +2,12 @@
 
 #include <mqtt/exception.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace xymqtt::detail {
 
@@ -29,9 +31,17 @@ int outbound_packet_id(const std::string& key, bool publish_only) {
     return -1;
 }
 
-// The topic and payload of an MQTT 5 QoS 1/2 PUBLISH as Paho records it (fixed header, remaining length,
-// topic, packet id, properties, payload), or nothing if it is not one.
-std::optional<std::pair<std::string_view, std::string_view>> publish_content(std::string_view rec) {
+// What identifies an MQTT 5 QoS 1/2 PUBLISH as Paho records it (fixed header, remaining length, topic,
+// packet id, properties, payload): topic, payload and subscription identifiers.
+struct publish_view {
+    std::string_view topic;
+    std::string_view payload;
+    std::vector<std::uint32_t> sub_ids;
+};
+
+// @return the content of the packet, or nothing if it is not a PUBLISH this can read.
+// @param v5 the packet is MQTT 5's (it has properties)
+std::optional<publish_view> publish_content(std::string_view rec, bool v5 = true) {
     auto varint = [&](std::size_t& at) -> std::optional<std::size_t> {
         std::size_t v = 0;
         for (int shift = 0; shift < 28 && at < rec.size(); shift += 7) {
@@ -41,16 +51,56 @@ std::optional<std::pair<std::string_view, std::string_view>> publish_content(std
         }
         return std::nullopt;
     };
+    auto u16 = [&](std::size_t at) {
+        return (std::size_t(static_cast<unsigned char>(rec[at])) << 8) | static_cast<unsigned char>(rec[at + 1]);
+    };
+    publish_view out;
     std::size_t at = 1;
     if (!varint(at) || at + 2 > rec.size()) return std::nullopt;
-    const std::size_t topic_len = (std::size_t(static_cast<unsigned char>(rec[at])) << 8) | static_cast<unsigned char>(rec[at + 1]);
+    const std::size_t topic_len = u16(at);
     at += 2;
     if (at + topic_len + 2 > rec.size()) return std::nullopt;
-    const auto topic = rec.substr(at, topic_len);
+    out.topic = rec.substr(at, topic_len);
     at += topic_len + 2;  // and the packet id
+    if (!v5) {
+        out.payload = rec.substr(at);
+        return out;
+    }
     const auto props = varint(at);
     if (!props || at + *props > rec.size()) return std::nullopt;
-    return std::make_pair(topic, rec.substr(at + *props));
+    const std::size_t end = at + *props;
+    // The properties, for the subscription identifiers: with overlapping subscriptions the broker sends one
+    // copy of a message per subscription, each with its own identifier and the same topic and payload.
+    while (at < end) {
+        const auto id = static_cast<unsigned char>(rec[at++]);
+        std::size_t len = 0;
+        switch (id) {
+            case 0x01: len = 1; break;                 // payload format indicator
+            case 0x02: len = 4; break;                 // message expiry interval
+            case 0x23: len = 2; break;                 // topic alias
+            case 0x03: case 0x08: case 0x09:           // content type, response topic, correlation data
+                if (at + 2 > end) return std::nullopt;
+                len = 2 + u16(at);
+                break;
+            case 0x26:                                 // user property: two strings
+                if (at + 2 > end) return std::nullopt;
+                len = 2 + u16(at);
+                if (at + len + 2 > end) return std::nullopt;
+                len += 2 + u16(at + len);
+                break;
+            case 0x0B: {                               // subscription identifier
+                const auto v = varint(at);
+                if (!v || at > end) return std::nullopt;
+                out.sub_ids.push_back(static_cast<std::uint32_t>(*v));
+                continue;
+            }
+            default: return std::nullopt;              // not a PUBLISH property
+        }
+        if (at + len > end) return std::nullopt;
+        at += len;
+    }
+    out.payload = rec.substr(end);
+    return out;
 }
 
 bool is_dup(const std::string& packet) { return !packet.empty() && (static_cast<unsigned char>(packet[0]) & 0x08); }
@@ -68,11 +118,16 @@ void append_u64(std::string& out, std::uint64_t v) {
 // payload) in 36 bytes, whatever the payload's size. Two independent 64-bit hashes of the payload make a
 // false match (same packet id, DUP set, same topic, both hashes and the length equal) practically
 // impossible.
-constexpr std::string_view digest_tag = "xd1:";
+// The subscription identifiers are part of it: the copies of one message that overlapping subscriptions
+// bring differ only in them, and one copy's record must not make another copy pass for a resend.
+constexpr std::string_view digest_tag = "xd2:";
 
-std::string digest(std::string_view topic, std::string_view payload) {
+std::string digest(std::string_view topic, std::string_view payload, std::vector<std::uint32_t> sub_ids) {
+    std::sort(sub_ids.begin(), sub_ids.end());
+    std::string ids;
+    for (auto v : sub_ids) append_u64(ids, v);
     std::string d(digest_tag);
-    append_u64(d, fnv1a(topic, 0xcbf29ce484222325ULL));
+    append_u64(d, fnv1a(topic, fnv1a(ids, 0xcbf29ce484222325ULL)));
     append_u64(d, fnv1a(payload, 0xcbf29ce484222325ULL));
     append_u64(d, fnv1a(payload, 0x84222325cbf29ce4ULL ^ payload.size()));
     append_u64(d, payload.size());
@@ -81,12 +136,14 @@ std::string digest(std::string_view topic, std::string_view payload) {
 
 std::string digest_of_packet(const std::string& packet) {
     const auto c = publish_content(packet);
-    return c ? digest(c->first, c->second) : std::string();
+    return c ? digest(c->topic, c->payload, c->sub_ids) : std::string();
 }
 
-// A stored record: a digest, or a whole packet (stores written by earlier versions).
+// A stored record: a digest, or a whole packet (stores written by earlier versions). A digest of an earlier
+// form ("xd1:", without the subscription identifiers) matches nothing: its message is delivered again.
 std::string digest_of_record(const std::string& rec) {
-    return rec.compare(0, digest_tag.size(), digest_tag) == 0 ? rec : digest_of_packet(rec);
+    if (rec.compare(0, 2, "xd") == 0) return rec;
+    return digest_of_packet(rec);
 }
 
 int inbound_packet_id(const std::string& key) { return std::atoi(key.c_str() + 3); }  // "r5-<id>"
@@ -123,9 +180,11 @@ void paho_persistence::refuse_inbound(int packet_id) {
     guarded("remove", "r5-" + id, [&] { records_.remove("r5-" + id); });
 }
 
-bool paho_persistence::take_resend(int packet_id, std::string_view topic, std::string_view payload) {
+bool paho_persistence::take_resend(int packet_id, std::string_view topic, std::string_view payload,
+                                   const std::vector<std::uint32_t>& sub_ids) {
+    const std::string d = digest(topic, payload, sub_ids);
     std::lock_guard<std::mutex> lk(held_mu_);
-    auto it = resent_.find({packet_id, digest(topic, payload)});
+    auto it = resent_.find({packet_id, d});
     if (it == resent_.end()) return false;
     resent_.erase(it);
     return true;
@@ -145,6 +204,16 @@ void paho_persistence::map_packet(int packet_id, std::uint64_t seq) {
 bool paho_persistence::has_outbound() const {
     for (const auto& k : records_.keys())
         if (outbound_packet_id(k, false) >= 0) return true;
+    return false;
+}
+
+bool paho_persistence::carries(int packet_id, std::string_view topic, std::string_view payload) const {
+    for (bool v5 : {true, false}) {
+        const auto rec = guarded("get", "", [&] { return records_.get((v5 ? "s5-" : "s-") + std::to_string(packet_id)); });
+        if (!rec) continue;
+        const auto c = publish_content(*rec, v5);
+        return c && c->topic == topic && c->payload == payload;
+    }
     return false;
 }
 
@@ -187,10 +256,12 @@ bool paho_persistence::contains_key(const mqtt::string& key) {
 
 mqtt::string_collection paho_persistence::keys() const {
     return guarded("keys", "", [&] {
-        // MQTT 5 inbound records are this adapter's own (see the class comment): Paho never restores them.
+        // The adapter's own records are not Paho's to see: MQTT 5 inbound records (see the class comment),
+        // and the `x-` mappings. Paho's restore deletes every record it cannot read as a packet, so listed,
+        // each new Paho client would delete them all.
         mqtt::string_collection out;
         for (const auto& k : records_.keys())
-            if (k.rfind("r5-", 0) != 0) out.push_back(k);
+            if (k.rfind("r5-", 0) != 0 && k.rfind("x-", 0) != 0) out.push_back(k);
         return out;
     });
 }
@@ -232,6 +303,9 @@ void paho_persistence::put_inbound(const std::string& key, const std::string& pa
     // Committed in an earlier connection: Paho, which restored nothing, delivers it again, and the client
     // drops that copy (take_resend). Otherwise a stored record is from an older flow that the broker has
     // finished or forgotten, and this message's commit replaces it.
+    // DUP is required: a stored record may be stale (Paho answers the broker's PUBREL of a flow it does not
+    // know without removing the record), and a new message with the same content under a reused packet id
+    // must be delivered.
     const bool committed = stored && dup && !d.empty() && digest_of_record(*stored) == d;
     if (committed) resent_.insert({packet_id, d});
     flows_[packet_id] = flow{d, committed};

@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "xymqtt/store.h"
 
@@ -24,7 +25,8 @@ namespace xymqtt::detail {
 /// Queued commands (`c-`, `c5-`) are dropped before a client is created (purge_commands): those
 /// publishes never left, and the outbox sends them again.
 /// Each outbound flow is tied to its outbox record by a mapping record `x-<packet id>`, written by the
-/// client after Paho accepted the publish (map_packet) and removed with the flow. When Paho removes
+/// client after Paho accepted the publish (map_packet) and removed with the flow. keys() does not list
+/// the mappings: Paho's restore deletes every record it cannot read as a packet. When Paho removes
 /// `s-<id>`/`s5-<id>` the flow is over and `on_complete(id)` is called.
 ///
 /// Inbound, MQTT 5 (`r5-`): the records are this adapter's own, and Paho never sees them again.
@@ -39,7 +41,8 @@ namespace xymqtt::detail {
 ///    Restored state is also what made Paho take a new message under a reused packet id for a resend of a
 ///    forgotten flow, and drop it.
 ///  - Instead, a resend of a committed message is recognised here: DUP set, and a stored record under its
-///    packet id with the same digest. take_resend() then tells the client to drop the copy that Paho
+///    packet id with the same digest (of topic, payload and subscription identifiers: overlapping
+///    subscriptions bring one copy per subscription, which differ only in their identifiers). take_resend() then tells the client to drop the copy that Paho
 ///    delivers. A stored record that does not match is from an older flow (one the broker finished after a
 ///    reconnect, whose PUBREL this client's Paho did not know, or one a broker restarted from an older state
 ///    forgot) and is replaced by the new message's.
@@ -71,10 +74,11 @@ public:
     static void purge_commands(paho_records& records);
     /// Stores the `r5-<packet_id>` record: call once the message is committed to the inbox.
     void release_inbound(int packet_id);
-    /// @return true (once per resend) if the message Paho is delivering under `packet_id`, with this topic
-    ///         and payload, is the broker's resend of one committed in an earlier connection: the client
-    ///         drops it, and Paho acknowledges it.
-    bool take_resend(int packet_id, std::string_view topic, std::string_view payload);
+    /// @return true (once per resend) if the message Paho is delivering under `packet_id`, with this topic,
+    ///         payload and subscription identifiers, is the broker's resend of one committed in an earlier
+    ///         connection: the client drops it, and Paho acknowledges it.
+    bool take_resend(int packet_id, std::string_view topic, std::string_view payload,
+                     const std::vector<std::uint32_t>& sub_ids = {});
     /// Call before a new Paho client connects: it holds no flows of the previous connection.
     void new_connection();
     /// The message of `packet_id` could not be committed (its acknowledgement must not leave, and the
@@ -84,8 +88,12 @@ public:
     void refuse_inbound(int packet_id);
     /// Records that outbox record `seq` is in flight under `packet_id`.
     void map_packet(int packet_id, std::uint64_t seq);
-    /// @return the outbox records whose flows Paho will resume, by packet id.
+    /// @return the outbox records whose flows Paho will resume, by packet id, as the mappings say.
     std::map<int, std::uint64_t> resumable() const;
+    /// @return true if Paho's record of the outbound flow under `packet_id` is a publish of this topic and
+    ///         payload. A mapping is trusted only then: one left stale (written after its flow had already
+    ///         ended) must not make another message's completion count for its record.
+    bool carries(int packet_id, std::string_view topic, std::string_view payload) const;
     /// Called (on Paho's threads) when the outbound flow of a packet id has ended.
     void on_complete(std::function<void(int packet_id)> fn) { on_complete_ = std::move(fn); }
     /// Called (on Paho's receive thread, before Paho handles the PUBLISH) when the broker sent a new

@@ -630,7 +630,7 @@ TEST_CASE("history session: MQTT 5 + LMDB + process durability + commands, with 
 // Overlapping subscriptions need MQTT 5: the runtime routes each copy the broker sends by its subscription
 // identifier. MQTT 3.1.1 has none (README, "Guarantees and limits").
 TEST_CASE("history session: MQTT 5 + LMDB + overlapping subscriptions, with cuts, kills, broker restarts",
-          "[.][history][session][s-overlap]") {
+          "[history][session][s-overlap]") {
     scenario s;
     s.name = "mqtt5-lmdb-process-overlap";
     s.overlap = true;
@@ -651,10 +651,8 @@ TEST_CASE("history session: MQTT 5 + LMDB + fsync durability, with cuts, kills, 
     run_scenario(s);
 }
 
-// Hidden from CTest while finding H5 is open (docs/reliability.md): duplicates over the per-fault bound
-// after a publisher kill under MQTT 3.1.1, nothing lost. scripts/reliability runs it.
 TEST_CASE("history session: MQTT 3.1.1 + SQLite + process durability, with cuts, kills, broker restarts",
-          "[.][history][session][s-mqtt311]") {
+          "[history][session][s-mqtt311]") {
     scenario s;
     s.name = "mqtt4-sqlite-process";
     s.mqtt = 4;

@@ -8,8 +8,11 @@
 #include <mutex>
 #include <fstream>
 
+#include <sqlite3.h>
+
 #include "rel_util.h"
 #include "support/child_process.h"
+#include "tcp_proxy.h"
 #include "xymqtt/exception.h"
 
 using namespace xymqtt;
@@ -206,6 +209,54 @@ TEST_CASE("ACL: a denied publish fails with broker_error 0x87, never a silent su
     }
     f.c->publish(f.ok_topic, "still-flowing").get();  // the stream is not blocked
     CHECK(f.got.wait_size(2, 10s));
+}
+
+namespace {
+
+// Outbound publish records ("s5-<id>") in the Paho records of a SQLite store, read beside the client.
+int outbound_records(const std::string& store_dir) {
+    sqlite3* db = nullptr;
+    int n = -1;
+    if (sqlite3_open_v2((store_dir + "/paho.sqlite3").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 1000);
+        sqlite3_stmt* st = nullptr;
+        if (sqlite3_prepare_v2(db, "SELECT count(*) FROM paho_record WHERE key LIKE 's5-%'", -1, &st, nullptr) ==
+                SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW)
+            n = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(db);
+    return n;
+}
+
+}  // namespace
+
+TEST_CASE("ACL: a denied publish whose refusal a cut withheld still fails when Paho resumes it", "[security][acl]") {
+    // Paho resumes the flow under its packet id on the next connection; the broker refuses it there with a
+    // PUBREC that Paho reports for no flow it restored. Taken for a completion, it passed for success.
+    acl_fixture f;
+    tcp_proxy proxy{f.b->port()};
+    auto o = f.opts("alice-proxied");
+    o.server_uri = proxy.uri();
+    o.store_type = store_kind::sqlite;
+    o.reconnect_min = 20ms;
+    o.reconnect_max = 200ms;
+    auto c = connected(o);
+    proxy.stall(true);  // the PUBLISH leaves Paho but reaches no broker
+    auto fut = c->publish("denied/x", "nope");
+    REQUIRE(eventually([&] { return outbound_records(o.store_dir) == 1; }, 10s));  // Paho's flow is open
+    REQUIRE(proxy.cut_all_and_wait());
+    proxy.stall(false);
+    REQUIRE(fut.wait_for(20s) == std::future_status::ready);
+    try {
+        fut.get();
+        FAIL("ACL-denied publish resumed after a cut reported success");
+    } catch (const broker_error& e) {
+        CHECK(e.reason_code() == 0x87);
+    }
+    std::lock_guard<std::mutex> lk(f.log_mu);
+    CHECK(f.logs.find("1 flows resumed by Paho") != std::string::npos);  // the path under test was taken
 }
 
 TEST_CASE("ACL: an invoke the ACL denies fails the call with broker_error, not a timeout", "[security][acl]") {

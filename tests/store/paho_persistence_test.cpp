@@ -28,6 +28,14 @@ std::string publish(const std::string& payload, bool dup = false) {
     return std::string(1, dup ? '\x3c' : '\x34') + char(body.size()) + body;
 }
 
+// The same with properties: a user property and a content type, then the subscription identifiers.
+std::string publish_with_ids(const std::string& payload, const std::vector<unsigned char>& sub_ids, bool dup = false) {
+    std::string props = std::string("\x26\0\1k\0\1v", 7) + std::string("\x03\0\4text", 7);
+    for (auto id : sub_ids) props += std::string{'\x0b', char(id)};
+    const std::string body = std::string("\0\1t\0\1", 5) + char(props.size()) + props + payload;
+    return std::string(1, dup ? '\x3c' : '\x34') + char(body.size()) + body;
+}
+
 bool has_key(const paho_persistence& p, const std::string& key) {
     const auto keys = p.keys();
     for (std::size_t i = 0; i < keys.size(); ++i)
@@ -185,4 +193,40 @@ TEST_CASE("paho persistence: a new message under a reused packet id is delivered
     CHECK(stale.empty());
     put(p, "r5-6", publish("a new message"));
     CHECK(stale == std::vector<int>{6});
+}
+
+TEST_CASE("paho persistence: with overlapping subscriptions, one copy's record does not pass another copy for a resend",
+          "[store][paho]") {
+    // The broker sends one copy per matching subscription: same topic and payload, its own subscription
+    // identifier. A copy that the broker sends again (DUP) under a packet id whose stored record is another
+    // copy's (an older flow, forgotten by a broker restarted from an older state) is a new delivery.
+    temp_dir tmp;
+    paho_records_file records(tmp.store_dir(), false);
+    paho_persistence p(records, false, nullptr);
+    put(p, "r5-7", publish_with_ids("the message", {1}));
+    p.release_inbound(7);
+    p.new_connection();
+    put(p, "r5-7", publish_with_ids("the message", {2}, true));
+    CHECK_FALSE(p.take_resend(7, "t", "the message", {2}));  // the other subscription's copy: delivered
+    p.release_inbound(7);
+    p.new_connection();
+    put(p, "r5-7", publish_with_ids("the message", {2}, true));
+    CHECK(p.take_resend(7, "t", "the message", {2}));  // its own resend is recognised
+
+    // One copy for several subscriptions carries all their identifiers, in any order.
+    put(p, "r5-8", publish_with_ids("both", {3, 1}));
+    p.release_inbound(8);
+    p.new_connection();
+    put(p, "r5-8", publish_with_ids("both", {3, 1}, true));
+    CHECK(p.take_resend(8, "t", "both", {1, 3}));
+}
+
+TEST_CASE("paho persistence: a digest of the earlier form matches nothing, so its message is delivered again",
+          "[store][paho]") {
+    temp_dir tmp;
+    paho_records_file records(tmp.store_dir(), false);
+    records.put("r5-4", std::string("xd1:") + std::string(32, '\0'), false);
+    paho_persistence p(records, false, nullptr);
+    put(p, "r5-4", publish("the message", true));
+    CHECK_FALSE(p.take_resend(4, "t", "the message"));
 }
