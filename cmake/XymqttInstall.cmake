@@ -25,6 +25,8 @@ install(PROGRAMS "${PROJECT_SOURCE_DIR}/generator/protoc-gen-xymqtt" DESTINATION
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/generator/xymqtt_gen" "${PROJECT_SOURCE_DIR}/generator/templates"
         DESTINATION "${XYMQTT_INSTALL_GENERATORDIR}"
         PATTERN "__pycache__" EXCLUDE PATTERN "*.pyc" EXCLUDE)
+install(FILES "${PROJECT_SOURCE_DIR}/VERSION" DESTINATION "${XYMQTT_INSTALL_GENERATORDIR}/xymqtt_gen")
+install(FILES "${PROJECT_SOURCE_DIR}/LICENSE" DESTINATION "${CMAKE_INSTALL_DATADIR}/doc/xymqtt")
 install(FILES "${PROJECT_SOURCE_DIR}/schemas/xymqtt/options.proto" DESTINATION "${XYMQTT_INSTALL_PROTODIR}/xymqtt")
 
 configure_package_config_file("${CMAKE_CURRENT_LIST_DIR}/xymqttConfig.cmake.in"

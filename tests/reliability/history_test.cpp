@@ -348,9 +348,9 @@ run_result run_scenario(const scenario& s) {
     // max_inflight_messages, 100), each stored once per matching lane, plus the one each lane is handling.
     const std::uint64_t sub_window = s.mqtt == 5 ? (s.durability == "fsync" ? 1 : 8) : 100;
     const std::uint64_t per_sub = std::uint64_t(s.clients) * (sub_window * std::uint64_t(lanes) + std::uint64_t(lanes));
-    // A reconnecting publisher sends its whole outbox again (finding F10: Paho's own resumed flows are not
-    // tracked), and what the broker had already taken arrives again, up to twice (Paho's resume of the flow
-    // and the outbox's resend). The agent awaits each batch (100) before the next, so its outbox holds at
+    // A reconnecting publisher's in-flight publishes can arrive again, up to twice: Paho resumes each flow
+    // under its packet id, and under MQTT 5 the outbox sends it once more when Paho has ended it (Paho does
+    // not tell a refusing PUBREC from a PUBCOMP for a flow it restored; docs/reliability.md, section 8). The agent awaits each batch (100) before the next, so its outbox holds at
     // most two batches: the one in flight and the removals of the previous one not yet committed.
     const std::uint64_t per_pub = std::uint64_t(s.clients) * 2 * 2 * 100 * std::uint64_t(lanes);
     // Commands: the caller's unanswered calls (20) can be answered twice; the server's window of invokes
@@ -507,7 +507,7 @@ run_result run_scenario(const scenario& s) {
         if (restarted) {
             poll();  // the restarted role's boot records were written before it said "ready"
             // What the restarted client's outbox held can arrive again, per matching lane, and twice: Paho
-            // resumes the flows it restored and the outbox sends the same records again (finding F10).
+            // resumes the flows it restored, and the outbox sends those it cannot trust again (see per_pub).
             // A delivery its inbox held at restart (handled, its removal not yet stored: removals ride with
             // the next commit) is handled once more.
             h.add_bound(index, 2 * (restarted->boot_outbox - outbox_before) * std::uint64_t(lanes) +

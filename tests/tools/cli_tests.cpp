@@ -1,5 +1,6 @@
 // The xymqtt command-line tool as a user runs it: a process, the example schemas and the real broker.
 #include <catch2/catch.hpp>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -131,6 +132,15 @@ TEST_CASE("describe lists services, tokens, events and commands of the example s
         REQUIRE(d.code == 0);
         CHECK(json::parse(d.output) == services);
     }
+}
+
+TEST_CASE("the version: xymqtt --version prints what VERSION holds", "[cli]") {
+    std::ifstream f(std::string(XYMQTT_SOURCE_DIR) + "/VERSION");
+    std::string version;
+    REQUIRE(std::getline(f, version));
+    const auto r = run({"--version"});
+    CHECK(r.code == 0);
+    CHECK(r.output == version);
 }
 
 TEST_CASE("usage and schema errors are one line with distinct exit codes", "[cli][errors]") {

@@ -136,6 +136,13 @@ class Parameters(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("given twice", r.stderr)
 
+    def test_version(self):
+        with open(os.path.join(os.path.dirname(os.path.dirname(TESTS)), "VERSION")) as f:
+            version = f.readline().strip()
+        r = subprocess.run([PLUGIN, "--version"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), f"protoc-gen-xymqtt {version}")
+
     def test_mocks_only_when_asked(self):
         for opt, mocks in ((None, False), ("mocks=false", False), ("mocks=true", True)):
             r, out = self.generate(opt)
