@@ -3,7 +3,6 @@
 
 #include "examples/inventory.xymqtt.h"
 
-#include <exception>
 #include <future>
 #include <memory>
 #include <string>
@@ -129,18 +128,9 @@ Inventory::PendingReserve Inventory::Client::call_reserve_async(
   auto promise = std::make_shared<std::promise<ReserveOutcome>>();
   PendingReserve pending;
   pending.outcome = promise->get_future();
-  pending.handle = transport_.call_async(
-      reserve_topic_, ::xymqtt::protobuf::encode(request, format_),
-      inventory_reserve_call_options(format_), timeout,
-      [promise](std::exception_ptr error, ::xymqtt::command_result result) {
-        // Decoded here, as the result arrives: the future is ready when wait_for says so.
-        try {
-          if (error) std::rethrow_exception(error);
-          promise->set_value(ReserveOutcome::decode(result));
-        } catch (...) {
-          promise->set_exception(std::current_exception());
-        }
-      });
+  pending.handle = transport_.call_async(reserve_topic_, ::xymqtt::protobuf::encode(request, format_),
+                                         inventory_reserve_call_options(format_), timeout,
+                                         ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
 
@@ -170,18 +160,9 @@ Inventory::PendingGetStock Inventory::Client::call_get_stock_async(
   auto promise = std::make_shared<std::promise<GetStockOutcome>>();
   PendingGetStock pending;
   pending.outcome = promise->get_future();
-  pending.handle = transport_.call_async(
-      get_stock_topic_, ::xymqtt::protobuf::encode(request, format_),
-      inventory_get_stock_call_options(format_), timeout,
-      [promise](std::exception_ptr error, ::xymqtt::command_result result) {
-        // Decoded here, as the result arrives: the future is ready when wait_for says so.
-        try {
-          if (error) std::rethrow_exception(error);
-          promise->set_value(GetStockOutcome::decode(result));
-        } catch (...) {
-          promise->set_exception(std::current_exception());
-        }
-      });
+  pending.handle = transport_.call_async(get_stock_topic_, ::xymqtt::protobuf::encode(request, format_),
+                                         inventory_get_stock_call_options(format_), timeout,
+                                         ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
 

@@ -3,7 +3,6 @@
 
 #include "examples/publisher.xymqtt.h"
 
-#include <exception>
 #include <future>
 #include <memory>
 #include <string>
@@ -79,18 +78,9 @@ Publisher::PendingPing Publisher::Client::call_ping_async(
   auto promise = std::make_shared<std::promise<PingOutcome>>();
   PendingPing pending;
   pending.outcome = promise->get_future();
-  pending.handle = transport_.call_async(
-      ping_topic_, ::xymqtt::protobuf::encode(request, format_),
-      publisher_ping_call_options(format_), timeout,
-      [promise](std::exception_ptr error, ::xymqtt::command_result result) {
-        // Decoded here, as the result arrives: the future is ready when wait_for says so.
-        try {
-          if (error) std::rethrow_exception(error);
-          promise->set_value(PingOutcome::decode(result));
-        } catch (...) {
-          promise->set_exception(std::current_exception());
-        }
-      });
+  pending.handle = transport_.call_async(ping_topic_, ::xymqtt::protobuf::encode(request, format_),
+                                         publisher_ping_call_options(format_), timeout,
+                                         ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
 

@@ -158,7 +158,7 @@ void paho_persistence::purge_commands(paho_records& records) {
 void paho_persistence::release_inbound(int packet_id) {
     std::string d;
     {
-        std::lock_guard<std::mutex> lk(held_mu_);
+        std::lock_guard<std::mutex> lk(flows_mu_);
         auto it = flows_.find(packet_id);
         if (it == flows_.end() || it->second.committed) return;
         it->second.committed = true;
@@ -171,7 +171,7 @@ void paho_persistence::release_inbound(int packet_id) {
 void paho_persistence::refuse_inbound(int packet_id) {
     const auto id = std::to_string(packet_id);
     {
-        std::lock_guard<std::mutex> lk(held_mu_);
+        std::lock_guard<std::mutex> lk(flows_mu_);
         flows_.erase(packet_id);
         kept_.insert("r-" + id);
     }
@@ -183,7 +183,7 @@ void paho_persistence::refuse_inbound(int packet_id) {
 bool paho_persistence::take_resend(int packet_id, std::string_view topic, std::string_view payload,
                                    const std::vector<std::uint32_t>& sub_ids) {
     const std::string d = digest(topic, payload, sub_ids);
-    std::lock_guard<std::mutex> lk(held_mu_);
+    std::lock_guard<std::mutex> lk(flows_mu_);
     auto it = resent_.find({packet_id, d});
     if (it == resent_.end()) return false;
     resent_.erase(it);
@@ -191,7 +191,7 @@ bool paho_persistence::take_resend(int packet_id, std::string_view topic, std::s
 }
 
 void paho_persistence::new_connection() {
-    std::lock_guard<std::mutex> lk(held_mu_);
+    std::lock_guard<std::mutex> lk(flows_mu_);
     flows_.clear();
     resent_.clear();
 }
@@ -242,7 +242,7 @@ void paho_persistence::close() {}
 
 void paho_persistence::clear() {
     {
-        std::lock_guard<std::mutex> lk(held_mu_);
+        std::lock_guard<std::mutex> lk(flows_mu_);
         flows_.clear();
         resent_.clear();
         kept_.clear();
@@ -271,7 +271,7 @@ void paho_persistence::put(const mqtt::string& key, const std::vector<mqtt::stri
     for (const auto& b : bufs) value.append(b.data(), b.size());
     if (key.rfind("r5-", 0) == 0) return put_inbound(key, value);
     if (key.rfind("r-", 0) == 0) {
-        std::lock_guard<std::mutex> lk(held_mu_);
+        std::lock_guard<std::mutex> lk(flows_mu_);
         kept_.erase(key);  // a new flow under this packet id
     }
     const bool inbound = key.rfind("r-", 0) == 0 || key.rfind("r5-", 0) == 0;
@@ -285,7 +285,7 @@ void paho_persistence::put_inbound(const std::string& key, const std::string& pa
     const bool dup = is_dup(packet);
     bool stale = false;
     {
-        std::lock_guard<std::mutex> lk(held_mu_);
+        std::lock_guard<std::mutex> lk(flows_mu_);
         auto it = flows_.find(packet_id);
         if (it != flows_.end()) {
             // Paho holds this packet id (a flow of this connection) and delivers nothing that comes under it.
@@ -299,7 +299,7 @@ void paho_persistence::put_inbound(const std::string& key, const std::string& pa
         return;
     }
     const auto stored = guarded("get", key, [&] { return records_.get(key); });
-    std::lock_guard<std::mutex> lk(held_mu_);
+    std::lock_guard<std::mutex> lk(flows_mu_);
     // Committed in an earlier connection: Paho, which restored nothing, delivers it again, and the client
     // drops that copy (take_resend). Otherwise a stored record is from an older flow that the broker has
     // finished or forgotten, and this message's commit replaces it.
@@ -320,7 +320,7 @@ mqtt::string paho_persistence::get(const mqtt::string& key) const {
 
 void paho_persistence::remove(const mqtt::string& key) {
     {
-        std::lock_guard<std::mutex> lk(held_mu_);
+        std::lock_guard<std::mutex> lk(flows_mu_);
         if (key.rfind("r5-", 0) == 0) {
             // PUBREL: the flow is over. A resend mark stays until its delivery takes it: Paho may hand a
             // message over after its PUBREC and PUBREL (from its queue of undelivered messages).

@@ -117,7 +117,7 @@ private:
         std::string digest;
         bool committed = false;  // stored (released, or a resend of a message committed before)
     };
-    mutable std::mutex held_mu_;
+    mutable std::mutex flows_mu_;  // guards flows_, resent_ and kept_
     std::map<int, flow> flows_;  // MQTT 5 inbound flows of this connection, by packet id
     std::multiset<std::pair<int, std::string>> resent_;  // (packet id, digest) of resends still to be delivered
     std::set<std::string> kept_;               // MQTT 3.1.1 inbound records whose next removal is refused

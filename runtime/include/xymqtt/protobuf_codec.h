@@ -6,12 +6,17 @@
 /// `xymqtt::protobuf` (the core `xymqtt::xymqtt` does not depend on protobuf).
 #pragma once
 
+#include <exception>
+#include <future>
+#include <memory>
 #include <string>
+#include <utility>
 
 #include <google/protobuf/message.h>
 
 #include "xymqtt/content_type.h"
 #include "xymqtt/message.h"
+#include "xymqtt/transport.h"
 
 namespace xymqtt::protobuf {
 
@@ -42,5 +47,22 @@ publish_options event_options(wire_format format);
 ///        content_type::protobuf (e.g. under MQTT 3.1.1, which carries no properties).
 /// @return json or binary as the content type says, else `fallback`.
 wire_format event_format(const message& delivery, wire_format fallback);
+
+/// A call_async completion that fulfils `promise` as the outcome arrives: with `Outcome::decode(result)`,
+/// or with the error (timeout_error, client_closed, broker_error, or decode's parse_error). Generated
+/// stubs use it, so that their typed outcome is a plain std::future that `wait_for` reports ready.
+/// @param promise shared with the future the caller holds.
+/// @return the completion to pass to transport::call_async.
+template <class Outcome>
+call_completion fulfil(std::shared_ptr<std::promise<Outcome>> promise) {
+    return [promise = std::move(promise)](std::exception_ptr error, command_result result) {
+        try {
+            if (error) std::rethrow_exception(error);
+            promise->set_value(Outcome::decode(result));
+        } catch (...) {
+            promise->set_exception(std::current_exception());
+        }
+    };
+}
 
 }  // namespace xymqtt::protobuf

@@ -3,7 +3,6 @@
 
 #include "golden.xymqtt.h"
 
-#include <exception>
 #include <future>
 #include <memory>
 #include <string>
@@ -118,18 +117,9 @@ SensorHub::PendingCalibrate SensorHub::Client::call_calibrate_async(
   auto promise = std::make_shared<std::promise<CalibrateOutcome>>();
   PendingCalibrate pending;
   pending.outcome = promise->get_future();
-  pending.handle = transport_.call_async(
-      calibrate_topic_, ::xymqtt::protobuf::encode(request, format_),
-      sensor_hub_calibrate_call_options(format_), timeout,
-      [promise](std::exception_ptr error, ::xymqtt::command_result result) {
-        // Decoded here, as the result arrives: the future is ready when wait_for says so.
-        try {
-          if (error) std::rethrow_exception(error);
-          promise->set_value(CalibrateOutcome::decode(result));
-        } catch (...) {
-          promise->set_exception(std::current_exception());
-        }
-      });
+  pending.handle = transport_.call_async(calibrate_topic_, ::xymqtt::protobuf::encode(request, format_),
+                                         sensor_hub_calibrate_call_options(format_), timeout,
+                                         ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
 
@@ -159,18 +149,9 @@ SensorHub::PendingReset SensorHub::Client::call_reset_async(
   auto promise = std::make_shared<std::promise<ResetOutcome>>();
   PendingReset pending;
   pending.outcome = promise->get_future();
-  pending.handle = transport_.call_async(
-      reset_topic_, ::xymqtt::protobuf::encode(request, format_),
-      sensor_hub_reset_call_options(format_), timeout,
-      [promise](std::exception_ptr error, ::xymqtt::command_result result) {
-        // Decoded here, as the result arrives: the future is ready when wait_for says so.
-        try {
-          if (error) std::rethrow_exception(error);
-          promise->set_value(ResetOutcome::decode(result));
-        } catch (...) {
-          promise->set_exception(std::current_exception());
-        }
-      });
+  pending.handle = transport_.call_async(reset_topic_, ::xymqtt::protobuf::encode(request, format_),
+                                         sensor_hub_reset_call_options(format_), timeout,
+                                         ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
 
