@@ -20,6 +20,7 @@
 #include <xymqtt/exception.h>
 
 #include "examples/publisher.xymqtt.h"
+#include "library_service.h"
 #include "support/broker.h"
 
 using namespace std::chrono_literals;
@@ -160,4 +161,47 @@ TEST_CASE("ping resolves and rejects through the broker", "[generated][broker]")
     CHECK(rejection.message_id == handle.message_id());
     CHECK(rejection.status == 503);
     CHECK(rejection.message == "try later");
+}
+
+TEST_CASE("the AIP-style contract through the broker: Delete served by delete_(), typed rejects",
+          "[generated][broker][aip]") {
+    namespace lib = xymqtt::examples::library;
+    const auto format = GENERATE(xymqtt::wire_format::binary, xymqtt::wire_format::json);
+    broker_client server_side("lib-srv"), caller_side("lib-cli");
+    lib::Books::Options options;
+    options.env = "gen-test-" + unique_suffix();
+    options.format = format;
+    library_test::library_service service;
+    lib::Books::Server server(*server_side, options);
+    server.serve(service);
+    lib::Books::Client client(*caller_side, options);
+    lib::CreateBookRequest create;
+    create.set_parent("shelves/s1");
+    create.set_book_id("b1");
+    create.mutable_book()->set_title("Dune");
+    // The server's SUBSCRIBE is asynchronous: call until the first one is answered.
+    bool created = false;
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (!created && std::chrono::steady_clock::now() < deadline) {
+        auto probe = client.call_create_async(create, 1s);
+        try {
+            const auto outcome = probe.outcome.get();
+            created = outcome.ok() || (outcome.rejection && outcome.rejection->status == 409);
+        } catch (const xymqtt::timeout_error&) {
+        }
+    }
+    REQUIRE(created);
+
+    lib::DeleteBookRequest del;
+    del.set_name("shelves/s1/books/b1");
+    auto deleted = client.call_delete_async(del, 10s);
+    REQUIRE(deleted.outcome.wait_for(10s) == std::future_status::ready);
+    CHECK(deleted.outcome.get().ok());
+    auto gone = client.call_delete_async(del, 10s);
+    const auto rejected = gone.outcome.get();
+    REQUIRE(rejected.rejection);
+    CHECK(rejected.rejection->status == 404);
+    REQUIRE(rejected.rejection->details);
+    CHECK(rejected.rejection->details->reason() == lib::BookRefused::NOT_FOUND);
+    CHECK(rejected.rejection->details->field() == "name");
 }

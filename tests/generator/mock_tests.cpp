@@ -7,6 +7,7 @@
 #include <string>
 
 #include "examples/inventory.xymqtt_mock.h"
+#include "examples/library.xymqtt_mock.h"
 #include "examples/publisher.xymqtt_mock.h"
 
 using namespace xymqtt::examples;
@@ -129,4 +130,19 @@ TEST_CASE("a mocked handler can reject with typed details", "[generated][mocks]"
     REQUIRE(rejections[0].details);
     CHECK(rejections[0].details->reason() == inv::ReserveRejected::OUT_OF_STOCK);
     CHECK(rejections[0].details->available().amount() == 1);
+}
+
+TEST_CASE("a mocked delete_() handler (rpc Delete) is served by the real server", "[generated][mocks][aip]") {
+    namespace lib = xymqtt::examples::library;
+    xymqtt::testing::loopback lb;
+    lib::MockBooksService service;
+    lib::Books::Server server(lb);
+    server.serve(service);
+    lib::Books::Client client(lb);
+    REQUIRE_CALL(service, delete_(_, _)).WITH(_1.name() == "shelves/s1/books/b1").RETURN(google::protobuf::Empty{});
+    lib::DeleteBookRequest request;
+    request.set_name("shelves/s1/books/b1");
+    auto pending = client.call_delete_async(request);
+    lb.run_until_idle();
+    CHECK(pending.outcome.get().ok());
 }
