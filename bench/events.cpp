@@ -160,8 +160,8 @@ int paho_sub(const args& a) {
     return all ? 0 : 3;
 }
 
-// Publishes with at most the broker's receive maximum in flight, as Paho needs (NOTES: a full Paho
-// window stalls for up to 1 s); this is what the runtime does too.
+// Publishes with at most the broker's receive maximum in flight, as Paho needs (a full Paho window
+// stalls for up to 1 s); this is what the runtime does too.
 class window_listener : public mqtt::iaction_listener {
 public:
     explicit window_listener(std::size_t max) : max_(max) {}

@@ -45,7 +45,7 @@ void say(const std::string& line);
 /// @return true with the given probability (0 never, 1 always). Safe from any thread.
 bool chance(double probability);
 
-/// @return now, in UTC, as ISO 8601 with milliseconds (the seed's `new Date().toISOString()`).
+/// @return now, in UTC, as ISO 8601 with milliseconds (xy-mqtt's `new Date().toISOString()`).
 std::string iso8601_now();
 
 /// @return `d` in milliseconds with one decimal, e.g. "4.2 ms".

@@ -1,4 +1,4 @@
-// ping_client: calls the `ping` command (cmd/publisher/ping), like the seed's "Call commands"
+// ping_client: calls the `ping` command (cmd/publisher/ping), like xy-mqtt's "Call commands"
 // example. Results arrive through a subscription, not a promise: a call is durable, and its resolve
 // or reject may arrive while this program is down (it is then handed over after the restart).
 // Calls are made one after another, each waiting for its result; a latency summary ends the run.

@@ -1,4 +1,4 @@
-// ping_server: serves the `ping` command (cmd/publisher/ping), like the seed's "Register commands"
+// ping_server: serves the `ping` command (cmd/publisher/ping), like xy-mqtt's "Register commands"
 // example. It rejects at random (--fail-rate) and can be slowed down (--delay-ms) so that callers
 // have time to cancel; a cancel runs the callback registered with on_cancel, and nothing is
 // published for that call afterwards.

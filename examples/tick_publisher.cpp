@@ -1,4 +1,4 @@
-// tick_publisher: publishes a `tick` event (evt/publisher/tick) every --interval-ms, like the seed's
+// tick_publisher: publishes a `tick` event (evt/publisher/tick) every --interval-ms, like xy-mqtt's
 // "Publish events" example. Each payload is printed when it is published, and again with √ when its
 // QoS 2 flow has completed (the broker has it and will deliver it, also to subscribers that are
 // offline now).
@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
         client.connect();
         example::say("publishing on " + publisher.tick_topic() + " via " + flags.broker);
 
-        const std::string started = example::iso8601_now();  // the seed's timestamp: the start time
+        const std::string started = example::iso8601_now();  // xy-mqtt's timestamp: the start time
         std::deque<in_flight> ticks;  // published, not yet acknowledged
         std::int64_t published = 0;
         auto next = std::chrono::steady_clock::now();

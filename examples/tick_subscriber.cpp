@@ -1,5 +1,5 @@
 // tick_subscriber: handles `tick` events (evt/publisher/tick), failing at random so that retries
-// are visible, like the seed's "Subscribe to events" example. A handler that throws gets the same
+// are visible, like xy-mqtt's "Subscribe to events" example. A handler that throws gets the same
 // tick again later (exponential backoff) and the broker is not acknowledged until one succeeds, so
 // no tick is lost: not to failures, not while this program is down (the broker queues for the
 // persistent session), not to a kill -9 (the tick is in the store before the broker is told).

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// A benchmark peer built to the design of the ORIGINAL JavaScript library, xy-mqtt 1.4 (the seed; it is
-// not on npm, so this is a re-creation from its README and /work/shared/NOTES.md, not its code):
+// A benchmark peer built to the design of the JavaScript library, xy-mqtt 1.4 (it is not on npm, so this
+// is a re-creation from its README and its published figures, not its code):
 //   - mqtt.js (npm `mqtt`) with its defaults as the seed used them: MQTT 3.1.1, clean: false, a stable
 //     client id, QoS 2 for every publish and subscribe, JSON payloads.
 //   - The seed's packet store: better-sqlite3, journal_mode=WAL, synchronous=EXTRA, the README's two tables

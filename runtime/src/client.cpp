@@ -236,7 +236,7 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     b.connect_timeout(std::chrono::duration_cast<std::chrono::seconds>(opts_.connect_timeout) +
                       std::chrono::seconds(1));
     b.automatic_reconnect(false);  // reconnecting ourselves lets us see "session present" every time
-    b.max_inflight(65535);         // a small Paho window stalls (NOTES); ours is max_inflight
+    b.max_inflight(65535);         // a small Paho window stalls (measured); ours is max_inflight
     if (!opts_.username.empty()) b.user_name(opts_.username);
     if (!opts_.password.empty()) b.password(opts_.password);
     if (tls_scheme || opts_.tls) {

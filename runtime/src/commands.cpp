@@ -1,4 +1,4 @@
-// The command protocol of the seed on top of the durable inbox and outbox:
+// The command protocol of xy-mqtt on top of the durable inbox and outbox:
 // `<command>/invoke`, `<command>/resolve`, `<command>/reject`, `<command>/cancel`.
 #include "client_impl.h"
 #include "wire.h"

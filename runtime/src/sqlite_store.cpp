@@ -1,4 +1,4 @@
-// The SQLite store: the seed's tables (id, at, packet) in dir/xymqtt.sqlite3, WAL journal, and
+// The SQLite store: xy-mqtt's tables (id, at, packet) in dir/xymqtt.sqlite3, WAL journal, and
 // Paho's records in dir/paho.sqlite3.
 //
 // Each database has one connection, opened SQLITE_OPEN_NOMUTEX and guarded by our own mutex, with

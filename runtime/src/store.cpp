@@ -90,7 +90,7 @@ dir_lock::~dir_lock() {
 
 namespace {
 
-// The seed's put/get/del/all over one table of a store; each write is its own commit.
+// xy-mqtt's put/get/del/all over one table of a store; each write is its own commit.
 class table_view final : public packet_store {
 public:
     table_view(store& s, table t) : store_(s), table_(t) {}

@@ -126,7 +126,7 @@ outgoing encode_reject(wire_format f, const std::string& message_id, int status,
             json b = json::parse(body, nullptr, false);
             if (b.is_object()) j = std::move(b);
         }
-        // A handler's own reject object is published as-is (the seed's behaviour); fill what it lacks.
+        // A handler's own reject object is published as-is (xy-mqtt's behaviour); fill what it lacks.
         j["messageId"] = message_id;
         j["ok"] = false;
         if (!j.contains("status")) j["status"] = status;

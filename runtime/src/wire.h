@@ -1,4 +1,4 @@
-// Command payloads on the wire: the seed's JSON objects, or protobuf bytes with MQTT 5 properties.
+// Command payloads on the wire: xy-mqtt's JSON objects, or protobuf bytes with MQTT 5 properties.
 #pragma once
 
 #include <chrono>
@@ -48,7 +48,7 @@ public:
     wire_format format;
 };
 
-/// @return binary if the content type says protobuf, JSON otherwise (the seed sets none).
+/// @return binary if the content type says protobuf, JSON otherwise (xy-mqtt sets none).
 wire_format detect_format(const message_properties& props);
 
 outgoing encode_invoke(wire_format f, const std::string& message_id, const std::string& body,

@@ -65,7 +65,7 @@ int call() {
     // this session while the program is down.
     publisher.subscribe_tick([](const Tick& tick) { std::cout << "tick " << tick.count() << "\n"; });
 
-    // Commands, the seed's way: results arrive through a subscription (also after a restart).
+    // Commands, xy-mqtt's way: results arrive through a subscription (also after a restart).
     publisher.subscribe_ping_results(
         [](const std::string& message_id, const PingResult& result) {
             std::cout << message_id << (result.pong() ? " pong\n" : " no pong\n");

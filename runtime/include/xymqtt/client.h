@@ -46,9 +46,9 @@ struct tls_options {
 /// Retry of a handler that throws.
 struct retry_policy {
     std::chrono::milliseconds initial{100};   ///< Delay before the first retry.
-    std::chrono::milliseconds cap{12800};     ///< Longest delay (the seed's 12.8 s).
+    std::chrono::milliseconds cap{12800};     ///< Longest delay (xy-mqtt's 12.8 s).
     double multiplier = 2.0;
-    /// 0 retries forever (the seed's behaviour); otherwise the message is dead-lettered after this
+    /// 0 retries forever (xy-mqtt's behaviour); otherwise the message is dead-lettered after this
     /// many failed attempts.
     std::uint32_t max_attempts = 0;
     /// @return the delay before attempt `attempt + 1` after `attempt` failures.

@@ -13,7 +13,7 @@ namespace xymqtt {
 
 /// How a command's payloads are encoded on the wire.
 enum class wire_format : std::uint8_t {
-    json,    ///< The seed's format: a JSON object with `messageId` merged in.
+    json,    ///< xy-mqtt's format: a JSON object with `messageId` merged in.
     binary,  ///< Protocol Buffers bytes; message id and reject details in MQTT 5 properties.
 };
 

@@ -1,7 +1,7 @@
 /// @file store.h
 /// The durable store behind a client: what it must guarantee, and the two implementations.
 ///
-/// A store holds a few tables of records keyed by id. Each table has the seed's packet-store
+/// A store holds a few tables of records keyed by id. Each table has xy-mqtt's packet-store
 /// contract (`put / get / del / all`, see packet_store); the runtime itself writes through `commit`,
 /// which applies a batch to several tables atomically so that, for example, a command's result, its
 /// outgoing publish and the removal of its invoke from the inbox become durable together.
@@ -38,8 +38,8 @@ enum class durability : std::uint8_t {
 
 /// The tables of a store.
 enum class table : std::uint8_t {
-    outgoing,      ///< Outbox: accepted publishes not yet completed (the seed's outgoingDB).
-    incoming,      ///< Inbox: committed deliveries not yet handled (the seed's incomingDB).
+    outgoing,      ///< Outbox: accepted publishes not yet completed (xy-mqtt's outgoingDB).
+    incoming,      ///< Inbox: committed deliveries not yet handled (xy-mqtt's incomingDB).
     dead_letters,  ///< Deliveries that could not be decoded or ran out of attempts.
     results,       ///< Command server: outcome of each invoke by message id (durable dedupe).
     calls,         ///< Command caller: calls awaiting a result, by message id.
@@ -55,7 +55,7 @@ struct write_op {
     std::optional<std::string> value;
 };
 
-/// The seed's packet-store contract over one table: records keyed by message id.
+/// xy-mqtt's packet-store contract over one table: records keyed by message id.
 class packet_store {
 public:
     virtual ~packet_store() = default;
@@ -104,7 +104,7 @@ public:
     /// @return the durability of commits.
     virtual xymqtt::durability durability() const = 0;
 
-    /// @return the seed's put/get/del/all view of one table (each put or del is its own commit).
+    /// @return xy-mqtt's put/get/del/all view of one table (each put or del is its own commit).
     packet_store& view(table t);
 
 protected:
@@ -134,7 +134,7 @@ struct store_options {
 std::unique_ptr<store> open_lmdb_store(const std::string& dir, const store_options& opts = {});
 
 /// Opens (creating if needed) the SQLite store in directory `dir` (file `xymqtt.sqlite3`), with
-/// the seed's tables `mqtt_outgoing_packet` and `mqtt_incoming_packet` (columns id, at, packet)
+/// xy-mqtt's tables `mqtt_outgoing_packet` and `mqtt_incoming_packet` (columns id, at, packet)
 /// plus the other tables in the same form. WAL journal; synchronous=EXTRA for fsync durability,
 /// OFF for process durability.
 /// @throw configuration_error if the directory cannot be created or used; storage_error otherwise.

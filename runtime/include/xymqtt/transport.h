@@ -5,7 +5,7 @@
 /// implements it in memory for unit tests. Payloads are bytes here; generated code adds the types.
 ///
 /// Events: `publish` / `subscribe` / `unsubscribe`.
-/// Commands (the seed's protocol, topics `<command>/invoke|resolve|reject|cancel`):
+/// Commands (xy-mqtt's protocol, topics `<command>/invoke|resolve|reject|cancel`):
 /// `command_register` / `command_unregister` on the server; `subscribe_results`, `call`, `call_async`
 /// and `call_handle::cancel` on the caller.
 #pragma once
