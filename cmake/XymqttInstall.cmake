@@ -22,6 +22,13 @@ install(DIRECTORY "${PROJECT_SOURCE_DIR}/runtime/include/" DESTINATION "${CMAKE_
 install(EXPORT xymqttTargets NAMESPACE xymqtt:: DESTINATION "${XYMQTT_INSTALL_CMAKEDIR}")
 
 install(PROGRAMS "${PROJECT_SOURCE_DIR}/generator/protoc-gen-xymqtt" DESTINATION "${XYMQTT_INSTALL_GENERATORDIR}")
+# The plugin on PATH, as protoc looks for it (`protoc --xymqtt_out=...` finds bin/protoc-gen-xymqtt): a
+# wrapper that runs the installed generator with the Python found at configure time, wherever the prefix
+# is moved to.
+file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/bin/protoc-gen-xymqtt"
+     CONTENT "#!/bin/sh\nexec \"${XYMQTT_PYTHON_EXECUTABLE}\" -B \"$(dirname \"$(readlink -f \"$0\")\")/../${XYMQTT_INSTALL_GENERATORDIR}/protoc-gen-xymqtt\" \"$@\"\n"
+     @ONLY)
+install(PROGRAMS "${CMAKE_CURRENT_BINARY_DIR}/bin/protoc-gen-xymqtt" DESTINATION "${CMAKE_INSTALL_BINDIR}")
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/generator/xymqtt_gen" "${PROJECT_SOURCE_DIR}/generator/templates"
         DESTINATION "${XYMQTT_INSTALL_GENERATORDIR}"
         PATTERN "__pycache__" EXCLUDE PATTERN "*.pyc" EXCLUDE)

@@ -15,6 +15,13 @@ if(CONFIG)
   set(config_args --config "${CONFIG}")
 endif()
 run("${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${PREFIX}" ${config_args})
+# The plugin on PATH (bin/), runnable from the installed prefix.
+execute_process(COMMAND "${PREFIX}/bin/protoc-gen-xymqtt" --version RESULT_VARIABLE rv OUTPUT_VARIABLE out
+                ERROR_VARIABLE err)
+file(STRINGS "${SOURCE_DIR}/../../VERSION" version LIMIT_COUNT 1)
+if(NOT rv EQUAL 0 OR NOT out STREQUAL "protoc-gen-xymqtt ${version}\n")
+  message(FATAL_ERROR "bin/protoc-gen-xymqtt --version: ${rv} '${out}${err}', expected 'protoc-gen-xymqtt ${version}'")
+endif()
 run("${CMAKE_COMMAND}" -S "${SOURCE_DIR}" -B "${WORK_DIR}" "-DCMAKE_PREFIX_PATH=${PREFIX}"
     "-DCMAKE_CXX_COMPILER=${CXX}" -DCMAKE_BUILD_TYPE=Debug)
 run("${CMAKE_COMMAND}" --build "${WORK_DIR}" -j2)
