@@ -402,15 +402,16 @@ void client::impl::fresh_paho() {
                               std::to_string(requeue_.size()) + " publishes to send again");
 }
 
+std::shared_ptr<stored_message> client::impl::read_outgoing(std::uint64_t seq) const {
+    const auto v = store_->get(table::outgoing, sequence_id(seq));
+    return v ? std::make_shared<stored_message>(decode_record(*v)) : nullptr;
+}
+
 bool client::impl::resumes(int packet_id, std::uint64_t seq, std::shared_ptr<stored_message> msg) const {
     // Only a flow whose record is this very publish: its completion is then this record's delivery.
     try {
-        if (!msg) {
-            const auto v = store_->get(table::outgoing, sequence_id(seq));
-            if (!v) return false;
-            msg = std::make_shared<stored_message>(decode_record(*v));
-        }
-        return persistence_->carries(packet_id, msg->topic, msg->payload);
+        if (!msg) msg = read_outgoing(seq);
+        return msg && persistence_->carries(packet_id, msg->topic, msg->payload);
     } catch (const std::exception& e) {
         log(log_level::warning, "publish " + std::to_string(seq) + " is sent again: its flow under packet id " +
                                     std::to_string(packet_id) + " cannot be checked (" + e.what() + ")");
@@ -1058,8 +1059,7 @@ int client::impl::publish_batch(std::vector<send_item>& batch, mqtt::iasync_clie
         if (refused_rc) break;  // Paho refused one: the rest of the batch waits too
         if (!it.msg) {
             try {
-                if (auto v = store_->get(table::outgoing, sequence_id(it.seq)))
-                    it.msg = std::make_shared<stored_message>(decode_record(*v));
+                it.msg = read_outgoing(it.seq);
             } catch (const std::exception& e) {
                 log(log_level::error, "outbox record " + sequence_id(it.seq) + " is unreadable: " + e.what());
                 fire(opts_.hooks.on_storage_error, std::string(e.what()));
@@ -1237,8 +1237,7 @@ void client::impl::refuse(std::uint64_t seq, int reason_code, const std::string&
     if (!msg) {
         // Sent from disk (a resumed or backlogged publish): the dead letter needs the record.
         try {
-            if (auto v = store_->get(table::outgoing, sequence_id(seq)))
-                msg = std::make_shared<stored_message>(decode_record(*v));
+            msg = read_outgoing(seq);
         } catch (const std::exception& e) {
             log(log_level::error, "outbox record " + sequence_id(seq) + " is unreadable: " + e.what());
         }

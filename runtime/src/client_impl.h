@@ -134,6 +134,8 @@ private:
     /// mu_ held. @return whether the sender thread should run now.
     bool sender_has_work() const;
     std::size_t in_flight() const;
+    /// @return outbox record `seq` read from the store, or nullptr if it is gone. @throw storage_error.
+    std::shared_ptr<stored_message> read_outgoing(std::uint64_t seq) const;
     /// @return true if Paho's flow under `packet_id` is outbox record `seq` (`msg`, or read from the store).
     bool resumes(int packet_id, std::uint64_t seq, std::shared_ptr<stored_message> msg) const;  ///< mu_ held: this client's publishes in flight and the flows Paho resumes
     void sender_loop();
