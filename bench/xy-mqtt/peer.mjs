@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 // A benchmark peer built to the design of the JavaScript library, xy-mqtt 1.4 (it is not on npm, so this
 // is a re-creation from its README and its published figures, not its code):
-//   - mqtt.js (npm `mqtt`) with its defaults as the seed used them: MQTT 3.1.1, clean: false, a stable
+//   - mqtt.js (npm `mqtt`) with its defaults as xy-mqtt used them: MQTT 3.1.1, clean: false, a stable
 //     client id, QoS 2 for every publish and subscribe, JSON payloads.
-//   - The seed's packet store: better-sqlite3, journal_mode=WAL, synchronous=EXTRA, the README's two tables
+//   - xy-mqtt's packet store: better-sqlite3, journal_mode=WAL, synchronous=EXTRA, the README's two tables
 //     (mqtt_incoming_packet / mqtt_outgoing_packet: id text, at timestamp, packet text) and its
 //     put/get/del/all statements keyed by the packet's message id, called synchronously. It is handed
 //     to mqtt.js as incomingStore/outgoingStore (put/get/del/createStream/close), so every QoS 2 step
-//     that mqtt.js stores is one synced SQLite commit, as in the seed.
+//     that mqtt.js stores is one synced SQLite commit, as in xy-mqtt.
 //   - subscribe(topic, fn): the payload is parsed as JSON; fn runs before the broker is acknowledged
 //     (mqtt.js handleMessage: PUBCOMP only after fn succeeded); a throwing fn is retried with exponential
 //     backoff capped at 12.8 s; a payload that does not parse is consumed and reported.
@@ -20,10 +20,10 @@
 //   serve --broker U --command C                                 (runs until SIGTERM/SIGINT; keys of serve)
 //   call  --broker U --command C --count N [--outstanding K] [--warmup W]   (keys of call)
 // Common: --id ID (stable client id; default seed-<mode>-<pid>), --dir D (store directory; default a
-// temporary one, removed at exit), --synchronous EXTRA|FULL|NORMAL|OFF (default EXTRA, the seed's),
+// temporary one, removed at exit), --synchronous EXTRA|FULL|NORMAL|OFF (default EXTRA, xy-mqtt's),
 // --nodelay 0|1 (default 1: TCP_NODELAY on the socket), --timeout S (default 600).
 //
-// Event payloads are JSON, as the seed publishes them: {"n":i,"t":<send time, ms since the epoch>,"pad":"x.."}
+// Event payloads are JSON, as xy-mqtt publishes them: {"n":i,"t":<send time, ms since the epoch>,"pad":"x.."}
 // padded to --size bytes (at least the JSON needs).
 import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
@@ -69,7 +69,7 @@ function result(fields) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The seed's SQLite store (README "Setup xy-mqtt with SQLite"), statements cached as its extend_sl does.
+// xy-mqtt's SQLite store (README "Setup xy-mqtt with SQLite"), statements cached as its extend_sl does.
 
 function openSeedDb(file, synchronous) {
   const sl = new Database(file)
@@ -98,7 +98,7 @@ create table if not exists mqtt_outgoing_packet (
   return sl
 }
 
-// The seed's put/get/del/all for one table, verbatim in what they do.
+// xy-mqtt's put/get/del/all for one table, verbatim in what they do.
 function seedTable(sl, table) {
   return {
     put: packet =>
@@ -119,7 +119,7 @@ function revive(text) {
   )
 }
 
-// mqtt.js's Store interface over the seed's synchronous put/get/del/all.
+// mqtt.js's Store interface over xy-mqtt's synchronous put/get/del/all.
 class SeedStore {
   constructor(db) {
     this.db = db
@@ -152,7 +152,7 @@ class SeedStore {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The seed's client, reduced to what the benchmark uses.
+// xy-mqtt's client, reduced to what the benchmark uses.
 
 class SeedClient {
   constructor(o) {
@@ -169,11 +169,11 @@ class SeedClient {
       incomingStore: new SeedStore(seedTable(this.sl, 'mqtt_incoming_packet')),
       outgoingStore: new SeedStore(seedTable(this.sl, 'mqtt_outgoing_packet'))
     })
-    // The broker is acknowledged (PUBCOMP) only once the handler succeeded, as the seed promises.
+    // The broker is acknowledged (PUBCOMP) only once the handler succeeded, as xy-mqtt promises.
     this.client.handleMessage = (packet, done) => {
       this.onMessage(packet.topic, packet.payload).then(() => done(), done)
     }
-    // TCP_NODELAY, as the seed's measured setup had (NOTES: "mqtt.js, which sets no-delay"). mqtt.js 5.16
+    // TCP_NODELAY, as xy-mqtt's measured setup had (its recorded setup used mqtt.js with no-delay). mqtt.js 5.16
     // itself does not (lib/connect/tcp.js: net.createConnection without noDelay): set it on every
     // connection, after CONNACK. --nodelay 0 leaves the socket as mqtt.js opens it.
     if (o.nodelay !== '0') this.client.on('connect', () => this.client.stream?.setNoDelay?.(true))

@@ -79,7 +79,7 @@ public:
 
 }  // namespace
 
-TEST_CASE("default tokens give the seed's topics", "[generated][topics]") {
+TEST_CASE("default tokens give xy-mqtt's topics", "[generated][topics]") {
     loopback lb;
     Publisher::Client client(lb);
     Publisher::Server server(lb);
@@ -153,7 +153,7 @@ TEST_CASE("events are decoded by their content type, else by the client's format
     lb.run_until_idle();
     CHECK(counts == std::vector<std::int64_t>{1});
 
-    // The seed's own JSON (no content type, numeric count, a messageId) reaches a JSON client.
+    // xy-mqtt's own JSON (no content type, numeric count, a messageId) reaches a JSON client.
     loopback lb2;
     Publisher::Client json_client(lb2, with_format(wire_format::json));
     std::vector<Tick> ticks;

@@ -1,5 +1,5 @@
-// JSON interop with a JavaScript peer (peer.mjs: mqtt.js speaking the seed's protocol, MQTT 3.1.1 by
-// default as the seed). Both directions of commands, and events both ways, against a real Mosquitto.
+// JSON interop with a JavaScript peer (peer.mjs: mqtt.js speaking xy-mqtt's protocol, MQTT 3.1.1 by
+// default as xy-mqtt). Both directions of commands, and events both ways, against a real Mosquitto.
 // The peer prints one JSON object per line; the tests wait for those lines, never for fixed times.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -242,7 +242,7 @@ TEST_CASE("a C++ JSON command server answers a JavaScript caller: resolve, rejec
     CHECK(results[1]["payload"] ==
           json({{"messageId", ids[1]}, {"ok", false}, {"status", 409}, {"message", "cpp conflict"}, {"why", "test"}, {"n", 2}}));
 
-    // A plain exception: the seed's {messageId, ok:false, status:500, message}.
+    // A plain exception: xy-mqtt's {messageId, ok:false, status:500, message}.
     REQUIRE(results.count(2));
     CHECK(results[2]["event"] == "reject");
     CHECK(results[2]["payload"] ==
@@ -293,12 +293,12 @@ TEST_CASE("a C++ JSON caller calls a JavaScript command server: resolve, reject,
         CHECK(r.message_id == id);
         CHECK(r.format == wire_format::json);
         CHECK(json::parse(r.body) == json({{"echo", 1}, {"from", "js"}, {"messageId", id}}));
-        // The JS handler saw the request's fields without messageId (the seed strips it).
+        // The JS handler saw the request's fields without messageId (xy-mqtt strips it).
         auto inv = js.wait_event("invoke", [&](const json& j) { return j["messageId"] == id; });
         REQUIRE(inv);
         CHECK((*inv)["request"] == json({{"n", 1}, {"text", "h\u00e9llo \u2713"}}));
 
-        // A JS handler that throws an Error: the seed's {messageId, ok:false, status:500, message}.
+        // A JS handler that throws an Error: xy-mqtt's {messageId, ok:false, status:500, message}.
         auto thrown = caller->call_async(command, R"({"n":2,"do":"throw"})", json_call(), 10s).result.get();
         CHECK_FALSE(thrown.ok);
         CHECK(thrown.status == 500);
@@ -317,7 +317,7 @@ TEST_CASE("a C++ JSON caller calls a JavaScript command server: resolve, reject,
                                              {"detail", {{"n", 3}}},
                                              {"messageId", obj.message_id}}));
 
-        // The seed README's `throw { ok: false, message: 'random failure' }`: no status on the wire,
+        // xy-mqtt's README's `throw { ok: false, message: 'random failure' }`: no status on the wire,
         // so the caller reports 500.
         auto plain = caller->call_async(command, R"({"n":4,"do":"reject-plain"})", json_call(), 10s).result.get();
         CHECK_FALSE(plain.ok);
@@ -411,7 +411,7 @@ TEST_CASE("JSON events: a JavaScript publisher's events reach a C++ subscriber",
     }));
     std::vector<json> events;
     for (const auto& p : received.items()) {
-        auto j = json::parse(p);  // plain JSON text, as the seed publishes it
+        auto j = json::parse(p);  // plain JSON text, as xy-mqtt publishes it
         if (!j.contains("probe")) events.push_back(j);
     }
     REQUIRE(events.size() == 3);

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// A small JavaScript peer that speaks the xy-mqtt protocol (the seed, xy-mqtt 1.4) with mqtt.js, for
-// xymqtt's interop tests. It does what the seed does on the wire and nothing more:
-//   - mqtt.js defaults as the seed used them: MQTT 3.1.1 (protocolVersion 4), clean: false, a stable
+// A small JavaScript peer that speaks the xy-mqtt protocol (xy-mqtt 1.4) with mqtt.js, for
+// xymqtt's interop tests. It does what xy-mqtt does on the wire and nothing more:
+//   - mqtt.js defaults as xy-mqtt used them: MQTT 3.1.1 (protocolVersion 4), clean: false, a stable
 //     client id, QoS 2 for every publish and subscribe; payloads are JSON text without MQTT 5 properties.
 //   - <cmd>/invoke  {messageId, ...request}          caller -> server
 //   - <cmd>/resolve {messageId, ...result}           server -> caller
@@ -15,7 +15,7 @@
 //               (none)             resolve {echo: request.n, from: "js"} after --delay-ms
 //               "throw"            throw new Error("js failure <n>")        -> reject status 500
 //               "reject-object"    throw {ok:false, status:409, message:"js conflict", detail:{n}}
-//               "reject-plain"     throw {ok:false, message:"random failure"}  (the seed README's example)
+//               "reject-plain"     throw {ok:false, message:"random failure"}  (xy-mqtt's README's example)
 //               "wait-cancel"      onCancel prints "cancelled"; waits for the cancel, then returns a
 //                                  result that must never be published
 //   call      --broker U --id ID --command C (--requests JSON-ARRAY | --count N [--request JSON-OBJECT])
@@ -25,7 +25,7 @@
 //             also subscribes TOPIC: a message {messageId} there makes it cancel that call.
 //   publish   --broker U --id ID --topic T --count N      publishes {n, from:"js", text} events
 //   subscribe --broker U --id ID --topic T --count N      prints N received events, then exits
-// Common: [--mqtt-version 4|5] (default 4, the seed's), [--timeout-ms N] (exit 1 after it; default
+// Common: [--mqtt-version 4|5] (default 4, xy-mqtt's), [--timeout-ms N] (exit 1 after it; default
 // 30000, none for serve, which runs until killed).
 //
 // Output: one JSON object per line on stdout, {"event": ...}: "ready" once subscribed, then per mode
@@ -51,7 +51,7 @@ function parseArgs(argv) {
   return opts
 }
 
-// The seed's client, reduced to what the protocol needs.
+// xy-mqtt's client, reduced to what the protocol needs.
 class XyPeer {
   constructor({ url, clientId, protocolVersion }) {
     this.handlers = new Map() // topic -> fn(payload)
@@ -84,7 +84,7 @@ class XyPeer {
     for (const g of granted) if (g.qos !== 2) throw new Error(`subscription ${g.topic} granted QoS ${g.qos}`)
   }
 
-  // As the seed: a handler that throws is retried with exponential backoff (capped at 12.8 s);
+  // As xy-mqtt: a handler that throws is retried with exponential backoff (capped at 12.8 s);
   // a payload that does not parse is reported and consumed.
   async onMessage(topic, buf) {
     const fn = this.handlers.get(topic)

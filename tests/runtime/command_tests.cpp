@@ -201,7 +201,7 @@ TEST_CASE("a repeated invoke is answered from the stored result, without running
     raw->subscribe(p.command + "/resolve", [&](const message& m) {
         if (m.payload.find("dup-1") != std::string::npos) resolves.add(m.payload);
     });
-    // The seed's JSON invoke, sent twice with the same messageId.
+    // xy-mqtt's JSON invoke, sent twice with the same messageId.
     REQUIRE(eventually([&] {
         raw->publish(p.command + "/invoke", R"({"messageId":"dup-1","n":"once"})").get();
         return resolves.wait_size(1, 1s);

@@ -147,7 +147,7 @@ TEMPLATE_TEST_CASE("data survives close and reopen", "[store]", lmdb_kind, sqlit
     CHECK(s->paho().get("s-1") == std::optional<std::string>("paho"));
 }
 
-TEMPLATE_TEST_CASE("view() is the seed's put/get/del/all", "[store]", lmdb_kind, sqlite_kind) {
+TEMPLATE_TEST_CASE("view() is xy-mqtt's put/get/del/all", "[store]", lmdb_kind, sqlite_kind) {
     temp_dir tmp;
     auto s = open_store(TestType::kind, tmp.store_dir());
     packet_store& out = s->view(table::outgoing);

@@ -249,7 +249,7 @@ TEST_CASE("corrupted paho records are recreated empty", "[store]") {
     }
 }
 
-TEST_CASE("sqlite: the seed's tables with a primary key", "[store][sqlite]") {
+TEST_CASE("sqlite: xy-mqtt's tables with a primary key", "[store][sqlite]") {
     temp_dir tmp;
     auto s = open_sqlite_store(tmp.store_dir());
     s->commit({put(table::outgoing, "1", "x")});

@@ -170,7 +170,7 @@ class Golden(unittest.TestCase):
                     self.assertEqual(actual, f.read(), f"{name} differs from golden/expected/{name} "
                                                        "(XYMQTT_UPDATE_GOLDEN=1 rewrites it)")
 
-    def test_seed_topics_with_default_tokens(self):
+    def test_xy_mqtt_topics_with_default_tokens(self):
         with tempfile.TemporaryDirectory() as out:
             r = run_protoc(SCHEMA_DIR, ["examples/publisher.proto"], out)
             self.assertEqual(r.returncode, 0, r.stderr)
