@@ -1,8 +1,11 @@
 # Regenerates the committed output of schemas/ into a scratch directory, then
 #   MODE=check : fails with a diff when generated/ differs from it (the up-to-date test);
 #   MODE=update: replaces generated/'s generated files with it (`cmake --build <dir> --target regenerate`).
-# Variables: MODE PROTOC PLUGIN SCHEMA_DIR GENERATED_DIR WORK_DIR.
-foreach(var MODE PROTOC PLUGIN SCHEMA_DIR GENERATED_DIR WORK_DIR)
+# Variables: MODE PROTOC PROTOC_VERSION PLUGIN SCHEMA_DIR GENERATED_DIR WORK_DIR.
+#
+# generated/PROTOC_VERSION names the protoc that made the committed files. Checked with another protoc,
+# only the generator's own files (.xymqtt.*) are compared: protoc's (.pb.*) differ by version.
+foreach(var MODE PROTOC PROTOC_VERSION PLUGIN SCHEMA_DIR GENERATED_DIR WORK_DIR)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "regenerate.cmake: -D${var}=... is required")
   endif()
@@ -34,8 +37,19 @@ if(MODE STREQUAL "update")
     get_filename_component(dir "${GENERATED_DIR}/${f}" DIRECTORY)
     file(COPY "${WORK_DIR}/${f}" DESTINATION "${dir}")
   endforeach()
-  message(STATUS "generated/ updated from schemas/ (${protos})")
+  file(WRITE "${GENERATED_DIR}/PROTOC_VERSION" "${PROTOC_VERSION}\n")
+  message(STATUS "generated/ updated from schemas/ (${protos}) by ${PROTOC_VERSION}")
   return()
+endif()
+
+file(STRINGS "${GENERATED_DIR}/PROTOC_VERSION" committed_version LIMIT_COUNT 1)
+set(exclude -x CMakeLists.txt -x regenerate.cmake -x PROTOC_VERSION)
+if(NOT committed_version STREQUAL PROTOC_VERSION)
+  message(STATUS "generated/ was made by ${committed_version}, this is ${PROTOC_VERSION}: "
+                 "comparing the generator's files only (not protoc's .pb.*)")
+  list(FILTER fresh EXCLUDE REGEX "\\.pb\\.")
+  list(FILTER committed EXCLUDE REGEX "\\.pb\\.")
+  list(APPEND exclude -x "*.pb.*")
 endif()
 
 set(problems "")
@@ -49,7 +63,7 @@ foreach(f IN LISTS committed)
     string(APPEND problems "stale file in generated/ (not generated any more): ${f}\n")
   endif()
 endforeach()
-execute_process(COMMAND diff -ru "${GENERATED_DIR}" "${WORK_DIR}" -x CMakeLists.txt -x regenerate.cmake
+execute_process(COMMAND diff -ru "${GENERATED_DIR}" "${WORK_DIR}" ${exclude}
                 RESULT_VARIABLE drv OUTPUT_VARIABLE diff_out ERROR_VARIABLE diff_err)
 if(problems OR NOT drv EQUAL 0)
   message(FATAL_ERROR "generated/ is out of date with schemas/ and the generator; refresh it with\n"

@@ -77,8 +77,8 @@ class Inventory final {
   /// A call of `reserve` whose outcome is awaited through a future.
   struct PendingReserve {
     ::xymqtt::call_handle handle;
-    /// Decoded when first waited for (get or wait); fails with xymqtt::timeout_error,
-    /// xymqtt::client_closed or xymqtt::parse_error.
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
     std::future<ReserveOutcome> outcome;
   };
 
@@ -121,8 +121,8 @@ class Inventory final {
   /// A call of `get_stock` whose outcome is awaited through a future.
   struct PendingGetStock {
     ::xymqtt::call_handle handle;
-    /// Decoded when first waited for (get or wait); fails with xymqtt::timeout_error,
-    /// xymqtt::client_closed or xymqtt::parse_error.
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
     std::future<GetStockOutcome> outcome;
   };
 

@@ -74,8 +74,8 @@ class Books final {
   /// A call of `get` whose outcome is awaited through a future.
   struct PendingGet {
     ::xymqtt::call_handle handle;
-    /// Decoded when first waited for (get or wait); fails with xymqtt::timeout_error,
-    /// xymqtt::client_closed or xymqtt::parse_error.
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
     std::future<GetOutcome> outcome;
   };
 
@@ -120,8 +120,8 @@ class Books final {
   /// A call of `list` whose outcome is awaited through a future.
   struct PendingList {
     ::xymqtt::call_handle handle;
-    /// Decoded when first waited for (get or wait); fails with xymqtt::timeout_error,
-    /// xymqtt::client_closed or xymqtt::parse_error.
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
     std::future<ListOutcome> outcome;
   };
 
@@ -166,8 +166,8 @@ class Books final {
   /// A call of `create` whose outcome is awaited through a future.
   struct PendingCreate {
     ::xymqtt::call_handle handle;
-    /// Decoded when first waited for (get or wait); fails with xymqtt::timeout_error,
-    /// xymqtt::client_closed or xymqtt::parse_error.
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
     std::future<CreateOutcome> outcome;
   };
 
@@ -212,8 +212,8 @@ class Books final {
   /// A call of `update` whose outcome is awaited through a future.
   struct PendingUpdate {
     ::xymqtt::call_handle handle;
-    /// Decoded when first waited for (get or wait); fails with xymqtt::timeout_error,
-    /// xymqtt::client_closed or xymqtt::parse_error.
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
     std::future<UpdateOutcome> outcome;
   };
 
@@ -258,8 +258,8 @@ class Books final {
   /// A call of `delete` whose outcome is awaited through a future.
   struct PendingDelete {
     ::xymqtt::call_handle handle;
-    /// Decoded when first waited for (get or wait); fails with xymqtt::timeout_error,
-    /// xymqtt::client_closed or xymqtt::parse_error.
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
     std::future<DeleteOutcome> outcome;
   };
 

@@ -67,8 +67,8 @@ class Publisher final {
   /// A call of `ping` whose outcome is awaited through a future.
   struct PendingPing {
     ::xymqtt::call_handle handle;
-    /// Decoded when first waited for (get or wait); fails with xymqtt::timeout_error,
-    /// xymqtt::client_closed or xymqtt::parse_error.
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
     std::future<PingOutcome> outcome;
   };
 

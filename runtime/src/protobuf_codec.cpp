@@ -1,5 +1,6 @@
 #include "xymqtt/protobuf_codec.h"
 
+#include <google/protobuf/stubs/common.h>  // GOOGLE_PROTOBUF_VERSION
 #include <google/protobuf/util/json_util.h>
 
 #include "xymqtt/exception.h"
@@ -10,7 +11,12 @@ std::string encode(const google::protobuf::Message& message, wire_format format)
     std::string out;
     if (format == wire_format::json) {
         google::protobuf::util::JsonPrintOptions options;
+        // Every field, defaults included, as xy-mqtt peers expect. Protobuf 26 renamed the option.
+#if GOOGLE_PROTOBUF_VERSION >= 5026000
+        options.always_print_fields_with_no_presence = true;
+#else
         options.always_print_primitive_fields = true;
+#endif
         const auto status = google::protobuf::util::MessageToJsonString(message, &out, options);
         if (!status.ok()) {
             throw error("cannot encode " + message.GetTypeName() + " as JSON: " + status.ToString());

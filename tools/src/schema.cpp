@@ -1,6 +1,7 @@
 #include "schema.h"
 
 #include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/stubs/common.h>  // GOOGLE_PROTOBUF_VERSION
 #include <google/protobuf/util/json_util.h>
 #include <nlohmann/json.hpp>
 
@@ -531,7 +532,12 @@ std::string wildcard_topic(const std::string& pattern) {
 
 std::string to_json(const pb::Message& m, bool pretty) {
     pb::util::JsonPrintOptions o;
+    // Every field, defaults included. Protobuf 26 renamed the option.
+#if GOOGLE_PROTOBUF_VERSION >= 5026000
+    o.always_print_fields_with_no_presence = true;
+#else
     o.always_print_primitive_fields = true;
+#endif
     o.add_whitespace = pretty;
     std::string out;
     const auto st = pb::util::MessageToJsonString(m, &out, o);

@@ -83,6 +83,36 @@ static ::xymqtt::call_options sensor_hub_reset_call_options(::xymqtt::wire_forma
   return options;
 }
 
+SensorHub::DeleteRejection SensorHub::DeleteRejection::decode(
+    const ::xymqtt::command_result& result) {
+  DeleteRejection rejection;
+  rejection.message_id = result.message_id;
+  rejection.status = result.status;
+  rejection.message = result.message;
+  return rejection;
+}
+
+SensorHub::DeleteOutcome SensorHub::DeleteOutcome::decode(
+    const ::xymqtt::command_result& result) {
+  DeleteOutcome outcome;
+  outcome.message_id = result.message_id;
+  if (result.ok) {
+    ::golden::v1::Empty value;
+    ::xymqtt::protobuf::decode(result.body, result.format, &value);
+    outcome.result = std::move(value);
+  } else {
+    outcome.rejection = DeleteRejection::decode(result);
+  }
+  return outcome;
+}
+
+// The options of every call of `delete`.
+static ::xymqtt::call_options sensor_hub_delete_call_options(::xymqtt::wire_format format) {
+  ::xymqtt::call_options options;
+  options.format = format;
+  return options;
+}
+
 SensorHub::Client::Client(::xymqtt::transport& transport, std::string site)
     : Client(transport, std::move(site), Options()) {}
 
@@ -90,18 +120,31 @@ SensorHub::Client::Client(::xymqtt::transport& transport, std::string site, Opti
     : transport_(transport),
       format_(options.format),
       site_(std::move(site)),
-      hub_(std::move(options.hub)) {
+      hub_(std::move(options.hub)),
+      namespace_value_(std::move(options.namespace_)) {
   ::xymqtt::validate_topic_token("site", site_);
   ::xymqtt::validate_topic_token("hub", hub_);
+  ::xymqtt::validate_topic_token("namespace", namespace_value_);
   reading_topic_ = site_ + "/" + hub_ + "/evt/reading/+";
+  removed_topic_ = site_ + "/" + hub_ + "/" + namespace_value_ + "/evt/removed/+";
   calibrate_topic_ = site_ + "/" + hub_ + "/cmd/calibrate";
   reset_topic_ = site_ + "/" + hub_ + "/cmd/reset";
+  delete_topic_ = site_ + "/" + hub_ + "/" + namespace_value_ + "/cmd/delete";
 }
 
 ::xymqtt::subscription_id SensorHub::Client::subscribe_reading(ReadingHandler handler) {
   return transport_.subscribe(
       reading_topic_, [handler = std::move(handler), format = format_](const ::xymqtt::message& delivery) {
         ::golden::v1::Reading event;
+        ::xymqtt::protobuf::decode(delivery.payload, ::xymqtt::protobuf::event_format(delivery, format), &event);
+        handler(event, delivery);
+      });
+}
+
+::xymqtt::subscription_id SensorHub::Client::subscribe_removed(RemovedHandler handler) {
+  return transport_.subscribe(
+      removed_topic_, [handler = std::move(handler), format = format_](const ::xymqtt::message& delivery) {
+        ::golden::v1::Removed event;
         ::xymqtt::protobuf::decode(delivery.payload, ::xymqtt::protobuf::event_format(delivery, format), &event);
         handler(event, delivery);
       });
@@ -171,6 +214,38 @@ SensorHub::PendingReset SensorHub::Client::call_reset_async(
       });
 }
 
+::xymqtt::call_handle SensorHub::Client::call_delete(const ::golden::v1::DeleteRequest& request) {
+  return transport_.call(delete_topic_, ::xymqtt::protobuf::encode(request, format_),
+                         sensor_hub_delete_call_options(format_));
+}
+
+SensorHub::PendingDelete SensorHub::Client::call_delete_async(
+    const ::golden::v1::DeleteRequest& request, std::optional<std::chrono::milliseconds> timeout) {
+  auto promise = std::make_shared<std::promise<DeleteOutcome>>();
+  PendingDelete pending;
+  pending.outcome = promise->get_future();
+  pending.handle = transport_.call_async(delete_topic_, ::xymqtt::protobuf::encode(request, format_),
+                                         sensor_hub_delete_call_options(format_), timeout,
+                                         ::xymqtt::protobuf::fulfil(promise));
+  return pending;
+}
+
+::xymqtt::subscription_id SensorHub::Client::subscribe_delete_results(
+    DeleteResolveHandler on_resolve, DeleteRejectHandler on_reject) {
+  return transport_.subscribe_results(
+      delete_topic_,
+      [on_resolve = std::move(on_resolve), on_reject = std::move(on_reject)](const ::xymqtt::command_result& result) {
+        if (result.ok) {
+          ::golden::v1::Empty value;
+          ::xymqtt::protobuf::decode(result.body, result.format, &value);
+          if (on_resolve) on_resolve(result.message_id, value);
+        } else {
+          DeleteRejection rejection = DeleteRejection::decode(result);
+          if (on_reject) on_reject(rejection);
+        }
+      });
+}
+
 void SensorHub::Client::unsubscribe(::xymqtt::subscription_id id) { transport_.unsubscribe(id); }
 
 SensorHub::Server::Server(::xymqtt::transport& transport, std::string site)
@@ -180,12 +255,16 @@ SensorHub::Server::Server(::xymqtt::transport& transport, std::string site, Opti
     : transport_(transport),
       format_(options.format),
       site_(std::move(site)),
-      hub_(std::move(options.hub)) {
+      hub_(std::move(options.hub)),
+      namespace_value_(std::move(options.namespace_)) {
   ::xymqtt::validate_topic_token("site", site_);
   ::xymqtt::validate_topic_token("hub", hub_);
+  ::xymqtt::validate_topic_token("namespace", namespace_value_);
   reading_topic_ = site_ + "/" + hub_ + "/evt/reading/+";
+  removed_topic_ = site_ + "/" + hub_ + "/" + namespace_value_ + "/evt/removed/+";
   calibrate_topic_ = site_ + "/" + hub_ + "/cmd/calibrate";
   reset_topic_ = site_ + "/" + hub_ + "/cmd/reset";
+  delete_topic_ = site_ + "/" + hub_ + "/" + namespace_value_ + "/cmd/delete";
 }
 
 void SensorHub::Server::serve(Service& service) {
@@ -218,6 +297,17 @@ void SensorHub::Server::serve(Service& service) {
         },
         reset_options);
     registered.push_back(reset_topic_);
+
+    ::xymqtt::command_options delete_options;
+    transport_.command_register(
+        delete_topic_,
+        [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
+          ::golden::v1::DeleteRequest request;
+          ::xymqtt::protobuf::decode(call.body, call.format, &request);
+          return ::xymqtt::protobuf::encode(service.delete_(request, context), call.format);
+        },
+        delete_options);
+    registered.push_back(delete_topic_);
   } catch (...) {
     for (const auto& command : registered) transport_.command_unregister(command);
     throw;
@@ -227,11 +317,19 @@ void SensorHub::Server::serve(Service& service) {
 void SensorHub::Server::stop() {
   transport_.command_unregister(calibrate_topic_);
   transport_.command_unregister(reset_topic_);
+  transport_.command_unregister(delete_topic_);
 }
 
 std::future<void> SensorHub::Server::publish_reading(const ::golden::v1::Reading& event) {
   ::xymqtt::validate_topic_token("sensor", event.sensor());
   return transport_.publish(site_ + "/" + hub_ + "/evt/reading/" + event.sensor(),
+                            ::xymqtt::protobuf::encode(event, format_),
+                            ::xymqtt::protobuf::event_options(format_));
+}
+
+std::future<void> SensorHub::Server::publish_removed(const ::golden::v1::Removed& event) {
+  ::xymqtt::validate_topic_token("class", event.class_());
+  return transport_.publish(site_ + "/" + hub_ + "/" + namespace_value_ + "/evt/removed/" + event.class_(),
                             ::xymqtt::protobuf::encode(event, format_),
                             ::xymqtt::protobuf::event_options(format_));
 }

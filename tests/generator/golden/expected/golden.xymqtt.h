@@ -23,11 +23,14 @@ namespace v1 {
 /// Topic tokens:
 ///  - `{site}` (required) Site of the hub.
 ///  - `{hub}` (default "hub-1")
+///  - `{namespace}` (default "main")
 /// Events:
 ///  - `reading` (golden.v1.Reading) on `{site}/{hub}/evt/reading/{sensor}`
+///  - `removed` (golden.v1.Removed) on `{site}/{hub}/{namespace}/evt/removed/{class}`
 /// Commands:
 ///  - `calibrate` (golden.v1.Calibrate -> golden.v1.Calibrated) on `{site}/{hub}/cmd/calibrate`
 ///  - `reset` (golden.v1.Empty -> golden.v1.Empty) on `{site}/{hub}/cmd/reset`
+///  - `delete` (golden.v1.DeleteRequest -> golden.v1.Empty) on `{site}/{hub}/{namespace}/cmd/delete`
 class SensorHub final {
  public:
   static constexpr char service_full_name[] = "golden.v1.SensorHub";
@@ -36,6 +39,8 @@ class SensorHub final {
   struct Options {
     /// Token `{hub}`.
     std::string hub = "hub-1";
+    /// Token `{namespace}`.
+    std::string namespace_ = "main";
     /// Encoding of the events this side publishes and of the calls it makes. Events received are
     /// decoded by their MQTT 5 content type, else in this format.
     ::xymqtt::wire_format format = ::xymqtt::wire_format::binary;
@@ -44,6 +49,10 @@ class SensorHub final {
   /// Handles a `reading` event and its delivery (topic, attempt, properties).
   using ReadingHandler =
       std::function<void(const ::golden::v1::Reading& event, const ::xymqtt::message& delivery)>;
+
+  /// Handles a `removed` event and its delivery (topic, attempt, properties).
+  using RemovedHandler =
+      std::function<void(const ::golden::v1::Removed& event, const ::xymqtt::message& delivery)>;
 
   /// A rejected call of `calibrate`.
   struct CalibrateRejection {
@@ -71,8 +80,8 @@ class SensorHub final {
   /// A call of `calibrate` whose outcome is awaited through a future.
   struct PendingCalibrate {
     ::xymqtt::call_handle handle;
-    /// Decoded when first waited for (get or wait); fails with xymqtt::timeout_error,
-    /// xymqtt::client_closed or xymqtt::parse_error.
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
     std::future<CalibrateOutcome> outcome;
   };
 
@@ -115,14 +124,47 @@ class SensorHub final {
   /// A call of `reset` whose outcome is awaited through a future.
   struct PendingReset {
     ::xymqtt::call_handle handle;
-    /// Decoded when first waited for (get or wait); fails with xymqtt::timeout_error,
-    /// xymqtt::client_closed or xymqtt::parse_error.
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
     std::future<ResetOutcome> outcome;
   };
 
   using ResetResolveHandler =
       std::function<void(const std::string& message_id, const ::golden::v1::Empty& result)>;
   using ResetRejectHandler = std::function<void(const ResetRejection& rejection)>;
+
+  /// A rejected call of `delete`.
+  struct DeleteRejection {
+    std::string message_id;
+    int status = 0;
+    std::string message;
+
+    /// Decodes a reject. @throw xymqtt::parse_error if its details cannot be decoded.
+    static DeleteRejection decode(const ::xymqtt::command_result& result);
+  };
+
+  /// The outcome of a call of `delete`: its result if it resolved, else its rejection.
+  struct DeleteOutcome {
+    std::string message_id;
+    std::optional<::golden::v1::Empty> result;
+    std::optional<DeleteRejection> rejection;
+
+    bool ok() const noexcept { return result.has_value(); }
+    /// Decodes a resolve or reject. @throw xymqtt::parse_error if it cannot be decoded.
+    static DeleteOutcome decode(const ::xymqtt::command_result& result);
+  };
+
+  /// A call of `delete` whose outcome is awaited through a future.
+  struct PendingDelete {
+    ::xymqtt::call_handle handle;
+    /// Ready as soon as the outcome arrives (wait_for reports it); fails with xymqtt::timeout_error,
+    /// xymqtt::client_closed, xymqtt::broker_error or xymqtt::parse_error.
+    std::future<DeleteOutcome> outcome;
+  };
+
+  using DeleteResolveHandler =
+      std::function<void(const std::string& message_id, const ::golden::v1::Empty& result)>;
+  using DeleteRejectHandler = std::function<void(const DeleteRejection& rejection)>;
 
   /// What users of the service do: subscribe to its events and call its commands.
   class ClientInterface {
@@ -137,6 +179,18 @@ class SensorHub final {
         std::function<void(const ::golden::v1::Reading& event)> handler) {
       return subscribe_reading(ReadingHandler(
           [handler = std::move(handler)](const ::golden::v1::Reading& event, const ::xymqtt::message&) {
+            handler(event);
+          }));
+    }
+
+    /// Subscribes to `removed` (`{site}/{hub}/{namespace}/evt/removed/{class}`). A handler that throws has the event
+    /// retried; one that throws xymqtt::parse_error (as an undecodable event does) dead-letters it.
+    virtual ::xymqtt::subscription_id subscribe_removed(RemovedHandler handler) = 0;
+    /// Subscribes to `removed` with a handler that needs the event only.
+    ::xymqtt::subscription_id subscribe_removed(
+        std::function<void(const ::golden::v1::Removed& event)> handler) {
+      return subscribe_removed(RemovedHandler(
+          [handler = std::move(handler)](const ::golden::v1::Removed& event, const ::xymqtt::message&) {
             handler(event);
           }));
     }
@@ -174,6 +228,22 @@ class SensorHub final {
     virtual ::xymqtt::subscription_id subscribe_reset_results(
         ResetResolveHandler on_resolve, ResetRejectHandler on_reject) = 0;
 
+    /// Calls `delete` (`{site}/{hub}/{namespace}/cmd/delete`); its outcome arrives through
+    /// subscribe_delete_results, which must be subscribed first.
+    /// @throw xymqtt::call_with_no_subscription if it is not.
+    virtual ::xymqtt::call_handle call_delete(const ::golden::v1::DeleteRequest& request) = 0;
+    /// Calls `delete` and awaits its outcome through a future; needs no subscription.
+    /// On timeout the outcome fails with xymqtt::timeout_error and the call is cancelled.
+    virtual PendingDelete call_delete_async(
+        const ::golden::v1::DeleteRequest& request, std::optional<std::chrono::milliseconds> timeout) = 0;
+    PendingDelete call_delete_async(const ::golden::v1::DeleteRequest& request) {
+      return call_delete_async(request, std::nullopt);
+    }
+    /// Receives the outcomes of this client's calls of `delete`, also those that arrive
+    /// after a restart. A handler that throws has the outcome retried.
+    virtual ::xymqtt::subscription_id subscribe_delete_results(
+        DeleteResolveHandler on_resolve, DeleteRejectHandler on_reject) = 0;
+
     /// Removes a subscription made by this client.
     virtual void unsubscribe(::xymqtt::subscription_id id) = 0;
   };
@@ -187,6 +257,9 @@ class SensorHub final {
 
     using ClientInterface::subscribe_reading;
     ::xymqtt::subscription_id subscribe_reading(ReadingHandler handler) override;
+
+    using ClientInterface::subscribe_removed;
+    ::xymqtt::subscription_id subscribe_removed(RemovedHandler handler) override;
 
     ::xymqtt::call_handle call_calibrate(const ::golden::v1::Calibrate& request) override;
     using ClientInterface::call_calibrate_async;
@@ -202,23 +275,37 @@ class SensorHub final {
     ::xymqtt::subscription_id subscribe_reset_results(
         ResetResolveHandler on_resolve, ResetRejectHandler on_reject) override;
 
+    ::xymqtt::call_handle call_delete(const ::golden::v1::DeleteRequest& request) override;
+    using ClientInterface::call_delete_async;
+    PendingDelete call_delete_async(
+        const ::golden::v1::DeleteRequest& request, std::optional<std::chrono::milliseconds> timeout) override;
+    ::xymqtt::subscription_id subscribe_delete_results(
+        DeleteResolveHandler on_resolve, DeleteRejectHandler on_reject) override;
+
     void unsubscribe(::xymqtt::subscription_id id) override;
 
     /// The subscription filter of `reading` (field tokens are `+`).
     const std::string& reading_topic() const noexcept { return reading_topic_; }
+    /// The subscription filter of `removed` (field tokens are `+`).
+    const std::string& removed_topic() const noexcept { return removed_topic_; }
     /// The base topic of `calibrate`.
     const std::string& calibrate_topic() const noexcept { return calibrate_topic_; }
     /// The base topic of `reset`.
     const std::string& reset_topic() const noexcept { return reset_topic_; }
+    /// The base topic of `delete`.
+    const std::string& delete_topic() const noexcept { return delete_topic_; }
 
    private:
     ::xymqtt::transport& transport_;
     ::xymqtt::wire_format format_;
     std::string site_;
     std::string hub_;
+    std::string namespace_value_;
     std::string reading_topic_;
+    std::string removed_topic_;
     std::string calibrate_topic_;
     std::string reset_topic_;
+    std::string delete_topic_;
   };
 
   /// The handlers of the service's commands: implement one method per command and serve the
@@ -236,6 +323,10 @@ class SensorHub final {
     /// Serves `reset` (`{site}/{hub}/cmd/reset`).
     virtual ::golden::v1::Empty reset(
         const ::golden::v1::Empty& request, ::xymqtt::call_context& context) = 0;
+
+    /// Serves `delete` (`{site}/{hub}/{namespace}/cmd/delete`).
+    virtual ::golden::v1::Empty delete_(
+        const ::golden::v1::DeleteRequest& request, ::xymqtt::call_context& context) = 0;
   };
 
   /// What the service itself does: publish its events.
@@ -246,6 +337,10 @@ class SensorHub final {
     /// Publishes `reading` on `{site}/{hub}/evt/reading/{sensor}`. @return a future ready when the broker has
     /// the event (QoS 2 complete).
     virtual std::future<void> publish_reading(const ::golden::v1::Reading& event) = 0;
+
+    /// Publishes `removed` on `{site}/{hub}/{namespace}/evt/removed/{class}`. @return a future ready when the broker has
+    /// the event (QoS 2 complete).
+    virtual std::future<void> publish_removed(const ::golden::v1::Removed& event) = 0;
   };
 
   /// Publishes the service's events and serves its commands over a transport.
@@ -264,21 +359,30 @@ class SensorHub final {
 
     std::future<void> publish_reading(const ::golden::v1::Reading& event) override;
 
+    std::future<void> publish_removed(const ::golden::v1::Removed& event) override;
+
     /// The topic of `reading` (field tokens are `+`).
     const std::string& reading_topic() const noexcept { return reading_topic_; }
+    /// The topic of `removed` (field tokens are `+`).
+    const std::string& removed_topic() const noexcept { return removed_topic_; }
     /// The base topic of `calibrate`.
     const std::string& calibrate_topic() const noexcept { return calibrate_topic_; }
     /// The base topic of `reset`.
     const std::string& reset_topic() const noexcept { return reset_topic_; }
+    /// The base topic of `delete`.
+    const std::string& delete_topic() const noexcept { return delete_topic_; }
 
    private:
     ::xymqtt::transport& transport_;
     ::xymqtt::wire_format format_;
     std::string site_;
     std::string hub_;
+    std::string namespace_value_;
     std::string reading_topic_;
+    std::string removed_topic_;
     std::string calibrate_topic_;
     std::string reset_topic_;
+    std::string delete_topic_;
   };
 };
 

@@ -25,6 +25,10 @@ class MockSensorHubClient : public SensorHub::ClientInterface {
   // SensorHub::ClientInterface& and lands here; it is not redeclared, so that
   // REQUIRE_CALL(mock, subscribe_reading(_)) is unambiguous.
   MAKE_MOCK1(subscribe_reading, ::xymqtt::subscription_id(SensorHub::ReadingHandler), override);
+  // The convenience overload subscribe_removed(void(const Event&)) is reached through a
+  // SensorHub::ClientInterface& and lands here; it is not redeclared, so that
+  // REQUIRE_CALL(mock, subscribe_removed(_)) is unambiguous.
+  MAKE_MOCK1(subscribe_removed, ::xymqtt::subscription_id(SensorHub::RemovedHandler), override);
   MAKE_MOCK1(call_calibrate, ::xymqtt::call_handle(const ::golden::v1::Calibrate&), override);
   using SensorHub::ClientInterface::call_calibrate_async;
   MAKE_MOCK2(call_calibrate_async,
@@ -41,6 +45,14 @@ class MockSensorHubClient : public SensorHub::ClientInterface {
   MAKE_MOCK2(subscribe_reset_results,
              ::xymqtt::subscription_id(SensorHub::ResetResolveHandler, SensorHub::ResetRejectHandler),
              override);
+  MAKE_MOCK1(call_delete, ::xymqtt::call_handle(const ::golden::v1::DeleteRequest&), override);
+  using SensorHub::ClientInterface::call_delete_async;
+  MAKE_MOCK2(call_delete_async,
+             SensorHub::PendingDelete(const ::golden::v1::DeleteRequest&, std::optional<std::chrono::milliseconds>),
+             override);
+  MAKE_MOCK2(subscribe_delete_results,
+             ::xymqtt::subscription_id(SensorHub::DeleteResolveHandler, SensorHub::DeleteRejectHandler),
+             override);
   MAKE_MOCK1(unsubscribe, void(::xymqtt::subscription_id), override);
 };
 
@@ -48,6 +60,7 @@ class MockSensorHubClient : public SensorHub::ClientInterface {
 class MockSensorHubServer : public SensorHub::ServerInterface {
  public:
   MAKE_MOCK1(publish_reading, std::future<void>(const ::golden::v1::Reading&), override);
+  MAKE_MOCK1(publish_removed, std::future<void>(const ::golden::v1::Removed&), override);
 };
 
 /// A mock of SensorHub::Service, the command handlers; serve it with a SensorHub::Server.
@@ -55,6 +68,7 @@ class MockSensorHubService : public SensorHub::Service {
  public:
   MAKE_MOCK2(calibrate, ::golden::v1::Calibrated(const ::golden::v1::Calibrate&, ::xymqtt::call_context&), override);
   MAKE_MOCK2(reset, ::golden::v1::Empty(const ::golden::v1::Empty&, ::xymqtt::call_context&), override);
+  MAKE_MOCK2(delete_, ::golden::v1::Empty(const ::golden::v1::DeleteRequest&, ::xymqtt::call_context&), override);
 };
 
 }  // namespace v1
