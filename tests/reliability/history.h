@@ -12,14 +12,20 @@
 // and reports, per subscription (a subscription is expected to handle every message of its streams):
 //   lost        acked, or accepted by a producer that finished, and never handled      -> must be 0
 //   stray       handled but never tried (a message nobody sent)                       -> must be 0
-//   duplicates  handler runs beyond the first; each is attributed to the most recent fault that started
-//               before that run
+//   duplicates  handler runs beyond the first; each is charged to a fault that explains it (see below)
 //   unexpected  a duplicate with no fault between the message's first attempt (tried, else accepted,
 //               else its first handling) and the duplicate run -> a bug, must be 0.  (Not "since the first
 //               handling": a publisher whose connection is cut re-sends its in-flight messages, and both
 //               copies are often handled after the fault, once everything has reconnected.)
-// and per fault: the duplicates attributed to it against its bound (the in-flight window it can
-// re-deliver, see docs/reliability.md, "History checker").
+// and per fault: the duplicates charged to it against its bound (the in-flight window it can re-deliver,
+// see docs/reliability.md, "History checker").
+//
+// Charging. A duplicate is explained by every fault that started before its run and ended after the
+// message's first attempt. Which of them caused it cannot be read from the history: a subscriber running
+// far behind handles the copies a cut made only after a later fault. So the check is whether some
+// assignment of every duplicate to one of its explaining faults keeps each fault within its bound (a
+// bipartite matching with capacities, found by augmenting paths). Duplicates that fit no such assignment
+// are charged to the most recent fault before them, which then reports over its bound.
 //
 // A broker killed hard (SIGKILL) forgets what it acknowledged since its last autosave. A fault can carry
 // such a `forget_window`: a message acknowledged within that window before the kill (and accepted before
@@ -34,6 +40,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -190,6 +197,9 @@ public:
     report check() const;
 
 private:
+    static void charge(report& r, const std::vector<std::vector<std::size_t>>& candidates,
+                       const std::vector<std::size_t>& order);
+
     struct stream_state {
         std::vector<std::int64_t> tried, accepted, acked;
         std::vector<std::int64_t> producer_kills;
@@ -221,6 +231,7 @@ private:
 inline history::report history::check() const {
     report r;
     r.faults = faults_;
+    std::vector<std::vector<std::size_t>> candidates;  // per duplicate of r.duplicates: its explaining faults
     std::vector<std::size_t> order(faults_.size());  // faults by start time, for attribution
     for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::sort(order.begin(), order.end(), [&](auto a, auto b) { return faults_[a].start < faults_[b].start; });
@@ -267,23 +278,17 @@ inline history::report history::check() const {
             }
         }
         for (auto d : s.dups) {
-            // The most recent fault that started before this run of the handler.
-            for (auto it = order.rbegin(); it != order.rend(); ++it)
-                if (faults_[*it].start <= d.time) {
-                    d.fault = int(*it);
-                    break;
-                }
             const auto& st = streams_.at(d.stream);
             auto since = at(st.tried, d.n);
             if (since == never) since = at(st.accepted, d.n);
             if (since == never) since = s.handled.at(d.stream).first[d.n];
-            bool explained = false;
-            for (const auto& f : faults_)
-                if (f.start <= d.time && f.end >= since) explained = true;
-            d.unexpected = !explained;
+            std::vector<std::size_t> explaining;  // most recent first: the greedy pass tries them in this order
+            for (auto it = order.rbegin(); it != order.rend(); ++it)
+                if (faults_[*it].start <= d.time && faults_[*it].end >= since) explaining.push_back(*it);
+            d.unexpected = explaining.empty();
             ++sr.duplicates;
             sr.unexpected += d.unexpected;
-            if (d.fault >= 0) ++r.faults[std::size_t(d.fault)].duplicates;
+            candidates.push_back(std::move(explaining));
             r.duplicates.push_back(d);
         }
         r.accepted += sr.accepted;
@@ -303,6 +308,9 @@ inline history::report history::check() const {
                     for (auto t : h.first)
                         if (t != never && t >= f.start - f.forget_window && t <= f.end) ++f.window_bound;
         f.bound += f.window_bound;
+    }
+    charge(r, candidates, order);
+    for (auto& f : r.faults) {
         r.bound_total += f.bound;
         r.max_per_fault = std::max(r.max_per_fault, f.duplicates);
         r.faults_over_bound += f.duplicates > f.bound;
@@ -310,6 +318,58 @@ inline history::report history::check() const {
         r.duplicates_by_kind[f.kind] += f.duplicates;
     }
     return r;
+}
+
+inline void history::charge(report& r, const std::vector<std::vector<std::size_t>>& candidates,
+                            const std::vector<std::size_t>& order) {
+    const std::size_t nf = r.faults.size();
+    std::vector<std::vector<std::size_t>> charged(nf);  // per fault: the duplicates charged to it
+    std::vector<int> owner(r.duplicates.size(), -1);
+    // Greedy first: the most recent explaining fault with bound left. It places nearly every duplicate.
+    for (std::size_t d = 0; d < r.duplicates.size(); ++d)
+        for (auto f : candidates[d])
+            if (charged[f].size() < r.faults[f].bound) {
+                charged[f].push_back(d);
+                owner[d] = int(f);
+                break;
+            }
+    // Then an augmenting path for each one left: move a charged duplicate to another of its faults to make room.
+    std::vector<char> seen(nf);
+    std::function<bool(std::size_t)> place = [&](std::size_t d) -> bool {
+        for (auto f : candidates[d]) {
+            if (seen[f]) continue;
+            seen[f] = 1;
+            if (charged[f].size() < r.faults[f].bound) {
+                charged[f].push_back(d);
+                owner[d] = int(f);
+                return true;
+            }
+            for (auto& other : charged[f])
+                if (place(other)) {  // `other` moved to another fault: d takes its slot
+                    other = d;
+                    owner[d] = int(f);
+                    return true;
+                }
+        }
+        return false;
+    };
+    for (std::size_t d = 0; d < r.duplicates.size(); ++d) {
+        if (owner[d] >= 0 || candidates[d].empty()) continue;
+        std::fill(seen.begin(), seen.end(), 0);
+        place(d);
+    }
+    // What fits nowhere goes to the most recent fault before it (over its bound, or unexpected if none).
+    for (std::size_t d = 0; d < r.duplicates.size(); ++d) {
+        auto& dup = r.duplicates[d];
+        if (owner[d] < 0)
+            for (auto it = order.rbegin(); it != order.rend(); ++it)
+                if (r.faults[*it].start <= dup.time) {
+                    owner[d] = int(*it);
+                    break;
+                }
+        dup.fault = owner[d];
+        if (owner[d] >= 0) ++r.faults[std::size_t(owner[d])].duplicates;
+    }
 }
 
 inline std::string history::report::text() const {
