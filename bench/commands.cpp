@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <thread>
 
 #include "xy.h"
 #include "xymqtt/exception.h"
@@ -19,7 +20,11 @@ int serve(const args& a) {
     xymqtt::client c(xy_options(a));
     xymqtt::command_options co;
     co.group = a.str("group");
+    co.concurrency = unsigned(std::max(1L, a.num("concurrency", 1)));
+    // A handler that takes this long (a call to a database, say), holding its thread.
+    const auto delay = std::chrono::milliseconds(a.num("delay-ms", 0));
     c.command_register(command, [&](const xymqtt::invocation& inv, xymqtt::call_context&) {
+        if (delay.count() > 0) std::this_thread::sleep_for(delay);
         ++served;
         return inv.format == xymqtt::wire_format::json ? std::string("{\"pong\":true}") : std::string("pong");
     }, co);

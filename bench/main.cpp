@@ -2,7 +2,7 @@
 //
 //   xybench xy-pub | xy-sub       events through xymqtt (--store lmdb|sqlite --durability fsync|process)
 //   xybench paho-pub | paho-sub   events through raw Paho C++ (--qos 1|2, no persistence)
-//   xybench serve | call          commands through xymqtt (call: --outstanding K)
+//   xybench serve | call          commands through xymqtt (serve: --delay-ms D --concurrency N; call: --outstanding K)
 //   xybench paho-echo | paho-ping raw Paho QoS 2 ping-pong
 //   xybench disk                  synced-commit rates of the stores and of fdatasync on this filesystem
 //   xybench memory                RSS while 1,000,000 events are queued offline, then drained

@@ -31,11 +31,11 @@ BENCH_BROKER_EXTRA = os.environ.get("XYBENCH_BROKER_EXTRA", "")
 PLANS = {
     # counts per scenario; "repeat" runs of each throughput/latency measurement, interleaved.
     "smoke": dict(repeat=1, ev={100: 200, 1024: 100, 65536: 20}, fsync_factor=1.0, rtt=30, rtt_many=200,
-                  ping=3, mem=2000, rec=1000, scale=200, scale_max=2, disk=200),
+                  ping=3, mem=2000, rec=1000, scale=200, scale_max=2, disk=200, calls=20, calls_many=200),
     "quick": dict(repeat=1, ev={100: 10000, 1024: 5000, 65536: 500}, fsync_factor=0.3, rtt=300, rtt_many=2000,
-                  ping=20, mem=100000, rec=20000, scale=2000, scale_max=4, disk=1000),
+                  ping=20, mem=100000, rec=20000, scale=2000, scale_max=4, disk=1000, calls=100, calls_many=2000),
     "full": dict(repeat=3, ev_repeat=5, ev={100: 100000, 1024: 20000, 65536: 2000}, fsync_factor=0.2, rtt=2000, rtt_many=10000,
-                 ping=100, mem=1000000, rec=100000, scale=10000, scale_max=4, disk=3000),
+                 ping=100, mem=1000000, rec=100000, scale=10000, scale_max=4, disk=3000, calls=200, calls_many=10000),
 }
 
 CHILDREN = []  # processes this script started (stopped on exit, by pid)
@@ -265,10 +265,10 @@ def scenario_disk(plan, res):
     res["disk"] = runs
 
 
-def start_server(broker, command, durability, group=""):
+def start_server(broker, command, durability, group="", delay_ms=0, concurrency=1):
     sid = uid("srv")
     args = [BIN, "serve", "--broker", broker.uri, "--id", sid, "--dir", store_dir(sid), "--command", command,
-            "--durability", durability]
+            "--durability", durability, "--delay-ms", str(delay_ms), "--concurrency", str(concurrency)]
     if group:
         args += ["--group", group]
     p = Proc(args, sid)
@@ -314,6 +314,56 @@ def scenario_rtt(broker, plan, res):
         echo.stop()
         echo.p.wait(30)
     res["rtt"] = runs
+
+
+# Commands at scale (process durability): a handler that takes 10 ms, served one call at a time and 8 at
+# once, with 8 caller processes making one call at a time each; and one caller keeping 64 calls
+# outstanding against a handler that takes no time. The bound of the first: 8 calls in flight, each
+# 10 ms, allow 800 calls/s.
+CALLERS = 8
+DELAY_MS = 10
+
+
+def scenario_calls(broker, plan, res):
+    runs = []
+    for rep in range(plan["repeat"]):
+        for concurrency in (1, CALLERS):
+            command = "bench/" + uid("slow")
+            srv, sid = start_server(broker, command, "process", delay_ms=DELAY_MS, concurrency=concurrency)
+            srv.wait_line("ready", 60)
+            log("calls: %d ms handler, concurrency %d, %d callers x %d calls (run %d)" % (
+                DELAY_MS, concurrency, CALLERS, plan["calls"], rep + 1))
+            procs = []
+            for _ in range(CALLERS):
+                cid = uid("call")
+                procs.append((Proc([BIN, "call", "--broker", broker.uri, "--id", cid, "--dir", store_dir(cid),
+                                    "--command", command, "--durability", "process", "--outstanding", "1",
+                                    "--count", str(plan["calls"]), "--warmup", "5"], cid), cid))
+            rs = []
+            for p, cid in procs:
+                rs.append(p.result(1800))
+                shutil.rmtree(store_dir(cid), ignore_errors=True)
+            srv.stop()
+            srv.result(60)
+            shutil.rmtree(store_dir(sid), ignore_errors=True)
+            # The callers run side by side: their rates add up.
+            total = sum(r["calls_per_s"] for r in rs)
+            log("   %.0f calls/s in all (p50 %.1f ms)" % (total, med([r["p50_ms"] for r in rs])))
+            runs.append({"kind": "slow", "concurrency": concurrency, "callers": CALLERS, "delay_ms": DELAY_MS,
+                         "count": plan["calls"], "calls_per_s": total, "p50_ms": med([r["p50_ms"] for r in rs]),
+                         "p99_ms": max(r["p99_ms"] for r in rs)})
+        command = "bench/" + uid("many")
+        srv, sid = start_server(broker, command, "process")
+        srv.wait_line("ready", 60)
+        log("calls: one caller, 64 outstanding x %d (run %d)" % (plan["calls_many"], rep + 1))
+        r = call_run(broker, command, "process", 64, plan["calls_many"])
+        log("   %.0f calls/s, p50 %.2f ms" % (r["calls_per_s"], r["p50_ms"]))
+        runs.append({"kind": "outstanding", "outstanding": 64, "count": plan["calls_many"],
+                     "calls_per_s": r["calls_per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]})
+        srv.stop()
+        srv.result(60)
+        shutil.rmtree(store_dir(sid), ignore_errors=True)
+    res["calls"] = runs
 
 
 def scenario_memory(plan, res):
@@ -493,6 +543,11 @@ def summarize(res):
     s["scaling"] = [{"durability": d, "servers": k, "calls_per_s": med([r["calls_per_s"] for r in rs]),
                      "best": max(r["calls_per_s"] for r in rs), "count": rs[0]["count"], "served": rs[0]["served"]}
                     for (d, k), rs in sorted(sc.items())]
+    cl = {}
+    for r in res.get("calls", []):
+        cl.setdefault((r["kind"], r.get("concurrency", 0)), []).append(r)
+    s["calls"] = [dict(rs[0], calls_per_s=med([r["calls_per_s"] for r in rs]), p50_ms=med([r["p50_ms"] for r in rs]),
+                       p99_ms=med([r["p99_ms"] for r in rs]), runs=len(rs)) for _, rs in sorted(cl.items())]
     rec = res.get("recovery", [])
     if rec:
         s["recovery"] = {k: med([r[k] for r in rec]) for k in
@@ -550,6 +605,15 @@ def targets(s):
             add("RTT fsync p99 <= 5 ms", "%.2f ms" % r["p99_ms"], "<= 5 ms", r["p99_ms"] <= 5, "sequential call_async, binary")
         if r["durability"] == "process":
             add("RTT process p50 <= 1 ms", "%.2f ms" % r["p50_ms"], "<= 1 ms", r["p50_ms"] <= 1, "sequential call_async, binary")
+    for c in s.get("calls", []):
+        if c["kind"] == "slow" and c["concurrency"] == CALLERS:
+            allow = CALLERS * 1000.0 / DELAY_MS
+            add("%d ms handler, %d callers >= 0.6x what %d calls in flight allow" % (DELAY_MS, CALLERS, CALLERS),
+                "%.0f calls/s = %.2fx of %.0f" % (c["calls_per_s"], c["calls_per_s"] / allow, allow), ">= 480 calls/s",
+                c["calls_per_s"] >= 0.6 * allow, "concurrency %d, process durability, callers' rates added" % CALLERS)
+        if c["kind"] == "outstanding":
+            add("64 calls outstanding from one caller >= 2,000 calls/s", "%.0f calls/s" % c["calls_per_s"],
+                ">= 2,000 calls/s", c["calls_per_s"] >= 2000, "handler without delay, concurrency 1, process durability")
     m = s.get("memory_run")
     if m:
         peak = max(m["queued_peak_hwm_kib"], m["drain_peak_hwm_kib"]) / 1024
@@ -837,6 +901,26 @@ def render_md(res, s, charts, path, findings_path):
                                                            fmt(r["best"]), r["calls_per_s"] / one[0]["calls_per_s"] if one else 0,
                                                            ", ".join(fmt(x) for x in r["served"])))
         L.append("")
+    if s.get("calls"):
+        L.append("## 6. Commands at scale: concurrent handlers, many calls outstanding")
+        L.append("")
+        L.append("Process durability. A handler that takes %d ms (it sleeps, as a call to a database waits), served "
+                 "with `command_options::concurrency` 1 (the default) and %d, called by %d caller processes making "
+                 "one call at a time each (their rates added). %d calls in flight, each %d ms, allow %s calls/s. "
+                 "Then one caller keeping 64 calls outstanding against a handler that takes no time." % (
+                     DELAY_MS, CALLERS, CALLERS, CALLERS, DELAY_MS, fmt(CALLERS * 1000.0 / DELAY_MS)))
+        L.append("")
+        L.append("| what | concurrency | calls per caller | calls/s | vs the bound | p50 | p99 |")
+        L.append("|---|---|---|---|---|---|---|")
+        for c in s["calls"]:
+            if c["kind"] == "slow":
+                L.append("| %d ms handler, %d callers | %d | %s | %s | %.2fx | %.1f ms | %.1f ms |" % (
+                    c["delay_ms"], c["callers"], c["concurrency"], fmt(c["count"]), fmt(c["calls_per_s"]),
+                    c["calls_per_s"] / (CALLERS * 1000.0 / DELAY_MS), c["p50_ms"], c["p99_ms"]))
+            else:
+                L.append("| 64 outstanding, one caller | 1 | %s | %s | - | %.2f ms | %.2f ms |" % (
+                    fmt(c["count"]), fmt(c["calls_per_s"]), c["p50_ms"], c["p99_ms"]))
+        L.append("")
     if os.path.exists(findings_path):
         with open(findings_path) as f:
             L.append(f.read().rstrip())
@@ -862,7 +946,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
     ap.add_argument("--md", default=None, help="markdown to write (default: none for --smoke, docs/benchmarks.md otherwise)")
-    ap.add_argument("--only", default="disk,events,inflight20,rtt,memory,recovery,scaling")
+    ap.add_argument("--only", default="disk,events,inflight20,rtt,memory,recovery,scaling,calls")
     ap.add_argument("--repeat", type=int, default=0)
     ap.add_argument("--render-only", action="store_true", help="re-render the docs from --out/results.json")
     a = ap.parse_args()
@@ -901,6 +985,8 @@ def main():
             scenario_recovery(broker, plan, res)
         if "scaling" in only:
             scenario_scaling(broker, plan, res)
+        if "calls" in only:
+            scenario_calls(broker, plan, res)
         if "seed" in only:
             scenario_seed(broker, plan, res)
     finally:

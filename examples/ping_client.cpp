@@ -1,10 +1,12 @@
 // ping_client: calls the `ping` command (cmd/publisher/ping), like xy-mqtt's "Call commands"
 // example. Results arrive through a subscription, not a promise: a call is durable, and its resolve
 // or reject may arrive while this program is down (it is then handed over after the restart).
-// Calls are made one after another, each waiting for its result; a latency summary ends the run.
+// Calls are made one after another, each waiting for its result (--outstanding K: up to K await their
+// results at once); a latency summary ends the run.
 //
 //   ping_client                                    # a call every 2 s, forever (Ctrl-C stops)
 //   ping_client --count 20 --interval-ms 0
+//   ping_client --count 1000 --interval-ms 0 --outstanding 64
 //   ping_client --count 3 --cancel-after-ms 200    # against ping_server --delay-ms 2000
 //
 // Exit status: 0 when all --count calls got a result (resolve, reject, or cancelled by us),
@@ -42,6 +44,7 @@ int main(int argc, char** argv) {
     int interval_ms = 2000;
     int count = 0;
     int cancel_after_ms = 0;
+    int outstanding = 1;
 
     CLI::App app{"Calls the ping command and prints each result and a latency summary."};
     example::add_common_flags(app, flags);
@@ -53,6 +56,9 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--cancel-after-ms", cancel_after_ms, "Cancel each call that has no result after this long; 0 = never")
         ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+    app.add_option("--outstanding", outstanding, "Calls awaiting their result at once (the next is made as one is answered)")
+        ->check(CLI::Range(1, 100000))
         ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
 
@@ -84,35 +90,68 @@ int main(int argc, char** argv) {
 
         std::vector<clock_type::duration> latencies;
         int resolved = 0, rejected = 0, cancelled = 0, made = 0;
+        // The calls without a result yet, by message id: at most --outstanding of them.
+        struct open_call {
+            xymqtt::call_handle handle;
+            clock_type::time_point start;
+        };
+        std::map<std::string, open_call> open;
         auto next = clock_type::now();
-        while ((count == 0 || made < count) && !stop.requested()) {
-            stop.wait_until(next, [] { return false; });  // the interval (cut short by Ctrl-C)
-            if (stop.requested()) break;
-            next = clock_type::now() + std::chrono::milliseconds(interval_ms);
+        while (!stop.requested()) {
+            const auto more = [&] { return (count == 0 || made < count) && open.size() < std::size_t(outstanding); };
+            while (more() && clock_type::now() >= next) {
+                next = clock_type::now() + std::chrono::milliseconds(interval_ms);
+                // Returns once the invoke is durably stored; it is sent as soon as the broker is reachable.
+                xymqtt::call_handle call = publisher.call_ping(PingRequest());
+                ++made;
+                example::say("call #" + std::to_string(made) + " " + call.message_id());
+                open.emplace(call.message_id(), open_call{call, clock_type::now()});
+            }
+            if (open.empty() && !more()) break;
 
-            const auto start = clock_type::now();
-            // Returns once the invoke is durably stored; it is sent as soon as the broker is reachable.
-            const xymqtt::call_handle call = publisher.call_ping(PingRequest());
-            ++made;
-            example::say("call #" + std::to_string(made) + " " + call.message_id());
+            // Until a result of an open call arrives, the next call is due, or an open call's cancel is.
+            std::optional<clock_type::time_point> until;
+            if (more()) until = next;
+            if (cancel_after_ms > 0)
+                for (const auto& [id, c] : open) {
+                    const auto at = c.start + std::chrono::milliseconds(cancel_after_ms);
+                    if (!until || at < *until) until = at;
+                }
+            const auto answered = [&] {
+                for (const auto& [id, c] : open)
+                    if (results.count(id)) return true;
+                return false;
+            };
+            if (until)
+                stop.wait_until(*until, answered);
+            else
+                stop.wait(answered);
 
-            const auto has_result = [&] { return results.count(call.message_id()) > 0; };
-            const bool answered =
-                cancel_after_ms > 0
-                    ? stop.wait_until(start + std::chrono::milliseconds(cancel_after_ms), has_result)
-                    : stop.wait(has_result);
-            if (answered) {
-                const auto latency = clock_type::now() - start;
-                latencies.push_back(latency);
-                const outcome result = stop.read([&] { return results.at(call.message_id()); });
-                (result.resolved ? resolved : rejected) += 1;
-                example::say("  " + result.text + "  " + example::format_ms(latency));
-            } else if (!stop.requested()) {
-                // Best effort: a call that already finished is not affected, and a result that
-                // crosses the cancel on its way is ignored by this loop.
-                call.cancel();
-                ++cancelled;
-                example::say("  cancelled after " + std::to_string(cancel_after_ms) + " ms");
+            const auto now = clock_type::now();
+            for (auto it = open.begin(); it != open.end();) {
+                const auto result = stop.read([&]() -> std::optional<outcome> {
+                    auto r = results.find(it->first);
+                    if (r == results.end()) return std::nullopt;
+                    auto o = r->second;
+                    results.erase(r);
+                    return o;
+                });
+                if (result) {
+                    const auto latency = now - it->second.start;
+                    latencies.push_back(latency);
+                    (result->resolved ? resolved : rejected) += 1;
+                    example::say("  " + result->text + "  " + example::format_ms(latency) + "  " + it->first);
+                    it = open.erase(it);
+                } else if (cancel_after_ms > 0 && now >= it->second.start + std::chrono::milliseconds(cancel_after_ms)) {
+                    // Best effort: a call that already finished is not affected, and a result that
+                    // crosses the cancel on its way is ignored by this loop.
+                    it->second.handle.cancel();
+                    ++cancelled;
+                    example::say("  cancelled after " + std::to_string(cancel_after_ms) + " ms  " + it->first);
+                    it = open.erase(it);
+                } else {
+                    ++it;
+                }
             }
         }
 

@@ -5,6 +5,7 @@
 //
 //   ping_server                        # serves until Ctrl-C
 //   ping_server --fail-rate 0 --delay-ms 3000
+//   ping_server --fail-rate 0 --delay-ms 10 --concurrency 8   # 8 calls at once
 //
 // Exit status: 0 on Ctrl-C / SIGTERM, 1 on an error, CLI11's codes for a bad command line.
 #include <atomic>
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
     flags.client_id = "ping_server";
     double fail_rate = 0.5;
     int delay_ms = 0;
+    unsigned concurrency = 1;
 
     CLI::App app{"Serves the ping command, rejecting at random."};
     example::add_common_flags(app, flags);
@@ -74,13 +76,18 @@ int main(int argc, char** argv) {
     app.add_option("--delay-ms", delay_ms, "Time each call takes (long enough to be cancelled)")
         ->check(CLI::NonNegativeNumber)
         ->capture_default_str();
+    app.add_option("--concurrency", concurrency, "Calls served at once (each on its own thread)")
+        ->check(CLI::Range(1u, xymqtt::max_concurrency))
+        ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
 
     example::stop_signal stop;  // before the client: its threads must not receive Ctrl-C
     try {
         PingService service(fail_rate, std::chrono::milliseconds(delay_ms));  // outlives the client
         xymqtt::client client(example::client_options(flags, example::print_hooks()));
-        Publisher::Server server(client, example::publisher_options(flags));
+        auto options = example::publisher_options(flags);
+        options.ping_concurrency = concurrency;  // above 1, ping() runs on several threads: it is thread-safe
+        Publisher::Server server(client, options);
         // Registers the handlers (subscribes <command>/invoke and /cancel); calls made while this
         // server was down are waiting at the broker and arrive after connecting.
         server.serve(service);

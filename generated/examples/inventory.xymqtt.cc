@@ -190,6 +190,8 @@ Inventory::Server::Server(::xymqtt::transport& transport, std::string env)
 Inventory::Server::Server(::xymqtt::transport& transport, std::string env, Options options)
     : transport_(transport),
       format_(options.format),
+      reserve_concurrency_(options.reserve_concurrency),
+      get_stock_concurrency_(options.get_stock_concurrency),
       env_(std::move(env)),
       system_(std::move(options.system)) {
   ::xymqtt::validate_topic_token("env", env_);
@@ -205,6 +207,7 @@ void Inventory::Server::serve(Service& service) {
   try {
     ::xymqtt::command_options reserve_options;
     reserve_options.group = "inventory";
+    reserve_options.concurrency = reserve_concurrency_;
     transport_.command_register(
         reserve_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
@@ -221,6 +224,7 @@ void Inventory::Server::serve(Service& service) {
     registered.push_back(reserve_topic_);
 
     ::xymqtt::command_options get_stock_options;
+    get_stock_options.concurrency = get_stock_concurrency_;
     transport_.command_register(
         get_stock_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {

@@ -41,6 +41,10 @@ class Inventory final {
     /// Encoding of the events this side publishes and of the calls it makes. Events received are
     /// decoded by their MQTT 5 content type, else in this format.
     ::xymqtt::wire_format format = ::xymqtt::wire_format::binary;
+    /// Calls of `reserve` a Server runs at once (xymqtt::command_options::concurrency).
+    unsigned reserve_concurrency = 1;
+    /// Calls of `get_stock` a Server runs at once (xymqtt::command_options::concurrency).
+    unsigned get_stock_concurrency = 1;
   };
 
   /// Handles a `stock_changed` event and its delivery (topic, attempt, properties).
@@ -308,6 +312,8 @@ class Inventory final {
    private:
     ::xymqtt::transport& transport_;
     ::xymqtt::wire_format format_;
+    unsigned reserve_concurrency_;
+    unsigned get_stock_concurrency_;
     std::string env_;
     std::string system_;
     std::string stock_changed_topic_;

@@ -388,6 +388,11 @@ Books::Server::Server(::xymqtt::transport& transport)
 Books::Server::Server(::xymqtt::transport& transport, Options options)
     : transport_(transport),
       format_(options.format),
+      get_concurrency_(options.get_concurrency),
+      list_concurrency_(options.list_concurrency),
+      create_concurrency_(options.create_concurrency),
+      update_concurrency_(options.update_concurrency),
+      delete_concurrency_(options.delete_concurrency),
       env_(std::move(options.env)) {
   ::xymqtt::validate_topic_token("env", env_);
   changed_topic_ = env_ + "/library/evt/book_changed/+";
@@ -402,6 +407,7 @@ void Books::Server::serve(Service& service) {
   std::vector<std::string> registered;
   try {
     ::xymqtt::command_options get_options;
+    get_options.concurrency = get_concurrency_;
     transport_.command_register(
         get_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
@@ -418,6 +424,7 @@ void Books::Server::serve(Service& service) {
     registered.push_back(get_topic_);
 
     ::xymqtt::command_options list_options;
+    list_options.concurrency = list_concurrency_;
     transport_.command_register(
         list_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
@@ -434,6 +441,7 @@ void Books::Server::serve(Service& service) {
     registered.push_back(list_topic_);
 
     ::xymqtt::command_options create_options;
+    create_options.concurrency = create_concurrency_;
     transport_.command_register(
         create_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
@@ -450,6 +458,7 @@ void Books::Server::serve(Service& service) {
     registered.push_back(create_topic_);
 
     ::xymqtt::command_options update_options;
+    update_options.concurrency = update_concurrency_;
     transport_.command_register(
         update_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
@@ -466,6 +475,7 @@ void Books::Server::serve(Service& service) {
     registered.push_back(update_topic_);
 
     ::xymqtt::command_options delete_options;
+    delete_options.concurrency = delete_concurrency_;
     transport_.command_register(
         delete_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {

@@ -42,6 +42,16 @@ class Books final {
     /// Encoding of the events this side publishes and of the calls it makes. Events received are
     /// decoded by their MQTT 5 content type, else in this format.
     ::xymqtt::wire_format format = ::xymqtt::wire_format::binary;
+    /// Calls of `get` a Server runs at once (xymqtt::command_options::concurrency).
+    unsigned get_concurrency = 1;
+    /// Calls of `list` a Server runs at once (xymqtt::command_options::concurrency).
+    unsigned list_concurrency = 1;
+    /// Calls of `create` a Server runs at once (xymqtt::command_options::concurrency).
+    unsigned create_concurrency = 1;
+    /// Calls of `update` a Server runs at once (xymqtt::command_options::concurrency).
+    unsigned update_concurrency = 1;
+    /// Calls of `delete` a Server runs at once (xymqtt::command_options::concurrency).
+    unsigned delete_concurrency = 1;
   };
 
   /// Handles a `changed` event and its delivery (topic, attempt, properties).
@@ -531,6 +541,11 @@ class Books final {
    private:
     ::xymqtt::transport& transport_;
     ::xymqtt::wire_format format_;
+    unsigned get_concurrency_;
+    unsigned list_concurrency_;
+    unsigned create_concurrency_;
+    unsigned update_concurrency_;
+    unsigned delete_concurrency_;
     std::string env_;
     std::string changed_topic_;
     std::string get_topic_;

@@ -108,6 +108,7 @@ Publisher::Server::Server(::xymqtt::transport& transport)
 Publisher::Server::Server(::xymqtt::transport& transport, Options options)
     : transport_(transport),
       format_(options.format),
+      ping_concurrency_(options.ping_concurrency),
       system_(std::move(options.system)) {
   ::xymqtt::validate_topic_token("system", system_);
   tick_topic_ = "evt/" + system_ + "/tick";
@@ -118,6 +119,7 @@ void Publisher::Server::serve(Service& service) {
   std::vector<std::string> registered;
   try {
     ::xymqtt::command_options ping_options;
+    ping_options.concurrency = ping_concurrency_;
     transport_.command_register(
         ping_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {

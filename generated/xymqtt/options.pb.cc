@@ -58,6 +58,7 @@ PROTOBUF_CONSTEXPR Command::Command(
   , /*decltype(_impl_.reject_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
   , /*decltype(_impl_.group_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
   , /*decltype(_impl_.expiry_seconds_)*/0u
+  , /*decltype(_impl_.concurrency_)*/0u
   , /*decltype(_impl_._cached_size_)*/{}} {}
 struct CommandDefaultTypeInternal {
   PROTOBUF_CONSTEXPR CommandDefaultTypeInternal()
@@ -105,6 +106,7 @@ const uint32_t TableStruct_xymqtt_2foptions_2eproto::offsets[] PROTOBUF_SECTION_
   PROTOBUF_FIELD_OFFSET(::xymqtt::Command, _impl_.reject_),
   PROTOBUF_FIELD_OFFSET(::xymqtt::Command, _impl_.expiry_seconds_),
   PROTOBUF_FIELD_OFFSET(::xymqtt::Command, _impl_.group_),
+  PROTOBUF_FIELD_OFFSET(::xymqtt::Command, _impl_.concurrency_),
 };
 static const ::_pbi::MigrationSchema schemas[] PROTOBUF_SECTION_VARIABLE(protodesc_cold) = {
   { 0, 9, -1, sizeof(::xymqtt::Token)},
@@ -123,21 +125,22 @@ const char descriptor_table_protodef_xymqtt_2foptions_2eproto[] PROTOBUF_SECTION
   "rotobuf/descriptor.proto\"D\n\005Token\022\014\n\004nam"
   "e\030\001 \001(\t\022\024\n\007default\030\002 \001(\tH\000\210\001\001\022\013\n\003doc\030\003 \001"
   "(\tB\n\n\010_default\"2\n\005Event\022\014\n\004name\030\001 \001(\t\022\r\n"
-  "\005topic\030\002 \001(\t\022\014\n\004type\030\003 \001(\t\"O\n\007Command\022\r\n"
+  "\005topic\030\002 \001(\t\022\014\n\004type\030\003 \001(\t\"d\n\007Command\022\r\n"
   "\005topic\030\001 \001(\t\022\016\n\006reject\030\002 \001(\t\022\026\n\016expiry_s"
-  "econds\030\003 \001(\r\022\r\n\005group\030\004 \001(\t:\?\n\005token\022\037.g"
-  "oogle.protobuf.ServiceOptions\030\200\220\003 \003(\0132\r."
-  "xymqtt.Token:\?\n\005event\022\037.google.protobuf."
-  "ServiceOptions\030\201\220\003 \003(\0132\r.xymqtt.Event:B\n"
-  "\007command\022\036.google.protobuf.MethodOptions"
-  "\030\202\220\003 \001(\0132\017.xymqtt.Commandb\006proto3"
+  "econds\030\003 \001(\r\022\r\n\005group\030\004 \001(\t\022\023\n\013concurren"
+  "cy\030\005 \001(\r:\?\n\005token\022\037.google.protobuf.Serv"
+  "iceOptions\030\200\220\003 \003(\0132\r.xymqtt.Token:\?\n\005eve"
+  "nt\022\037.google.protobuf.ServiceOptions\030\201\220\003 "
+  "\003(\0132\r.xymqtt.Event:B\n\007command\022\036.google.p"
+  "rotobuf.MethodOptions\030\202\220\003 \001(\0132\017.xymqtt.C"
+  "ommandb\006proto3"
   ;
 static const ::_pbi::DescriptorTable* const descriptor_table_xymqtt_2foptions_2eproto_deps[1] = {
   &::descriptor_table_google_2fprotobuf_2fdescriptor_2eproto,
 };
 static ::_pbi::once_flag descriptor_table_xymqtt_2foptions_2eproto_once;
 const ::_pbi::DescriptorTable descriptor_table_xymqtt_2foptions_2eproto = {
-    false, false, 473, descriptor_table_protodef_xymqtt_2foptions_2eproto,
+    false, false, 494, descriptor_table_protodef_xymqtt_2foptions_2eproto,
     "xymqtt/options.proto",
     &descriptor_table_xymqtt_2foptions_2eproto_once, descriptor_table_xymqtt_2foptions_2eproto_deps, 1, 3,
     schemas, file_default_instances, TableStruct_xymqtt_2foptions_2eproto::offsets,
@@ -792,6 +795,7 @@ Command::Command(const Command& from)
     , decltype(_impl_.reject_){}
     , decltype(_impl_.group_){}
     , decltype(_impl_.expiry_seconds_){}
+    , decltype(_impl_.concurrency_){}
     , /*decltype(_impl_._cached_size_)*/{}};
 
   _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
@@ -819,7 +823,9 @@ Command::Command(const Command& from)
     _this->_impl_.group_.Set(from._internal_group(), 
       _this->GetArenaForAllocation());
   }
-  _this->_impl_.expiry_seconds_ = from._impl_.expiry_seconds_;
+  ::memcpy(&_impl_.expiry_seconds_, &from._impl_.expiry_seconds_,
+    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.concurrency_) -
+    reinterpret_cast<char*>(&_impl_.expiry_seconds_)) + sizeof(_impl_.concurrency_));
   // @@protoc_insertion_point(copy_constructor:xymqtt.Command)
 }
 
@@ -832,6 +838,7 @@ inline void Command::SharedCtor(
     , decltype(_impl_.reject_){}
     , decltype(_impl_.group_){}
     , decltype(_impl_.expiry_seconds_){0u}
+    , decltype(_impl_.concurrency_){0u}
     , /*decltype(_impl_._cached_size_)*/{}
   };
   _impl_.topic_.InitDefault();
@@ -877,7 +884,9 @@ void Command::Clear() {
   _impl_.topic_.ClearToEmpty();
   _impl_.reject_.ClearToEmpty();
   _impl_.group_.ClearToEmpty();
-  _impl_.expiry_seconds_ = 0u;
+  ::memset(&_impl_.expiry_seconds_, 0, static_cast<size_t>(
+      reinterpret_cast<char*>(&_impl_.concurrency_) -
+      reinterpret_cast<char*>(&_impl_.expiry_seconds_)) + sizeof(_impl_.concurrency_));
   _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
 }
 
@@ -922,6 +931,14 @@ const char* Command::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) 
           ptr = ::_pbi::InlineGreedyStringParser(str, ptr, ctx);
           CHK_(ptr);
           CHK_(::_pbi::VerifyUTF8(str, "xymqtt.Command.group"));
+        } else
+          goto handle_unusual;
+        continue;
+      // uint32 concurrency = 5;
+      case 5:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 40)) {
+          _impl_.concurrency_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint32(&ptr);
+          CHK_(ptr);
         } else
           goto handle_unusual;
         continue;
@@ -990,6 +1007,12 @@ uint8_t* Command::_InternalSerialize(
         4, this->_internal_group(), target);
   }
 
+  // uint32 concurrency = 5;
+  if (this->_internal_concurrency() != 0) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteUInt32ToArray(5, this->_internal_concurrency(), target);
+  }
+
   if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
     target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
         _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
@@ -1032,6 +1055,11 @@ size_t Command::ByteSizeLong() const {
     total_size += ::_pbi::WireFormatLite::UInt32SizePlusOne(this->_internal_expiry_seconds());
   }
 
+  // uint32 concurrency = 5;
+  if (this->_internal_concurrency() != 0) {
+    total_size += ::_pbi::WireFormatLite::UInt32SizePlusOne(this->_internal_concurrency());
+  }
+
   return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
 }
 
@@ -1061,6 +1089,9 @@ void Command::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOB
   }
   if (from._internal_expiry_seconds() != 0) {
     _this->_internal_set_expiry_seconds(from._internal_expiry_seconds());
+  }
+  if (from._internal_concurrency() != 0) {
+    _this->_internal_set_concurrency(from._internal_concurrency());
   }
   _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
 }
@@ -1093,7 +1124,12 @@ void Command::InternalSwap(Command* other) {
       &_impl_.group_, lhs_arena,
       &other->_impl_.group_, rhs_arena
   );
-  swap(_impl_.expiry_seconds_, other->_impl_.expiry_seconds_);
+  ::PROTOBUF_NAMESPACE_ID::internal::memswap<
+      PROTOBUF_FIELD_OFFSET(Command, _impl_.concurrency_)
+      + sizeof(Command::_impl_.concurrency_)
+      - PROTOBUF_FIELD_OFFSET(Command, _impl_.expiry_seconds_)>(
+          reinterpret_cast<char*>(&_impl_.expiry_seconds_),
+          reinterpret_cast<char*>(&other->_impl_.expiry_seconds_));
 }
 
 ::PROTOBUF_NAMESPACE_ID::Metadata Command::GetMetadata() const {

@@ -565,6 +565,7 @@ class Command final :
     kRejectFieldNumber = 2,
     kGroupFieldNumber = 4,
     kExpirySecondsFieldNumber = 3,
+    kConcurrencyFieldNumber = 5,
   };
   // string topic = 1;
   void clear_topic();
@@ -617,6 +618,15 @@ class Command final :
   void _internal_set_expiry_seconds(uint32_t value);
   public:
 
+  // uint32 concurrency = 5;
+  void clear_concurrency();
+  uint32_t concurrency() const;
+  void set_concurrency(uint32_t value);
+  private:
+  uint32_t _internal_concurrency() const;
+  void _internal_set_concurrency(uint32_t value);
+  public:
+
   // @@protoc_insertion_point(class_scope:xymqtt.Command)
  private:
   class _Internal;
@@ -629,6 +639,7 @@ class Command final :
     ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr reject_;
     ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr group_;
     uint32_t expiry_seconds_;
+    uint32_t concurrency_;
     mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
   };
   union { Impl_ _impl_; };
@@ -1151,6 +1162,26 @@ inline void Command::set_allocated_group(std::string* group) {
   }
 #endif // PROTOBUF_FORCE_COPY_DEFAULT_STRING
   // @@protoc_insertion_point(field_set_allocated:xymqtt.Command.group)
+}
+
+// uint32 concurrency = 5;
+inline void Command::clear_concurrency() {
+  _impl_.concurrency_ = 0u;
+}
+inline uint32_t Command::_internal_concurrency() const {
+  return _impl_.concurrency_;
+}
+inline uint32_t Command::concurrency() const {
+  // @@protoc_insertion_point(field_get:xymqtt.Command.concurrency)
+  return _internal_concurrency();
+}
+inline void Command::_internal_set_concurrency(uint32_t value) {
+  
+  _impl_.concurrency_ = value;
+}
+inline void Command::set_concurrency(uint32_t value) {
+  _internal_set_concurrency(value);
+  // @@protoc_insertion_point(field_set:xymqtt.Command.concurrency)
 }
 
 #ifdef __GNUC__

@@ -29,6 +29,7 @@ _RESERVED_TOKENS = {"format", "options", "transport", "service", "event", "reque
 # an invoke and a result carry `messageId`, a reject also `ok`, `status` and `message`.
 _ENVELOPE_KEYS = {"messageId"}
 _REJECT_ENVELOPE_KEYS = {"messageId", "ok", "status", "message"}
+_MAX_CONCURRENCY = 256  # xymqtt::max_concurrency (transport.h)
 
 _STRING_TYPES = {descriptor_pb2.FieldDescriptorProto.TYPE_STRING}
 _INTEGER_TYPES = {
@@ -167,6 +168,7 @@ class Command:
     reject_name: Optional[str]
     expiry_seconds: int
     group_literal: Optional[str]
+    concurrency: int  # calls a server runs at once by default (the schema's, else 1)
     topic: Topic
     doc: List[str]
 
@@ -516,6 +518,13 @@ class _Builder:
             if c.group and any(ch in c.group for ch in "/+#\0"):
                 self.error(where, f"command {name}: group '{c.group}' must not contain '/', '+' or '#'")
                 continue
+            if c.concurrency > _MAX_CONCURRENCY:
+                self.error(where, f"command {name}: concurrency {c.concurrency} is above {_MAX_CONCURRENCY}")
+                continue
+            if f"{name}_concurrency" in {t.param for t in tokens.values()}:
+                self.error(where, f"command {name}: token {{{name}_concurrency}} clashes with the option "
+                                  f"{name}_concurrency of the generated Options")
+                continue
             key = self.topic_key(c.topic, tokens, defaults)
             for action in ("invoke", "resolve", "reject", "cancel"):
                 self.register_topic(f"{key}/{action}", f"command {name} of {full_name}", where)
@@ -527,6 +536,7 @@ class _Builder:
                 reject_name=reject.full_name if reject else None,
                 expiry_seconds=c.expiry_seconds,
                 group_literal=cpp_string(c.group) if c.group else None,
+                concurrency=max(1, c.concurrency),
                 topic=topic, doc=doc_lines(loc.comments.get(mpath, ""))))
 
         if len(self.errors) != n_errors:

@@ -279,6 +279,15 @@ client::impl::~impl() {
         };
         state_cv_.wait(lk, [&] { return !running(); });
     }
+    // Likewise a command thread that closed or unregistered its own command.
+    std::vector<std::shared_ptr<detail::worker_pool>> workers;
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        workers = retired_workers_;
+        for (auto& [c, e] : commands_)
+            if (e.workers) workers.push_back(e.workers);
+    }
+    for (auto& w : workers) w->wait_ended();
 }
 
 void client::impl::log(log_level level, const std::string& text) const {
@@ -746,6 +755,8 @@ thread_local const void* lane_of = nullptr;
 
 }  // namespace
 
+void client::impl::mark_handler_thread() { lane_of = this; }
+
 void client::impl::close() {
     // One close at a time: a second caller waits until the first is done, except a handler, whose lane
     // the first may be joining.
@@ -802,6 +813,14 @@ void client::impl::close() {
             l->thread.join();
         }
     }
+    // A command's own threads finish the calls they run (their outcomes are committed), then end.
+    std::vector<std::shared_ptr<detail::worker_pool>> workers;
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        for (auto& [c, e] : commands_)
+            if (e.workers) workers.push_back(e.workers);
+    }
+    for (auto& w : workers) w->stop();
     committer_->stop();
     *alive_ = false;
     std::map<std::uint64_t, std::shared_ptr<std::promise<void>>> promises;
@@ -1524,7 +1543,7 @@ std::vector<write_op> client::impl::adopt_parked(lane* l) {
     return relabel;
 }
 
-subscription_id client::impl::add_handler(const std::string& filter, lane_handler handler) {
+subscription_id client::impl::add_handler(const std::string& filter, lane_handler handler, unsigned concurrency) {
     validate_topic_filter(filter);
     require_open();
     bool fresh = false;
@@ -1548,6 +1567,7 @@ subscription_id client::impl::add_handler(const std::string& filter, lane_handle
             if (old != lanes_.end()) retired_.push_back(std::move(old->second));
             auto nl = std::make_shared<lane>();
             nl->filter = filter;
+            nl->concurrency = std::max(1u, concurrency);
             l = nl.get();
             lanes_[filter] = std::move(nl);
             relabel = adopt_parked(l);
@@ -1600,11 +1620,14 @@ void client::impl::lane_loop(lane* l) {
     lane_of = this;
     std::unique_lock<std::mutex> lk(mu_);
     while (!closing_ && !l->stopping) {
-        if (l->queue.empty()) {
+        // The first delivery whose handlers are not at work already (effects::later), while the lane's
+        // concurrency allows one more.
+        auto it = l->queue.begin();
+        while (it != l->queue.end() && l->working.count(it->first)) ++it;
+        if (it == l->queue.end() || l->working.size() >= l->concurrency) {
             l->cv.wait(lk);
             continue;
         }
-        auto it = l->queue.begin();
         auto wait = it->second.next_attempt_ms - now_ms();
         if (wait > opts_.retry.cap.count()) {
             // next_attempt_ms is wall-clock time, so that the backoff holds across restarts, and no delay
@@ -1668,32 +1691,25 @@ void client::impl::process(lane* l, const std::string& id, stored_message rec,
         }
     }
     if (poison) return dead_letter_record(id, std::move(rec), err, true);
-    if (ok) {
-        // A plain removal does not need a sync of its own: it rides with the next arriving message's
-        // commit (or goes alone when the inbox is idle). Outcomes of commands do, they are sent next.
-        // The lane waits for it either way, so a crash hands over again at most the delivery in progress.
-        const auto urgency = fx.ops.empty() && fx.publishes.empty() ? detail::urgency::linger : detail::urgency::now;
-        fx.ops.push_back({table::incoming, id, std::nullopt});
-        try {
-            for (auto& [seq, msg] : fx.publishes) fx.ops.push_back({table::outgoing, sequence_id(seq), encode_record(*msg)});
-            commit_until_stored(fx.ops, urgency);
-        } catch (const client_closed&) {
-            return;  // stays in the inbox; handled again after restart
-        }
+    if (ok && fx.later) {
+        // The work goes on elsewhere; the delivery stays in the inbox, at work, until it finishes.
+        auto later = std::move(fx.later);
+        fx.later = nullptr;
         {
             std::lock_guard<std::mutex> lk(mu_);
-            outbox_count_ += fx.publishes.size();
+            l->working.insert(id);
         }
-        for (auto& [seq, msg] : fx.publishes) on_stored(seq, msg);
-        for (auto& f : fx.after_commit) f();
-        ++handled_;
-        std::lock_guard<std::mutex> lk(mu_);
-        l->queue.erase(id);
-        parked_.erase(id);  // the lane may have been unsubscribed meanwhile
-        --inbox_count_;
-        state_cv_.notify_all();
+        auto done = std::make_shared<effects>(std::move(fx));
+        later([this, keep = l->shared_from_this(), id, done](effects rest) {
+            auto& fx = *done;
+            fx.ops.insert(fx.ops.end(), rest.ops.begin(), rest.ops.end());
+            fx.publishes.insert(fx.publishes.end(), rest.publishes.begin(), rest.publishes.end());
+            fx.after_commit.insert(fx.after_commit.end(), rest.after_commit.begin(), rest.after_commit.end());
+            complete(keep.get(), id, std::move(fx));
+        });
         return;
     }
+    if (ok) return complete(l, id, std::move(fx));
     rec.attempts += 1;
     ++retries_;
     if (opts_.retry.max_attempts && rec.attempts >= opts_.retry.max_attempts)
@@ -1711,6 +1727,35 @@ void client::impl::process(lane* l, const std::string& id, stored_message rec,
     std::lock_guard<std::mutex> lk(mu_);
     auto it = l->queue.find(id);
     if (it != l->queue.end()) it->second = std::move(rec);
+}
+
+void client::impl::complete(lane* l, const std::string& id, effects fx) {
+    // A plain removal does not need a sync of its own: it rides with the next arriving message's
+    // commit (or goes alone when the inbox is idle). Outcomes of commands do, they are sent next.
+    // The lane waits for it either way, so a crash hands over again at most the deliveries at work.
+    const auto urgency = fx.ops.empty() && fx.publishes.empty() ? detail::urgency::linger : detail::urgency::now;
+    fx.ops.push_back({table::incoming, id, std::nullopt});
+    try {
+        for (auto& [seq, msg] : fx.publishes) fx.ops.push_back({table::outgoing, sequence_id(seq), encode_record(*msg)});
+        commit_until_stored(fx.ops, urgency);
+    } catch (const client_closed&) {
+        std::lock_guard<std::mutex> lk(mu_);
+        l->working.erase(id);  // stays in the inbox; handled again after restart
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        outbox_count_ += fx.publishes.size();
+    }
+    for (auto& [seq, msg] : fx.publishes) on_stored(seq, msg);
+    for (auto& f : fx.after_commit) f();
+    ++handled_;
+    std::lock_guard<std::mutex> lk(mu_);
+    l->queue.erase(id);
+    parked_.erase(id);  // the lane may have been unsubscribed meanwhile
+    --inbox_count_;
+    if (l->working.erase(id)) l->cv.notify_all();
+    state_cv_.notify_all();
 }
 
 void client::impl::dead_letter_record(const std::string& id, stored_message rec, const std::string& reason,

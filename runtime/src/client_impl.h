@@ -18,15 +18,24 @@
 #include "connect_gate.h"
 #include "nagle_governor.h"
 #include "paho_persistence.h"
+#include "worker_pool.h"
 #include "xymqtt/client.h"
 
 namespace xymqtt {
+
+namespace wire {
+struct outgoing;
+}
 
 /// What a lane handler wants done together with the removal of its delivery from the inbox.
 struct effects {
     std::vector<write_op> ops;                                             ///< Committed atomically with it.
     std::vector<std::pair<std::uint64_t, std::shared_ptr<stored_message>>> publishes;  ///< Outbox puts to send.
     std::vector<std::function<void()>> after_commit;                       ///< Run once committed.
+    /// Set by a handler whose work finishes later, on another thread (a command served with a concurrency
+    /// above 1). The lane calls it with `finish` and goes on with its next delivery, up to its concurrency;
+    /// the delivery stays in the inbox until `finish` is called, once, with the rest of the effects.
+    std::function<void(std::function<void(effects)> finish)> later;
 };
 
 /// A handler inside the runtime: the user's handlers and the command protocol's.
@@ -47,7 +56,8 @@ public:
     std::future<void> publish(const std::string& topic, std::string payload, publish_options opts);
     void post(const std::string& topic, std::string payload, publish_options opts,
               std::shared_ptr<std::promise<void>> prom);
-    subscription_id add_handler(const std::string& filter, lane_handler handler);
+    /// @param concurrency deliveries of the lane whose handlers may be at work at once (see effects::later)
+    subscription_id add_handler(const std::string& filter, lane_handler handler, unsigned concurrency = 1);
     void remove_handler(subscription_id id);
     void remove_filter(const std::string& filter);
     bool remove_result_handler(subscription_id id);
@@ -71,12 +81,14 @@ public:
     client_options opts_;
 
 private:
-    struct lane {
+    struct lane : std::enable_shared_from_this<lane> {
         std::string filter;
         std::map<subscription_id, lane_handler> handlers;
         std::map<std::string, stored_message> queue;  // inbox id -> record, in arrival order
         std::string head_id;                          // delivery in progress, and the handlers done for it
         std::set<subscription_id> head_done;
+        unsigned concurrency = 1;
+        std::set<std::string> working;  // deliveries whose handlers finish later (effects::later)
         std::condition_variable cv;
         bool stopping = false;
         bool finished = false;  // the thread has left its loop (guarded by mu_)
@@ -85,6 +97,7 @@ private:
     };
     struct command_entry {
         subscription_id invoke_sub = 0, cancel_sub = 0;
+        std::shared_ptr<detail::worker_pool> workers;  // concurrency > 1: its handlers' threads
     };
     class call_ctx;
 
@@ -181,6 +194,10 @@ private:
     void lane_loop(lane* l);
     void process(lane* l, const std::string& id, stored_message rec,
                  std::vector<std::pair<subscription_id, lane_handler>> handlers);
+    /// A delivery handled: commits its effects with its removal from the inbox.
+    void complete(lane* l, const std::string& id, effects fx);
+    /// Marks the calling thread as running this client's handlers (close() from one must not join it).
+    void mark_handler_thread();
     void dead_letter_record(const std::string& id, stored_message rec, const std::string& reason, bool parse);
     lane* find_lane(const std::string& filter);
     std::vector<write_op> adopt_parked(lane* l);
@@ -193,7 +210,15 @@ private:
     std::shared_ptr<lane> route(const std::string& id, stored_message rec);
 
     // -- commands (commands.cpp)
-    void serve_invoke(const std::string& command, const command_handler& handler, const message& m, effects& fx);
+    /// @param workers the command's threads if it is served with a concurrency above 1, else nullptr
+    void serve_invoke(const std::string& command, const std::shared_ptr<const command_handler>& handler,
+                      const std::shared_ptr<detail::worker_pool>& workers, const message& m, effects& fx);
+    /// Runs a command's handler and adds its outcome (or the record of its cancel) to `fx`.
+    void run_call(const std::string& command, const command_handler& handler, const invocation& call,
+                  const std::shared_ptr<call_ctx>& ctx, effects& fx);
+    /// Adds a resolve or reject to `fx`: the publish, and the stored copy that answers a repeated invoke.
+    void publish_outcome(const std::string& command, const char* kind, const wire::outgoing& out,
+                         const std::string& message_id, effects& fx);
     void serve_cancel(const std::string& command, const message& m, effects& fx);
     void handle_result(const std::string& command, bool rejected, const message& m, effects& fx);
     void ensure_results_lane(const std::string& command);
@@ -288,6 +313,7 @@ private:
     std::map<std::string, call_completion> awaiting_;
     mutable std::mutex results_mu_;
     std::map<std::string, std::shared_ptr<call_ctx>> running_;
+    std::vector<std::shared_ptr<detail::worker_pool>> retired_workers_;  // of unregistered commands
     std::set<std::string> finalizing_;
 
     // timers

@@ -63,10 +63,8 @@ private:
 // server
 
 void client::impl::command_register(const std::string& command, command_handler handler, command_options opts) {
-    validate_topic_name(command);
+    wire::validate_command(command, opts);
     if (!handler) throw error("command_register needs a handler");
-    if (!opts.group.empty() && opts.group.find_first_of("/+#") != std::string::npos)
-        throw invalid_topic("share group \"" + opts.group + "\" must not contain '/', '+' or '#'");
     {
         std::lock_guard<std::mutex> lk(results_mu_);
         if (commands_.count(command)) throw command_already_registered("command " + command + " is already registered");
@@ -75,9 +73,14 @@ void client::impl::command_register(const std::string& command, command_handler 
     const std::string invoke = opts.group.empty() ? wire::invoke_topic(command)
                                                   : "$share/" + opts.group + "/" + wire::invoke_topic(command);
     command_entry e;
-    e.invoke_sub = add_handler(invoke, [this, command, h = std::move(handler)](const message& m, effects& fx) {
-        serve_invoke(command, h, m, fx);
-    });
+    // Concurrency 1 runs the handler on the invoke lane's own thread; above, on the command's threads,
+    // the lane keeping up to that many invokes at work.
+    if (opts.concurrency > 1) e.workers = detail::worker_pool::start(opts.concurrency, [this] { mark_handler_thread(); });
+    e.invoke_sub = add_handler(
+        invoke,
+        [this, command, h = std::make_shared<const command_handler>(std::move(handler)), w = e.workers](
+            const message& m, effects& fx) { serve_invoke(command, h, w, m, fx); },
+        opts.concurrency);
     // Cancels are not shared: the server that runs the call must hear its cancel.
     e.cancel_sub = add_handler(wire::cancel_topic(command),
                                [this, command](const message& m, effects& fx) { serve_cancel(command, m, fx); });
@@ -93,12 +96,15 @@ void client::impl::command_unregister(const std::string& command) {
         if (it == commands_.end()) return;
         e = it->second;
         commands_.erase(it);
+        if (e.workers) retired_workers_.push_back(e.workers);
     }
     remove_handler(e.invoke_sub);
     remove_handler(e.cancel_sub);
+    if (e.workers) e.workers->stop();  // the calls at work finish and are answered first
 }
 
-void client::impl::serve_invoke(const std::string& command, const command_handler& handler, const message& m,
+void client::impl::serve_invoke(const std::string& command, const std::shared_ptr<const command_handler>& handler,
+                                const std::shared_ptr<detail::worker_pool>& workers, const message& m,
                                 effects& fx) {
     wire::decoded_invoke inv;
     try {
@@ -110,17 +116,6 @@ void client::impl::serve_invoke(const std::string& command, const command_handle
         fx.publishes.emplace_back(pub.seq, pub.msg);
         return;
     }
-
-    auto publish_outcome = [&](const char* kind, const wire::outgoing& out) {
-        const std::string topic = kind == std::string(kind_resolve) ? wire::resolve_topic(command)
-                                                                     : wire::reject_topic(command);
-        auto pub = make_publish(topic, out.payload, out.props, false, kind);
-        fx.publishes.emplace_back(pub.seq, pub.msg);
-        // The outcome is kept so that a repeated invoke is answered without running the handler again.
-        stored_message r = *pub.msg;
-        r.kind = kind;
-        fx.ops.push_back({table::results, inv.message_id, encode_record(r)});
-    };
 
     // Durable dedupe: a repeated invoke gets the stored outcome again.
     if (auto prior = store_->get(table::results, inv.message_id)) {
@@ -134,32 +129,64 @@ void client::impl::serve_invoke(const std::string& command, const command_handle
     }
     if (m.props.expiry_seconds &&
         m.received_at_ms + std::int64_t(*m.props.expiry_seconds) * 1000 < now_ms()) {
-        publish_outcome(kind_reject, wire::encode_reject(inv.format, inv.message_id, 408, "request expired before it ran", ""));
+        publish_outcome(command, kind_reject,
+                        wire::encode_reject(inv.format, inv.message_id, 408, "request expired before it ran", ""),
+                        inv.message_id, fx);
         return;
     }
 
     auto ctx = std::make_shared<call_ctx>();
     {
         std::lock_guard<std::mutex> lk(results_mu_);
+        if (running_.count(inv.message_id) || finalizing_.count(inv.message_id)) {
+            // A repeated invoke while its first copy is at work (concurrency above 1): that copy answers,
+            // and stays in the inbox until it has, so dropping this one loses nothing.
+            log(log_level::debug, "repeated invoke " + inv.message_id + " while its first copy runs: left to it");
+            return;
+        }
         running_[inv.message_id] = ctx;
     }
-    invocation call;
-    call.command = command;
-    call.message_id = inv.message_id;
-    call.format = inv.format;
-    call.body = std::move(inv.body);
-    call.props = m.props;
-    call.attempt = m.attempt;
+    auto call = std::make_shared<invocation>();
+    call->command = command;
+    call->message_id = inv.message_id;
+    call->format = inv.format;
+    call->body = std::move(inv.body);
+    call->props = m.props;
+    call->attempt = m.attempt;
+    if (!workers) return run_call(command, *handler, *call, ctx, fx);
+    fx.later = [this, command, handler, workers, call, ctx](std::function<void(effects)> finish) {
+        // Not taken once the command is unregistered or the client closes: the invoke stays in the inbox.
+        workers->submit([this, command, handler, call, ctx, finish = std::move(finish)] {
+            effects fx;
+            run_call(command, *handler, *call, ctx, fx);
+            finish(std::move(fx));
+        });
+    };
+}
 
+void client::impl::publish_outcome(const std::string& command, const char* kind, const wire::outgoing& out,
+                                   const std::string& message_id, effects& fx) {
+    const std::string topic = kind == std::string(kind_resolve) ? wire::resolve_topic(command)
+                                                                 : wire::reject_topic(command);
+    auto pub = make_publish(topic, out.payload, out.props, false, kind);
+    fx.publishes.emplace_back(pub.seq, pub.msg);
+    // The outcome is kept so that a repeated invoke is answered without running the handler again.
+    stored_message r = *pub.msg;
+    r.kind = kind;
+    fx.ops.push_back({table::results, message_id, encode_record(r)});
+}
+
+void client::impl::run_call(const std::string& command, const command_handler& handler, const invocation& call,
+                            const std::shared_ptr<call_ctx>& ctx, effects& fx) {
     // The handler's outcome: its result, or the rejection that its exception stands for.
     wire::outgoing out;
     const char* kind = kind_reject;
     auto reject = [&](int status, const std::string& text, const std::string& body) {
-        out = wire::encode_reject(inv.format, inv.message_id, status, text, body);
+        out = wire::encode_reject(call.format, call.message_id, status, text, body);
     };
     try {
         std::string result = handler(call, *ctx);
-        out = wire::encode_resolve(inv.format, inv.message_id, result);
+        out = wire::encode_resolve(call.format, call.message_id, result);
         kind = kind_resolve;
     } catch (const command_error& e) {
         reject(e.status(), e.what(), e.body());
@@ -173,20 +200,20 @@ void client::impl::serve_invoke(const std::string& command, const command_handle
 
     // Decide between the outcome and a cancel that raced with it, under one lock with serve_cancel.
     std::lock_guard<std::mutex> lk(results_mu_);
-    running_.erase(inv.message_id);
+    running_.erase(call.message_id);
     if (ctx->cancelled()) {
         stored_message r;
         r.kind = kind_cancelled;
         r.created_ms = now_ms();
-        fx.ops.push_back({table::results, inv.message_id, encode_record(r)});
+        fx.ops.push_back({table::results, call.message_id, encode_record(r)});
         return;
     }
-    finalizing_.insert(inv.message_id);
-    fx.after_commit.push_back([this, id = inv.message_id] {
+    finalizing_.insert(call.message_id);
+    fx.after_commit.push_back([this, id = call.message_id] {
         std::lock_guard<std::mutex> g(results_mu_);
         finalizing_.erase(id);
     });
-    publish_outcome(kind, out);
+    publish_outcome(command, kind, out, call.message_id, fx);
 }
 
 void client::impl::serve_cancel(const std::string& command, const message& m, effects& fx) {

@@ -210,4 +210,12 @@ command_result decode_result(const std::string& command, bool rejected, const st
     return r;
 }
 
+void validate_command(const std::string& command, const command_options& opts) {
+    validate_topic_name(command);
+    if (!opts.group.empty()) validate_topic_token("group", opts.group);
+    if (opts.concurrency < 1 || opts.concurrency > max_concurrency)
+        throw configuration_error("concurrency of " + command + " must be 1 to " + std::to_string(max_concurrency) +
+                                  ", not " + std::to_string(opts.concurrency));
+}
+
 }  // namespace xymqtt::wire

@@ -26,6 +26,11 @@ inline std::string resolve_topic(const std::string& command) { return command + 
 inline std::string reject_topic(const std::string& command) { return command + "/reject"; }
 inline std::string cancel_topic(const std::string& command) { return command + "/cancel"; }
 
+/// The checks of command_register, the same for every transport: a valid command topic, a share group
+/// that is a single topic level, a concurrency within 1 to max_concurrency.
+/// @throw invalid_topic, configuration_error
+void validate_command(const std::string& command, const command_options& opts);
+
 /// A payload and its properties, ready to publish.
 struct outgoing {
     std::string payload;

@@ -154,6 +154,35 @@ TEST_CASE("ping_client gets a resolve or a reject for each of 20 calls", "[examp
     CHECK(lines_containing(*server, "X rejected") == rejects);
 }
 
+TEST_CASE("ping_client keeps 8 calls outstanding and ping_server runs 4 at once", "[examples][commands]") {
+    example_broker b;
+    temp_dir dir("examples-outstanding");
+
+    auto server = run(PING_SERVER, "ping_server", b, dir,
+                      {"--fail-rate", "0", "--delay-ms", "200", "--concurrency", "4"});
+    REQUIRE(b.has_subscription("ping_server", "cmd/publisher/ping/invoke"));
+    auto client = run(PING_CLIENT, "ping_client", b, dir,
+                      {"--count", "20", "--interval-ms", "0", "--outstanding", "8"});
+
+    const auto status = client->wait(60s);
+    INFO("ping_client:\n" << client->output());
+    REQUIRE(status == 0);
+    CHECK(lines_containing(*client, "  pong  ") == 20);
+    CHECK(client->lines().back().find("20 call(s): 20 resolved") == 0);
+
+    server->kill(SIGTERM);
+    REQUIRE(server->wait(20s) == 0);
+    INFO("ping_server:\n" << server->output());
+    // Calls at work at once: received and not yet answered, as the server printed them.
+    int at_work = 0, most = 0;
+    for (const auto& line : server->lines()) {
+        if (line.find(" received") != std::string::npos) most = std::max(most, ++at_work);
+        if (line.find("√ pong") != std::string::npos) --at_work;
+    }
+    CHECK(most == 4);
+    CHECK(lines_containing(*server, "√ pong") == 20);
+}
+
 TEST_CASE("ping_client cancels slow calls and ping_server runs its on_cancel callback", "[examples][commands]") {
     example_broker b;
     temp_dir dir("examples-cancel");

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -651,4 +652,42 @@ TEST_CASE("an AIP-style contract: Get, List, Create, Update, Delete with typed r
     lb.run_until_idle();
     CHECK(shelves == std::vector<std::string>{"s1"});
     CHECK(lb.published("dev/library/evt/book_changed/s1").size() == 1);  // {shelf} from the event
+}
+
+TEST_CASE("a command's concurrency comes from the schema, and the generated Options override it",
+          "[generated][concurrency]") {
+    namespace kw = xymqtt::testing::keywords;
+    // The loopback runs calls one at a time; what is checked here is what the stub asks of the transport.
+    class recording : public loopback {
+    public:
+        std::map<std::string, unsigned> concurrency;
+        void command_register(const std::string& command, xymqtt::command_handler handler,
+                              xymqtt::command_options opts) override {
+            concurrency[command] = opts.concurrency;
+            loopback::command_register(command, std::move(handler), opts);
+        }
+    };
+    class LibraryService final : public kw::Library::Service {
+    public:
+        kw::Shelf get(const kw::GetShelfRequest&, xymqtt::call_context&) override { return {}; }
+        kw::Empty delete_(const kw::DeleteShelfRequest&, xymqtt::call_context&) override { return {}; }
+    } service;
+
+    recording schema_default;
+    kw::Library::Server(schema_default, "ns").serve(service);
+    CHECK(schema_default.concurrency.at("test/ns/main/cmd/get") == 3);  // `concurrency: 3` in the schema
+    CHECK(schema_default.concurrency.at("test/ns/main/cmd/delete") == 1);
+
+    recording overridden;
+    kw::Library::Options options;
+    options.get_concurrency = 8;
+    options.delete_concurrency = 2;
+    kw::Library::Server(overridden, "ns", options).serve(service);
+    CHECK(overridden.concurrency.at("test/ns/main/cmd/get") == 8);
+    CHECK(overridden.concurrency.at("test/ns/main/cmd/delete") == 2);
+
+    loopback lb;
+    options.get_concurrency = 0;
+    kw::Library::Server refused(lb, "ns", options);
+    CHECK_THROWS_AS(refused.serve(service), xymqtt::configuration_error);
 }

@@ -4,7 +4,7 @@
 //   hist_agent pub   --broker U --id ID --store DIR --journal FILE --base B --total N [--rate R] [--batch B]
 //                    [--size S]
 //   hist_agent sub   --broker U --id ID --store DIR --journal FILE --base B [--overlap 1]
-//   hist_agent serve --broker U --id ID --store DIR --journal FILE --base B
+//   hist_agent serve --broker U --id ID --store DIR --journal FILE --base B [--concurrency N]
 //   hist_agent call  --broker U --id ID --store DIR --journal FILE --base B --total N [--outstanding K]
 //   common: [--clients K] (1) [--mqtt 4|5] (5) [--store-kind lmdb|sqlite] (lmdb)
 //           [--durability process|fsync] (process)
@@ -184,6 +184,8 @@ int run_sub(agent& g) {
 
 int run_serve(agent& g) {
     std::vector<std::unique_ptr<xymqtt::client>> cs;
+    xymqtt::command_options co;
+    co.concurrency = unsigned(std::stoul(g.arg("concurrency", "1")));
     for (int c = 0; c < g.clients; ++c) {
         cs.push_back(g.make_client(c));
         cs.back()->command_register(g.arg("base") + "/cmd", [&g](const xymqtt::invocation& inv, xymqtt::call_context&) {
@@ -193,7 +195,7 @@ int run_serve(agent& g) {
             const auto k = std::strtol(inv.body.c_str() + inv.body.find("\"k\":") + 4, nullptr, 10);
             g.j.write("s " + std::to_string(c) + " " + std::to_string(k) + T());
             return std::string("{\"served\":true}");
-        });
+        }, co);
     }
     for (auto& c : cs) c->connect();
     say("ready");

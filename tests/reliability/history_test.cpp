@@ -254,6 +254,7 @@ struct scenario {
     int clients = 1;               // clients per process (publisher and subscriber)
     std::uint64_t events = 70000;  // per publisher client: each subscriber session gets this many
     std::uint64_t calls = 0;       // > 0: a command server and a caller too
+    unsigned server_concurrency = 1;  // calls the server runs at once
     std::uint64_t faults = 10;
     std::vector<fault_kind> kinds;
 };
@@ -326,6 +327,7 @@ run_result run_scenario(const scenario& s) {
     if (s.overlap) sub.argv.insert(sub.argv.end(), {"--overlap", "1"});
     pub.argv.insert(pub.argv.end(), {"--total", std::to_string(s.events)});
     role srv = agent("serve", "server", 1), caller = agent("call", "caller", 1);
+    srv.argv.insert(srv.argv.end(), {"--concurrency", std::to_string(s.server_concurrency)});
     caller.argv.insert(caller.argv.end(), {"--total", std::to_string(s.calls), "--outstanding", "20"});
     const bool commands = s.calls > 0;
 
@@ -536,7 +538,7 @@ run_result run_scenario(const scenario& s) {
                 srv.kill();
                 srv.start();
                 restarted = &srv;
-                bound = sub_window + 1;
+                bound = sub_window + s.server_concurrency;  // its window, and the calls at work run again
                 break;
             case fault_kind::kill_caller:
                 outbox_before = caller.boot_outbox;
@@ -668,14 +670,15 @@ run_result run_scenario(const scenario& s) {
 
 // The CI matrix: every configuration (MQTT 3.1.1 and 5, LMDB and SQLite, fsync and process durability,
 // overlapping subscriptions, 4 clients in one process, commands) and every fault kind appears at least
-// once, and every subscriber session crosses Mosquitto's packet-id wrap. MQTT 3.1.1 is still hidden from
-// CTest while finding H5 is open (docs/reliability.md, section 7): scripts/reliability runs it.
+// once, and every subscriber session crosses Mosquitto's packet-id wrap. The command server runs four
+// calls at once.
 TEST_CASE("history session: MQTT 5 + LMDB + process durability + commands, with cuts, kills of every role, broker restarts",
           "[history][session][s-commands]") {
     scenario s;
     s.name = "mqtt5-lmdb-process-commands";
     s.events = env_number("XYMQTT_HIST_EVENTS", 70000);
     s.calls = 3000;
+    s.server_concurrency = 4;
     s.faults = env_number("XYMQTT_HIST_FAULTS", 12);
     s.kinds = {fault_kind::cut,         fault_kind::kill_sub,       fault_kind::kill_pub, fault_kind::kill_server,
                fault_kind::kill_caller, fault_kind::broker_restart, fault_kind::broker_kill};
@@ -741,6 +744,7 @@ TEST_CASE("history session: long, 1,000,000 messages and 60 faults of every kind
     s.name = "long-" + s.store;
     s.events = env_number("XYMQTT_HIST_EVENTS", 1000000);
     s.calls = env_number("XYMQTT_HIST_CALLS", 20000);
+    s.server_concurrency = 4;
     s.faults = env_number("XYMQTT_HIST_FAULTS", 60);
     s.kinds = {fault_kind::cut,         fault_kind::kill_sub,       fault_kind::kill_pub,   fault_kind::kill_server,
                fault_kind::kill_caller, fault_kind::broker_restart, fault_kind::broker_kill};

@@ -2,6 +2,7 @@
 //   xy_agent publish   --broker U --id ID --store DIR --topic T --from N --count N
 //   xy_agent subscribe --broker U --id ID --store DIR --filter F --log FILE [--slow-ms N] [--expect N]
 //   xy_agent serve     --broker U --id ID --store DIR --command C --log FILE [--slow-ms N] [--group G]
+//                      [--concurrency N]
 // Every handler writes "start X" and "done X" lines (flushed) so the test can count re-handling.
 #include <unistd.h>
 
@@ -97,6 +98,7 @@ int main(int argc, char** argv) {
         } else if (mode == "serve") {
             xymqtt::command_options co;
             co.group = a["group"];
+            if (a.count("concurrency")) co.concurrency = unsigned(std::stoul(a["concurrency"]));
             c.command_register(a["command"], [&](const xymqtt::invocation& inv, xymqtt::call_context&) {
                 log.line("start " + inv.message_id);
                 if (slow) std::this_thread::sleep_for(std::chrono::milliseconds(slow));  // simulated work

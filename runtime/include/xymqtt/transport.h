@@ -62,7 +62,19 @@ struct command_options {
     /// Non-empty: servers registered with the same group share the invoke subscription
     /// (`$share/<group>/<command>/invoke`), so each call runs on one of them.
     std::string group;
+    /// How many calls of this command may run at once on this server, 1 to max_concurrency.
+    ///
+    /// 1 (the default, as in xy-mqtt): calls run one at a time, in the order their invokes arrived, so a
+    /// handler needs no locking. N > 1: up to N handlers run at once on the command's own N threads; calls
+    /// start in arrival order and finish in any order, each result published as its call finishes. What
+    /// holds either way: an invoke leaves the server's inbox only with its outcome, so a crash runs again
+    /// at most the calls that were running; a repeated invoke gets the stored outcome, or none while its
+    /// first copy still runs (that copy answers); a cancel reaches the call wherever it runs.
+    unsigned concurrency = 1;
 };
+
+/// The highest command_options::concurrency: each unit is a thread.
+constexpr unsigned max_concurrency = 256;
 
 /// A resolve or reject, as a caller receives it.
 struct command_result {
@@ -144,7 +156,8 @@ public:
 
     /// Serves `command`: subscribes `<command>/invoke` and `<command>/cancel`.
     /// @throw command_already_registered if this client already serves `command`.
-    /// @throw invalid_topic if `command` is not a valid topic name.
+    /// @throw invalid_topic if `command` is not a valid topic name, or the share group has `/`, `+` or `#`.
+    /// @throw configuration_error if `opts.concurrency` is 0 or above max_concurrency.
     virtual void command_register(const std::string& command, command_handler handler,
                                   command_options opts = {}) = 0;
 

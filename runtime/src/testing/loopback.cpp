@@ -356,8 +356,8 @@ public:
     static std::string key(const std::string& command, const std::string& id) { return command + '\n' + id; }
 
     void command_register(const std::string& command, command_handler handler, command_options o) {
-        validate_topic_name(command);
-        if (!o.group.empty()) validate_topic_token("group", o.group);
+        // Calls run one at a time whatever the concurrency: the loopback is deterministic.
+        wire::validate_command(command, o);
         if (!handler) throw error("command_register needs a handler");
         auto fn = std::make_shared<command_handler>(std::move(handler));
         std::lock_guard<std::mutex> lk(m_);

@@ -105,6 +105,12 @@ class SchemaErrors(unittest.TestCase):
     def test_handler_methods_that_clash_once_escaped(self):
         self.check("handler_method_clash")
 
+    def test_concurrency_above_the_runtime_limit(self):
+        self.check("concurrency_too_high")
+
+    def test_token_named_like_a_concurrency_option(self):
+        self.check("concurrency_option_clash")
+
     def test_error_format_is_file_line_col(self):
         r = self.check("unknown_event_type")
         self.assertRegex(r.stderr, r"(?m)errors/unknown_event_type\.proto:9:3: event tick: unknown message type 'Tock'$")

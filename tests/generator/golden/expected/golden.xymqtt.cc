@@ -254,6 +254,9 @@ SensorHub::Server::Server(::xymqtt::transport& transport, std::string site)
 SensorHub::Server::Server(::xymqtt::transport& transport, std::string site, Options options)
     : transport_(transport),
       format_(options.format),
+      calibrate_concurrency_(options.calibrate_concurrency),
+      reset_concurrency_(options.reset_concurrency),
+      delete_concurrency_(options.delete_concurrency),
       site_(std::move(site)),
       hub_(std::move(options.hub)),
       namespace_value_(std::move(options.namespace_)) {
@@ -272,6 +275,7 @@ void SensorHub::Server::serve(Service& service) {
   try {
     ::xymqtt::command_options calibrate_options;
     calibrate_options.group = "hubs";
+    calibrate_options.concurrency = calibrate_concurrency_;
     transport_.command_register(
         calibrate_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
@@ -288,6 +292,7 @@ void SensorHub::Server::serve(Service& service) {
     registered.push_back(calibrate_topic_);
 
     ::xymqtt::command_options reset_options;
+    reset_options.concurrency = reset_concurrency_;
     transport_.command_register(
         reset_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {
@@ -299,6 +304,7 @@ void SensorHub::Server::serve(Service& service) {
     registered.push_back(reset_topic_);
 
     ::xymqtt::command_options delete_options;
+    delete_options.concurrency = delete_concurrency_;
     transport_.command_register(
         delete_topic_,
         [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context) {

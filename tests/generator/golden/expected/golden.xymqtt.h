@@ -44,6 +44,12 @@ class SensorHub final {
     /// Encoding of the events this side publishes and of the calls it makes. Events received are
     /// decoded by their MQTT 5 content type, else in this format.
     ::xymqtt::wire_format format = ::xymqtt::wire_format::binary;
+    /// Calls of `calibrate` a Server runs at once (xymqtt::command_options::concurrency).
+    unsigned calibrate_concurrency = 4;
+    /// Calls of `reset` a Server runs at once (xymqtt::command_options::concurrency).
+    unsigned reset_concurrency = 1;
+    /// Calls of `delete` a Server runs at once (xymqtt::command_options::concurrency).
+    unsigned delete_concurrency = 1;
   };
 
   /// Handles a `reading` event and its delivery (topic, attempt, properties).
@@ -375,6 +381,9 @@ class SensorHub final {
    private:
     ::xymqtt::transport& transport_;
     ::xymqtt::wire_format format_;
+    unsigned calibrate_concurrency_;
+    unsigned reset_concurrency_;
+    unsigned delete_concurrency_;
     std::string site_;
     std::string hub_;
     std::string namespace_value_;
