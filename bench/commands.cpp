@@ -83,6 +83,7 @@ int call(const args& a) {
     r.set("rejected", double(rejected)).set("elapsed_s", secs).set("calls_per_s", double(count) / secs);
     r.set("p50_ms", percentile(lat, 50)).set("p90_ms", percentile(lat, 90)).set("p99_ms", percentile(lat, 99));
     r.set("max_ms", lat.empty() ? 0 : lat.back());
+    r.set("delivered", double(c.stats().delivered));  // results received and committed, its own and others'
     r.print();
     c.close();
     return 0;

@@ -275,11 +275,11 @@ def start_server(broker, command, durability, group="", delay_ms=0, concurrency=
     return p, sid
 
 
-def call_run(broker, command, durability, outstanding, count, warmup=50):
+def call_run(broker, command, durability, outstanding, count, warmup=50, results="shared"):
     cid = uid("call")
     p = Proc([BIN, "call", "--broker", broker.uri, "--id", cid, "--dir", store_dir(cid), "--command", command,
               "--durability", durability, "--outstanding", str(outstanding), "--count", str(count),
-              "--warmup", str(warmup)], cid)
+              "--warmup", str(warmup), "--results", results], cid)
     r = p.result(1800)
     shutil.rmtree(store_dir(cid), ignore_errors=True)
     return r
@@ -327,18 +327,18 @@ DELAY_MS = 10
 def scenario_calls(broker, plan, res):
     runs = []
     for rep in range(plan["repeat"]):
-        for concurrency in (1, CALLERS):
+        for concurrency, results in ((1, "shared"), (CALLERS, "shared"), (CALLERS, "per-client")):
             command = "bench/" + uid("slow")
             srv, sid = start_server(broker, command, "process", delay_ms=DELAY_MS, concurrency=concurrency)
             srv.wait_line("ready", 60)
-            log("calls: %d ms handler, concurrency %d, %d callers x %d calls (run %d)" % (
-                DELAY_MS, concurrency, CALLERS, plan["calls"], rep + 1))
+            log("calls: %d ms handler, concurrency %d, %d callers x %d calls, %s results (run %d)" % (
+                DELAY_MS, concurrency, CALLERS, plan["calls"], results, rep + 1))
             procs = []
             for _ in range(CALLERS):
                 cid = uid("call")
                 procs.append((Proc([BIN, "call", "--broker", broker.uri, "--id", cid, "--dir", store_dir(cid),
                                     "--command", command, "--durability", "process", "--outstanding", "1",
-                                    "--count", str(plan["calls"]), "--warmup", "5"], cid), cid))
+                                    "--count", str(plan["calls"]), "--warmup", "5", "--results", results], cid), cid))
             rs = []
             for p, cid in procs:
                 rs.append(p.result(1800))
@@ -349,14 +349,17 @@ def scenario_calls(broker, plan, res):
             # The callers run side by side: their rates add up.
             total = sum(r["calls_per_s"] for r in rs)
             log("   %.0f calls/s in all (p50 %.1f ms)" % (total, med([r["p50_ms"] for r in rs])))
-            runs.append({"kind": "slow", "concurrency": concurrency, "callers": CALLERS, "delay_ms": DELAY_MS,
-                         "count": plan["calls"], "calls_per_s": total, "p50_ms": med([r["p50_ms"] for r in rs]),
-                         "p99_ms": max(r["p99_ms"] for r in rs)})
+            # Results each caller received and committed, against the calls it made.
+            delivered = med([r.get("delivered", 0) / float(plan["calls"] + 5) for r in rs])
+            runs.append({"kind": "slow", "concurrency": concurrency, "results": results, "callers": CALLERS,
+                         "delay_ms": DELAY_MS, "count": plan["calls"], "calls_per_s": total,
+                         "p50_ms": med([r["p50_ms"] for r in rs]), "p99_ms": max(r["p99_ms"] for r in rs),
+                         "delivered_per_call": delivered})
         command = "bench/" + uid("many")
         srv, sid = start_server(broker, command, "process")
         srv.wait_line("ready", 60)
         log("calls: one caller, 64 outstanding x %d (run %d)" % (plan["calls_many"], rep + 1))
-        r = call_run(broker, command, "process", 64, plan["calls_many"])
+        r = call_run(broker, command, "process", 64, plan["calls_many"], results="per-client")
         log("   %.0f calls/s, p50 %.2f ms" % (r["calls_per_s"], r["p50_ms"]))
         runs.append({"kind": "outstanding", "outstanding": 64, "count": plan["calls_many"],
                      "calls_per_s": r["calls_per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]})
@@ -545,7 +548,7 @@ def summarize(res):
                     for (d, k), rs in sorted(sc.items())]
     cl = {}
     for r in res.get("calls", []):
-        cl.setdefault((r["kind"], r.get("concurrency", 0)), []).append(r)
+        cl.setdefault((r["kind"], r.get("concurrency", 0), r.get("results", "")), []).append(r)
     s["calls"] = [dict(rs[0], calls_per_s=med([r["calls_per_s"] for r in rs]), p50_ms=med([r["p50_ms"] for r in rs]),
                        p99_ms=med([r["p99_ms"] for r in rs]), runs=len(rs)) for _, rs in sorted(cl.items())]
     rec = res.get("recovery", [])
@@ -606,14 +609,19 @@ def targets(s):
         if r["durability"] == "process":
             add("RTT process p50 <= 1 ms", "%.2f ms" % r["p50_ms"], "<= 1 ms", r["p50_ms"] <= 1, "sequential call_async, binary")
     for c in s.get("calls", []):
-        if c["kind"] == "slow" and c["concurrency"] == CALLERS:
+        if c["kind"] == "slow" and c["concurrency"] == CALLERS and c["results"] == "per-client":
+            add("results each caller commits: only its own calls'", "%.2f results per call made" % c["delivered_per_call"],
+                "1 (shared topics: %d)" % CALLERS, abs(c["delivered_per_call"] - 1) < 0.05,
+                "per-client result topics, %d callers" % CALLERS)
             allow = CALLERS * 1000.0 / DELAY_MS
             add("%d ms handler, %d callers >= 0.6x what %d calls in flight allow" % (DELAY_MS, CALLERS, CALLERS),
                 "%.0f calls/s = %.2fx of %.0f" % (c["calls_per_s"], c["calls_per_s"] / allow, allow), ">= 480 calls/s",
-                c["calls_per_s"] >= 0.6 * allow, "concurrency %d, process durability, callers' rates added" % CALLERS)
+                c["calls_per_s"] >= 0.6 * allow,
+                "concurrency %d, per-client results, process durability, callers' rates added" % CALLERS)
         if c["kind"] == "outstanding":
             add("64 calls outstanding from one caller >= 2,000 calls/s", "%.0f calls/s" % c["calls_per_s"],
-                ">= 2,000 calls/s", c["calls_per_s"] >= 2000, "handler without delay, concurrency 1, process durability")
+                ">= 2,000 calls/s", c["calls_per_s"] >= 2000,
+                "handler without delay, concurrency 1, per-client results, process durability")
     m = s.get("memory_run")
     if m:
         peak = max(m["queued_peak_hwm_kib"], m["drain_peak_hwm_kib"]) / 1024
@@ -910,15 +918,15 @@ def render_md(res, s, charts, path, findings_path):
                  "Then one caller keeping 64 calls outstanding against a handler that takes no time." % (
                      DELAY_MS, CALLERS, CALLERS, CALLERS, DELAY_MS, fmt(CALLERS * 1000.0 / DELAY_MS)))
         L.append("")
-        L.append("| what | concurrency | calls per caller | calls/s | vs the bound | p50 | p99 |")
-        L.append("|---|---|---|---|---|---|---|")
+        L.append("| what | concurrency | results | calls per caller | calls/s | vs the bound | results committed per call | p50 | p99 |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
         for c in s["calls"]:
             if c["kind"] == "slow":
-                L.append("| %d ms handler, %d callers | %d | %s | %s | %.2fx | %.1f ms | %.1f ms |" % (
-                    c["delay_ms"], c["callers"], c["concurrency"], fmt(c["count"]), fmt(c["calls_per_s"]),
-                    c["calls_per_s"] / (CALLERS * 1000.0 / DELAY_MS), c["p50_ms"], c["p99_ms"]))
+                L.append("| %d ms handler, %d callers | %d | %s | %s | %s | %.2fx | %.2f | %.1f ms | %.1f ms |" % (
+                    c["delay_ms"], c["callers"], c["concurrency"], c["results"], fmt(c["count"]), fmt(c["calls_per_s"]),
+                    c["calls_per_s"] / (CALLERS * 1000.0 / DELAY_MS), c["delivered_per_call"], c["p50_ms"], c["p99_ms"]))
             else:
-                L.append("| 64 outstanding, one caller | 1 | %s | %s | - | %.2f ms | %.2f ms |" % (
+                L.append("| 64 outstanding, one caller | 1 | per-client | %s | %s | - | - | %.2f ms | %.2f ms |" % (
                     fmt(c["count"]), fmt(c["calls_per_s"]), c["p50_ms"], c["p99_ms"]))
         L.append("")
     if os.path.exists(findings_path):

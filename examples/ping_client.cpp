@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
     int count = 0;
     int cancel_after_ms = 0;
     int outstanding = 1;
+    std::string result_topics = "shared";
 
     CLI::App app{"Calls the ping command and prints each result and a latency summary."};
     example::add_common_flags(app, flags);
@@ -60,6 +61,10 @@ int main(int argc, char** argv) {
     app.add_option("--outstanding", outstanding, "Calls awaiting their result at once (the next is made as one is answered)")
         ->check(CLI::Range(1, 100000))
         ->capture_default_str();
+    app.add_option("--results", result_topics, "Where servers send our results: shared (<command>/resolve|reject, "
+                                         "as xy-mqtt) or per-client (our own topic; MQTT 5)")
+        ->check(CLI::IsMember({"shared", "per-client"}))
+        ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
 
     example::stop_signal stop;  // before the client: its threads must not receive Ctrl-C
@@ -71,7 +76,9 @@ int main(int argc, char** argv) {
         };
         std::map<std::string, outcome> results;
 
-        xymqtt::client client(example::client_options(flags, example::print_hooks()));
+        auto options = example::client_options(flags, example::print_hooks());
+        if (result_topics == "per-client") options.results = xymqtt::result_routing::per_client;
+        xymqtt::client client(options);
         Publisher::Client publisher(client, example::publisher_options(flags));
         // Must come before the first call (else call_ping throws call_with_no_subscription): the
         // result topics are subscribed in the persistent session, so results are kept for us.

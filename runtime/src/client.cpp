@@ -169,6 +169,17 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.session_expiry.count() <= 0 && opts_.mqtt_version == 5)
         throw configuration_error("session_expiry must be > 0: with 0 the session dies at each disconnect");
     if (opts_.max_inflight == 0) throw configuration_error("max_inflight must be > 0");
+    if (opts_.results == result_routing::per_client) {
+        if (opts_.mqtt_version != 5)
+            throw configuration_error("per-client result topics need MQTT 5 (the invoke's Response Topic)");
+        try {
+            validate_topic_token("client_id", opts_.client_id);
+            validate_topic_name(opts_.results_prefix);
+        } catch (const invalid_topic& e) {
+            throw configuration_error(std::string("per-client result topics: ") + e.what());
+        }
+        results_root_ = opts_.results_prefix + "/" + opts_.client_id;
+    }
 
     if (opts_.store) {
         store_ = opts_.store;

@@ -217,8 +217,14 @@ private:
     void run_call(const std::string& command, const command_handler& handler, const invocation& call,
                   const std::shared_ptr<call_ctx>& ctx, effects& fx);
     /// Adds a resolve or reject to `fx`: the publish, and the stored copy that answers a repeated invoke.
-    void publish_outcome(const std::string& command, const char* kind, const wire::outgoing& out,
-                         const std::string& message_id, effects& fx);
+    void publish_outcome(const std::string& command, const char* kind, wire::outgoing out,
+                         const std::string& message_id, const message_properties& invoke, effects& fx);
+    /// Where the outcome of an invoke goes: its Response Topic followed by `/resolve` or `/reject` if it
+    /// names a valid one, else the command's shared topic.
+    std::string outcome_topic(const std::string& command, bool rejected, const message_properties& invoke,
+                              const std::string& message_id) const;
+    /// A result on this client's own result topics (`<root>/<command>/resolve|reject`).
+    void handle_routed_result(const message& m, effects& fx);
     void serve_cancel(const std::string& command, const message& m, effects& fx);
     void handle_result(const std::string& command, bool rejected, const message& m, effects& fx);
     void ensure_results_lane(const std::string& command);
@@ -310,6 +316,9 @@ private:
     std::map<std::string, command_entry> commands_;
     std::map<std::string, std::map<subscription_id, result_handler>> result_handlers_;
     std::map<std::string, std::pair<subscription_id, subscription_id>> result_lanes_;
+    std::string results_root_;            // result_routing::per_client: `<prefix>/<client id>`, else empty
+    std::mutex results_root_mu_;
+    subscription_id results_root_sub_ = 0;  // its one lane, `<root>/#` (guarded by results_root_mu_)
     std::map<std::string, call_completion> awaiting_;
     mutable std::mutex results_mu_;
     std::map<std::string, std::shared_ptr<call_ctx>> running_;

@@ -112,7 +112,9 @@ void client::impl::serve_invoke(const std::string& command, const std::shared_pt
     } catch (const wire::undecodable_invoke& e) {
         if (e.message_id.empty()) throw parse_error(std::string("undecodable invoke: ") + e.what());
         auto out = wire::encode_reject(e.format, e.message_id, 400, e.what(), "");
-        auto pub = make_publish(wire::reject_topic(command), out.payload, out.props, false, kind_reject);
+        if (!m.props.correlation_data.empty()) out.props.correlation_data = m.props.correlation_data;
+        auto pub = make_publish(outcome_topic(command, true, m.props, e.message_id), out.payload, out.props, false,
+                                kind_reject);
         fx.publishes.emplace_back(pub.seq, pub.msg);
         return;
     }
@@ -131,7 +133,7 @@ void client::impl::serve_invoke(const std::string& command, const std::shared_pt
         m.received_at_ms + std::int64_t(*m.props.expiry_seconds) * 1000 < now_ms()) {
         publish_outcome(command, kind_reject,
                         wire::encode_reject(inv.format, inv.message_id, 408, "request expired before it ran", ""),
-                        inv.message_id, fx);
+                        inv.message_id, m.props, fx);
         return;
     }
 
@@ -164,10 +166,25 @@ void client::impl::serve_invoke(const std::string& command, const std::shared_pt
     };
 }
 
-void client::impl::publish_outcome(const std::string& command, const char* kind, const wire::outgoing& out,
-                                   const std::string& message_id, effects& fx) {
-    const std::string topic = kind == std::string(kind_resolve) ? wire::resolve_topic(command)
-                                                                 : wire::reject_topic(command);
+std::string client::impl::outcome_topic(const std::string& command, bool rejected, const message_properties& invoke,
+                                        const std::string& message_id) const {
+    if (!invoke.response_topic.empty()) {
+        try {
+            validate_topic_name(invoke.response_topic);
+            return invoke.response_topic + (rejected ? "/reject" : "/resolve");
+        } catch (const invalid_topic& e) {
+            log(log_level::warning, "invoke " + message_id + " of " + command + " names an invalid response topic (" +
+                                     e.what() + "): answered on the shared result topics");
+        }
+    }
+    return rejected ? wire::reject_topic(command) : wire::resolve_topic(command);
+}
+
+void client::impl::publish_outcome(const std::string& command, const char* kind, wire::outgoing out,
+                                   const std::string& message_id, const message_properties& invoke, effects& fx) {
+    const std::string topic = outcome_topic(command, kind != std::string(kind_resolve), invoke, message_id);
+    // MQTT 5 request/response: the answer carries the request's correlation data back.
+    if (!invoke.correlation_data.empty()) out.props.correlation_data = invoke.correlation_data;
     auto pub = make_publish(topic, out.payload, out.props, false, kind);
     fx.publishes.emplace_back(pub.seq, pub.msg);
     // The outcome is kept so that a repeated invoke is answered without running the handler again.
@@ -213,7 +230,7 @@ void client::impl::run_call(const std::string& command, const command_handler& h
         std::lock_guard<std::mutex> g(results_mu_);
         finalizing_.erase(id);
     });
-    publish_outcome(command, kind, out, call.message_id, fx);
+    publish_outcome(command, kind, std::move(out), call.message_id, call.props, fx);
 }
 
 void client::impl::serve_cancel(const std::string& command, const message& m, effects& fx) {
@@ -245,6 +262,15 @@ void client::impl::serve_cancel(const std::string& command, const message& m, ef
 // caller
 
 void client::impl::ensure_results_lane(const std::string& command) {
+    if (!results_root_.empty()) {
+        // Per-client result topics: one lane for the results of every command this client calls. Made
+        // under a lock of its own: no call may publish its invoke before the SUBSCRIBE has gone first.
+        std::lock_guard<std::mutex> once(results_root_mu_);
+        if (!results_root_sub_)
+            results_root_sub_ = add_handler(results_root_ + "/#",
+                                            [this](const message& m, effects& fx) { handle_routed_result(m, fx); });
+        return;
+    }
     {
         std::lock_guard<std::mutex> lk(results_mu_);
         if (result_lanes_.count(command)) return;
@@ -258,6 +284,19 @@ void client::impl::ensure_results_lane(const std::string& command) {
     });
     std::lock_guard<std::mutex> lk(results_mu_);
     result_lanes_[command] = {a, b};
+}
+
+void client::impl::handle_routed_result(const message& m, effects& fx) {
+    // <root>/<command>/resolve or <root>/<command>/reject
+    const auto rest = m.topic.substr(std::min(m.topic.size(), results_root_.size() + 1));
+    const auto slash = rest.rfind('/');
+    const auto kind = slash == std::string::npos ? std::string() : rest.substr(slash + 1);
+    if (slash == std::string::npos || slash == 0 || (kind != "resolve" && kind != "reject")) {
+        log(log_level::warning, "message on this client's result topics ignored: " + m.topic +
+                                 " is not <command>/resolve or <command>/reject");
+        return;
+    }
+    handle_result(rest.substr(0, slash), kind == "reject", m, fx);
 }
 
 void client::impl::handle_result(const std::string& command, bool rejected, const message& m, effects& fx) {
@@ -318,6 +357,7 @@ bool client::impl::has_result_subscription(const std::string& command) const {
         auto it = result_handlers_.find(command);
         if (it != result_handlers_.end() && !it->second.empty()) return true;
     }
+    if (!results_root_.empty()) return false;  // results come only to this client's own topics
     std::set<subscription_id> internal;
     {
         std::lock_guard<std::mutex> lk(results_mu_);
@@ -340,6 +380,10 @@ std::string client::impl::start_call(const std::string& command, std::string bod
         throw configuration_error("the binary format carries the message id in MQTT 5 properties: use MQTT 5 or JSON");
     const auto id = make_message_id();
     auto out = wire::encode_invoke(opts.format, id, body, opts.expiry);
+    if (!results_root_.empty()) {
+        out.props.response_topic = results_root_ + "/" + command;
+        out.props.correlation_data = id;
+    }
     auto pub = make_publish(wire::invoke_topic(command), std::move(out.payload), std::move(out.props), false, kind_call);
     stored_message c;
     c.topic = command;

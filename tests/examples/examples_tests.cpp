@@ -154,7 +154,8 @@ TEST_CASE("ping_client gets a resolve or a reject for each of 20 calls", "[examp
     CHECK(lines_containing(*server, "X rejected") == rejects);
 }
 
-TEST_CASE("ping_client keeps 8 calls outstanding and ping_server runs 4 at once", "[examples][commands]") {
+TEST_CASE("ping_client keeps 8 calls outstanding with its own result topic and ping_server runs 4 at once",
+          "[examples][commands]") {
     example_broker b;
     temp_dir dir("examples-outstanding");
 
@@ -162,13 +163,14 @@ TEST_CASE("ping_client keeps 8 calls outstanding and ping_server runs 4 at once"
                       {"--fail-rate", "0", "--delay-ms", "200", "--concurrency", "4"});
     REQUIRE(b.has_subscription("ping_server", "cmd/publisher/ping/invoke"));
     auto client = run(PING_CLIENT, "ping_client", b, dir,
-                      {"--count", "20", "--interval-ms", "0", "--outstanding", "8"});
+                      {"--count", "20", "--interval-ms", "0", "--outstanding", "8", "--results", "per-client"});
 
     const auto status = client->wait(60s);
     INFO("ping_client:\n" << client->output());
     REQUIRE(status == 0);
     CHECK(lines_containing(*client, "  pong  ") == 20);
     CHECK(client->lines().back().find("20 call(s): 20 resolved") == 0);
+    CHECK(b.has_subscription("ping_client", "xymqtt/results/ping_client/#"));
 
     server->kill(SIGTERM);
     REQUIRE(server->wait(20s) == 0);

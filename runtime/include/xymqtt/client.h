@@ -91,6 +91,22 @@ struct hooks {
 };
 
 /// Everything a client needs. Only `client_id` and `store_dir` (or `store`) are required.
+/// Where servers send the results of this client's calls.
+enum class result_routing {
+    /// `<command>/resolve` and `<command>/reject`, as in xy-mqtt: every caller of a command subscribes to
+    /// them and receives, stores and discards the results of every other caller too. JavaScript peers of
+    /// the xy-mqtt protocol answer there.
+    shared,
+    /// MQTT 5 only. Each invoke names the caller's own topic: Response Topic
+    /// `<results_prefix>/<client id>/<command>`, Correlation Data its message id. xymqtt servers answer to
+    /// that topic followed by `/resolve` or `/reject`, and the caller subscribes
+    /// `<results_prefix>/<client id>/#` alone, so it receives and stores only its own results, and a
+    /// broker ACL can grant that topic to the client alone (`pattern read xymqtt/results/%c/#`). A server
+    /// that ignores the Response Topic (an xy-mqtt peer) answers on the shared topics, where such a caller
+    /// does not listen: call those with `shared`.
+    per_client,
+};
+
 struct client_options {
     std::string server_uri = "tcp://127.0.0.1:1883";  ///< tcp://, ssl://, mqtt://, mqtts://
     /// Stable identity of this application at the broker; the session and the store belong to it.
@@ -124,6 +140,10 @@ struct client_options {
     std::uint16_t receive_maximum = 0;
     /// How long a command server keeps each call's outcome to answer repeated invokes.
     std::chrono::seconds result_retention{7 * 24 * 3600};
+    /// Where the results of this client's calls are sent (see result_routing).
+    result_routing results = result_routing::shared;
+    /// The first levels of the per-client result topics (result_routing::per_client).
+    std::string results_prefix = "xymqtt/results";
     /// Set TCP_NODELAY on the broker connection (Paho does not), cutting ~40 ms Nagle delays.
     bool tcp_nodelay = true;
     /// With tcp_nodelay: while messages arrive 8 or more per millisecond, let TCP coalesce Paho's
@@ -166,7 +186,9 @@ struct client_stats {
 class client : public transport {
 public:
     /// Opens the store and prepares the connection; nothing is sent until connect().
-    /// @throw configuration_error for an empty client id, missing store, bad URI or MQTT version.
+    /// @throw configuration_error for an empty client id, missing store, bad URI or MQTT version, or
+    ///        result_routing::per_client under MQTT 3.1.1, with a client id or results prefix that cannot
+    ///        be topic levels.
     /// @throw storage_error if the store cannot be opened.
     explicit client(client_options opts);
     ~client() override;
