@@ -240,6 +240,53 @@ void Inventory::Server::serve(Service& service) {
   }
 }
 
+void Inventory::Server::serve(AsyncService& service) {
+  std::vector<std::string> registered;
+  try {
+    ::xymqtt::command_options reserve_options;
+    reserve_options.group = "inventory";
+    reserve_options.concurrency = reserve_concurrency_;
+    transport_.command_register(
+        reserve_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::xymqtt::examples::inventory::ReserveRequest request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.reserve(request, context, ReserveResponder(std::move(respond), call.format));
+            }),
+        reserve_options);
+    registered.push_back(reserve_topic_);
+
+    ::xymqtt::command_options get_stock_options;
+    get_stock_options.concurrency = get_stock_concurrency_;
+    transport_.command_register(
+        get_stock_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::xymqtt::examples::inventory::GetStockRequest request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.get_stock(request, context, GetStockResponder(std::move(respond), call.format));
+            }),
+        get_stock_options);
+    registered.push_back(get_stock_topic_);
+  } catch (...) {
+    for (const auto& command : registered) transport_.command_unregister(command);
+    throw;
+  }
+}
+
+bool Inventory::ReserveResponder::resolve(const ::xymqtt::examples::inventory::Reservation& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
+bool Inventory::ReserveResponder::reject(const ReserveError& error) const {
+  return responder_.reject(error.status(), error.what(), ::xymqtt::protobuf::encode(error.details(), format_));
+}
+
+bool Inventory::GetStockResponder::resolve(const ::xymqtt::examples::inventory::StockReport& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
 void Inventory::Server::stop() {
   transport_.command_unregister(reserve_topic_);
   transport_.command_unregister(get_stock_topic_);

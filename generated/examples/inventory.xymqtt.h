@@ -101,6 +101,24 @@ class Inventory final {
     ::xymqtt::examples::inventory::ReserveRejected details_;
   };
 
+  /// Answers one call of `reserve` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class ReserveResponder {
+   public:
+    ReserveResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::xymqtt::examples::inventory::Reservation& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+    /// Rejects with typed details. @return false if the call was answered already.
+    bool reject(const ReserveError& error) const;
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
+  };
+
   /// A rejected call of `get_stock`.
   struct GetStockRejection {
     std::string message_id;
@@ -133,6 +151,22 @@ class Inventory final {
   using GetStockResolveHandler =
       std::function<void(const std::string& message_id, const ::xymqtt::examples::inventory::StockReport& result)>;
   using GetStockRejectHandler = std::function<void(const GetStockRejection& rejection)>;
+
+  /// Answers one call of `get_stock` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class GetStockResponder {
+   public:
+    GetStockResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::xymqtt::examples::inventory::StockReport& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
+  };
 
   /// What users of the service do: subscribe to its events and call its commands.
   class ClientInterface {
@@ -268,6 +302,22 @@ class Inventory final {
         const ::xymqtt::examples::inventory::GetStockRequest& request, ::xymqtt::call_context& context) = 0;
   };
 
+  /// The same handlers, answering through a responder instead of returning, so that a call that waits
+  /// (on a database, another service) holds no thread: start the work, return, answer when it is done.
+  /// Serve it with Server::serve instead of a Service.
+  class AsyncService {
+   public:
+    virtual ~AsyncService() = default;
+
+    /// Serves `reserve` (`{env}/{system}/cmd/reserve`): answer through `respond`, now or later.
+    virtual void reserve(
+        const ::xymqtt::examples::inventory::ReserveRequest& request, ::xymqtt::call_context& context, ReserveResponder respond) = 0;
+
+    /// Serves `get_stock` (`{env}/{system}/cmd/get_stock`): answer through `respond`, now or later.
+    virtual void get_stock(
+        const ::xymqtt::examples::inventory::GetStockRequest& request, ::xymqtt::call_context& context, GetStockResponder respond) = 0;
+  };
+
   /// What the service itself does: publish its events.
   class ServerInterface {
    public:
@@ -293,6 +343,10 @@ class Inventory final {
     /// @throw xymqtt::command_already_registered if a command is already served on the transport
     ///        (nothing stays registered then).
     void serve(Service& service);
+    /// Registers `service`, whose handlers answer through responders; it must outlive the registration.
+    /// A command's concurrency then counts the calls started and not yet answered.
+    /// @throw xymqtt::command_already_registered as the other serve.
+    void serve(AsyncService& service);
     /// Stops serving the commands (unregisters them).
     void stop();
 

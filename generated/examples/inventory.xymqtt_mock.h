@@ -63,6 +63,15 @@ class MockInventoryService : public Inventory::Service {
   MAKE_MOCK2(get_stock, ::xymqtt::examples::inventory::StockReport(const ::xymqtt::examples::inventory::GetStockRequest&, ::xymqtt::call_context&), override);
 };
 
+/// A mock of Inventory::AsyncService, the command handlers that answer through a responder.
+class MockInventoryAsyncService : public Inventory::AsyncService {
+ public:
+  MAKE_MOCK3(reserve, void(const ::xymqtt::examples::inventory::ReserveRequest&, ::xymqtt::call_context&, Inventory::ReserveResponder),
+             override);
+  MAKE_MOCK3(get_stock, void(const ::xymqtt::examples::inventory::GetStockRequest&, ::xymqtt::call_context&, Inventory::GetStockResponder),
+             override);
+};
+
 }  // namespace inventory
 }  // namespace examples
 }  // namespace xymqtt

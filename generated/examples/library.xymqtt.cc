@@ -496,6 +496,119 @@ void Books::Server::serve(Service& service) {
   }
 }
 
+void Books::Server::serve(AsyncService& service) {
+  std::vector<std::string> registered;
+  try {
+    ::xymqtt::command_options get_options;
+    get_options.concurrency = get_concurrency_;
+    transport_.command_register(
+        get_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::xymqtt::examples::library::GetBookRequest request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.get(request, context, GetResponder(std::move(respond), call.format));
+            }),
+        get_options);
+    registered.push_back(get_topic_);
+
+    ::xymqtt::command_options list_options;
+    list_options.concurrency = list_concurrency_;
+    transport_.command_register(
+        list_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::xymqtt::examples::library::ListBooksRequest request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.list(request, context, ListResponder(std::move(respond), call.format));
+            }),
+        list_options);
+    registered.push_back(list_topic_);
+
+    ::xymqtt::command_options create_options;
+    create_options.concurrency = create_concurrency_;
+    transport_.command_register(
+        create_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::xymqtt::examples::library::CreateBookRequest request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.create(request, context, CreateResponder(std::move(respond), call.format));
+            }),
+        create_options);
+    registered.push_back(create_topic_);
+
+    ::xymqtt::command_options update_options;
+    update_options.concurrency = update_concurrency_;
+    transport_.command_register(
+        update_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::xymqtt::examples::library::UpdateBookRequest request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.update(request, context, UpdateResponder(std::move(respond), call.format));
+            }),
+        update_options);
+    registered.push_back(update_topic_);
+
+    ::xymqtt::command_options delete_options;
+    delete_options.concurrency = delete_concurrency_;
+    transport_.command_register(
+        delete_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::xymqtt::examples::library::DeleteBookRequest request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.delete_(request, context, DeleteResponder(std::move(respond), call.format));
+            }),
+        delete_options);
+    registered.push_back(delete_topic_);
+  } catch (...) {
+    for (const auto& command : registered) transport_.command_unregister(command);
+    throw;
+  }
+}
+
+bool Books::GetResponder::resolve(const ::xymqtt::examples::library::Book& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
+bool Books::GetResponder::reject(const GetError& error) const {
+  return responder_.reject(error.status(), error.what(), ::xymqtt::protobuf::encode(error.details(), format_));
+}
+
+bool Books::ListResponder::resolve(const ::xymqtt::examples::library::ListBooksResponse& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
+bool Books::ListResponder::reject(const ListError& error) const {
+  return responder_.reject(error.status(), error.what(), ::xymqtt::protobuf::encode(error.details(), format_));
+}
+
+bool Books::CreateResponder::resolve(const ::xymqtt::examples::library::Book& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
+bool Books::CreateResponder::reject(const CreateError& error) const {
+  return responder_.reject(error.status(), error.what(), ::xymqtt::protobuf::encode(error.details(), format_));
+}
+
+bool Books::UpdateResponder::resolve(const ::xymqtt::examples::library::Book& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
+bool Books::UpdateResponder::reject(const UpdateError& error) const {
+  return responder_.reject(error.status(), error.what(), ::xymqtt::protobuf::encode(error.details(), format_));
+}
+
+bool Books::DeleteResponder::resolve(const ::google::protobuf::Empty& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
+bool Books::DeleteResponder::reject(const DeleteError& error) const {
+  return responder_.reject(error.status(), error.what(), ::xymqtt::protobuf::encode(error.details(), format_));
+}
+
 void Books::Server::stop() {
   transport_.command_unregister(get_topic_);
   transport_.command_unregister(list_topic_);

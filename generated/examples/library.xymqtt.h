@@ -104,6 +104,24 @@ class Books final {
     ::xymqtt::examples::library::BookRefused details_;
   };
 
+  /// Answers one call of `get` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class GetResponder {
+   public:
+    GetResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::xymqtt::examples::library::Book& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+    /// Rejects with typed details. @return false if the call was answered already.
+    bool reject(const GetError& error) const;
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
+  };
+
   /// A rejected call of `list`.
   struct ListRejection {
     std::string message_id;
@@ -148,6 +166,24 @@ class Books final {
 
    private:
     ::xymqtt::examples::library::BookRefused details_;
+  };
+
+  /// Answers one call of `list` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class ListResponder {
+   public:
+    ListResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::xymqtt::examples::library::ListBooksResponse& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+    /// Rejects with typed details. @return false if the call was answered already.
+    bool reject(const ListError& error) const;
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
   };
 
   /// A rejected call of `create`.
@@ -196,6 +232,24 @@ class Books final {
     ::xymqtt::examples::library::BookRefused details_;
   };
 
+  /// Answers one call of `create` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class CreateResponder {
+   public:
+    CreateResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::xymqtt::examples::library::Book& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+    /// Rejects with typed details. @return false if the call was answered already.
+    bool reject(const CreateError& error) const;
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
+  };
+
   /// A rejected call of `update`.
   struct UpdateRejection {
     std::string message_id;
@@ -242,6 +296,24 @@ class Books final {
     ::xymqtt::examples::library::BookRefused details_;
   };
 
+  /// Answers one call of `update` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class UpdateResponder {
+   public:
+    UpdateResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::xymqtt::examples::library::Book& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+    /// Rejects with typed details. @return false if the call was answered already.
+    bool reject(const UpdateError& error) const;
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
+  };
+
   /// A rejected call of `delete`.
   struct DeleteRejection {
     std::string message_id;
@@ -286,6 +358,24 @@ class Books final {
 
    private:
     ::xymqtt::examples::library::BookRefused details_;
+  };
+
+  /// Answers one call of `delete` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class DeleteResponder {
+   public:
+    DeleteResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::google::protobuf::Empty& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+    /// Rejects with typed details. @return false if the call was answered already.
+    bool reject(const DeleteError& error) const;
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
   };
 
   /// What users of the service do: subscribe to its events and call its commands.
@@ -499,6 +589,34 @@ class Books final {
         const ::xymqtt::examples::library::DeleteBookRequest& request, ::xymqtt::call_context& context) = 0;
   };
 
+  /// The same handlers, answering through a responder instead of returning, so that a call that waits
+  /// (on a database, another service) holds no thread: start the work, return, answer when it is done.
+  /// Serve it with Server::serve instead of a Service.
+  class AsyncService {
+   public:
+    virtual ~AsyncService() = default;
+
+    /// Serves `get` (`{env}/library/cmd/get`): answer through `respond`, now or later.
+    virtual void get(
+        const ::xymqtt::examples::library::GetBookRequest& request, ::xymqtt::call_context& context, GetResponder respond) = 0;
+
+    /// Serves `list` (`{env}/library/cmd/list`): answer through `respond`, now or later.
+    virtual void list(
+        const ::xymqtt::examples::library::ListBooksRequest& request, ::xymqtt::call_context& context, ListResponder respond) = 0;
+
+    /// Serves `create` (`{env}/library/cmd/create`): answer through `respond`, now or later.
+    virtual void create(
+        const ::xymqtt::examples::library::CreateBookRequest& request, ::xymqtt::call_context& context, CreateResponder respond) = 0;
+
+    /// Serves `update` (`{env}/library/cmd/update`): answer through `respond`, now or later.
+    virtual void update(
+        const ::xymqtt::examples::library::UpdateBookRequest& request, ::xymqtt::call_context& context, UpdateResponder respond) = 0;
+
+    /// Serves `delete` (`{env}/library/cmd/delete`): answer through `respond`, now or later.
+    virtual void delete_(
+        const ::xymqtt::examples::library::DeleteBookRequest& request, ::xymqtt::call_context& context, DeleteResponder respond) = 0;
+  };
+
   /// What the service itself does: publish its events.
   class ServerInterface {
    public:
@@ -520,6 +638,10 @@ class Books final {
     /// @throw xymqtt::command_already_registered if a command is already served on the transport
     ///        (nothing stays registered then).
     void serve(Service& service);
+    /// Registers `service`, whose handlers answer through responders; it must outlive the registration.
+    /// A command's concurrency then counts the calls started and not yet answered.
+    /// @throw xymqtt::command_already_registered as the other serve.
+    void serve(AsyncService& service);
     /// Stops serving the commands (unregisters them).
     void stop();
 

@@ -85,6 +85,21 @@ class MockBooksService : public Books::Service {
   MAKE_MOCK2(delete_, ::google::protobuf::Empty(const ::xymqtt::examples::library::DeleteBookRequest&, ::xymqtt::call_context&), override);
 };
 
+/// A mock of Books::AsyncService, the command handlers that answer through a responder.
+class MockBooksAsyncService : public Books::AsyncService {
+ public:
+  MAKE_MOCK3(get, void(const ::xymqtt::examples::library::GetBookRequest&, ::xymqtt::call_context&, Books::GetResponder),
+             override);
+  MAKE_MOCK3(list, void(const ::xymqtt::examples::library::ListBooksRequest&, ::xymqtt::call_context&, Books::ListResponder),
+             override);
+  MAKE_MOCK3(create, void(const ::xymqtt::examples::library::CreateBookRequest&, ::xymqtt::call_context&, Books::CreateResponder),
+             override);
+  MAKE_MOCK3(update, void(const ::xymqtt::examples::library::UpdateBookRequest&, ::xymqtt::call_context&, Books::UpdateResponder),
+             override);
+  MAKE_MOCK3(delete_, void(const ::xymqtt::examples::library::DeleteBookRequest&, ::xymqtt::call_context&, Books::DeleteResponder),
+             override);
+};
+
 }  // namespace library
 }  // namespace examples
 }  // namespace xymqtt

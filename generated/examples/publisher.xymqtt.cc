@@ -135,6 +135,31 @@ void Publisher::Server::serve(Service& service) {
   }
 }
 
+void Publisher::Server::serve(AsyncService& service) {
+  std::vector<std::string> registered;
+  try {
+    ::xymqtt::command_options ping_options;
+    ping_options.concurrency = ping_concurrency_;
+    transport_.command_register(
+        ping_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::xymqtt::examples::PingRequest request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.ping(request, context, PingResponder(std::move(respond), call.format));
+            }),
+        ping_options);
+    registered.push_back(ping_topic_);
+  } catch (...) {
+    for (const auto& command : registered) transport_.command_unregister(command);
+    throw;
+  }
+}
+
+bool Publisher::PingResponder::resolve(const ::xymqtt::examples::PingResult& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
 void Publisher::Server::stop() {
   transport_.command_unregister(ping_topic_);
 }

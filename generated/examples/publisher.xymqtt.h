@@ -78,6 +78,22 @@ class Publisher final {
       std::function<void(const std::string& message_id, const ::xymqtt::examples::PingResult& result)>;
   using PingRejectHandler = std::function<void(const PingRejection& rejection)>;
 
+  /// Answers one call of `ping` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class PingResponder {
+   public:
+    PingResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::xymqtt::examples::PingResult& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
+  };
+
   /// What users of the service do: subscribe to its events and call its commands.
   class ClientInterface {
    public:
@@ -161,6 +177,18 @@ class Publisher final {
         const ::xymqtt::examples::PingRequest& request, ::xymqtt::call_context& context) = 0;
   };
 
+  /// The same handlers, answering through a responder instead of returning, so that a call that waits
+  /// (on a database, another service) holds no thread: start the work, return, answer when it is done.
+  /// Serve it with Server::serve instead of a Service.
+  class AsyncService {
+   public:
+    virtual ~AsyncService() = default;
+
+    /// Serves `ping` (`cmd/{system}/ping`): answer through `respond`, now or later.
+    virtual void ping(
+        const ::xymqtt::examples::PingRequest& request, ::xymqtt::call_context& context, PingResponder respond) = 0;
+  };
+
   /// What the service itself does: publish its events.
   class ServerInterface {
    public:
@@ -182,6 +210,10 @@ class Publisher final {
     /// @throw xymqtt::command_already_registered if a command is already served on the transport
     ///        (nothing stays registered then).
     void serve(Service& service);
+    /// Registers `service`, whose handlers answer through responders; it must outlive the registration.
+    /// A command's concurrency then counts the calls started and not yet answered.
+    /// @throw xymqtt::command_already_registered as the other serve.
+    void serve(AsyncService& service);
     /// Stops serving the commands (unregisters them).
     void stop();
 

@@ -48,5 +48,12 @@ class MockPublisherService : public Publisher::Service {
   MAKE_MOCK2(ping, ::xymqtt::examples::PingResult(const ::xymqtt::examples::PingRequest&, ::xymqtt::call_context&), override);
 };
 
+/// A mock of Publisher::AsyncService, the command handlers that answer through a responder.
+class MockPublisherAsyncService : public Publisher::AsyncService {
+ public:
+  MAKE_MOCK3(ping, void(const ::xymqtt::examples::PingRequest&, ::xymqtt::call_context&, Publisher::PingResponder),
+             override);
+};
+
 }  // namespace examples
 }  // namespace xymqtt

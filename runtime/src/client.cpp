@@ -832,6 +832,7 @@ void client::impl::close() {
             if (e.workers) workers.push_back(e.workers);
     }
     for (auto& w : workers) w->stop();
+    answer_gate_->close();  // deferred answers under way are committed; later ones wait for a restart
     committer_->stop();
     *alive_ = false;
     std::map<std::uint64_t, std::shared_ptr<std::promise<void>>> promises;
@@ -1901,6 +1902,10 @@ subscription_id client::subscribe(const std::string& filter, message_handler han
 void client::unsubscribe(subscription_id id) { impl_->remove_handler(id); }
 void client::unsubscribe(const std::string& filter) { impl_->remove_filter(filter); }
 void client::command_register(const std::string& command, command_handler handler, command_options opts) {
+    impl_->command_register(command, std::move(handler), std::move(opts));
+}
+
+void client::command_register(const std::string& command, deferred_command_handler handler, command_options opts) {
     impl_->command_register(command, std::move(handler), std::move(opts));
 }
 void client::command_unregister(const std::string& command) { impl_->command_unregister(command); }

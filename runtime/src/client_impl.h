@@ -64,6 +64,7 @@ public:
 
     // commands (commands.cpp)
     void command_register(const std::string& command, command_handler handler, command_options opts);
+    void command_register(const std::string& command, deferred_command_handler handler, command_options opts);
     void command_unregister(const std::string& command);
     subscription_id subscribe_results(const std::string& command, result_handler handler);
     call_handle call(const std::string& command, std::string body, call_options opts);
@@ -94,6 +95,38 @@ private:
         bool finished = false;  // the thread has left its loop (guarded by mu_)
         bool detached = false;  // close() ran on this lane's thread and left it to end (guarded by mu_)
         std::thread thread;
+    };
+    /// How a command's calls run: one of the handlers, and the command's threads if it has any.
+    struct command_runner {
+        std::shared_ptr<const command_handler> sync;
+        std::shared_ptr<const deferred_command_handler> deferred;
+        std::shared_ptr<detail::worker_pool> workers;  // sync with concurrency > 1
+    };
+    /// Lets deferred answers in until close(), which then waits for those under way.
+    class answer_gate {
+    public:
+        bool enter() {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (closed_) return false;
+            ++inside_;
+            return true;
+        }
+        void leave() {
+            std::lock_guard<std::mutex> lk(mu_);
+            --inside_;
+            cv_.notify_all();
+        }
+        void close() {
+            std::unique_lock<std::mutex> lk(mu_);
+            closed_ = true;
+            cv_.wait(lk, [&] { return inside_ == 0; });
+        }
+
+    private:
+        std::mutex mu_;
+        std::condition_variable cv_;
+        bool closed_ = false;
+        int inside_ = 0;
     };
     struct command_entry {
         subscription_id invoke_sub = 0, cancel_sub = 0;
@@ -210,12 +243,14 @@ private:
     std::shared_ptr<lane> route(const std::string& id, stored_message rec);
 
     // -- commands (commands.cpp)
-    /// @param workers the command's threads if it is served with a concurrency above 1, else nullptr
-    void serve_invoke(const std::string& command, const std::shared_ptr<const command_handler>& handler,
-                      const std::shared_ptr<detail::worker_pool>& workers, const message& m, effects& fx);
+    void register_command(const std::string& command, command_runner run, const command_options& opts);
+    void serve_invoke(const std::string& command, const command_runner& run, const message& m, effects& fx);
     /// Runs a command's handler and adds its outcome (or the record of its cancel) to `fx`.
     void run_call(const std::string& command, const command_handler& handler, const invocation& call,
                   const std::shared_ptr<call_ctx>& ctx, effects& fx);
+    /// Adds a call's outcome, `result` or `error` (or the record of its cancel), to `fx`.
+    void conclude_call(const std::string& command, const invocation& call, const std::shared_ptr<call_ctx>& ctx,
+                       std::exception_ptr error, const std::string& result, effects& fx);
     /// Adds a resolve or reject to `fx`: the publish, and the stored copy that answers a repeated invoke.
     void publish_outcome(const std::string& command, const char* kind, wire::outgoing out,
                          const std::string& message_id, const message_properties& invoke, effects& fx);
@@ -323,6 +358,7 @@ private:
     mutable std::mutex results_mu_;
     std::map<std::string, std::shared_ptr<call_ctx>> running_;
     std::vector<std::shared_ptr<detail::worker_pool>> retired_workers_;  // of unregistered commands
+    std::shared_ptr<answer_gate> answer_gate_ = std::make_shared<answer_gate>();
     std::set<std::string> finalizing_;
 
     // timers

@@ -63,8 +63,22 @@ private:
 // server
 
 void client::impl::command_register(const std::string& command, command_handler handler, command_options opts) {
-    wire::validate_command(command, opts);
     if (!handler) throw error("command_register needs a handler");
+    command_runner run;
+    run.sync = std::make_shared<const command_handler>(std::move(handler));
+    register_command(command, std::move(run), opts);
+}
+
+void client::impl::command_register(const std::string& command, deferred_command_handler handler,
+                                    command_options opts) {
+    if (!handler) throw error("command_register needs a handler");
+    command_runner run;
+    run.deferred = std::make_shared<const deferred_command_handler>(std::move(handler));
+    register_command(command, std::move(run), opts);
+}
+
+void client::impl::register_command(const std::string& command, command_runner run, const command_options& opts) {
+    wire::validate_command(command, opts);
     {
         std::lock_guard<std::mutex> lk(results_mu_);
         if (commands_.count(command)) throw command_already_registered("command " + command + " is already registered");
@@ -73,13 +87,13 @@ void client::impl::command_register(const std::string& command, command_handler 
     const std::string invoke = opts.group.empty() ? wire::invoke_topic(command)
                                                   : "$share/" + opts.group + "/" + wire::invoke_topic(command);
     command_entry e;
-    // Concurrency 1 runs the handler on the invoke lane's own thread; above, on the command's threads,
-    // the lane keeping up to that many invokes at work.
-    if (opts.concurrency > 1) e.workers = detail::worker_pool::start(opts.concurrency, [this] { mark_handler_thread(); });
+    // A synchronous handler with concurrency 1 runs on the invoke lane's own thread; above, on the
+    // command's threads. A deferred one needs none. The lane keeps up to `concurrency` invokes at work.
+    if (run.sync && opts.concurrency > 1)
+        run.workers = detail::worker_pool::start(opts.concurrency, [this] { mark_handler_thread(); });
+    e.workers = run.workers;
     e.invoke_sub = add_handler(
-        invoke,
-        [this, command, h = std::make_shared<const command_handler>(std::move(handler)), w = e.workers](
-            const message& m, effects& fx) { serve_invoke(command, h, w, m, fx); },
+        invoke, [this, command, run](const message& m, effects& fx) { serve_invoke(command, run, m, fx); },
         opts.concurrency);
     // Cancels are not shared: the server that runs the call must hear its cancel.
     e.cancel_sub = add_handler(wire::cancel_topic(command),
@@ -103,8 +117,7 @@ void client::impl::command_unregister(const std::string& command) {
     if (e.workers) e.workers->stop();  // the calls at work finish and are answered first
 }
 
-void client::impl::serve_invoke(const std::string& command, const std::shared_ptr<const command_handler>& handler,
-                                const std::shared_ptr<detail::worker_pool>& workers, const message& m,
+void client::impl::serve_invoke(const std::string& command, const command_runner& run, const message& m,
                                 effects& fx) {
     wire::decoded_invoke inv;
     try {
@@ -155,8 +168,27 @@ void client::impl::serve_invoke(const std::string& command, const std::shared_pt
     call->body = std::move(inv.body);
     call->props = m.props;
     call->attempt = m.attempt;
-    if (!workers) return run_call(command, *handler, *call, ctx, fx);
-    fx.later = [this, command, handler, workers, call, ctx](std::function<void(effects)> finish) {
+    if (run.deferred) {
+        fx.later = [this, command, handler = run.deferred, call, ctx, gate = answer_gate_](
+                       std::function<void(effects)> finish) {
+            responder respond([this, command, call, ctx, gate, finish](std::exception_ptr error, std::string result) {
+                // An answer after close() is dropped: the invoke stays in the inbox and runs again.
+                if (!gate->enter()) return;
+                effects fx;
+                conclude_call(command, *call, ctx, std::move(error), result, fx);
+                finish(std::move(fx));
+                gate->leave();
+            });
+            try {
+                (*handler)(*call, *ctx, respond);
+            } catch (...) {
+                respond.reject(std::current_exception());
+            }
+        };
+        return;
+    }
+    if (!run.workers) return run_call(command, *run.sync, *call, ctx, fx);
+    fx.later = [this, command, handler = run.sync, workers = run.workers, call, ctx](std::function<void(effects)> finish) {
         // Not taken once the command is unregistered or the client closes: the invoke stays in the inbox.
         workers->submit([this, command, handler, call, ctx, finish = std::move(finish)] {
             effects fx;
@@ -195,25 +227,22 @@ void client::impl::publish_outcome(const std::string& command, const char* kind,
 
 void client::impl::run_call(const std::string& command, const command_handler& handler, const invocation& call,
                             const std::shared_ptr<call_ctx>& ctx, effects& fx) {
-    // The handler's outcome: its result, or the rejection that its exception stands for.
-    wire::outgoing out;
-    const char* kind = kind_reject;
-    auto reject = [&](int status, const std::string& text, const std::string& body) {
-        out = wire::encode_reject(call.format, call.message_id, status, text, body);
-    };
+    std::exception_ptr error;
+    std::string result;
     try {
-        std::string result = handler(call, *ctx);
-        out = wire::encode_resolve(call.format, call.message_id, result);
-        kind = kind_resolve;
-    } catch (const command_error& e) {
-        reject(e.status(), e.what(), e.body());
-    } catch (const parse_error& e) {
-        reject(400, e.what(), "");
-    } catch (const std::exception& e) {
-        reject(500, e.what(), "");
+        result = handler(call, *ctx);
     } catch (...) {
-        reject(500, "handler threw a non-standard exception", "");
+        error = std::current_exception();
     }
+    conclude_call(command, call, ctx, std::move(error), result, fx);
+}
+
+void client::impl::conclude_call(const std::string& command, const invocation& call,
+                                 const std::shared_ptr<call_ctx>& ctx, std::exception_ptr error,
+                                 const std::string& result, effects& fx) {
+    // The handler's outcome: its result, or the rejection that its exception stands for.
+    bool rejected = true;
+    auto out = wire::encode_outcome(call.format, call.message_id, std::move(error), result, rejected);
 
     // Decide between the outcome and a cancel that raced with it, under one lock with serve_cancel.
     std::lock_guard<std::mutex> lk(results_mu_);
@@ -230,7 +259,7 @@ void client::impl::run_call(const std::string& command, const command_handler& h
         std::lock_guard<std::mutex> g(results_mu_);
         finalizing_.erase(id);
     });
-    publish_outcome(command, kind, std::move(out), call.message_id, call.props, fx);
+    publish_outcome(command, rejected ? kind_reject : kind_resolve, std::move(out), call.message_id, call.props, fx);
 }
 
 void client::impl::serve_cancel(const std::string& command, const message& m, effects& fx) {

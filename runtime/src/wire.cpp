@@ -218,4 +218,22 @@ void validate_command(const std::string& command, const command_options& opts) {
                                   ", not " + std::to_string(opts.concurrency));
 }
 
+outgoing encode_outcome(wire_format f, const std::string& message_id, std::exception_ptr error,
+                        const std::string& result, bool& rejected) {
+    rejected = true;
+    try {
+        if (error) std::rethrow_exception(error);
+        rejected = false;
+        return encode_resolve(f, message_id, result);
+    } catch (const command_error& e) {
+        return encode_reject(f, message_id, e.status(), e.what(), e.body());
+    } catch (const parse_error& e) {
+        return encode_reject(f, message_id, 400, e.what(), "");
+    } catch (const std::exception& e) {
+        return encode_reject(f, message_id, 500, e.what(), "");
+    } catch (...) {
+        return encode_reject(f, message_id, 500, "handler threw a non-standard exception", "");
+    }
+}
+
 }  // namespace xymqtt::wire

@@ -1,6 +1,8 @@
 // Command payloads on the wire: xy-mqtt's JSON objects, or protobuf bytes with MQTT 5 properties.
 #pragma once
 
+#include <exception>
+
 #include <chrono>
 #include <optional>
 #include <string>
@@ -36,6 +38,12 @@ struct outgoing {
     std::string payload;
     message_properties props;
 };
+
+/// A command handler's outcome on the wire: the resolve of `result`, or the reject that `error` stands for
+/// (command_error: its status, message and details; parse_error: 400; anything else: 500).
+/// @param rejected set to whether it is a reject
+outgoing encode_outcome(wire_format f, const std::string& message_id, std::exception_ptr error,
+                        const std::string& result, bool& rejected);
 
 /// A decoded invoke. `body` as invocation::body documents.
 struct decoded_invoke {

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <xymqtt/exception.h>
@@ -690,4 +691,60 @@ TEST_CASE("a command's concurrency comes from the schema, and the generated Opti
     options.get_concurrency = 0;
     kw::Library::Server refused(lb, "ns", options);
     CHECK_THROWS_AS(refused.serve(service), xymqtt::configuration_error);
+}
+
+TEST_CASE("an AsyncService answers through typed responders, later and from another thread",
+          "[generated][deferred]") {
+    // The handlers keep their responders; the test answers them from a thread of its own.
+    class DeferredInventory final : public inv::Inventory::AsyncService {
+    public:
+        std::vector<std::pair<inv::ReserveRequest, inv::Inventory::ReserveResponder>> reservations;
+        void reserve(const inv::ReserveRequest& request, xymqtt::call_context&,
+                     inv::Inventory::ReserveResponder respond) override {
+            reservations.emplace_back(request, respond);
+        }
+        void get_stock(const inv::GetStockRequest&, xymqtt::call_context&,
+                       inv::Inventory::GetStockResponder respond) override {
+            respond.reject(503, "stock unknown");  // answered at once
+        }
+    } service;
+    loopback lb;
+    inv::Inventory::Server server(lb, "prod");
+    server.serve(service);
+    inv::Inventory::Client client(lb, "prod");
+
+    inv::ReserveRequest apple, pear;
+    apple.set_sku("apple");
+    pear.set_sku("pear");
+    auto ok = client.call_reserve_async(apple);
+    auto refused = client.call_reserve_async(pear);
+    auto stock = client.call_get_stock_async(inv::GetStockRequest{});
+    lb.run_until_idle();
+    REQUIRE(service.reservations.size() == 2);
+    CHECK(stock.outcome.get().rejection->status == 503);
+    CHECK(ok.outcome.wait_for(std::chrono::seconds(0)) == std::future_status::timeout);  // not answered yet
+
+    std::thread later([&] {
+        for (auto& [request, respond] : service.reservations) {
+            if (request.sku() == "apple") {
+                inv::Reservation reservation;
+                reservation.set_reservation_id("r-1");
+                respond.resolve(reservation);
+            } else {
+                inv::ReserveRejected details;
+                details.set_reason(inv::ReserveRejected::UNKNOWN_SKU);
+                respond.reject(inv::Inventory::ReserveError(404, "unknown sku", details));
+            }
+        }
+    });
+    later.join();
+    lb.run_until_idle();
+    const auto resolved = ok.outcome.get();
+    REQUIRE(resolved.ok());
+    CHECK(resolved.result->reservation_id() == "r-1");
+    const auto rejected = refused.outcome.get();
+    REQUIRE(rejected.rejection);
+    CHECK(rejected.rejection->status == 404);
+    REQUIRE(rejected.rejection->details);
+    CHECK(rejected.rejection->details->reason() == inv::ReserveRejected::UNKNOWN_SKU);
 }

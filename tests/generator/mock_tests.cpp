@@ -146,3 +146,23 @@ TEST_CASE("a mocked delete_() handler (rpc Delete) is served by the real server"
     lb.run_until_idle();
     CHECK(pending.outcome.get().ok());
 }
+
+TEST_CASE("a mocked AsyncService answers through the responder it is given", "[generated][mocks][deferred]") {
+    xymqtt::testing::loopback lb;
+    inv::MockInventoryAsyncService service;
+    inv::Inventory::Server server(lb, "test");
+    server.serve(service);
+    inv::Inventory::Client client(lb, "test");
+
+    inv::ReserveRejected details;
+    details.set_reason(inv::ReserveRejected::OUT_OF_STOCK);
+    REQUIRE_CALL(service, reserve(_, _, _))
+        .SIDE_EFFECT(_3.reject(inv::Inventory::ReserveError(409, "out of stock", details)));
+    auto pending = client.call_reserve_async(inv::ReserveRequest{});
+    lb.run_until_idle();
+    const auto outcome = pending.outcome.get();
+    REQUIRE(outcome.rejection);
+    CHECK(outcome.rejection->status == 409);
+    REQUIRE(outcome.rejection->details);
+    CHECK(outcome.rejection->details->reason() == inv::ReserveRejected::OUT_OF_STOCK);
+}

@@ -7,6 +7,8 @@
 #include <atomic>
 #include <mutex>
 #include <set>
+#include <thread>
+#include <utility>
 
 #include "support/child_process.h"
 #include "util.h"
@@ -280,4 +282,138 @@ TEST_CASE("concurrency out of range is a configuration error, on a client and on
     ok.concurrency = max_concurrency;
     CHECK_NOTHROW(c.command_register("test/cmd/ok", [](const invocation&, call_context&) { return std::string(); }, ok));
     c.command_unregister("test/cmd/ok");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Deferred handlers: answered through a responder, later, from another thread
+
+namespace {
+
+// Calls started and not answered yet; the test answers them.
+struct parked_calls {
+    std::mutex mu;
+    std::vector<std::pair<std::string, responder>> calls;  // body, responder
+    std::atomic<int> started{0};
+
+    deferred_command_handler handler() {
+        return [this](const invocation& inv, call_context&, responder respond) {
+            if (inv.body == "warm") {
+                respond.resolve("warm");
+                return;
+            }
+            if (inv.body == "drop") return;  // every copy dropped: rejected with 500
+            if (inv.body == "throw") throw command_error(409, "refused before starting");
+            std::lock_guard<std::mutex> lk(mu);
+            calls.emplace_back(inv.body, respond);
+            ++started;
+        };
+    }
+    std::vector<std::pair<std::string, responder>> take() {
+        std::lock_guard<std::mutex> lk(mu);
+        return std::exchange(calls, {});
+    }
+};
+
+std::unique_ptr<client> deferred_server(const temp_dir& dir, const client_options& so, const std::string& command,
+                                        parked_calls& parked, unsigned concurrency) {
+    auto server = std::make_unique<client>(so);
+    command_options co;
+    co.concurrency = concurrency;
+    server->command_register(command, parked.handler(), co);
+    server->connect();
+    REQUIRE(server->wait_connected(10s));
+    (void)dir;
+    return server;
+}
+
+}  // namespace
+
+TEST_CASE("deferred handler: four calls at work with no thread held, answered later from another thread",
+          "[commands][deferred]") {
+    temp_dir dir("deferred");
+    auto so = options_for(dir, "server");
+    const std::string command = "test/" + so.client_id + "/cmd/later";
+    parked_calls parked;
+    auto server = deferred_server(dir, so, command, parked, 4);
+    auto caller = connected(options_for(dir, "caller"));
+    REQUIRE(eventually([&] {
+        auto p = caller->call_async(command, "warm", {}, 500ms);
+        try {
+            return p.result.get().ok;
+        } catch (const timeout_error&) {
+            return false;
+        }
+    }, 30s));
+    std::vector<pending_call> calls;
+    for (int i = 0; i < 6; ++i) calls.push_back(caller->call_async(command, std::to_string(i), {}, 60s));
+    REQUIRE(eventually([&] { return parked.started.load() == 4; }, 20s));
+    REQUIRE(eventually([&] { return server->stats().inbox >= 6; }, 20s));  // two wait for a place
+    CHECK(parked.started.load() == 4);
+    std::atomic<int> second_answers{0};
+    std::thread answerer([&] {
+        for (int answered = 0; answered < 6;) {
+            if (!eventually([&] {
+                    std::lock_guard<std::mutex> lk(parked.mu);
+                    return !parked.calls.empty();
+                }, 20s))
+                break;  // the calls' results below fail the test
+            for (auto& [body, respond] : parked.take()) {
+                if (body == "1")
+                    respond.reject(404, "not there");
+                else
+                    respond.resolve("done:" + body);
+                second_answers += respond.resolve("again");  // the first answer counts
+                ++answered;
+            }
+        }
+    });
+    for (int i = 0; i < 6; ++i) {
+        auto r = calls[std::size_t(i)].result.get();
+        if (i == 1) {
+            CHECK_FALSE(r.ok);
+            CHECK(r.status == 404);
+        } else {
+            CHECK(r.ok);
+            CHECK(r.body == "done:" + std::to_string(i));
+        }
+    }
+    answerer.join();
+    CHECK(second_answers.load() == 0);
+
+    // A handler that throws before answering, and one that drops its responder.
+    auto thrown = caller->call_async(command, "throw", {}, 30s).result.get();
+    CHECK(thrown.status == 409);
+    auto dropped = caller->call_async(command, "drop", {}, 30s).result.get();
+    CHECK(dropped.status == 500);
+    CHECK(dropped.message.find("dropped its responder") != std::string::npos);
+}
+
+TEST_CASE("deferred handler: a call unanswered at close() runs again after the restart and is answered",
+          "[commands][deferred]") {
+    temp_dir dir("deferredclose");
+    auto so = options_for(dir, "server");
+    const std::string command = "test/" + so.client_id + "/cmd/later";
+    parked_calls parked;
+    auto server = deferred_server(dir, so, command, parked, 2);
+    auto caller = connected(options_for(dir, "caller"));
+    REQUIRE(eventually([&] {
+        auto p = caller->call_async(command, "warm", {}, 500ms);
+        try {
+            return p.result.get().ok;
+        } catch (const timeout_error&) {
+            return false;
+        }
+    }, 30s));
+    auto call = caller->call_async(command, "pending", {}, 60s);
+    REQUIRE(eventually([&] { return parked.started.load() == 1; }, 20s));
+    server->close();
+    parked.take().at(0).second.resolve("too late");  // after close: not committed
+    server.reset();
+    parked_calls again;
+    auto restarted = deferred_server(dir, so, command, again, 2);
+    REQUIRE(eventually([&] { return again.started.load() == 1; }, 20s));  // the invoke runs again
+    for (auto& [body, respond] : again.take()) respond.resolve("after restart:" + body);
+    auto r = call.result.get();
+    CHECK(r.ok);
+    CHECK(r.body == "after restart:pending");
 }

@@ -218,6 +218,8 @@ public:
     void unsubscribe(const std::string& filter);
 
     void command_register(const std::string& command, command_handler handler, command_options opts = {}) override;
+    void command_register(const std::string& command, deferred_command_handler handler,
+                          command_options opts = {}) override;
     void command_unregister(const std::string& command) override;
     subscription_id subscribe_results(const std::string& command, result_handler handler) override;
     call_handle call(const std::string& command, std::string body, call_options opts = {}) override;

@@ -57,6 +57,41 @@ struct invocation {
 /// status and message, parse_error rejects with 400, anything else with 500.
 using command_handler = std::function<std::string(const invocation&, call_context&)>;
 
+/// Answers one call of a deferred command handler, later and from any thread.
+///
+/// The first resolve or reject counts; later ones change nothing and return false. Copies answer the same
+/// call. A call whose every responder is dropped unanswered is rejected with 500, so no call is left
+/// without an outcome. Until it is answered the invoke stays in the server's inbox: a crash runs it again.
+class responder {
+public:
+    /// How a transport receives the answer: an error (as a command_handler would throw it) or a result.
+    using answer_fn = std::function<void(std::exception_ptr error, std::string result)>;
+
+    /// Made by the transport for each call.
+    explicit responder(answer_fn answer);
+
+    /// Resolves the call. @param result encoded as invocation::format says (as a command_handler returns it).
+    /// @return false if the call was answered already.
+    bool resolve(std::string result) const;
+    /// Rejects the call with `status`, `message` and optional encoded details (as command_error has them).
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message, std::string body = {}) const;
+    /// Rejects the call as if a command_handler had thrown `error`: command_error with its status,
+    /// parse_error with 400, anything else with 500.
+    /// @return false if the call was answered already.
+    bool reject(std::exception_ptr error) const;
+    /// @return true once the call has been answered.
+    bool answered() const;
+
+private:
+    struct state;
+    std::shared_ptr<state> state_;
+};
+
+/// Serves one command without holding a thread: starts the work and returns; `respond` answers later.
+/// Throwing before answering rejects the call as a command_handler's exception does.
+using deferred_command_handler = std::function<void(const invocation&, call_context&, responder respond)>;
+
 /// Options of command_register.
 struct command_options {
     /// Non-empty: servers registered with the same group share the invoke subscription
@@ -66,7 +101,8 @@ struct command_options {
     ///
     /// 1 (the default, as in xy-mqtt): calls run one at a time, in the order their invokes arrived, so a
     /// handler needs no locking. N > 1: up to N handlers run at once on the command's own N threads; calls
-    /// start in arrival order and finish in any order, each result published as its call finishes. What
+    /// start in arrival order and finish in any order, each result published as its call finishes. For a
+    /// deferred_command_handler N counts the calls started and not yet answered; it uses no threads. What
     /// holds either way: an invoke leaves the server's inbox only with its outcome, so a crash runs again
     /// at most the calls that were running; a repeated invoke gets the stored outcome, or none while its
     /// first copy still runs (that copy answers); a cancel reaches the call wherever it runs.
@@ -159,6 +195,11 @@ public:
     /// @throw invalid_topic if `command` is not a valid topic name, or the share group has `/`, `+` or `#`.
     /// @throw configuration_error if `opts.concurrency` is 0 or above max_concurrency.
     virtual void command_register(const std::string& command, command_handler handler,
+                                  command_options opts = {}) = 0;
+
+    /// Serves `command` with a handler that answers later through its responder (see responder).
+    /// @throw as the other command_register.
+    virtual void command_register(const std::string& command, deferred_command_handler handler,
                                   command_options opts = {}) = 0;
 
     /// Stops serving `command` and unsubscribes its topics. Unknown commands are harmless.

@@ -355,11 +355,32 @@ public:
     // ---- command server ----
     static std::string key(const std::string& command, const std::string& id) { return command + '\n' + id; }
 
+    // A command's handler: synchronous, or deferred (answers through a responder, maybe later).
+    using runner = std::function<void(const invocation&, call_context&, responder)>;
+
     void command_register(const std::string& command, command_handler handler, command_options o) {
-        // Calls run one at a time whatever the concurrency: the loopback is deterministic.
-        wire::validate_command(command, o);
         if (!handler) throw error("command_register needs a handler");
-        auto fn = std::make_shared<command_handler>(std::move(handler));
+        register_command(command, [fn = std::move(handler)](const invocation& inv, call_context& ctx, responder r) {
+            std::string result;
+            try {
+                result = fn(inv, ctx);
+            } catch (...) {
+                r.reject(std::current_exception());
+                return;
+            }
+            r.resolve(std::move(result));
+        }, o);
+    }
+
+    void command_register(const std::string& command, deferred_command_handler handler, command_options o) {
+        if (!handler) throw error("command_register needs a handler");
+        register_command(command, std::move(handler), o);
+    }
+
+    void register_command(const std::string& command, runner handler, const command_options& o) {
+        // Calls start one at a time whatever the concurrency: the loopback is deterministic.
+        wire::validate_command(command, o);
+        auto fn = std::make_shared<runner>(std::move(handler));
         std::lock_guard<std::mutex> lk(m_);
         if (commands_.count(command)) throw command_already_registered("command already registered: " + command);
         command_entry e;
@@ -393,7 +414,7 @@ public:
         if (!oc.cancelled) accept(oc.topic, std::move(oc.out));
     }
 
-    void handle_invoke(const std::string& command, const command_handler& fn, const message& m) {
+    void handle_invoke(const std::string& command, const runner& fn, const message& m) {
         wire::decoded_invoke d;
         try {
             d = wire::decode_invoke(m.payload, m.props);
@@ -440,31 +461,27 @@ public:
         inv.body = d.body;
         inv.props = m.props;
         inv.attempt = m.attempt;
-        outcome oc;
+        // The answer, now or later (a deferred handler answers from any thread; run_until_idle then
+        // delivers it).
+        responder respond([this, command, k, ctx, format = d.format, id = d.message_id](std::exception_ptr error,
+                                                                                      std::string result) {
+            bool rejected = true;
+            outcome oc;
+            oc.out = wire::encode_outcome(format, id, std::move(error), result, rejected);
+            oc.topic = rejected ? wire::reject_topic(command) : wire::resolve_topic(command);
+            if (!ctx->finish()) oc = outcome{true, {}, {}};  // cancelled: nothing is published for it
+            {
+                std::lock_guard<std::mutex> lk(m_);
+                running_.erase(k);
+                outcomes_[k] = oc;
+            }
+            if (!oc.cancelled) accept(oc.topic, std::move(oc.out));
+        });
         try {
-            std::string result = fn(inv, *ctx);
-            oc.out = wire::encode_resolve(d.format, d.message_id, result);
-            oc.topic = wire::resolve_topic(command);
-        } catch (const command_error& e) {
-            oc.out = wire::encode_reject(d.format, d.message_id, e.status(), e.what(), e.body());
-            oc.topic = wire::reject_topic(command);
-        } catch (const parse_error& e) {
-            oc.out = wire::encode_reject(d.format, d.message_id, 400, e.what(), "");
-            oc.topic = wire::reject_topic(command);
-        } catch (const std::exception& e) {
-            oc.out = wire::encode_reject(d.format, d.message_id, 500, e.what(), "");
-            oc.topic = wire::reject_topic(command);
+            fn(inv, *ctx, respond);
         } catch (...) {
-            oc.out = wire::encode_reject(d.format, d.message_id, 500, "handler threw a non-standard exception", "");
-            oc.topic = wire::reject_topic(command);
+            respond.reject(std::current_exception());
         }
-        if (!ctx->finish()) oc = outcome{true, {}, {}};  // cancelled: nothing is published for it
-        {
-            std::lock_guard<std::mutex> lk(m_);
-            running_.erase(k);
-            outcomes_[k] = oc;
-        }
-        if (!oc.cancelled) accept(oc.topic, std::move(oc.out));
     }
 
     void handle_cancel(const std::string& command, const message& m) {
@@ -976,6 +993,10 @@ void loopback::unsubscribe(subscription_id id) { impl_->unsubscribe(id); }
 void loopback::unsubscribe(const std::string& filter) { impl_->unsubscribe(filter); }
 
 void loopback::command_register(const std::string& command, command_handler handler, command_options opts) {
+    impl_->command_register(command, std::move(handler), std::move(opts));
+}
+
+void loopback::command_register(const std::string& command, deferred_command_handler handler, command_options opts) {
     impl_->command_register(command, std::move(handler), std::move(opts));
 }
 

@@ -172,6 +172,10 @@ public:
     ///        group name.
     /// @throw command_already_registered if `command` is already served by this loopback.
     void command_register(const std::string& command, command_handler handler, command_options opts = {}) override;
+    /// A deferred handler may answer after it returns, from any thread; run_until_idle() then delivers the
+    /// outcome.
+    void command_register(const std::string& command, deferred_command_handler handler,
+                          command_options opts = {}) override;
 
     /// Stops serving `command` and unsubscribes its two topics; a call already running finishes.
     /// Unknown commands are ignored.

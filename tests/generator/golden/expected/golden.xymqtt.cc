@@ -320,6 +320,70 @@ void SensorHub::Server::serve(Service& service) {
   }
 }
 
+void SensorHub::Server::serve(AsyncService& service) {
+  std::vector<std::string> registered;
+  try {
+    ::xymqtt::command_options calibrate_options;
+    calibrate_options.group = "hubs";
+    calibrate_options.concurrency = calibrate_concurrency_;
+    transport_.command_register(
+        calibrate_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::golden::v1::Calibrate request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.calibrate(request, context, CalibrateResponder(std::move(respond), call.format));
+            }),
+        calibrate_options);
+    registered.push_back(calibrate_topic_);
+
+    ::xymqtt::command_options reset_options;
+    reset_options.concurrency = reset_concurrency_;
+    transport_.command_register(
+        reset_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::golden::v1::Empty request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.reset(request, context, ResetResponder(std::move(respond), call.format));
+            }),
+        reset_options);
+    registered.push_back(reset_topic_);
+
+    ::xymqtt::command_options delete_options;
+    delete_options.concurrency = delete_concurrency_;
+    transport_.command_register(
+        delete_topic_,
+        ::xymqtt::deferred_command_handler(
+            [&service](const ::xymqtt::invocation& call, ::xymqtt::call_context& context, ::xymqtt::responder respond) {
+              ::golden::v1::DeleteRequest request;
+              ::xymqtt::protobuf::decode(call.body, call.format, &request);
+              service.delete_(request, context, DeleteResponder(std::move(respond), call.format));
+            }),
+        delete_options);
+    registered.push_back(delete_topic_);
+  } catch (...) {
+    for (const auto& command : registered) transport_.command_unregister(command);
+    throw;
+  }
+}
+
+bool SensorHub::CalibrateResponder::resolve(const ::golden::v1::Calibrated& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
+bool SensorHub::CalibrateResponder::reject(const CalibrateError& error) const {
+  return responder_.reject(error.status(), error.what(), ::xymqtt::protobuf::encode(error.details(), format_));
+}
+
+bool SensorHub::ResetResponder::resolve(const ::golden::v1::Empty& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
+bool SensorHub::DeleteResponder::resolve(const ::golden::v1::Empty& result) const {
+  return responder_.resolve(::xymqtt::protobuf::encode(result, format_));
+}
+
 void SensorHub::Server::stop() {
   transport_.command_unregister(calibrate_topic_);
   transport_.command_unregister(reset_topic_);

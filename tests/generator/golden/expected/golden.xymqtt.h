@@ -106,6 +106,24 @@ class SensorHub final {
     ::golden::v1::CalibrationRefused details_;
   };
 
+  /// Answers one call of `calibrate` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class CalibrateResponder {
+   public:
+    CalibrateResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::golden::v1::Calibrated& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+    /// Rejects with typed details. @return false if the call was answered already.
+    bool reject(const CalibrateError& error) const;
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
+  };
+
   /// A rejected call of `reset`.
   struct ResetRejection {
     std::string message_id;
@@ -139,6 +157,22 @@ class SensorHub final {
       std::function<void(const std::string& message_id, const ::golden::v1::Empty& result)>;
   using ResetRejectHandler = std::function<void(const ResetRejection& rejection)>;
 
+  /// Answers one call of `reset` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class ResetResponder {
+   public:
+    ResetResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::golden::v1::Empty& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
+  };
+
   /// A rejected call of `delete`.
   struct DeleteRejection {
     std::string message_id;
@@ -171,6 +205,22 @@ class SensorHub final {
   using DeleteResolveHandler =
       std::function<void(const std::string& message_id, const ::golden::v1::Empty& result)>;
   using DeleteRejectHandler = std::function<void(const DeleteRejection& rejection)>;
+
+  /// Answers one call of `delete` for an AsyncService, now or later, from any thread. The first
+  /// resolve or reject counts; a call left unanswered when every copy is dropped is rejected with 500.
+  class DeleteResponder {
+   public:
+    DeleteResponder(::xymqtt::responder responder, ::xymqtt::wire_format format)
+        : responder_(std::move(responder)), format_(format) {}
+    /// @return false if the call was answered already.
+    bool resolve(const ::golden::v1::Empty& result) const;
+    /// @return false if the call was answered already.
+    bool reject(int status, const std::string& message) const { return responder_.reject(status, message); }
+
+   private:
+    ::xymqtt::responder responder_;
+    ::xymqtt::wire_format format_;
+  };
 
   /// What users of the service do: subscribe to its events and call its commands.
   class ClientInterface {
@@ -335,6 +385,26 @@ class SensorHub final {
         const ::golden::v1::DeleteRequest& request, ::xymqtt::call_context& context) = 0;
   };
 
+  /// The same handlers, answering through a responder instead of returning, so that a call that waits
+  /// (on a database, another service) holds no thread: start the work, return, answer when it is done.
+  /// Serve it with Server::serve instead of a Service.
+  class AsyncService {
+   public:
+    virtual ~AsyncService() = default;
+
+    /// Serves `calibrate` (`{site}/{hub}/cmd/calibrate`): answer through `respond`, now or later.
+    virtual void calibrate(
+        const ::golden::v1::Calibrate& request, ::xymqtt::call_context& context, CalibrateResponder respond) = 0;
+
+    /// Serves `reset` (`{site}/{hub}/cmd/reset`): answer through `respond`, now or later.
+    virtual void reset(
+        const ::golden::v1::Empty& request, ::xymqtt::call_context& context, ResetResponder respond) = 0;
+
+    /// Serves `delete` (`{site}/{hub}/{namespace}/cmd/delete`): answer through `respond`, now or later.
+    virtual void delete_(
+        const ::golden::v1::DeleteRequest& request, ::xymqtt::call_context& context, DeleteResponder respond) = 0;
+  };
+
   /// What the service itself does: publish its events.
   class ServerInterface {
    public:
@@ -360,6 +430,10 @@ class SensorHub final {
     /// @throw xymqtt::command_already_registered if a command is already served on the transport
     ///        (nothing stays registered then).
     void serve(Service& service);
+    /// Registers `service`, whose handlers answer through responders; it must outlive the registration.
+    /// A command's concurrency then counts the calls started and not yet answered.
+    /// @throw xymqtt::command_already_registered as the other serve.
+    void serve(AsyncService& service);
     /// Stops serving the commands (unregisters them).
     void stop();
 

@@ -71,5 +71,16 @@ class MockSensorHubService : public SensorHub::Service {
   MAKE_MOCK2(delete_, ::golden::v1::Empty(const ::golden::v1::DeleteRequest&, ::xymqtt::call_context&), override);
 };
 
+/// A mock of SensorHub::AsyncService, the command handlers that answer through a responder.
+class MockSensorHubAsyncService : public SensorHub::AsyncService {
+ public:
+  MAKE_MOCK3(calibrate, void(const ::golden::v1::Calibrate&, ::xymqtt::call_context&, SensorHub::CalibrateResponder),
+             override);
+  MAKE_MOCK3(reset, void(const ::golden::v1::Empty&, ::xymqtt::call_context&, SensorHub::ResetResponder),
+             override);
+  MAKE_MOCK3(delete_, void(const ::golden::v1::DeleteRequest&, ::xymqtt::call_context&, SensorHub::DeleteResponder),
+             override);
+};
+
 }  // namespace v1
 }  // namespace golden
