@@ -119,21 +119,30 @@ private:
 
 namespace {
 
-// Logs the broker's answer to SUBSCRIBE / UNSUBSCRIBE, and hands a failure (not a refusal) to `failed`.
+// Logs the broker's answer to SUBSCRIBE / UNSUBSCRIBE, hands a failure (not a refusal) to `failed` and
+// the broker's answer (its reason code: granted below 0x80, refused from 0x80) to `answered`.
 class sub_listener : public mqtt::iaction_listener {
 public:
     sub_listener(std::function<void(log_level, const std::string&)> log, std::string what,
-                 std::function<void(const mqtt::iasync_client*)> failed = nullptr)
-        : log_(std::move(log)), what_(std::move(what)), failed_(std::move(failed)) {}
+                 std::function<void(const mqtt::iasync_client*)> failed = nullptr,
+                 std::function<void(int reason_code)> answered = nullptr)
+        : log_(std::move(log)), what_(std::move(what)), failed_(std::move(failed)), answered_(std::move(answered)) {}
     void on_success(const mqtt::token& tok) override {
         if (tok.get_reason_code() >= 0x80)
             log_(log_level::error, what_ + " refused by the broker, reason code " + std::to_string(tok.get_reason_code()));
+        if (answered_) answered_(tok.get_reason_code());
         delete this;
     }
     void on_failure(const mqtt::token& tok) override {
-        log_(log_level::warning, what_ + " failed: return code " + std::to_string(tok.get_return_code()) +
-                                     ", reason code " + std::to_string(tok.get_reason_code()) +
-                                     (failed_ ? " (retrying)" : ""));
+        // Paho C++ reports an MQTT 5 SUBACK that refuses (reason code from 0x80) as a failure.
+        const int reason = tok.get_reason_code();
+        if (reason >= 0x80)
+            log_(log_level::error, what_ + " refused by the broker, reason code " + std::to_string(reason) +
+                                       (failed_ ? " (retrying)" : ""));
+        else
+            log_(log_level::warning, what_ + " failed: return code " + std::to_string(tok.get_return_code()) +
+                                         ", reason code " + std::to_string(reason) + (failed_ ? " (retrying)" : ""));
+        if (answered_ && reason >= 0x80) answered_(reason);
         if (failed_) failed_(tok.get_client());
         delete this;
     }
@@ -142,6 +151,7 @@ private:
     std::function<void(log_level, const std::string&)> log_;
     std::string what_;
     std::function<void(const mqtt::iasync_client*)> failed_;
+    std::function<void(int)> answered_;
 };
 
 }  // namespace
@@ -700,11 +710,15 @@ void client::impl::subscribe_at_broker(const std::string& filter, std::chrono::m
     if (!cli) return;  // subscribed on the next connection
     if (retry_in.count() <= 0) retry_in = opts_.reconnect_min;
     try {
+        std::function<void(int)> answered;
+        if (!results_root_.empty() && filter == results_root_ + "/#")
+            answered = [this](int reason_code) { on_results_subscription(reason_code); };
         auto* l = new sub_listener([this](log_level lv, const std::string& s) { log(lv, s); },
                                    "subscription to " + filter,
                                    [this, filter, retry_in](const mqtt::iasync_client* c) {
                                        on_subscribe_failed(filter, c, retry_in);
-                                   });
+                                   },
+                                   std::move(answered));
         if (opts_.mqtt_version == 5) {
             // Retained messages only for a new subscription, not again at each reconnect.
             mqtt::subscribe_options so;

@@ -260,6 +260,9 @@ private:
                               const std::string& message_id) const;
     /// A result on this client's own result topics (`<root>/<command>/resolve|reject`).
     void handle_routed_result(const message& m, effects& fx);
+    /// The broker's answer to the SUBSCRIBE of this client's result topics: a refusal fails the calls
+    /// awaited and refuses new ones (broker_error) until a later SUBSCRIBE is granted.
+    void on_results_subscription(int reason_code);
     void serve_cancel(const std::string& command, const message& m, effects& fx);
     void handle_result(const std::string& command, bool rejected, const message& m, effects& fx);
     void ensure_results_lane(const std::string& command);
@@ -353,6 +356,7 @@ private:
     std::map<std::string, std::pair<subscription_id, subscription_id>> result_lanes_;
     std::string results_root_;            // result_routing::per_client: `<prefix>/<client id>`, else empty
     std::mutex results_root_mu_;
+    std::string results_refused_;  // why the broker refused the result topics, "" if not (guarded by mu_)
     subscription_id results_root_sub_ = 0;  // its one lane, `<root>/#` (guarded by results_root_mu_)
     std::map<std::string, call_completion> awaiting_;
     mutable std::mutex results_mu_;

@@ -315,6 +315,25 @@ void client::impl::ensure_results_lane(const std::string& command) {
     result_lanes_[command] = {a, b};
 }
 
+void client::impl::on_results_subscription(int reason_code) {
+    std::map<std::string, call_completion> failed;
+    std::string why;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (reason_code < 0x80) {
+            results_refused_.clear();  // granted (again: the ACL may have been fixed)
+            return;
+        }
+        why = "the broker refused this client's result topics " + results_root_ + "/# (reason code " +
+              std::to_string(reason_code) + "): results of its calls cannot reach it; a broker ACL must let " +
+              opts_.client_id + " read them";
+        results_refused_ = why;
+        failed.swap(awaiting_);
+    }
+    log(log_level::error, why);
+    for (auto& [id, done] : failed) done(std::make_exception_ptr(broker_error(why, reason_code)), {});
+}
+
 void client::impl::handle_routed_result(const message& m, effects& fx) {
     // <root>/<command>/resolve or <root>/<command>/reject
     const auto rest = m.topic.substr(std::min(m.topic.size(), results_root_.size() + 1));
@@ -407,6 +426,11 @@ std::string client::impl::start_call(const std::string& command, std::string bod
                                      call_completion awaiting) {
     if (opts.format == wire_format::binary && opts_.mqtt_version != 5)
         throw configuration_error("the binary format carries the message id in MQTT 5 properties: use MQTT 5 or JSON");
+    {
+        // Nothing is accepted that could never be answered.
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!results_refused_.empty()) throw broker_error(results_refused_, 0x87);
+    }
     const auto id = make_message_id();
     auto out = wire::encode_invoke(opts.format, id, body, opts.expiry);
     if (!results_root_.empty()) {

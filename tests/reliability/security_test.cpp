@@ -318,6 +318,41 @@ TEST_CASE("ACL: a denied invoke rejects a call() at its result handler, and its 
     CHECK(results.size() == 1);  // the call was answered once; the second reject names a finished call
 }
 
+TEST_CASE("ACL: per-client result topics the caller may not read fail its calls with broker_error, and new calls at once",
+          "[security][acl]") {
+    // Mosquitto's acl_file never refuses a SUBSCRIBE (it filters deliveries); its dynamic security plugin
+    // does. Anonymous clients may use allowed/#, and not xymqtt/results/#.
+    const std::string plugin = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so";
+    INFO("Debian's mosquitto package ships the dynamic security plugin at " << plugin);
+    REQUIRE(std::ifstream(plugin).good());
+    temp_dir dir("dynsec");
+    write_file(dir / "dynsec.json", R"({
+  "defaultACLAccess": {"publishClientSend": false, "publishClientReceive": true, "subscribe": false, "unsubscribe": true},
+  "clients": [],
+  "groups": [{"groupname": "anonymous", "roles": [{"rolename": "caller"}]}],
+  "anonymousGroup": "anonymous",
+  "roles": [{"rolename": "caller", "acls": [
+    {"acltype": "publishClientSend", "topic": "allowed/#", "allow": true},
+    {"acltype": "subscribePattern", "topic": "allowed/#", "allow": true}]}]
+})");
+    ::chmod((dir / "dynsec.json").c_str(), 0666);
+    broker b("plugin " + plugin + "\nplugin_opt_config_file " + (dir / "dynsec.json") + "\n");
+    auto o = options_for(dir, "caller", b.uri());
+    o.results = result_routing::per_client;
+    auto c = connected(o);
+    auto first = c->call_async("allowed/cmd", "x", {}, 20s);
+    try {
+        first.result.get();
+        FAIL("the call was answered");
+    } catch (const broker_error& e) {
+        CHECK(e.reason_code() == 0x87);
+        CHECK(std::string(e.what()).find("result topics xymqtt/results/" + o.client_id + "/#") != std::string::npos);
+    }
+    const auto outbox = c->stats().outbox;
+    CHECK_THROWS_AS(c->call_async("allowed/cmd", "y", {}, 20s), broker_error);  // refused before it is stored
+    CHECK(c->stats().outbox == outbox);
+}
+
 TEST_CASE("credentials never appear in logs or in the store", "[security][acl]") {
     acl_fixture f;
     // A wrong password too, so the failure paths log as well.

@@ -214,14 +214,17 @@ public:
     /// @return once the invoke is durably stored (it is sent as soon as the broker is reachable).
     /// @throw call_with_no_subscription unless results of `command` are subscribed (subscribe_results,
     ///        or subscriptions matching both `<command>/resolve` and `<command>/reject`).
+    /// @throw broker_error if the broker refused this client's per-client result topics
+    ///        (result_routing::per_client): nothing is stored then.
     virtual call_handle call(const std::string& command, std::string body, call_options opts = {}) = 0;
 
     /// Calls `command` and hands its outcome to `done`, for callers that stay online. Needs no
     /// subscription of its own: the result goes to `done` only, not to subscribe_results handlers. On
-    /// timeout `done` gets timeout_error and the call is cancelled; a later result is ignored.
+    /// timeout `done` gets timeout_error and the call is cancelled; a later result is ignored. If the
+    /// broker refuses this client's per-client result topics, `done` gets broker_error.
     /// @return once the invoke is durably stored.
-    /// @throw invalid_topic, storage_error, client_closed, as call() does; configuration_error if `done`
-    ///        is empty.
+    /// @throw invalid_topic, storage_error, client_closed, broker_error, as call() does;
+    ///        configuration_error if `done` is empty.
     virtual call_handle call_async(const std::string& command, std::string body, call_options opts,
                                    std::optional<std::chrono::milliseconds> timeout, call_completion done) = 0;
 
