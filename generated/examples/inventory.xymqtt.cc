@@ -47,9 +47,11 @@ Inventory::ReserveOutcome Inventory::ReserveOutcome::decode(
 }
 
 // The options of every call of `reserve`.
-static ::xymqtt::call_options inventory_reserve_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options inventory_reserve_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   options.expiry = std::chrono::seconds(60);
   return options;
 }
@@ -78,9 +80,11 @@ Inventory::GetStockOutcome Inventory::GetStockOutcome::decode(
 }
 
 // The options of every call of `get_stock`.
-static ::xymqtt::call_options inventory_get_stock_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options inventory_get_stock_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   return options;
 }
 
@@ -90,6 +94,7 @@ Inventory::Client::Client(::xymqtt::transport& transport, std::string env)
 Inventory::Client::Client(::xymqtt::transport& transport, std::string env, Options options)
     : transport_(transport),
       format_(options.format),
+      results_(options.results),
       env_(std::move(env)),
       system_(std::move(options.system)) {
   ::xymqtt::validate_topic_token("env", env_);
@@ -120,7 +125,7 @@ Inventory::Client::Client(::xymqtt::transport& transport, std::string env, Optio
 
 ::xymqtt::call_handle Inventory::Client::call_reserve(const ::xymqtt::examples::inventory::ReserveRequest& request) {
   return transport_.call(reserve_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         inventory_reserve_call_options(format_));
+                         inventory_reserve_call_options(format_, results_));
 }
 
 Inventory::PendingReserve Inventory::Client::call_reserve_async(
@@ -129,7 +134,7 @@ Inventory::PendingReserve Inventory::Client::call_reserve_async(
   PendingReserve pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(reserve_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         inventory_reserve_call_options(format_), timeout,
+                                         inventory_reserve_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -147,12 +152,13 @@ Inventory::PendingReserve Inventory::Client::call_reserve_async(
           ReserveRejection rejection = ReserveRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 ::xymqtt::call_handle Inventory::Client::call_get_stock(const ::xymqtt::examples::inventory::GetStockRequest& request) {
   return transport_.call(get_stock_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         inventory_get_stock_call_options(format_));
+                         inventory_get_stock_call_options(format_, results_));
 }
 
 Inventory::PendingGetStock Inventory::Client::call_get_stock_async(
@@ -161,7 +167,7 @@ Inventory::PendingGetStock Inventory::Client::call_get_stock_async(
   PendingGetStock pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(get_stock_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         inventory_get_stock_call_options(format_), timeout,
+                                         inventory_get_stock_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -179,7 +185,8 @@ Inventory::PendingGetStock Inventory::Client::call_get_stock_async(
           GetStockRejection rejection = GetStockRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 void Inventory::Client::unsubscribe(::xymqtt::subscription_id id) { transport_.unsubscribe(id); }

@@ -41,6 +41,8 @@ class Inventory final {
     /// Encoding of the events this side publishes and of the calls it makes. Events received are
     /// decoded by their MQTT 5 content type, else in this format.
     ::xymqtt::wire_format format = ::xymqtt::wire_format::binary;
+    /// Where the results of a Client's calls go (xymqtt::result_routing); unset: the transport's default.
+    std::optional<::xymqtt::result_routing> results;
     /// Calls of `reserve` a Server runs at once (xymqtt::command_options::concurrency).
     unsigned reserve_concurrency = 1;
     /// Calls of `get_stock` a Server runs at once (xymqtt::command_options::concurrency).
@@ -276,6 +278,7 @@ class Inventory final {
    private:
     ::xymqtt::transport& transport_;
     ::xymqtt::wire_format format_;
+    std::optional<::xymqtt::result_routing> results_;
     std::string env_;
     std::string system_;
     std::string stock_changed_topic_;

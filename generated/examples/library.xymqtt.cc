@@ -47,9 +47,11 @@ Books::GetOutcome Books::GetOutcome::decode(
 }
 
 // The options of every call of `get`.
-static ::xymqtt::call_options books_get_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options books_get_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   return options;
 }
 
@@ -82,9 +84,11 @@ Books::ListOutcome Books::ListOutcome::decode(
 }
 
 // The options of every call of `list`.
-static ::xymqtt::call_options books_list_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options books_list_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   return options;
 }
 
@@ -117,9 +121,11 @@ Books::CreateOutcome Books::CreateOutcome::decode(
 }
 
 // The options of every call of `create`.
-static ::xymqtt::call_options books_create_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options books_create_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   options.expiry = std::chrono::seconds(30);
   return options;
 }
@@ -153,9 +159,11 @@ Books::UpdateOutcome Books::UpdateOutcome::decode(
 }
 
 // The options of every call of `update`.
-static ::xymqtt::call_options books_update_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options books_update_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   options.expiry = std::chrono::seconds(30);
   return options;
 }
@@ -189,9 +197,11 @@ Books::DeleteOutcome Books::DeleteOutcome::decode(
 }
 
 // The options of every call of `delete`.
-static ::xymqtt::call_options books_delete_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options books_delete_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   return options;
 }
 
@@ -201,6 +211,7 @@ Books::Client::Client(::xymqtt::transport& transport)
 Books::Client::Client(::xymqtt::transport& transport, Options options)
     : transport_(transport),
       format_(options.format),
+      results_(options.results),
       env_(std::move(options.env)) {
   ::xymqtt::validate_topic_token("env", env_);
   changed_topic_ = env_ + "/library/evt/book_changed/+";
@@ -222,7 +233,7 @@ Books::Client::Client(::xymqtt::transport& transport, Options options)
 
 ::xymqtt::call_handle Books::Client::call_get(const ::xymqtt::examples::library::GetBookRequest& request) {
   return transport_.call(get_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         books_get_call_options(format_));
+                         books_get_call_options(format_, results_));
 }
 
 Books::PendingGet Books::Client::call_get_async(
@@ -231,7 +242,7 @@ Books::PendingGet Books::Client::call_get_async(
   PendingGet pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(get_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         books_get_call_options(format_), timeout,
+                                         books_get_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -249,12 +260,13 @@ Books::PendingGet Books::Client::call_get_async(
           GetRejection rejection = GetRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 ::xymqtt::call_handle Books::Client::call_list(const ::xymqtt::examples::library::ListBooksRequest& request) {
   return transport_.call(list_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         books_list_call_options(format_));
+                         books_list_call_options(format_, results_));
 }
 
 Books::PendingList Books::Client::call_list_async(
@@ -263,7 +275,7 @@ Books::PendingList Books::Client::call_list_async(
   PendingList pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(list_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         books_list_call_options(format_), timeout,
+                                         books_list_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -281,12 +293,13 @@ Books::PendingList Books::Client::call_list_async(
           ListRejection rejection = ListRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 ::xymqtt::call_handle Books::Client::call_create(const ::xymqtt::examples::library::CreateBookRequest& request) {
   return transport_.call(create_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         books_create_call_options(format_));
+                         books_create_call_options(format_, results_));
 }
 
 Books::PendingCreate Books::Client::call_create_async(
@@ -295,7 +308,7 @@ Books::PendingCreate Books::Client::call_create_async(
   PendingCreate pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(create_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         books_create_call_options(format_), timeout,
+                                         books_create_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -313,12 +326,13 @@ Books::PendingCreate Books::Client::call_create_async(
           CreateRejection rejection = CreateRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 ::xymqtt::call_handle Books::Client::call_update(const ::xymqtt::examples::library::UpdateBookRequest& request) {
   return transport_.call(update_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         books_update_call_options(format_));
+                         books_update_call_options(format_, results_));
 }
 
 Books::PendingUpdate Books::Client::call_update_async(
@@ -327,7 +341,7 @@ Books::PendingUpdate Books::Client::call_update_async(
   PendingUpdate pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(update_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         books_update_call_options(format_), timeout,
+                                         books_update_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -345,12 +359,13 @@ Books::PendingUpdate Books::Client::call_update_async(
           UpdateRejection rejection = UpdateRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 ::xymqtt::call_handle Books::Client::call_delete(const ::xymqtt::examples::library::DeleteBookRequest& request) {
   return transport_.call(delete_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         books_delete_call_options(format_));
+                         books_delete_call_options(format_, results_));
 }
 
 Books::PendingDelete Books::Client::call_delete_async(
@@ -359,7 +374,7 @@ Books::PendingDelete Books::Client::call_delete_async(
   PendingDelete pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(delete_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         books_delete_call_options(format_), timeout,
+                                         books_delete_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -377,7 +392,8 @@ Books::PendingDelete Books::Client::call_delete_async(
           DeleteRejection rejection = DeleteRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 void Books::Client::unsubscribe(::xymqtt::subscription_id id) { transport_.unsubscribe(id); }

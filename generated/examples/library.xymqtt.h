@@ -42,6 +42,8 @@ class Books final {
     /// Encoding of the events this side publishes and of the calls it makes. Events received are
     /// decoded by their MQTT 5 content type, else in this format.
     ::xymqtt::wire_format format = ::xymqtt::wire_format::binary;
+    /// Where the results of a Client's calls go (xymqtt::result_routing); unset: the transport's default.
+    std::optional<::xymqtt::result_routing> results;
     /// Calls of `get` a Server runs at once (xymqtt::command_options::concurrency).
     unsigned get_concurrency = 1;
     /// Calls of `list` a Server runs at once (xymqtt::command_options::concurrency).
@@ -547,6 +549,7 @@ class Books final {
    private:
     ::xymqtt::transport& transport_;
     ::xymqtt::wire_format format_;
+    std::optional<::xymqtt::result_routing> results_;
     std::string env_;
     std::string changed_topic_;
     std::string get_topic_;

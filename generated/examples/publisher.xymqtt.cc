@@ -41,9 +41,11 @@ Publisher::PingOutcome Publisher::PingOutcome::decode(
 }
 
 // The options of every call of `ping`.
-static ::xymqtt::call_options publisher_ping_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options publisher_ping_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   return options;
 }
 
@@ -53,6 +55,7 @@ Publisher::Client::Client(::xymqtt::transport& transport)
 Publisher::Client::Client(::xymqtt::transport& transport, Options options)
     : transport_(transport),
       format_(options.format),
+      results_(options.results),
       system_(std::move(options.system)) {
   ::xymqtt::validate_topic_token("system", system_);
   tick_topic_ = "evt/" + system_ + "/tick";
@@ -70,7 +73,7 @@ Publisher::Client::Client(::xymqtt::transport& transport, Options options)
 
 ::xymqtt::call_handle Publisher::Client::call_ping(const ::xymqtt::examples::PingRequest& request) {
   return transport_.call(ping_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         publisher_ping_call_options(format_));
+                         publisher_ping_call_options(format_, results_));
 }
 
 Publisher::PendingPing Publisher::Client::call_ping_async(
@@ -79,7 +82,7 @@ Publisher::PendingPing Publisher::Client::call_ping_async(
   PendingPing pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(ping_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         publisher_ping_call_options(format_), timeout,
+                                         publisher_ping_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -97,7 +100,8 @@ Publisher::PendingPing Publisher::Client::call_ping_async(
           PingRejection rejection = PingRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 void Publisher::Client::unsubscribe(::xymqtt::subscription_id id) { transport_.unsubscribe(id); }

@@ -37,6 +37,8 @@ class Publisher final {
     /// Encoding of the events this side publishes and of the calls it makes. Events received are
     /// decoded by their MQTT 5 content type, else in this format.
     ::xymqtt::wire_format format = ::xymqtt::wire_format::binary;
+    /// Where the results of a Client's calls go (xymqtt::result_routing); unset: the transport's default.
+    std::optional<::xymqtt::result_routing> results;
     /// Calls of `ping` a Server runs at once (xymqtt::command_options::concurrency).
     unsigned ping_concurrency = 1;
   };
@@ -159,6 +161,7 @@ class Publisher final {
    private:
     ::xymqtt::transport& transport_;
     ::xymqtt::wire_format format_;
+    std::optional<::xymqtt::result_routing> results_;
     std::string system_;
     std::string tick_topic_;
     std::string ping_topic_;

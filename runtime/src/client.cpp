@@ -179,9 +179,9 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.session_expiry.count() <= 0 && opts_.mqtt_version == 5)
         throw configuration_error("session_expiry must be > 0: with 0 the session dies at each disconnect");
     if (opts_.max_inflight == 0) throw configuration_error("max_inflight must be > 0");
-    if (opts_.results == result_routing::per_client) {
-        if (opts_.mqtt_version != 5)
-            throw configuration_error("per-client result topics need MQTT 5 (the invoke's Response Topic)");
+    // Per-client result topics, if this client can have them: its default, or asked for by a call.
+    try {
+        if (opts_.mqtt_version != 5) throw configuration_error("per-client result topics need MQTT 5 (the invoke's Response Topic)");
         try {
             validate_topic_token("client_id", opts_.client_id);
             validate_topic_name(opts_.results_prefix);
@@ -189,6 +189,9 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
             throw configuration_error(std::string("per-client result topics: ") + e.what());
         }
         results_root_ = opts_.results_prefix + "/" + opts_.client_id;
+    } catch (const configuration_error& e) {
+        if (opts_.results == result_routing::per_client) throw;
+        no_results_root_ = e.what();
     }
 
     if (opts_.store) {
@@ -1924,7 +1927,12 @@ void client::command_register(const std::string& command, deferred_command_handl
 }
 void client::command_unregister(const std::string& command) { impl_->command_unregister(command); }
 subscription_id client::subscribe_results(const std::string& command, result_handler handler) {
-    return impl_->subscribe_results(command, std::move(handler));
+    return impl_->subscribe_results(command, std::move(handler), std::nullopt);
+}
+
+subscription_id client::subscribe_results(const std::string& command, result_handler handler,
+                                          std::optional<result_routing> routing) {
+    return impl_->subscribe_results(command, std::move(handler), routing);
 }
 call_handle client::call(const std::string& command, std::string body, call_options opts) {
     return impl_->call(command, std::move(body), opts);

@@ -66,7 +66,8 @@ public:
     void command_register(const std::string& command, command_handler handler, command_options opts);
     void command_register(const std::string& command, deferred_command_handler handler, command_options opts);
     void command_unregister(const std::string& command);
-    subscription_id subscribe_results(const std::string& command, result_handler handler);
+    subscription_id subscribe_results(const std::string& command, result_handler handler,
+                                      std::optional<result_routing> routing);
     call_handle call(const std::string& command, std::string body, call_options opts);
     call_handle call_async(const std::string& command, std::string body, call_options opts,
                            std::optional<std::chrono::milliseconds> timeout, call_completion done);
@@ -265,8 +266,11 @@ private:
     void on_results_subscription(int reason_code);
     void serve_cancel(const std::string& command, const message& m, effects& fx);
     void handle_result(const std::string& command, bool rejected, const message& m, effects& fx);
-    void ensure_results_lane(const std::string& command);
-    bool has_result_subscription(const std::string& command) const;
+    void ensure_results_lane(const std::string& command, result_routing routing);
+    /// @return `routing`, or the client's default. @throw configuration_error if it is per_client and this
+    /// client cannot have per-client result topics (MQTT 3.1.1, a client id that is no topic level).
+    result_routing routing_of(std::optional<result_routing> routing) const;
+    bool has_result_subscription(const std::string& command, result_routing routing) const;
     std::string start_call(const std::string& command, std::string body, const call_options& opts,
                            call_completion awaiting);
     call_handle make_handle(const std::string& command, const std::string& id, wire_format format);
@@ -354,7 +358,8 @@ private:
     std::map<std::string, command_entry> commands_;
     std::map<std::string, std::map<subscription_id, result_handler>> result_handlers_;
     std::map<std::string, std::pair<subscription_id, subscription_id>> result_lanes_;
-    std::string results_root_;            // result_routing::per_client: `<prefix>/<client id>`, else empty
+    std::string results_root_;     // `<prefix>/<client id>`, if this client can have per-client result topics
+    std::string no_results_root_;  // else why not
     std::mutex results_root_mu_;
     std::string results_refused_;  // why the broker refused the result topics, "" if not (guarded by mu_)
     subscription_id results_root_sub_ = 0;  // its one lane, `<root>/#` (guarded by results_root_mu_)

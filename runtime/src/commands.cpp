@@ -290,8 +290,14 @@ void client::impl::serve_cancel(const std::string& command, const message& m, ef
 // ---------------------------------------------------------------------------------------------------
 // caller
 
-void client::impl::ensure_results_lane(const std::string& command) {
-    if (!results_root_.empty()) {
+result_routing client::impl::routing_of(std::optional<result_routing> routing) const {
+    const auto r = routing.value_or(opts_.results);
+    if (r == result_routing::per_client && results_root_.empty()) throw configuration_error(no_results_root_);
+    return r;
+}
+
+void client::impl::ensure_results_lane(const std::string& command, result_routing routing) {
+    if (routing == result_routing::per_client) {
         // Per-client result topics: one lane for the results of every command this client calls. Made
         // under a lock of its own: no call may publish its invoke before the SUBSCRIBE has gone first.
         std::lock_guard<std::mutex> once(results_root_mu_);
@@ -378,10 +384,11 @@ void client::impl::handle_result(const std::string& command, bool rejected, cons
     fx.ops.push_back({table::calls, r.message_id, std::nullopt});
 }
 
-subscription_id client::impl::subscribe_results(const std::string& command, result_handler handler) {
+subscription_id client::impl::subscribe_results(const std::string& command, result_handler handler,
+                                                std::optional<result_routing> routing) {
     validate_topic_name(command);
     if (!handler) throw error("subscribe_results needs a handler");
-    ensure_results_lane(command);
+    ensure_results_lane(command, routing_of(routing));
     subscription_id id;
     {
         std::lock_guard<std::mutex> lk(mu_);
@@ -399,13 +406,13 @@ bool client::impl::remove_result_handler(subscription_id id) {
     return false;
 }
 
-bool client::impl::has_result_subscription(const std::string& command) const {
+bool client::impl::has_result_subscription(const std::string& command, result_routing routing) const {
     {
         std::lock_guard<std::mutex> lk(results_mu_);
         auto it = result_handlers_.find(command);
         if (it != result_handlers_.end() && !it->second.empty()) return true;
     }
-    if (!results_root_.empty()) return false;  // results come only to this client's own topics
+    if (routing == result_routing::per_client) return false;  // results come only to this client's own topics
     std::set<subscription_id> internal;
     {
         std::lock_guard<std::mutex> lk(results_mu_);
@@ -426,14 +433,15 @@ std::string client::impl::start_call(const std::string& command, std::string bod
                                      call_completion awaiting) {
     if (opts.format == wire_format::binary && opts_.mqtt_version != 5)
         throw configuration_error("the binary format carries the message id in MQTT 5 properties: use MQTT 5 or JSON");
-    {
+    const bool per_client = routing_of(opts.results) == result_routing::per_client;
+    if (per_client) {
         // Nothing is accepted that could never be answered.
         std::lock_guard<std::mutex> lk(mu_);
         if (!results_refused_.empty()) throw broker_error(results_refused_, 0x87);
     }
     const auto id = make_message_id();
     auto out = wire::encode_invoke(opts.format, id, body, opts.expiry);
-    if (!results_root_.empty()) {
+    if (per_client) {
         out.props.response_topic = results_root_ + "/" + command;
         out.props.correlation_data = id;
     }
@@ -489,7 +497,9 @@ void client::impl::cancel_call(const std::string& command, const std::string& me
 call_handle client::impl::call(const std::string& command, std::string body, call_options opts) {
     validate_topic_name(command);
     require_open();
-    if (!has_result_subscription(command))
+    const auto routing = routing_of(opts.results);
+    if (routing == result_routing::per_client) ensure_results_lane(command, routing);
+    if (!has_result_subscription(command, routing))
         throw call_with_no_subscription("call of " + command + " needs subscriptions to " + wire::resolve_topic(command) +
                                         " and " + wire::reject_topic(command) +
                                         " (subscribe_results): results may arrive while this client is offline");
@@ -502,7 +512,7 @@ call_handle client::impl::call_async(const std::string& command, std::string bod
     if (!done) throw configuration_error("call_async of " + command + " needs a completion");
     validate_topic_name(command);
     require_open();
-    ensure_results_lane(command);
+    ensure_results_lane(command, routing_of(opts.results));
     const auto id = start_call(command, std::move(body), opts, std::move(done));
     const auto f = opts.format;
     if (timeout) {

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -204,4 +205,76 @@ TEST_CASE("the AIP-style contract through the broker: Delete served by delete_()
     REQUIRE(rejected.rejection->details);
     CHECK(rejected.rejection->details->reason() == lib::BookRefused::NOT_FOUND);
     CHECK(rejected.rejection->details->field() == "name");
+}
+
+TEST_CASE("a service's Options choose per-client result topics for its calls on a client whose default is shared",
+          "[generated][broker][routing]") {
+    broker_client server_side("srv"), caller_side("cli"), watcher_side("watch");
+    auto options = options_for("gen-route-" + unique_suffix(), xymqtt::wire_format::binary);
+    PingService service;
+    Publisher::Server server(*server_side, options);
+    server.serve(service);
+    options.results = xymqtt::result_routing::per_client;  // this service's calls only
+    Publisher::Client client(*caller_side, options);
+
+    // Nothing may reach the shared result topics; everything reaches the caller's own.
+    std::mutex mu;
+    std::vector<std::string> shared, routed;
+    (*watcher_side).subscribe(client.ping_topic() + "/+", [&](const xymqtt::message& m) {
+        if (m.topic != client.ping_topic() + "/invoke") {
+            std::lock_guard<std::mutex> lk(mu);
+            shared.push_back(m.topic);
+        }
+    });
+    (*watcher_side).subscribe("xymqtt/results/+/" + client.ping_topic() + "/+", [&](const xymqtt::message& m) {
+        std::lock_guard<std::mutex> lk(mu);
+        routed.push_back(m.topic);
+    });
+    // The watcher's subscriptions are in place once it receives its own markers on both.
+    const auto ready_shared = client.ping_topic() + "/ready",
+               ready_routed = "xymqtt/results/watch/" + client.ping_topic() + "/ready";
+    const auto marked = [&] {
+        std::lock_guard<std::mutex> lk(mu);
+        return std::count(shared.begin(), shared.end(), ready_shared) > 0 &&
+               std::count(routed.begin(), routed.end(), ready_routed) > 0;
+    };
+    for (auto until = std::chrono::steady_clock::now() + 20s; !marked() && std::chrono::steady_clock::now() < until;) {
+        (*watcher_side).publish(ready_shared, "").get();
+        (*watcher_side).publish(ready_routed, "").get();
+        for (auto t = std::chrono::steady_clock::now() + 200ms; !marked() && std::chrono::steady_clock::now() < t;)
+            std::this_thread::yield();
+    }
+    REQUIRE(marked());
+    {
+        std::lock_guard<std::mutex> lk(mu);
+        shared.clear();
+    }
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    bool served = false;
+    while (!served && std::chrono::steady_clock::now() < deadline) {
+        auto probe = client.call_ping_async(PingRequest{}, 1s);
+        try {
+            served = probe.outcome.get().ok();
+        } catch (const xymqtt::timeout_error&) {
+        }
+    }
+    REQUIRE(served);
+
+    std::promise<std::string> resolved;
+    client.subscribe_ping_results([&](const std::string& id, const PingResult&) { resolved.set_value(id); },
+                                  [](const Publisher::PingRejection&) {});
+    const auto handle = client.call_ping(PingRequest{});
+    auto future = resolved.get_future();
+    REQUIRE(future.wait_for(10s) == std::future_status::ready);
+    CHECK(future.get() == handle.message_id());
+    const auto expected = "xymqtt/results/" + (*caller_side).options().client_id + "/" + client.ping_topic() + "/resolve";
+    const auto seen = [&] {
+        std::lock_guard<std::mutex> lk(mu);
+        return std::count(routed.begin(), routed.end(), expected);
+    };
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (seen() < 2 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+    CHECK(seen() >= 2);  // the probe that was answered, and the call
+    std::lock_guard<std::mutex> lk(mu);
+    CHECK(std::count(shared.begin(), shared.end(), ready_shared) == std::ptrdiff_t(shared.size()));  // markers only
 }

@@ -147,7 +147,7 @@ void run_matrix(fault mode) {
         }, 30s));
         REQUIRE(eventually([&] {
             try {
-                probe->call_async(command, "{}", call_options{wire_format::json, {}}, 1s).result.get();
+                probe->call_async(command, "{}", call_options{wire_format::json, {}, {}}, 1s).result.get();
                 return true;
             } catch (const timeout_error&) {
                 return false;

@@ -436,7 +436,7 @@ run_result run_scenario(const scenario& s) {
         if (commands)
             REQUIRE(eventually([&] {
                 try {
-                    probe->call_async(base + "/cmd", "{}", call_options{wire_format::json, {}}, 1s).result.get();
+                    probe->call_async(base + "/cmd", "{}", call_options{wire_format::json, {}, {}}, 1s).result.get();
                     return true;
                 } catch (const timeout_error&) {
                     return false;

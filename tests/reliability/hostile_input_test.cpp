@@ -38,7 +38,7 @@ struct json_server {
         caller = connected(options_for(dir, "caller", uri));
         REQUIRE(eventually([&] {
             try {
-                caller->call_async(command, R"({"n":"warm"})", call_options{wire_format::json, {}}, 1s).result.get();
+                caller->call_async(command, R"({"n":"warm"})", call_options{wire_format::json, {}, {}}, 1s).result.get();
                 return true;
             } catch (const timeout_error&) {
                 return false;
@@ -46,7 +46,7 @@ struct json_server {
         }, 20s));
     }
     command_result call(const std::string& body_json, wire_format f = wire_format::json) {
-        auto p = caller->call_async(command, body_json, call_options{f, {}}, 10s);
+        auto p = caller->call_async(command, body_json, call_options{f, {}, {}}, 10s);
         return p.result.get();
     }
 };
@@ -225,7 +225,7 @@ TEST_CASE("a handler whose error text is not UTF-8 still rejects the call (JSON 
         return inv.format == wire_format::json ? std::string(R"({"ok":1})") : std::string("ok");
     };
     const int before = s.runs;
-    auto p = s.caller->call_async(s.command, R"({"n":"bad-text"})", call_options{wire_format::json, {}}, 3s);
+    auto p = s.caller->call_async(s.command, R"({"n":"bad-text"})", call_options{wire_format::json, {}, {}}, 3s);
     std::string outcome;
     try {
         auto r = p.result.get();
@@ -237,7 +237,7 @@ TEST_CASE("a handler whose error text is not UTF-8 still rejects the call (JSON 
     }
     INFO("JSON call: " << outcome << ", handler runs " << s.runs - before);
     CHECK(outcome == "reject 500");
-    auto pb = s.caller->call_async(s.command, "bad-text", call_options{wire_format::binary, {}}, 3s);
+    auto pb = s.caller->call_async(s.command, "bad-text", call_options{wire_format::binary, {}, {}}, 3s);
     std::string boutcome;
     try {
         auto r = pb.result.get();
@@ -248,5 +248,5 @@ TEST_CASE("a handler whose error text is not UTF-8 still rejects the call (JSON 
     INFO("binary call: " << boutcome);
     CHECK(boutcome == "reject 500");
     // And the server is not blocked by it.
-    CHECK(s.caller->call_async(s.command, R"({"n":"x"})", call_options{wire_format::json, {}}, 10s).result.get().ok);
+    CHECK(s.caller->call_async(s.command, R"({"n":"x"})", call_options{wire_format::json, {}, {}}, 10s).result.get().ok);
 }

@@ -116,7 +116,7 @@ TEST_CASE("command errors: registered twice, call without subscriptions", "[comm
     c.subscribe("test/x/other/resolve", [](const message&) {});
     CHECK_THROWS_AS(c.call("test/x/other", "{}"), call_with_no_subscription);  // reject still missing
     c.subscribe("test/x/other/reject", [](const message&) {});
-    CHECK_NOTHROW(c.call("test/x/other", "{}", call_options{wire_format::json, {}}));
+    CHECK_NOTHROW(c.call("test/x/other", "{}", call_options{wire_format::json, {}, {}}));
     CHECK_THROWS_AS(c.command_register("test/+/cmd", echo_handler()), invalid_topic);
     auto o = options_for(dir, "v3");
     o.mqtt_version = 4;

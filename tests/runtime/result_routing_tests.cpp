@@ -214,4 +214,16 @@ TEST_CASE("per-client results need MQTT 5 and a client id and prefix that are to
     CHECK_THROWS_AS(client(o), configuration_error);
     o = per_client(dir, "c");
     CHECK_NOTHROW(client(o));
+
+    // A call that asks for per-client result topics on a client that cannot have them.
+    auto v4 = options_for(dir, "v4");
+    v4.mqtt_version = 4;
+    client c4(v4);
+    call_options co;
+    co.format = wire_format::json;
+    co.results = result_routing::per_client;
+    CHECK_THROWS_AS(c4.call_async("test/cmd/x", "{}", co, 1s), configuration_error);
+    CHECK_THROWS_AS(c4.subscribe_results("test/cmd/x", [](const command_result&) {}, result_routing::per_client),
+                    configuration_error);
+    CHECK(c4.stats().outbox == 0);
 }

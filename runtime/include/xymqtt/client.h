@@ -91,22 +91,6 @@ struct hooks {
 };
 
 /// Everything a client needs. Only `client_id` and `store_dir` (or `store`) are required.
-/// Where servers send the results of this client's calls.
-enum class result_routing {
-    /// `<command>/resolve` and `<command>/reject`, as in xy-mqtt: every caller of a command subscribes to
-    /// them and receives, stores and discards the results of every other caller too. JavaScript peers of
-    /// the xy-mqtt protocol answer there.
-    shared,
-    /// MQTT 5 only. Each invoke names the caller's own topic: Response Topic
-    /// `<results_prefix>/<client id>/<command>`, Correlation Data its message id. xymqtt servers answer to
-    /// that topic followed by `/resolve` or `/reject`, and the caller subscribes
-    /// `<results_prefix>/<client id>/#` alone, so it receives and stores only its own results, and a
-    /// broker ACL can grant that topic to the client alone (`pattern read xymqtt/results/%c/#`). A server
-    /// that ignores the Response Topic (an xy-mqtt peer) answers on the shared topics, where such a caller
-    /// does not listen: call those with `shared`.
-    per_client,
-};
-
 struct client_options {
     std::string server_uri = "tcp://127.0.0.1:1883";  ///< tcp://, ssl://, mqtt://, mqtts://
     /// Stable identity of this application at the broker; the session and the store belong to it.
@@ -140,7 +124,8 @@ struct client_options {
     std::uint16_t receive_maximum = 0;
     /// How long a command server keeps each call's outcome to answer repeated invokes.
     std::chrono::seconds result_retention{7 * 24 * 3600};
-    /// Where the results of this client's calls are sent (see result_routing).
+    /// Where the results of this client's calls are sent (see result_routing); a call's own
+    /// call_options::results overrides it.
     result_routing results = result_routing::shared;
     /// The first levels of the per-client result topics (result_routing::per_client).
     std::string results_prefix = "xymqtt/results";
@@ -188,7 +173,7 @@ public:
     /// Opens the store and prepares the connection; nothing is sent until connect().
     /// @throw configuration_error for an empty client id, missing store, bad URI or MQTT version, or
     ///        result_routing::per_client under MQTT 3.1.1, with a client id or results prefix that cannot
-    ///        be topic levels.
+    ///        be topic levels (a call that asks for per_client then throws it too).
     /// @throw storage_error if the store cannot be opened.
     explicit client(client_options opts);
     ~client() override;
@@ -222,6 +207,8 @@ public:
                           command_options opts = {}) override;
     void command_unregister(const std::string& command) override;
     subscription_id subscribe_results(const std::string& command, result_handler handler) override;
+    subscription_id subscribe_results(const std::string& command, result_handler handler,
+                                      std::optional<result_routing> routing) override;
     call_handle call(const std::string& command, std::string body, call_options opts = {}) override;
     call_handle call_async(const std::string& command, std::string body, call_options opts,
                            std::optional<std::chrono::milliseconds> timeout, call_completion done) override;

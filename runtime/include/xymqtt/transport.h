@@ -127,11 +127,29 @@ struct command_result {
 /// Handles results of calls this client made; runs off the network thread, retried if it throws.
 using result_handler = std::function<void(const command_result&)>;
 
+/// Where servers send the results of a client's calls (client_options::results, call_options::results).
+enum class result_routing {
+    /// `<command>/resolve` and `<command>/reject`, as in xy-mqtt: every caller of a command subscribes to
+    /// them and receives, stores and discards the results of every other caller too. JavaScript peers of
+    /// the xy-mqtt protocol answer there.
+    shared,
+    /// MQTT 5 only. Each invoke names the caller's own topic: Response Topic
+    /// `<results_prefix>/<client id>/<command>`, Correlation Data its message id. xymqtt servers answer to
+    /// that topic followed by `/resolve` or `/reject`, and the caller subscribes
+    /// `<results_prefix>/<client id>/#` alone, so it receives and stores only its own results, and a
+    /// broker ACL can grant that topic to the client alone (`pattern read xymqtt/results/%c/#`). A server
+    /// that ignores the Response Topic (an xy-mqtt peer) answers on the shared topics, where such a caller
+    /// does not listen: call those with `shared`.
+    per_client,
+};
+
 /// Options of call and call_async.
 struct call_options {
     wire_format format = wire_format::binary;
     /// If set, the invoke expires (MQTT 5 message expiry) and is not executed after this long.
     std::optional<std::chrono::seconds> expiry;
+    /// If set, where this call's result goes, instead of the client's default (the loopback ignores it).
+    std::optional<result_routing> results;
 };
 
 /// A call that has been durably accepted: its id, and the means to cancel it.
@@ -209,6 +227,12 @@ public:
     /// `<command>/reject`. Results whose message id this client never called are ignored; each result
     /// is handed over once. Remove with unsubscribe.
     virtual subscription_id subscribe_results(const std::string& command, result_handler handler) = 0;
+
+    /// As above, subscribing where results of calls made with `routing` arrive (the client's default if
+    /// unset): a service whose calls all use per-client result topics need not receive every caller's
+    /// results on the shared ones. The loopback ignores `routing`.
+    virtual subscription_id subscribe_results(const std::string& command, result_handler handler,
+                                              std::optional<result_routing> routing) = 0;
 
     /// Calls `command` with the encoded request `body` (a JSON object, or protobuf bytes).
     /// @return once the invoke is durably stored (it is sent as soon as the broker is reachable).

@@ -1006,6 +1006,11 @@ subscription_id loopback::subscribe_results(const std::string& command, result_h
     return impl_->subscribe_results(command, std::move(handler));
 }
 
+subscription_id loopback::subscribe_results(const std::string& command, result_handler handler,
+                                            std::optional<result_routing>) {
+    return impl_->subscribe_results(command, std::move(handler));
+}
+
 call_handle loopback::call(const std::string& command, std::string body, call_options opts) {
     return impl_->call(command, std::move(body), opts);
 }

@@ -189,6 +189,8 @@ public:
     /// @return an id for unsubscribe.
     /// @throw invalid_topic if `command` is not a valid topic name.
     subscription_id subscribe_results(const std::string& command, result_handler handler) override;
+    subscription_id subscribe_results(const std::string& command, result_handler handler,
+                                      std::optional<result_routing> routing) override;
 
     /// Publishes an invoke of `command` (encoded as `opts.format` says) with a new message id.
     /// @return the call's handle; each cancel() publishes `<command>/cancel` (the server ignores all

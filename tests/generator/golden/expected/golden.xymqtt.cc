@@ -46,9 +46,11 @@ SensorHub::CalibrateOutcome SensorHub::CalibrateOutcome::decode(
 }
 
 // The options of every call of `calibrate`.
-static ::xymqtt::call_options sensor_hub_calibrate_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options sensor_hub_calibrate_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   options.expiry = std::chrono::seconds(30);
   return options;
 }
@@ -77,9 +79,11 @@ SensorHub::ResetOutcome SensorHub::ResetOutcome::decode(
 }
 
 // The options of every call of `reset`.
-static ::xymqtt::call_options sensor_hub_reset_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options sensor_hub_reset_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   return options;
 }
 
@@ -107,9 +111,11 @@ SensorHub::DeleteOutcome SensorHub::DeleteOutcome::decode(
 }
 
 // The options of every call of `delete`.
-static ::xymqtt::call_options sensor_hub_delete_call_options(::xymqtt::wire_format format) {
+static ::xymqtt::call_options sensor_hub_delete_call_options(
+    ::xymqtt::wire_format format, std::optional<::xymqtt::result_routing> results) {
   ::xymqtt::call_options options;
   options.format = format;
+  options.results = results;
   return options;
 }
 
@@ -119,6 +125,7 @@ SensorHub::Client::Client(::xymqtt::transport& transport, std::string site)
 SensorHub::Client::Client(::xymqtt::transport& transport, std::string site, Options options)
     : transport_(transport),
       format_(options.format),
+      results_(options.results),
       site_(std::move(site)),
       hub_(std::move(options.hub)),
       namespace_value_(std::move(options.namespace_)) {
@@ -152,7 +159,7 @@ SensorHub::Client::Client(::xymqtt::transport& transport, std::string site, Opti
 
 ::xymqtt::call_handle SensorHub::Client::call_calibrate(const ::golden::v1::Calibrate& request) {
   return transport_.call(calibrate_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         sensor_hub_calibrate_call_options(format_));
+                         sensor_hub_calibrate_call_options(format_, results_));
 }
 
 SensorHub::PendingCalibrate SensorHub::Client::call_calibrate_async(
@@ -161,7 +168,7 @@ SensorHub::PendingCalibrate SensorHub::Client::call_calibrate_async(
   PendingCalibrate pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(calibrate_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         sensor_hub_calibrate_call_options(format_), timeout,
+                                         sensor_hub_calibrate_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -179,12 +186,13 @@ SensorHub::PendingCalibrate SensorHub::Client::call_calibrate_async(
           CalibrateRejection rejection = CalibrateRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 ::xymqtt::call_handle SensorHub::Client::call_reset(const ::golden::v1::Empty& request) {
   return transport_.call(reset_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         sensor_hub_reset_call_options(format_));
+                         sensor_hub_reset_call_options(format_, results_));
 }
 
 SensorHub::PendingReset SensorHub::Client::call_reset_async(
@@ -193,7 +201,7 @@ SensorHub::PendingReset SensorHub::Client::call_reset_async(
   PendingReset pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(reset_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         sensor_hub_reset_call_options(format_), timeout,
+                                         sensor_hub_reset_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -211,12 +219,13 @@ SensorHub::PendingReset SensorHub::Client::call_reset_async(
           ResetRejection rejection = ResetRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 ::xymqtt::call_handle SensorHub::Client::call_delete(const ::golden::v1::DeleteRequest& request) {
   return transport_.call(delete_topic_, ::xymqtt::protobuf::encode(request, format_),
-                         sensor_hub_delete_call_options(format_));
+                         sensor_hub_delete_call_options(format_, results_));
 }
 
 SensorHub::PendingDelete SensorHub::Client::call_delete_async(
@@ -225,7 +234,7 @@ SensorHub::PendingDelete SensorHub::Client::call_delete_async(
   PendingDelete pending;
   pending.outcome = promise->get_future();
   pending.handle = transport_.call_async(delete_topic_, ::xymqtt::protobuf::encode(request, format_),
-                                         sensor_hub_delete_call_options(format_), timeout,
+                                         sensor_hub_delete_call_options(format_, results_), timeout,
                                          ::xymqtt::protobuf::fulfil(promise));
   return pending;
 }
@@ -243,7 +252,8 @@ SensorHub::PendingDelete SensorHub::Client::call_delete_async(
           DeleteRejection rejection = DeleteRejection::decode(result);
           if (on_reject) on_reject(rejection);
         }
-      });
+      },
+      results_);
 }
 
 void SensorHub::Client::unsubscribe(::xymqtt::subscription_id id) { transport_.unsubscribe(id); }

@@ -44,6 +44,8 @@ class SensorHub final {
     /// Encoding of the events this side publishes and of the calls it makes. Events received are
     /// decoded by their MQTT 5 content type, else in this format.
     ::xymqtt::wire_format format = ::xymqtt::wire_format::binary;
+    /// Where the results of a Client's calls go (xymqtt::result_routing); unset: the transport's default.
+    std::optional<::xymqtt::result_routing> results;
     /// Calls of `calibrate` a Server runs at once (xymqtt::command_options::concurrency).
     unsigned calibrate_concurrency = 4;
     /// Calls of `reset` a Server runs at once (xymqtt::command_options::concurrency).
@@ -354,6 +356,7 @@ class SensorHub final {
    private:
     ::xymqtt::transport& transport_;
     ::xymqtt::wire_format format_;
+    std::optional<::xymqtt::result_routing> results_;
     std::string site_;
     std::string hub_;
     std::string namespace_value_;
