@@ -67,14 +67,7 @@ struct served {
         REQUIRE(server->wait_connected(10s));
         caller = connected(options_for(dir, "caller"));
         // The first call also waits for the server's subscription to reach the broker.
-        REQUIRE(eventually([&] {
-            auto p = caller->call_async(command, "warm", {}, 500ms);
-            try {
-                return p.result.get().ok;
-            } catch (const timeout_error&) {
-                return false;
-            }
-        }, 30s));
+        wait_until_served(*caller, command);
     }
 };
 
@@ -194,14 +187,7 @@ TEST_CASE("concurrency: a server killed with four calls at work runs each again 
     auto srv = run("0");
     REQUIRE(srv->wait_for_line("ready"));
     auto caller = connected(options_for(dir, "caller"));
-    REQUIRE(eventually([&] {
-        auto p = caller->call_async(cmd, "warm", {}, 2s);
-        try {
-            return p.result.get().ok;
-        } catch (const timeout_error&) {
-            return false;
-        }
-    }, 30s));
+    wait_until_served(*caller, cmd, "warm", 2s);
     srv->kill(SIGKILL);
     srv->wait();
     srv = run("60000");  // the calls are at work when the kill comes
@@ -241,14 +227,7 @@ TEST_CASE("concurrency: close() lets the calls at work finish and stores their o
     server->connect();
     REQUIRE(server->wait_connected(10s));
     auto caller = connected(options_for(dir, "caller"));
-    REQUIRE(eventually([&] {
-        auto p = caller->call_async(command, "warm", {}, 500ms);
-        try {
-            return p.result.get().ok;
-        } catch (const timeout_error&) {
-            return false;
-        }
-    }, 30s));
+    wait_until_served(*caller, command);
     auto a = caller->call_async(command, "a", {}, 60s);
     auto b = caller->call_async(command, "b", {}, 60s);
     REQUIRE(eventually([&] { return g.active.load() == 2; }, 20s));
@@ -336,14 +315,7 @@ TEST_CASE("deferred handler: four calls at work with no thread held, answered la
     parked_calls parked;
     auto server = deferred_server(dir, so, command, parked, 4);
     auto caller = connected(options_for(dir, "caller"));
-    REQUIRE(eventually([&] {
-        auto p = caller->call_async(command, "warm", {}, 500ms);
-        try {
-            return p.result.get().ok;
-        } catch (const timeout_error&) {
-            return false;
-        }
-    }, 30s));
+    wait_until_served(*caller, command);
     std::vector<pending_call> calls;
     for (int i = 0; i < 6; ++i) calls.push_back(caller->call_async(command, std::to_string(i), {}, 60s));
     REQUIRE(eventually([&] { return parked.started.load() == 4; }, 20s));
@@ -396,14 +368,7 @@ TEST_CASE("deferred handler: a call unanswered at close() runs again after the r
     parked_calls parked;
     auto server = deferred_server(dir, so, command, parked, 2);
     auto caller = connected(options_for(dir, "caller"));
-    REQUIRE(eventually([&] {
-        auto p = caller->call_async(command, "warm", {}, 500ms);
-        try {
-            return p.result.get().ok;
-        } catch (const timeout_error&) {
-            return false;
-        }
-    }, 30s));
+    wait_until_served(*caller, command);
     auto call = caller->call_async(command, "pending", {}, 60s);
     REQUIRE(eventually([&] { return parked.started.load() == 1; }, 20s));
     server->close();

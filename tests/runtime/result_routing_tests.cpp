@@ -37,18 +37,6 @@ std::unique_ptr<client> echo_server(const temp_dir& dir, std::string& command, s
     return server;
 }
 
-// The first call also waits for the server's subscription to reach the broker.
-void warm_up(client& caller, const std::string& command) {
-    REQUIRE(eventually([&] {
-        auto p = caller.call_async(command, "warm", {}, 500ms);
-        try {
-            return p.result.get().ok;
-        } catch (const timeout_error&) {
-            return false;
-        }
-    }, 30s));
-}
-
 }  // namespace
 
 TEST_CASE("per-client results: each caller receives and stores only its own results, on its own topic",
@@ -57,8 +45,8 @@ TEST_CASE("per-client results: each caller receives and stores only its own resu
     std::string cmd;
     auto server = echo_server(dir, cmd);
     auto a = connected(per_client(dir, "a")), b = connected(per_client(dir, "b"));
-    warm_up(*a, cmd);
-    warm_up(*b, cmd);
+    wait_until_served(*a, cmd);
+    wait_until_served(*b, cmd);
     // Watchers of the shared result topics and of every per-client result topic.
     auto watch = connected(options_for(dir, "watch"));
     recorder shared, routed;
@@ -111,7 +99,7 @@ TEST_CASE("per-client results: a result sent while the caller was away arrives a
         caller.subscribe_results(cmd, [](const command_result&) {});
         caller.connect();
         REQUIRE(caller.wait_connected(10s));
-        warm_up(caller, cmd);
+        wait_until_served(caller, cmd);
         id = caller.call(cmd, "held").message_id();
         REQUIRE(caller.wait_outbox_empty(10s));
         caller.close();  // gone before the result is published
@@ -133,7 +121,7 @@ TEST_CASE("per-client results with JSON calls, and a server answers a JSON peer 
     std::string cmd;
     auto server = echo_server(dir, cmd);
     auto caller = connected(per_client(dir, "caller"));
-    warm_up(*caller, cmd);
+    wait_until_served(*caller, cmd);
     call_options o;
     o.format = wire_format::json;
     auto r = caller->call_async(cmd, R"({"n":1})", o, 30s).result.get();
@@ -181,7 +169,7 @@ TEST_CASE("per-client results: unknown ids and stray messages on the caller's to
     auto caller = connected(co);
     std::atomic<int> handed{0};
     caller->subscribe_results(cmd, [&](const command_result&) { ++handed; });
-    warm_up(*caller, cmd);
+    wait_until_served(*caller, cmd);
     const auto root = "xymqtt/results/" + co.client_id;
     auto raw = connected(options_for(dir, "raw"));
     publish_options po;

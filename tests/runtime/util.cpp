@@ -1,5 +1,7 @@
 #include "util.h"
 
+#include "xymqtt/exception.h"
+
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +54,18 @@ std::vector<std::string> read_lines(const std::string& path) {
     std::ifstream in(path);
     for (std::string line; std::getline(in, line);) out.push_back(line);
     return out;
+}
+
+void wait_until_served(client& caller, const std::string& command, const std::string& body,
+                       std::chrono::milliseconds each) {
+    REQUIRE(eventually([&] {
+        auto p = caller.call_async(command, body, {}, each);
+        try {
+            return p.result.get().ok;
+        } catch (const timeout_error&) {
+            return false;
+        }
+    }, std::chrono::seconds(30)));
 }
 
 }  // namespace xymqtt::test

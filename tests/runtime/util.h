@@ -25,6 +25,12 @@ client_options options_for(const temp_dir& dir, const std::string& name, const s
 /// Creates, connects and waits for a client. Fails the test if it cannot connect.
 std::unique_ptr<client> connected(client_options opts);
 
+/// Calls `command` with `body` until a call is answered (each waits `each`): a server's SUBSCRIBE is
+/// asynchronous, and an invoke sent before it reaches the broker finds no subscriber. Fails the test if
+/// none is answered within 30 s.
+void wait_until_served(client& caller, const std::string& command, const std::string& body = "warm",
+                       std::chrono::milliseconds each = std::chrono::milliseconds(500));
+
 /// Thread-safe record of what handlers saw.
 class recorder {
 public:
