@@ -1,9 +1,10 @@
 # xymqtt_generate(): typed xymqtt clients, servers and mocks from .proto files.
 #
-#   xymqtt_generate(TARGET <lib> PROTOS <file.proto>... [IMPORT_DIRS <dir>...] [OUT_DIR <dir>] [MOCKS])
+#   xymqtt_generate(TARGET <target> PROTOS <file.proto>... [IMPORT_DIRS <dir>...] [OUT_DIR <dir>] [MOCKS])
 #
 # Runs protoc (C++ output) and protoc-gen-xymqtt on each PROTOS file and builds the results into the
-# library <lib>, linked to xymqtt::protobuf (the runtime and its protobuf codec). Each `dir/x.proto` (named relative to the first
+# library <target>, linked to xymqtt::protobuf (the runtime and its protobuf codec); if <target> exists
+# already (an executable, say), the generated sources are added to it instead, as protobuf_generate does. Each `dir/x.proto` (named relative to the first
 # IMPORT_DIRS entry that contains it; default: the current source directory) gives `dir/x.pb.h`,
 # `dir/x.xymqtt.h` (include them as such) and, with MOCKS, `dir/x.xymqtt_mock.h` in the INTERFACE
 # library <lib>_mocks (linked to xymqtt::testing and trompeloeil). The directory of
@@ -184,7 +185,15 @@ function(xymqtt_generate)
     list(APPEND sources ${outputs})
   endforeach()
 
-  add_library(${arg_TARGET} ${sources})
+  if(TARGET ${arg_TARGET})
+    # An existing target (an executable, a library of the project's own) gets the sources, as
+    # protobuf_generate does.
+    set(existing TRUE)
+    target_sources(${arg_TARGET} PRIVATE ${sources})
+  else()
+    set(existing FALSE)
+    add_library(${arg_TARGET} ${sources})
+  endif()
   target_include_directories(${arg_TARGET} PUBLIC "${out}")
   target_link_libraries(${arg_TARGET} PUBLIC xymqtt::protobuf xymqtt_options_proto)
   target_compile_features(${arg_TARGET} PUBLIC cxx_std_17)
@@ -193,7 +202,15 @@ function(xymqtt_generate)
     if(NOT TARGET trompeloeil::trompeloeil)
       find_package(trompeloeil REQUIRED)
     endif()
-    add_library(${arg_TARGET}_mocks INTERFACE)
-    target_link_libraries(${arg_TARGET}_mocks INTERFACE ${arg_TARGET} xymqtt::testing trompeloeil::trompeloeil)
+    if(NOT TARGET ${arg_TARGET}_mocks)
+      add_library(${arg_TARGET}_mocks INTERFACE)
+    endif()
+    # For an existing target: what its mock headers need, to link where they are included.
+    if(existing)
+      target_include_directories(${arg_TARGET}_mocks INTERFACE "${out}")
+      target_link_libraries(${arg_TARGET}_mocks INTERFACE xymqtt::protobuf xymqtt::testing trompeloeil::trompeloeil)
+    else()
+      target_link_libraries(${arg_TARGET}_mocks INTERFACE ${arg_TARGET} xymqtt::testing trompeloeil::trompeloeil)
+    endif()
   endif()
 endfunction()

@@ -12,6 +12,7 @@
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <random>
 
 #include "client_impl.h"
@@ -162,6 +163,10 @@ private:
 client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.client_id.empty())
         throw configuration_error("client_id is required: a stable id names the session and the store");
+    if (!opts_.hooks.on_log) {
+        // Warnings must not be invisible: without a logger of the application's, they go to stderr.
+        if (const auto level = log_level_from_env()) opts_.hooks.on_log = stream_logger(std::cerr, *level, opts_.client_id);
+    }
     if (opts_.mqtt_version != 5 && opts_.mqtt_version != 4)
         throw configuration_error("mqtt_version must be 5 or 4 (3.1.1), not " + std::to_string(opts_.mqtt_version));
     std::string scheme;
@@ -179,6 +184,8 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.session_expiry.count() <= 0 && opts_.mqtt_version == 5)
         throw configuration_error("session_expiry must be > 0: with 0 the session dies at each disconnect");
     if (opts_.max_inflight == 0) throw configuration_error("max_inflight must be > 0");
+    if (opts_.resend_unanswered_after && opts_.resend_unanswered_after->count() <= 0)
+        throw configuration_error("resend_unanswered_after must be > 0 (or unset: never)");
     // Per-client result topics, if this client can have them: its default, or asked for by a call.
     try {
         if (opts_.mqtt_version != 5) throw configuration_error("per-client result topics need MQTT 5 (the invoke's Response Topic)");
@@ -286,6 +293,7 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     detail::connect_gate::process().join(&gate_member_);
     sender_thread_ = std::thread([this] { sender_loop(); });
     timer_thread_ = std::thread([this] { timer_loop(); });
+    resume_resends();
     conn_thread_ = std::thread([this] { connection_loop(); });
 }
 
@@ -594,8 +602,15 @@ void client::impl::connection_loop() {
                 while (!tls_error_.empty() && std::isspace(static_cast<unsigned char>(tls_error_.back()))) tls_error_.pop_back();
                 if (!tls_error_.empty()) why += " (TLS: " + tls_error_ + ")";
             }
-            std::lock_guard<std::mutex> g(mu_);
-            last_error_ = "connect to " + opts_.server_uri + " failed: " + why;
+            std::string line = "connect to " + opts_.server_uri + " failed: " + why;
+            bool repeated;
+            {
+                std::lock_guard<std::mutex> g(mu_);
+                repeated = line == last_error_;
+                last_error_ = line;
+            }
+            // A missing broker or a refused login must be visible; the same failure again only in debug.
+            log(repeated ? log_level::debug : log_level::warning, line + " (retrying)");
         }
         if (ok) {
             {
@@ -610,8 +625,7 @@ void client::impl::connection_loop() {
             lk.lock();
             continue;
         }
-        lk.lock();
-        log(log_level::warning, last_error_);
+        lk.lock();  // the failure was logged where it was caught
         conn_cv_.wait_for(lk, backoff, [&] { return closing_.load(); });
         backoff = std::min(backoff * 2, opts_.reconnect_max);
     }
@@ -1897,6 +1911,28 @@ client_stats client::impl::stats() const {
     return s;
 }
 
+std::vector<metric> client::impl::metrics() const {
+    const auto s = stats();
+    std::size_t calls_at_work = 0;
+    {
+        std::lock_guard<std::mutex> lk(results_mu_);
+        calls_at_work = running_.size();
+    }
+    using k = metric::kind;
+    return {
+        {"xymqtt_published_total", k::counter, double(s.published), "publishes completed (QoS 2 flow done)"},
+        {"xymqtt_delivered_total", k::counter, double(s.delivered), "deliveries committed to the inbox"},
+        {"xymqtt_handled_total", k::counter, double(s.handled), "deliveries handled"},
+        {"xymqtt_retries_total", k::counter, double(s.retries), "handler runs that threw and were retried"},
+        {"xymqtt_nagle_streams_total", k::counter, double(s.nagle_streams), "arrival streams coalesced by Nagle"},
+        {"xymqtt_outbox_messages", k::gauge, double(s.outbox), "publishes stored and not yet completed"},
+        {"xymqtt_inbox_messages", k::gauge, double(s.inbox), "deliveries stored and not yet handled"},
+        {"xymqtt_dead_letters", k::gauge, double(s.dead_letters), "messages in the dead-letter table"},
+        {"xymqtt_calls_at_work", k::gauge, double(calls_at_work), "command calls this server is running"},
+        {"xymqtt_connected", k::gauge, s.connected ? 1.0 : 0.0, "1 while connected to the broker"},
+    };
+}
+
 // ---------------------------------------------------------------------------------------------------
 // client: the public face
 
@@ -1906,6 +1942,7 @@ void client::connect() { impl_->connect(); }
 bool client::wait_connected(std::chrono::milliseconds timeout) { return impl_->wait_connected(timeout); }
 bool client::is_connected() const { return impl_->is_connected(); }
 void client::close() { impl_->close(); }
+std::vector<metric> client::metrics() const { return impl_->metrics(); }
 std::future<void> client::publish(const std::string& topic, std::string payload, publish_options opts) {
     return impl_->publish(topic, std::move(payload), std::move(opts));
 }

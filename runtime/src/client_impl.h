@@ -79,6 +79,7 @@ public:
     bool wait_outbox_empty(std::chrono::milliseconds timeout);
     bool wait_inbox_empty(std::chrono::milliseconds timeout);
     client_stats stats() const;
+    std::vector<metric> metrics() const;
 
     client_options opts_;
 
@@ -279,6 +280,11 @@ private:
     /// @return whether call_async awaits the result of call `id`. Takes mu_.
     bool awaits(const std::string& id) const;
     void cancel_call(const std::string& command, const std::string& message_id, wire_format format);
+    /// Sends the invoke of call `id` again after `after` if it is still unanswered, and so on, doubling
+    /// (client_options::resend_unanswered_after).
+    void schedule_resend(const std::string& id, std::chrono::milliseconds after);
+    /// Schedules that for every call a previous run left unanswered.
+    void resume_resends();
     void timer_loop();
     void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn);
     void purge_expired_results();

@@ -450,6 +450,11 @@ std::string client::impl::start_call(const std::string& command, std::string bod
     c.topic = command;
     c.kind = kind_call;
     c.created_ms = now_ms();
+    if (opts_.resend_unanswered_after) {
+        // Kept with the call, to be sent again while it is unanswered.
+        c.payload = pub.msg->payload;
+        c.props = pub.msg->props;
+    }
     if (awaiting) {
         // Registered before the invoke is stored, so that a fast result finds its completion.
         std::lock_guard<std::mutex> lk(mu_);
@@ -463,7 +468,42 @@ std::string client::impl::start_call(const std::string& command, std::string bod
         awaiting_.erase(id);
         throw;
     }
+    if (opts_.resend_unanswered_after) schedule_resend(id, *opts_.resend_unanswered_after);
     return id;
+}
+
+void client::impl::schedule_resend(const std::string& id, std::chrono::milliseconds after) {
+    schedule(std::chrono::steady_clock::now() + after, [this, id, after] {
+        if (closing_) return;
+        std::optional<std::string> rec;
+        try {
+            rec = store_->get(table::calls, id);
+        } catch (const std::exception& e) {
+            log(log_level::warning, "call " + id + " not sent again: its record is unreadable: " + e.what());
+            return;
+        }
+        if (!rec) return;  // answered, timed out or cancelled
+        const auto call = decode_record(*rec);
+        if (call.payload.empty() && call.props == message_properties{}) return;  // stored without its invoke
+        try {
+            commit_publishes({}, {make_publish(wire::invoke_topic(call.topic), call.payload, call.props, false, kind_call)});
+            log(log_level::info, "call " + id + " of " + call.topic + " unanswered after " +
+                                     std::to_string(after.count()) + " ms: its invoke is sent again");
+        } catch (const std::exception& e) {
+            log(log_level::warning, "call " + id + " could not be sent again: " + e.what());
+        }
+        schedule_resend(id, std::min<std::chrono::milliseconds>(after * 2, std::chrono::hours(1)));
+    });
+}
+
+void client::impl::resume_resends() {
+    if (!opts_.resend_unanswered_after) return;
+    std::vector<std::string> ids;
+    store_->for_each(table::calls, [&](const std::string& id, const std::string&) {
+        ids.push_back(id);
+        return true;
+    });
+    for (const auto& id : ids) schedule_resend(id, *opts_.resend_unanswered_after);
 }
 
 bool client::impl::awaits(const std::string& id) const {
@@ -489,9 +529,19 @@ call_handle client::impl::make_handle(const std::string& command, const std::str
 
 void client::impl::cancel_call(const std::string& command, const std::string& message_id, wire_format format) {
     auto out = wire::encode_cancel(format, message_id);
+    std::vector<write_op> ops;
+    if (opts_.resend_unanswered_after) {
+        // A cancelled call is not sent again: its record keeps no invoke.
+        if (auto rec = store_->get(table::calls, message_id)) {
+            auto call = decode_record(*rec);
+            call.payload.clear();
+            call.props = {};
+            ops.push_back({table::calls, message_id, encode_record(call)});
+        }
+    }
     // Stored before returning, like the invoke: a cancel is not lost if the caller exits right after.
-    commit_publishes({}, {make_publish(wire::cancel_topic(command), std::move(out.payload), std::move(out.props), false,
-                                       "cancel")});
+    commit_publishes(std::move(ops), {make_publish(wire::cancel_topic(command), std::move(out.payload),
+                                                   std::move(out.props), false, "cancel")});
 }
 
 call_handle client::impl::call(const std::string& command, std::string body, call_options opts) {

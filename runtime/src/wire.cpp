@@ -223,8 +223,9 @@ outgoing encode_outcome(wire_format f, const std::string& message_id, std::excep
     rejected = true;
     try {
         if (error) std::rethrow_exception(error);
+        auto resolve = encode_resolve(f, message_id, result);  // throws for a result that is not JSON
         rejected = false;
-        return encode_resolve(f, message_id, result);
+        return resolve;
     } catch (const command_error& e) {
         return encode_reject(f, message_id, e.status(), e.what(), e.body());
     } catch (const parse_error& e) {

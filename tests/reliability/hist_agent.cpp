@@ -6,6 +6,7 @@
 //   hist_agent sub   --broker U --id ID --store DIR --journal FILE --base B [--overlap 1]
 //   hist_agent serve --broker U --id ID --store DIR --journal FILE --base B [--concurrency N]
 //   hist_agent call  --broker U --id ID --store DIR --journal FILE --base B --total N [--outstanding K]
+//                    [--resend-ms MS]
 //   common: [--clients K] (1) [--mqtt 4|5] (5) [--store-kind lmdb|sqlite] (lmdb)
 //           [--durability process|fsync] (process)
 //
@@ -83,6 +84,7 @@ struct agent {
         o.retry.initial = std::chrono::milliseconds(20);
         o.retry.cap = std::chrono::milliseconds(200);
         o.max_inflight = 256;
+        if (!arg("resend-ms").empty()) o.resend_unanswered_after = std::chrono::milliseconds(std::stol(arg("resend-ms")));
         if (std::getenv("XYMQTT_REL_LOG"))
             o.hooks.on_log = [id = o.client_id](xymqtt::log_level, const std::string& s) {
                 std::fprintf(stderr, "[%s] %s\n", id.c_str(), s.c_str());

@@ -328,7 +328,8 @@ run_result run_scenario(const scenario& s) {
     pub.argv.insert(pub.argv.end(), {"--total", std::to_string(s.events)});
     role srv = agent("serve", "server", 1), caller = agent("call", "caller", 1);
     srv.argv.insert(srv.argv.end(), {"--concurrency", std::to_string(s.server_concurrency)});
-    caller.argv.insert(caller.argv.end(), {"--total", std::to_string(s.calls), "--outstanding", "20"});
+    // Invokes a hard-killed broker forgot are sent again (client_options::resend_unanswered_after).
+    caller.argv.insert(caller.argv.end(), {"--total", std::to_string(s.calls), "--outstanding", "20", "--resend-ms", "3000"});
     const bool commands = s.calls > 0;
 
     // ---- the history, fed from the journals

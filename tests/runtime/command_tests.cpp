@@ -431,3 +431,71 @@ TEST_CASE("a stream of events lets Nagle coalesce at the server, and calls right
     INFO("call round trips after the stream, sorted (ms): " << ms.front() << " ... " << ms[10] << " ... " << ms.back());
     CHECK(ms[10] < 20.0);  // a call held by Nagle takes 40 ms or more
 }
+
+TEST_CASE("resend_unanswered_after: an invoke the broker dropped is sent again and answered once a server is there",
+          "[commands][resend]") {
+    // No server is subscribed when the call is made, so the broker drops the invoke, as a broker killed
+    // hard drops one it acknowledged after its last save.
+    temp_dir dir("resend");
+    auto co = options_for(dir, "caller");
+    co.resend_unanswered_after = 200ms;
+    auto caller = connected(co);
+    const std::string cmd = "test/" + co.client_id + "/cmd/late";
+    auto pending = caller->call_async(cmd, "first", {}, 30s);
+    REQUIRE(caller->wait_outbox_empty(10s));  // the broker has it, and nobody to give it to
+
+    std::atomic<int> runs{0};
+    auto server = std::make_unique<client>(options_for(dir, "server"));
+    server->command_register(cmd, [&](const invocation& inv, call_context&) {
+        ++runs;
+        return "late:" + inv.body;
+    });
+    server->connect();
+    auto r = pending.result.get();  // one of the invokes sent again reaches it
+    CHECK(r.ok);
+    CHECK(r.body == "late:first");
+    // Copies sent again before the result came are answered from the server's store: one run.
+    REQUIRE(caller->wait_outbox_empty(10s));
+    REQUIRE(server->wait_inbox_empty(10s));
+    CHECK(runs.load() == 1);
+}
+
+TEST_CASE("resend_unanswered_after: a restarted caller sends its unanswered calls again", "[commands][resend]") {
+    temp_dir dir("resendrestart");
+    auto co = options_for(dir, "caller");
+    co.resend_unanswered_after = 200ms;
+    const std::string cmd = "test/" + co.client_id + "/cmd/late";
+    std::string id;
+    {
+        client caller(co);
+        caller.subscribe_results(cmd, [](const command_result&) {});
+        caller.connect();
+        REQUIRE(caller.wait_connected(10s));
+        id = caller.call(cmd, "while-nobody-serves").message_id();
+        REQUIRE(caller.wait_outbox_empty(10s));
+        caller.close();
+    }
+    auto server = std::make_unique<client>(options_for(dir, "server"));
+    server->command_register(cmd, [](const invocation& inv, call_context&) { return "late:" + inv.body; });
+    server->connect();
+    REQUIRE(server->wait_connected(10s));
+    recorder got;
+    client caller(co);
+    caller.subscribe_results(cmd, [&](const command_result& r) { got.add(r.message_id + " " + r.body); });
+    caller.connect();
+    REQUIRE(got.wait_size(1, 30s));
+    CHECK(got.items()[0] == id + " late:while-nobody-serves");
+}
+
+TEST_CASE("a JSON handler returning something that is not a JSON object rejects the call with 500", "[commands]") {
+    pair_of_clients p([](const invocation& inv, call_context&) -> std::string {
+        return inv.format == wire_format::json ? std::string("[1]") : std::string("warm");
+    });
+    p.first_call("warm");
+    call_options o;
+    o.format = wire_format::json;
+    auto r = p.caller->call_async(p.command, R"({"n":"x"})", o, 10s).result.get();
+    CHECK_FALSE(r.ok);
+    CHECK(r.status == 500);
+    CHECK(r.message.find("invalid JSON result") != std::string::npos);
+}

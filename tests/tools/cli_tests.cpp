@@ -332,6 +332,40 @@ TEST_CASE("publish and subscribe: events as JSON lines, every event of a service
     }
 }
 
+TEST_CASE("pub and sub: raw payloads without a schema, text as text, bytes in base64, bad topics refused",
+          "[cli][events][raw]") {
+    temp_dir dir("cli-raw");
+    const std::string base = "debug/" + unique("raw");
+    auto sub = start(std::vector<std::string>{"sub", base + "/#", "--count", "3", "--timeout", "20000"} +
+                     conn(dir, "sub"));
+    REQUIRE(sub->wait_for_line("xymqtt: subscribed to " + base + "/#", 20s));
+    auto p = conn(dir, "pub");
+    auto r = run(std::vector<std::string>{"pub", base + "/a", "-m", "hello"} + p);
+    REQUIRE(r.code == 0);
+    std::ofstream(dir / "bytes.bin", std::ios::binary) << std::string("\x08\x96\x01\xff", 4);
+    r = run(std::vector<std::string>{"pub", base + "/b", "-m", "@" + (dir / "bytes.bin"), "--content-type",
+                                     "application/x-protobuf"} + p);
+    REQUIRE(r.code == 0);
+    r = run(std::vector<std::string>{"pub", base + "/c", "-m", R"({"n":1})", "--content-type", "application/json"} + p);
+    REQUIRE(r.code == 0);
+    auto s = finish(*sub);
+    REQUIRE(s.code == 0);
+    auto lines = json_lines(s);
+    REQUIRE(lines.size() == 3);
+    CHECK(lines[0]["topic"] == base + "/a");
+    CHECK(lines[0]["payload"] == "hello");
+    CHECK(lines[1]["payload_base64"] == "CJYB/w==");
+    CHECK(lines[1]["content_type"] == "application/x-protobuf");
+    CHECK(lines[2]["payload"] == R"({"n":1})");
+
+    r = run(std::vector<std::string>{"pub", base + "/+", "-m", "x"} + p);  // a wildcard in a topic name
+    CHECK(r.code == 1);
+    CHECK(contains(r.output, "wildcard"));
+    r = run(std::vector<std::string>{"sub", base + "/#/x"} + conn(dir, "bad"));  // # not last
+    CHECK(r.code == 1);
+    CHECK(contains(r.output, "# must be the last level"));
+}
+
 TEST_CASE("store: stats, list, show, replay and purge on a store with a dead letter", "[cli][store]") {
     temp_dir dir("cli-store");
     const std::string sys = unique("sys");

@@ -86,6 +86,20 @@ struct subscribe_flags {
     std::optional<int> timeout_ms;
 };
 
+struct raw_publish_flags {
+    std::string topic;
+    std::string message;
+    std::string content_type;
+    int timeout_ms = 10000;
+    bool retain = false;
+};
+
+struct raw_subscribe_flags {
+    std::string filter;
+    std::optional<std::size_t> count;
+    std::optional<int> timeout_ms;
+};
+
 struct serve_flags {
     std::string target;
     std::string exec;
@@ -113,6 +127,8 @@ struct store_flags {
 };
 
 int run_call(const schema_flags&, const connection_flags&, const output_flags&, const call_flags&);
+int run_pub(const connection_flags&, const raw_publish_flags&);
+int run_sub(const connection_flags&, const output_flags&, const raw_subscribe_flags&);
 int run_publish(const schema_flags&, const connection_flags&, const output_flags&, const publish_flags&);
 int run_subscribe(const schema_flags&, const connection_flags&, const output_flags&, const subscribe_flags&);
 int run_serve(const schema_flags&, const connection_flags&, const output_flags&, const serve_flags&);

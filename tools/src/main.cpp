@@ -242,6 +242,30 @@ int main(int argc, char** argv) {
     add_connection_flags(subscribe, cf);
     add_pretty(subscribe, of);
 
+    raw_publish_flags rpubf;
+    auto* pub = app.add_subcommand("pub", "Schema-free: publish raw payloads to a topic (for debugging)");
+    pub->add_option("topic", rpubf.topic, "Topic name")->required();
+    pub->add_option("-m,--message", rpubf.message,
+                    "Payload; '-' publishes one message per line of stdin, '@FILE' a file's bytes")
+        ->required();
+    pub->add_option("--content-type", rpubf.content_type, "MQTT 5 content type (e.g. application/json)");
+    pub->add_option("--timeout", rpubf.timeout_ms, "Milliseconds to wait for the broker's confirmation")
+        ->capture_default_str()
+        ->type_name("MS");
+    pub->add_flag("--retain", rpubf.retain, "Publish as a retained message");
+    add_connection_flags(pub, cf);
+
+    raw_subscribe_flags rsubf;
+    auto* sub = app.add_subcommand(
+        "sub", "Schema-free: print the messages of a topic filter as JSON lines {\"topic\",\"payload\"} "
+               "(payload_base64 when not UTF-8 text)");
+    sub->add_option("filter", rsubf.filter, "Topic filter (+ and # allowed)")->required();
+    sub->add_option("-n,--count", rsubf.count, "Exit after this many messages");
+    sub->add_option("--timeout", rsubf.timeout_ms, "Exit with code 3 if --count messages did not arrive in time")
+        ->type_name("MS");
+    add_connection_flags(sub, cf);
+    add_pretty(sub, of);
+
     serve_flags servef;
     auto* serve = app.add_subcommand(
         "serve",
@@ -300,6 +324,8 @@ int main(int argc, char** argv) {
         if (*call) return run_call(sf, cf, of, callf);
         if (*publish) return run_publish(sf, cf, of, pubf);
         if (*subscribe) return run_subscribe(sf, cf, of, subf);
+        if (*pub) return run_pub(cf, rpubf);
+        if (*sub) return run_sub(cf, of, rsubf);
         if (*serve) return run_serve(sf, cf, of, servef);
         if (*describe) {
             xymqtt::cli::schema_flags s = sf;

@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <future>
+#include <fstream>
 #include <iostream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -15,6 +17,7 @@
 #include "schema.h"
 #include "xymqtt/client.h"
 #include "xymqtt/exception.h"
+#include "xymqtt/topic.h"
 
 namespace xymqtt::cli {
 
@@ -63,6 +66,9 @@ client_options make_options(const connection_flags& f, const std::string& subcom
             static const char* names[] = {"debug", "info", "warning", "error"};
             note(std::string(names[static_cast<int>(level)]) + ": " + line);
         };
+    } else {
+        // The tool reports what fails itself, one line and an exit code; the client's log is for -v.
+        o.hooks.on_log = [](log_level, const std::string&) {};
     }
     return o;
 }
@@ -224,6 +230,79 @@ wire_format checked_format(const connection_flags& f) {
     return fmt;
 }
 
+// Publishes each (topic, payload) and waits for the broker's confirmation of all, within `timeout_ms`.
+void publish_all(client& c, const connection_flags& cf, const std::vector<std::pair<std::string, std::string>>& messages,
+                 const publish_options& po, int timeout_ms) {
+    std::vector<std::future<void>> done;
+    for (auto& [topic, payload] : messages) {
+        done.push_back(c.publish(topic, payload, po));
+        if (cf.verbose) note("published " + topic);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (auto& d : done) {
+        if (d.wait_until(deadline) != std::future_status::ready) {
+            c.close();
+            throw cli_error(exit_timeout, "publish not confirmed by the broker within " + std::to_string(timeout_ms) +
+                                              " ms; it stays in the outbox of client " + c.options().client_id +
+                                              " and is sent on its next run");
+        }
+        try {
+            d.get();
+        } catch (const broker_error& e) {
+            c.close();
+            throw cli_error(exit_connection, std::string("the broker refused the publish: ") + e.what());
+        }
+    }
+}
+
+// What a subscriber has printed, shared with its handlers.
+struct printed_lines {
+    std::mutex mu;
+    std::size_t printed = 0;
+    std::atomic<std::uint64_t> returned{0};
+    std::optional<std::size_t> limit;
+
+    /// Prints `line` unless the count is reached (then the handler throws: the message stays in the inbox
+    /// for the next run).
+    void print(const std::string& line) {
+        {
+            std::lock_guard<std::mutex> lk(mu);
+            if (limit && printed >= *limit) throw std::runtime_error("subscriber is stopping");
+            print_line(line);
+            ++printed;
+            if (limit && printed == *limit) request_stop();
+        }
+        ++returned;
+    }
+};
+
+// Connects, confirms the subscriptions to `filters`, waits for the count, a stop or the timeout, and closes.
+int run_subscription(client& c, const connection_flags& cf, const std::vector<std::string>& filters, printed_lines& st,
+                     std::optional<int> timeout_ms, const char* what) {
+    connect_client(c, cf);
+    if (confirm_subscriptions(c, 10s)) {
+        ++st.returned;
+        std::string all;
+        for (const auto& x : filters) all += (all.empty() ? "" : " ") + x;
+        note("subscribed to " + all);
+    } else {
+        note("warning: could not confirm the subscriptions (a probe message did not come back)");
+    }
+    const bool stopped = wait_for_stop(timeout_ms ? std::optional<std::chrono::milliseconds>(*timeout_ms) : std::nullopt);
+    // The last printed message is removed from the inbox before closing (else it is printed again next run).
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (c.stats().handled < st.returned && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(2ms);
+    c.close();
+    if (!stopped) {
+        std::lock_guard<std::mutex> lk(st.mu);
+        throw cli_error(exit_timeout, "received " + std::to_string(st.printed) + " of " +
+                                          std::to_string(st.limit.value_or(0)) + " " + what + " within " +
+                                          std::to_string(*timeout_ms) + " ms");
+    }
+    return exit_ok;
+}
+
 }  // namespace
 
 // -- call --------------------------------------------------------------------------------------------
@@ -358,26 +437,7 @@ int run_publish(const schema_flags& sf, const connection_flags& cf, const output
     publish_options po;
     po.props.content_type = format == wire_format::json ? "application/json" : "application/x-protobuf";
     po.retain = f.retain;
-    std::vector<std::future<void>> done;
-    for (auto& [topic, payload] : messages) {
-        done.push_back(c->publish(topic, payload, po));
-        if (cf.verbose) note("published " + topic);
-    }
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(f.timeout_ms);
-    for (auto& d : done) {
-        if (d.wait_until(deadline) != std::future_status::ready) {
-            c->close();
-            throw cli_error(exit_timeout, "publish not confirmed by the broker within " + std::to_string(f.timeout_ms) +
-                                              " ms; it stays in the outbox of client " + c->options().client_id +
-                                              " and is sent on its next run");
-        }
-        try {
-            d.get();
-        } catch (const broker_error& e) {
-            c->close();
-            throw cli_error(exit_connection, std::string("the broker refused the publish: ") + e.what());
-        }
-    }
+    publish_all(*c, cf, messages, po, f.timeout_ms);
     c->close();
     return exit_ok;
 }
@@ -394,18 +454,13 @@ int run_subscribe(const schema_flags& sf, const connection_flags& cf, const outp
     if (f.count && *f.count == 0) return exit_ok;
 
     auto c = open_client(cf, "subscribe");
-    struct shared {
-        std::mutex mu;
-        std::size_t printed = 0;
-        std::atomic<std::uint64_t> returned{0};
-    };
-    auto st = std::make_shared<shared>();
-    const auto limit = f.count;
+    printed_lines st;
+    st.limit = f.count;
     std::vector<std::string> filters;
     for (const auto* ev : events) {
         auto filter = fill_topic(*svc, ev->topic, tokens, ev->type, nullptr);
         filters.push_back(filter);
-        c->subscribe(filter, [st, ev, &schemas, fallback, limit, pretty = of.pretty](const message& m) {
+        c->subscribe(filter, [&st, ev, &schemas, fallback, pretty = of.pretty](const message& m) {
             auto event = schemas.make(ev->type);
             wire_format fmt = fallback;
             if (m.props.content_type == "application/json") fmt = wire_format::json;
@@ -418,39 +473,64 @@ int run_subscribe(const schema_flags& sf, const connection_flags& cf, const outp
             line["topic"] = m.topic;
             line["event"] = ev->name;
             line["payload"] = ojson::parse(to_json(*event));
-            {
-                std::lock_guard<std::mutex> lk(st->mu);
-                // Past the count: left in the inbox, for the next run.
-                if (limit && st->printed >= *limit) throw std::runtime_error("subscriber is stopping");
-                print_line(pretty ? line.dump(2) : line.dump());
-                ++st->printed;
-                if (limit && st->printed == *limit) request_stop();
-            }
-            ++st->returned;
+            st.print(pretty ? line.dump(2) : line.dump());
         });
     }
-    connect_client(*c, cf);
-    if (confirm_subscriptions(*c, 10s)) {
-        ++st->returned;
-        std::string all;
-        for (const auto& x : filters) all += (all.empty() ? "" : " ") + x;
-        note("subscribed to " + all);
+    return run_subscription(*c, cf, filters, st, f.timeout_ms, "events");
+}
+
+// -- pub and sub: schema-free, for debugging ---------------------------------------------------------
+
+int run_pub(const connection_flags& cf, const raw_publish_flags& f) {
+    try {
+        validate_topic_name(f.topic);
+    } catch (const invalid_topic& e) {
+        throw cli_error(exit_usage, e.what());
+    }
+    std::vector<std::pair<std::string, std::string>> messages;  // topic, payload
+    if (f.message == "-") {
+        for (std::string line; std::getline(std::cin, line);) messages.emplace_back(f.topic, line);
+    } else if (!f.message.empty() && f.message[0] == '@') {
+        std::ifstream in(f.message.substr(1), std::ios::binary);
+        if (!in) throw cli_error(exit_usage, "cannot read " + f.message.substr(1));
+        std::stringstream bytes;
+        bytes << in.rdbuf();
+        messages.emplace_back(f.topic, bytes.str());
     } else {
-        note("warning: could not confirm the subscriptions (a probe message did not come back)");
+        messages.emplace_back(f.topic, f.message);
     }
-    const bool stopped = wait_for_stop(f.timeout_ms ? std::optional<std::chrono::milliseconds>(*f.timeout_ms) : std::nullopt);
-    // The last printed event is removed from the inbox before closing (else it is printed again next run).
-    const auto until = std::chrono::steady_clock::now() + 5s;
-    while (c->stats().handled < st->returned && std::chrono::steady_clock::now() < until)
-        std::this_thread::sleep_for(2ms);
+    auto c = open_client(cf, "pub");
+    connect_client(*c, cf);
+    publish_options po;
+    po.retain = f.retain;
+    po.props.content_type = f.content_type;
+    publish_all(*c, cf, messages, po, f.timeout_ms);
     c->close();
-    if (!stopped) {
-        std::lock_guard<std::mutex> lk(st->mu);
-        throw cli_error(exit_timeout, "received " + std::to_string(st->printed) + " of " +
-                                          std::to_string(f.count.value_or(0)) + " events within " +
-                                          std::to_string(*f.timeout_ms) + " ms");
-    }
     return exit_ok;
+}
+
+int run_sub(const connection_flags& cf, const output_flags& of, const raw_subscribe_flags& f) {
+    try {
+        validate_topic_filter(f.filter);
+    } catch (const invalid_topic& e) {
+        throw cli_error(exit_usage, e.what());
+    }
+    if (f.count && *f.count == 0) return exit_ok;
+    auto c = open_client(cf, "sub");
+    printed_lines st;
+    st.limit = f.count;
+    c->subscribe(f.filter, [&st, pretty = of.pretty](const message& m) {
+        ojson line;
+        line["topic"] = m.topic;
+        // Text as it is; anything else (protobuf, say) in base64.
+        if (is_valid_utf8(m.payload))
+            line["payload"] = m.payload;
+        else
+            line["payload_base64"] = base64(m.payload);
+        if (!m.props.content_type.empty()) line["content_type"] = m.props.content_type;
+        st.print(pretty ? line.dump(2) : line.dump());
+    });
+    return run_subscription(*c, cf, {f.filter}, st, f.timeout_ms, "messages");
 }
 
 // -- serve -------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@
 /// returned but before the removal was committed runs that handler again.
 #pragma once
 
+#include <iosfwd>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -58,6 +60,17 @@ struct retry_policy {
 /// Severity of a log line.
 enum class log_level : std::uint8_t { debug, info, warning, error };
 
+/// The level the environment asks for: XYMQTT_LOG_LEVEL = debug, info, warning (the default when unset)
+/// or error; `off` gives std::nullopt (no log lines).
+/// @throw configuration_error for any other value.
+std::optional<log_level> log_level_from_env();
+
+/// A logger for hooks::on_log that writes each line of `min` and above to `out` (one write per line, so
+/// lines of several threads do not mix): `xymqtt <client id> <level>: <text>`.
+/// @param out must outlive the logger (std::cerr does).
+std::function<void(log_level, const std::string&)> stream_logger(std::ostream& out, log_level min,
+                                                                 std::string client_id = {});
+
 /// Callbacks, all optional. They run on xymqtt's or Paho's threads and must not block for long;
 /// exceptions they throw are caught and logged. Some may run inside Paho's callbacks, where Paho holds
 /// its global lock (`on_packet_send` and `on_log`, for example): from hooks, do not call `close`,
@@ -86,7 +99,8 @@ struct hooks {
     std::function<void(const message&, const std::string& reason)> on_dead_letter;
     /// A storage error that no caller could be told of (e.g. while removing a completed publish).
     std::function<void(const std::string& error)> on_storage_error;
-    /// Log lines. Silent when unset. Credentials never appear in them.
+    /// Log lines. Credentials never appear in them. When unset, the client writes them to stderr from
+    /// the level log_level_from_env() gives (warnings and errors by default; XYMQTT_LOG_LEVEL=off: none).
     std::function<void(log_level, const std::string&)> on_log;
 };
 
@@ -129,6 +143,13 @@ struct client_options {
     result_routing results = result_routing::shared;
     /// The first levels of the per-client result topics (result_routing::per_client).
     std::string results_prefix = "xymqtt/results";
+    /// If set, the invoke of a call still unanswered after this long is sent again (then after twice as
+    /// long, up to an hour), also by a restarted client: a broker killed hard may forget an invoke it had
+    /// acknowledged. An xymqtt server answers a repeated invoke from its stored outcome, or leaves it to the
+    /// copy it is running, so the handler runs once; an xy-mqtt server would run it again, so this is off
+    /// by default. Keep it well above the handlers' running time: a copy that waits behind the first in a
+    /// server's inbox is answered a second time, and the caller ignores that result.
+    std::optional<std::chrono::milliseconds> resend_unanswered_after;
     /// Set TCP_NODELAY on the broker connection (Paho does not), cutting ~40 ms Nagle delays.
     bool tcp_nodelay = true;
     /// With tcp_nodelay: while messages arrive 8 or more per millisecond, let TCP coalesce Paho's
@@ -165,6 +186,15 @@ struct client_stats {
     /// Why the last connection attempt failed or the connection was lost ("" while connected):
     /// e.g. "connect to tcp://... failed: not authorized: bad user name or password".
     std::string last_error;
+};
+
+/// One figure of client::metrics(), in the form Prometheus and OpenTelemetry take.
+struct metric {
+    enum class kind { counter, gauge };
+    std::string name;  ///< e.g. `xymqtt_published_total`; counters end in `_total`
+    kind type;
+    double value;
+    std::string help;  ///< one line: what it counts
 };
 
 /// The durable MQTT client. See the file comment for its guarantees.
@@ -227,6 +257,10 @@ public:
     bool wait_inbox_empty(std::chrono::milliseconds timeout);
 
     client_stats stats() const;
+    /// The client's counters (since it was constructed) and gauges (now), for a Prometheus collector or
+    /// an OpenTelemetry observable callback to read whenever it is asked; each call is a fresh snapshot.
+    /// Names carry no client id: an adapter adds options().client_id as a label.
+    std::vector<metric> metrics() const;
     const client_options& options() const;
 
     class impl;
