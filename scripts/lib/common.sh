@@ -69,7 +69,8 @@ xymqtt_build_dir() {
 }
 
 # Configures (only when the build directory is not configured yet, or its
-# last configure failed before generating) and builds incrementally.
+# last configure failed before generating) and builds incrementally: every
+# target, or only `xymqtt_build target...` and what they need.
 xymqtt_build() {
   local dir
   dir="$(xymqtt_build_dir)"
@@ -81,8 +82,11 @@ xymqtt_build() {
     xymqtt_log "configuring ${dir#"${XYMQTT_ROOT}"/}"
     cmake -S "${XYMQTT_ROOT}" -B "${dir}" "${args[@]}"
   fi
-  xymqtt_log "building ${dir#"${XYMQTT_ROOT}"/}"
-  cmake --build "${dir}" --parallel "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+  # With arguments, only those targets (and what they need); without, everything.
+  local targets=()
+  if [[ $# -gt 0 ]]; then targets=(--target "$@"); fi
+  xymqtt_log "building ${dir#"${XYMQTT_ROOT}"/}${*:+ ($*)}"
+  cmake --build "${dir}" --parallel "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "${targets[@]}"
 }
 
 # Installs tests/interop's npm dependencies when that folder exists and its
