@@ -85,6 +85,20 @@ Publisher::Options options_for(const std::string& system, xymqtt::wire_format fo
     return options;
 }
 
+// The server's SUBSCRIBE is asynchronous: an invoke sent before it reaches the broker finds no
+// subscriber. Calls until one is answered (20 s at most).
+bool ping_until_served(Publisher::Client& client) {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (std::chrono::steady_clock::now() < deadline) {
+        auto probe = client.call_ping_async(PingRequest{}, 1s);
+        try {
+            if (probe.outcome.get().ok()) return true;
+        } catch (const xymqtt::timeout_error&) {
+        }
+    }
+    return false;
+}
+
 }  // namespace
 
 TEST_CASE("a tick published through the broker reaches the subscriber", "[generated][broker]") {
@@ -129,18 +143,7 @@ TEST_CASE("ping resolves and rejects through the broker", "[generated][broker]")
     Publisher::Server server(*server_side, options);
     server.serve(service);
     Publisher::Client client(*caller_side, options);
-    // The server's SUBSCRIBE is asynchronous: an invoke sent before it reaches the broker finds no
-    // subscriber. Call until one is answered.
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
-    bool served = false;
-    while (!served && std::chrono::steady_clock::now() < deadline) {
-        auto probe = client.call_ping_async(PingRequest{}, 1s);
-        try {
-            served = probe.outcome.get().ok();
-        } catch (const xymqtt::timeout_error&) {
-        }
-    }
-    REQUIRE(served);
+    REQUIRE(ping_until_served(client));
 
     auto ok = client.call_ping_async(PingRequest{}, 10s);
     // The outcome is a plain future: a caller that polls it sees it ready (a deferred one never is).
@@ -249,16 +252,7 @@ TEST_CASE("a service's Options choose per-client result topics for its calls on 
         std::lock_guard<std::mutex> lk(mu);
         shared.clear();
     }
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
-    bool served = false;
-    while (!served && std::chrono::steady_clock::now() < deadline) {
-        auto probe = client.call_ping_async(PingRequest{}, 1s);
-        try {
-            served = probe.outcome.get().ok();
-        } catch (const xymqtt::timeout_error&) {
-        }
-    }
-    REQUIRE(served);
+    REQUIRE(ping_until_served(client));
 
     std::promise<std::string> resolved;
     client.subscribe_ping_results([&](const std::string& id, const PingResult&) { resolved.set_value(id); },
