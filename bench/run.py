@@ -22,7 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKER_CONF = os.path.join(ROOT, "config", "mosquitto", "mosquitto.conf")
 BROKER_LIB = os.path.join(ROOT, "scripts", "lib", "broker.sh")
-SEED_MSGS_PER_S = 780.0  # the original xy-mqtt, synchronous=EXTRA, measured on machines like these
+XY_MQTT_MSGS_PER_S = 780.0  # the original xy-mqtt, synchronous=EXTRA, measured on machines like these
 
 # Extra broker configuration of the benchmark broker (documented in docs/benchmarks.md).
 # Empty: the project's config as it is.
@@ -427,64 +427,64 @@ def scenario_scaling(broker, plan, res):
     res["scaling"] = runs
 
 
-# The original JavaScript library, re-created in bench/xy-mqtt/peer.mjs (optional: --only seed; needs node and
-# `npm ci --prefix bench/xy-mqtt`, which scripts/bench runs when seed is asked for).
-SEED_DIR = os.path.join(ROOT, "bench", "xy-mqtt")
+# The original JavaScript library, re-created in bench/xy-mqtt/peer.mjs (optional: --only xy-mqtt; needs node
+# and `npm ci --prefix bench/xy-mqtt`, which scripts/bench runs when the scenario is asked for).
+XY_MQTT_DIR = os.path.join(ROOT, "bench", "xy-mqtt")
 
 
-def seed_missing():
+def xy_mqtt_missing():
     """Why the xy-mqtt peer cannot run here, or None."""
     node = shutil.which("node")
     if not node:
         return "node not found on PATH"
     for mod in ("mqtt", "better-sqlite3"):
-        if not os.path.isdir(os.path.join(SEED_DIR, "node_modules", mod)):
+        if not os.path.isdir(os.path.join(XY_MQTT_DIR, "node_modules", mod)):
             return "bench/xy-mqtt/node_modules/%s missing (run: npm ci --prefix bench/xy-mqtt)" % mod
-    r = subprocess.run([node, "-e", "require('better-sqlite3')(':memory:').close()"], cwd=SEED_DIR,
+    r = subprocess.run([node, "-e", "require('better-sqlite3')(':memory:').close()"], cwd=XY_MQTT_DIR,
                        capture_output=True, text=True)
     if r.returncode != 0:
         return "better-sqlite3 does not load: " + (r.stderr.strip().splitlines() or ["?"])[-1]
     return None
 
 
-def seed_proc(mode, name, flags):
-    return Proc([shutil.which("node"), os.path.join(SEED_DIR, "peer.mjs"), mode, "--id", name, "--dir", store_dir(name)]
+def xy_mqtt_proc(mode, name, flags):
+    return Proc([shutil.which("node"), os.path.join(XY_MQTT_DIR, "peer.mjs"), mode, "--id", name, "--dir", store_dir(name)]
                 + flags, name)
 
 
-def scenario_seed(broker, plan, res):
+def scenario_xy_mqtt(broker, plan, res):
     """xy-mqtt's design (mqtt.js, QoS 2, clean:false, better-sqlite3 packet store, WAL + synchronous=EXTRA):
     100-byte events end to end, and sequential command calls. Counts: the fsync event count of the plan and
     the plan's sequential call count."""
-    why = seed_missing()
+    why = xy_mqtt_missing()
     if why:
-        log("seed: skipped: " + why)
-        res["seed"] = {"skipped": why}
+        log("xy-mqtt: skipped: " + why)
+        res["xy_mqtt"] = {"skipped": why}
         return
     events, rtt = [], []
     n_ev = max(20, int(plan["ev"][100] * plan["fsync_factor"]))
     for rep in range(plan["repeat"]):
-        topic = "bench/" + uid("seedevt")
-        sid, pid = uid("seedsub"), uid("seedpub")
+        topic = "bench/" + uid("jsevt")
+        sid, pid = uid("jssub"), uid("jspub")
         common = ["--broker", broker.uri, "--topic", topic, "--count", str(n_ev), "--size", "100"]
-        log("seed events 100 B x %d (run %d)" % (n_ev, rep + 1))
-        sub = seed_proc("sub", sid, common)
+        log("xy-mqtt events 100 B x %d (run %d)" % (n_ev, rep + 1))
+        sub = xy_mqtt_proc("sub", sid, common)
         sub.wait_line("ready", 60)
-        pr = seed_proc("pub", pid, common).result(1800)
+        pr = xy_mqtt_proc("pub", pid, common).result(1800)
         sr = sub.result(1800)
         for d in (store_dir(sid), store_dir(pid)):
             shutil.rmtree(d, ignore_errors=True)
-        events.append({"config": "seed_sqlite_extra", "size": 100, "count": n_ev, "e2e_msgs_per_s": sr["msgs_per_s"],
+        events.append({"config": "xy_mqtt_sqlite_extra", "size": 100, "count": n_ev, "e2e_msgs_per_s": sr["msgs_per_s"],
                        "pub_msgs_per_s": pr["pub_msgs_per_s"], "lat_p50_ms": sr["lat_p50_ms"],
                        "lat_p99_ms": sr["lat_p99_ms"], "complete": sr["complete"], "duplicates": sr["duplicates"]})
         log("   %.0f msg/s end to end" % sr["msgs_per_s"])
-        command = "bench/" + uid("seedcmd")
-        vid = uid("seedsrv")
-        srv = seed_proc("serve", vid, ["--broker", broker.uri, "--command", command])
+        command = "bench/" + uid("jscmd")
+        vid = uid("jssrv")
+        srv = xy_mqtt_proc("serve", vid, ["--broker", broker.uri, "--command", command])
         srv.wait_line("ready", 60)
-        cid = uid("seedcall")
-        log("seed commands, 1 outstanding x %d (run %d)" % (plan["rtt"], rep + 1))
-        r = seed_proc("call", cid, ["--broker", broker.uri, "--command", command, "--outstanding", "1",
+        cid = uid("jscall")
+        log("xy-mqtt commands, 1 outstanding x %d (run %d)" % (plan["rtt"], rep + 1))
+        r = xy_mqtt_proc("call", cid, ["--broker", broker.uri, "--command", command, "--outstanding", "1",
                                     "--count", str(plan["rtt"]), "--warmup", "50"]).result(1800)
         srv.stop()
         r["served"] = srv.result(60)["served"]
@@ -492,7 +492,7 @@ def scenario_seed(broker, plan, res):
             shutil.rmtree(d, ignore_errors=True)
         log("   %.0f calls/s, p50 %.2f ms, p99 %.2f ms" % (r["calls_per_s"], r["p50_ms"], r["p99_ms"]))
         rtt.append(r)
-    res["seed"] = {"events": events, "rtt": rtt}
+    res["xy_mqtt"] = {"events": events, "rtt": rtt}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -504,9 +504,9 @@ def med(xs):
 
 def summarize(res):
     s = {}
-    seed_ev = (res.get("seed") or {}).get("events")
-    if seed_ev:
-        s["seed_e2e"] = med([r["e2e_msgs_per_s"] for r in seed_ev])
+    js_ev = (res.get("xy_mqtt") or {}).get("events")
+    if js_ev:
+        s["xy_mqtt_e2e"] = med([r["e2e_msgs_per_s"] for r in js_ev])
     disk = res.get("disk", [])
     if disk:
         s["disk"] = {k: med([d[k] for d in disk]) for k in
@@ -584,11 +584,11 @@ def targets(s):
             add("fsync events vs the store's own single-put rate (journal, one fdatasync)",
                 "%.0f msg/s = %.2fx of %.0f" % (f["median"], f["median"] / jb, jb), "-", None,
                 "not a target of the issue: shows what is left once the commit itself costs one fdatasync")
-        add("fsync events >= 5x xy-mqtt (780 msg/s)", "%.0f msg/s = %.1fx" % (f["median"], f["median"] / SEED_MSGS_PER_S),
-            ">= 3900 msg/s", f["median"] >= 5 * SEED_MSGS_PER_S, "xy-mqtt's recorded figure")
-        if s.get("seed_e2e"):
+        add("fsync events >= 5x xy-mqtt (780 msg/s)", "%.0f msg/s = %.1fx" % (f["median"], f["median"] / XY_MQTT_MSGS_PER_S),
+            ">= 3900 msg/s", f["median"] >= 5 * XY_MQTT_MSGS_PER_S, "xy-mqtt's recorded figure")
+        if s.get("xy_mqtt_e2e"):
             add("fsync events >= 5x xy-mqtt's design, same run", "%.0f vs %.0f msg/s = %.1fx" % (
-                f["median"], s["seed_e2e"], f["median"] / s["seed_e2e"]), ">= 5x", f["median"] >= 5 * s["seed_e2e"],
+                f["median"], s["xy_mqtt_e2e"], f["median"] / s["xy_mqtt_e2e"]), ">= 5x", f["median"] >= 5 * s["xy_mqtt_e2e"],
                 "bench/xy-mqtt/peer.mjs (mqtt.js + better-sqlite3, synchronous=EXTRA), median e2e")
     p = ev_value(s, "xy_lmdb_process", 100)
     q = ev_value(s, "paho_qos2", 100)
@@ -727,7 +727,23 @@ def fmt(v, d=0):
     return ("{:,.%df}" % d).format(v)
 
 
+def findings_section(path):
+    """The section '## Findings' of docs/benchmarks.md. It is written by hand (what the profiler showed,
+    what changed, before/after figures) and kept as it is when the file is rewritten."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    a = text.find("\n## Findings\n")
+    if a < 0:
+        return ""
+    b = text.find("\n## How to run", a + 1)
+    return (text[a + 1:b] if b > 0 else text[a + 1:]).rstrip()
+
+
 def render_md(res, s, charts, path, findings_path):
+    findings = findings_section(findings_path)  # read before `path` (maybe the same file) is rewritten
     m = res["machine"]
     L = []
     L.append("# Benchmarks")
@@ -828,28 +844,28 @@ def render_md(res, s, charts, path, findings_path):
                                                               fmt(r["calls_per_s"]) if r["durability"] != "paho" else "%.1f" % (1000 / r["p50_ms"]),
                                                               r["p50_ms"], r["p99_ms"]))
     L.append("")
-    seed = res.get("seed")
-    if seed:
+    js = res.get("xy_mqtt")
+    if js:
         L.append("## The original library (JavaScript) in the same run")
         L.append("")
-        if seed.get("skipped"):
-            L.append("Not measured: %s." % seed["skipped"])
+        if js.get("skipped"):
+            L.append("Not measured: %s." % js["skipped"])
         else:
             L.append("`bench/xy-mqtt/peer.mjs`: xy-mqtt's design re-created (xy-mqtt is not on npm): mqtt.js, MQTT 3.1.1, "
                      "QoS 2, `clean: false`, its better-sqlite3 packet store (WAL, `synchronous=EXTRA`) as mqtt.js's "
                      "incoming and outgoing store, JSON payloads, TCP_NODELAY. Same broker; publisher and subscriber "
-                     "(caller and server) in separate processes. xy-mqtt was recorded at %s msg/s elsewhere." % fmt(SEED_MSGS_PER_S))
+                     "(caller and server) in separate processes. xy-mqtt was recorded at %s msg/s elsewhere." % fmt(XY_MQTT_MSGS_PER_S))
             L.append("")
-            L.append("| what | count | measured (median of %d) | xymqtt fsync, same run |" % max(len(seed["events"]), 1))
+            L.append("| what | count | measured (median of %d) | xymqtt fsync, same run |" % max(len(js["events"]), 1))
             L.append("|---|---|---|---|")
-            ev = seed["events"]
+            ev = js["events"]
             if ev:
                 e2e = med([r["e2e_msgs_per_s"] for r in ev])
                 x = ev_value(s, "xy_lmdb_fsync", 100)
                 L.append("| 100 B events, e2e msg/s | %s | %s%s | %s |" % (
                     fmt(ev[0]["count"]), fmt(e2e), "" if all(r["complete"] for r in ev) else " INCOMPLETE",
                     "%s (%.1fx)" % (fmt(x["median"]), x["median"] / e2e) if x and e2e else "-"))
-            rt = seed["rtt"]
+            rt = js["rtt"]
             if rt:
                 x = [r for r in s.get("rtt", []) if r["durability"] == "fsync" and r["outstanding"] == 1]
                 for k, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
@@ -929,15 +945,14 @@ def render_md(res, s, charts, path, findings_path):
                 L.append("| 64 outstanding, one caller | 1 | per-client | %s | %s | - | - | %.2f ms | %.2f ms |" % (
                     fmt(c["count"]), fmt(c["calls_per_s"]), c["p50_ms"], c["p99_ms"]))
         L.append("")
-    if os.path.exists(findings_path):
-        with open(findings_path) as f:
-            L.append(f.read().rstrip())
+    if findings:
+        L.append(findings)
         L.append("")
     L.append("## How to run")
     L.append("")
     L.append("`scripts/bench` (full: about %s), `scripts/bench --quick` (a few minutes). It builds `build-bench/` "
              "(Release), installs gnuplot if it is missing, starts private brokers and rewrites this file, "
-             "`docs/benchmarks/results.json` and the charts. `bench/findings.md` is included verbatim above. "
+             "`docs/benchmarks/results.json` and the charts; the Findings section is written by hand and kept. "
              "A smoke run of every mode with tiny counts is the CTest test `bench/smoke` (label `bench`)." % "25 minutes")
     L.append("")
     with open(path, "w") as f:
@@ -964,7 +979,7 @@ def main():
             res = json.load(f)
         s = res["summary"]
         charts = render_chart(s, a.out)
-        render_md(res, s, charts, a.md or os.path.join(ROOT, "docs", "benchmarks.md"), os.path.join(ROOT, "bench", "findings.md"))
+        render_md(res, s, charts, a.md or os.path.join(ROOT, "docs", "benchmarks.md"), os.path.join(ROOT, "docs", "benchmarks.md"))
         return 0
     plan_name = "smoke" if a.smoke else "quick" if a.quick else "full"
     plan = dict(PLANS[plan_name])
@@ -995,8 +1010,8 @@ def main():
             scenario_scaling(broker, plan, res)
         if "calls" in only:
             scenario_calls(broker, plan, res)
-        if "seed" in only:
-            scenario_seed(broker, plan, res)
+        if "xy-mqtt" in only:
+            scenario_xy_mqtt(broker, plan, res)
     finally:
         broker.stop()
         for p in CHILDREN:
@@ -1016,7 +1031,7 @@ def main():
         charts = render_chart(s, a.out)
     md = a.md or (None if a.smoke else os.path.join(ROOT, "docs", "benchmarks.md"))
     if md:
-        render_md(res, s, charts, md, os.path.join(ROOT, "bench", "findings.md"))
+        render_md(res, s, charts, md, os.path.join(ROOT, "docs", "benchmarks.md"))
         log("wrote " + md)
     for t in res["targets"]:
         log("%-45s %-40s %s" % (t["target"], t["value"], "-" if t["met"] is None else "met" if t["met"] else "MISSED"))
