@@ -47,3 +47,12 @@ install(FILES
   "${CMAKE_CURRENT_BINARY_DIR}/xymqttConfigVersion.cmake"
   "${CMAKE_CURRENT_LIST_DIR}/XymqttGenerate.cmake"
   DESTINATION "${XYMQTT_INSTALL_CMAKEDIR}")
+
+# pkg-config files, relocatable (paths relative to where they are installed), for builds without CMake:
+#   c++ app.cpp $(pkg-config --cflags --libs xymqtt)        (and xymqtt-testing for the loopback)
+file(RELATIVE_PATH XYMQTT_PC_TO_PREFIX "/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/")
+string(REGEX REPLACE "/$" "" XYMQTT_PC_TO_PREFIX "${XYMQTT_PC_TO_PREFIX}")
+foreach(pc xymqtt xymqtt-testing)
+  configure_file("${CMAKE_CURRENT_LIST_DIR}/${pc}.pc.in" "${CMAKE_CURRENT_BINARY_DIR}/${pc}.pc" @ONLY)
+  install(FILES "${CMAKE_CURRENT_BINARY_DIR}/${pc}.pc" DESTINATION "${CMAKE_INSTALL_LIBDIR}/pkgconfig")
+endforeach()

@@ -26,3 +26,15 @@ run("${CMAKE_COMMAND}" -S "${SOURCE_DIR}" -B "${WORK_DIR}" "-DCMAKE_PREFIX_PATH=
     "-DCMAKE_CXX_COMPILER=${CXX}" -DCMAKE_BUILD_TYPE=Debug)
 run("${CMAKE_COMMAND}" --build "${WORK_DIR}" -j2)
 run("${WORK_DIR}/consumer_test")
+
+# Without CMake: the pkg-config files of the same prefix.
+find_program(PKG_CONFIG pkg-config REQUIRED)
+set(ENV{PKG_CONFIG_PATH} "${PREFIX}/lib/pkgconfig:${PREFIX}/lib/x86_64-linux-gnu/pkgconfig")
+execute_process(COMMAND "${PKG_CONFIG}" --cflags --libs xymqtt-testing
+                RESULT_VARIABLE rv OUTPUT_VARIABLE flags ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
+if(NOT rv EQUAL 0)
+  message(FATAL_ERROR "pkg-config xymqtt-testing: ${err}")
+endif()
+separate_arguments(flags UNIX_COMMAND "${flags}")
+run("${CXX}" -std=c++17 "${SOURCE_DIR}/pkgconfig_main.cpp" -o "${WORK_DIR}/pkgconfig_test" ${flags})
+run("${WORK_DIR}/pkgconfig_test")

@@ -132,7 +132,7 @@ struct client_options {
     /// MQTT 5 receive maximum: most QoS 2 deliveries the broker may have in flight to this client. Each
     /// arriving message is committed before it is acknowledged, so a deep window buys little, and Paho
     /// searches its list of unreleased messages linearly for every packet, a list Mosquitto 2.0.11 lets
-    /// grow past the window while it holds a backlog for this client (docs/benchmarks.md, F9, F20).
+    /// grow past the window while it holds a backlog for this client.
     /// 0 (default): 1 with durability::fsync (2x the events of 8 once a backlog builds: a synced commit
     /// per message leaves nothing to pipeline) and 8 with durability::process (more calls per second).
     std::uint16_t receive_maximum = 0;
@@ -154,11 +154,11 @@ struct client_options {
     bool tcp_nodelay = true;
     /// With tcp_nodelay: while messages arrive 8 or more per millisecond, let TCP coalesce Paho's
     /// acknowledgements (Nagle's algorithm), and set TCP_NODELAY again, which sends what it holds, within
-    /// ~1 ms of the stream slowing (docs/benchmarks.md, F18). Needs this connection's socket told apart
+    /// ~1 ms of the stream slowing. Needs this connection's socket told apart
     /// from other sockets of the process to the same broker; when it cannot be, TCP_NODELAY stays on.
     bool adaptive_nagle = true;
     /// Leave Paho C's own trace as it is. Paho records every function it enters and leaves into an
-    /// in-memory trace under global locks, which costs ~18 % of a client's CPU (docs/benchmarks.md, F19),
+    /// in-memory trace under global locks, which costs ~18 % of a client's CPU,
     /// so by default constructing a client sets Paho's trace level to errors. Paho has one level per
     /// process. Nothing is changed when MQTT_C_CLIENT_TRACE or MQTT_C_CLIENT_TRACE_LEVEL is set.
     bool paho_trace = false;
