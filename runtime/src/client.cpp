@@ -293,7 +293,12 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     detail::connect_gate::process().join(&gate_member_);
     sender_thread_ = std::thread([this] { sender_loop(); });
     timer_thread_ = std::thread([this] { timer_loop(); });
-    resume_resends();
+    try {
+        resume_resends();
+    } catch (const std::exception& e) {
+        // The threads run already: a constructor that threw now would leave them to std::terminate.
+        log(log_level::error, std::string("unanswered calls not scheduled to be sent again: ") + e.what());
+    }
     conn_thread_ = std::thread([this] { connection_loop(); });
 }
 
