@@ -137,6 +137,8 @@ int run_store(const schema_flags&, const output_flags&, const store_flags&);
 
 /// Reads `--json` text: `-` = stdin, `@FILE` = the file, anything else as is.
 std::string read_json_argument(const std::string& arg);
+/// Standard base64 with padding (payloads that are not UTF-8 text, in JSON output).
+std::string base64(const std::string& in);
 
 /// Parses `name=value` token flags. @throw cli_error (usage)
 std::map<std::string, std::string> parse_token_flags(const std::vector<std::string>& flags);

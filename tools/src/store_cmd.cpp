@@ -93,24 +93,6 @@ std::string iso_time(std::int64_t ms) {
     return buf;
 }
 
-std::string base64(const std::string& in) {
-    static const char* chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    std::string out;
-    unsigned val = 0;
-    int bits = -6;
-    for (unsigned char c : in) {
-        val = (val << 8) + c;
-        bits += 8;
-        while (bits >= 0) {
-            out += chars[(val >> bits) & 63];
-            bits -= 6;
-        }
-    }
-    if (bits > -6) out += chars[((val << 8) >> (bits + 8)) & 63];
-    while (out.size() % 4) out += '=';
-    return out;
-}
-
 /// Progress of a long operation, on stderr: a line every `step` records (and a final count).
 class progress {
 public:
