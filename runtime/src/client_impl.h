@@ -253,6 +253,9 @@ private:
     /// Adds a call's outcome, `result` or `error` (or the record of its cancel), to `fx`.
     void conclude_call(const std::string& command, const invocation& call, const std::shared_ptr<call_ctx>& ctx,
                        std::exception_ptr error, const std::string& result, effects& fx);
+    /// The publish of an outcome: to where the invoke asks (outcome_topic), with its correlation data.
+    stored_publish make_outcome(const std::string& command, const char* kind, wire::outgoing out,
+                                const std::string& message_id, const message_properties& invoke);
     /// Adds a resolve or reject to `fx`: the publish, and the stored copy that answers a repeated invoke.
     void publish_outcome(const std::string& command, const char* kind, wire::outgoing out,
                          const std::string& message_id, const message_properties& invoke, effects& fx);

@@ -124,10 +124,9 @@ void client::impl::serve_invoke(const std::string& command, const command_runner
         inv = wire::decode_invoke(m.payload, m.props);
     } catch (const wire::undecodable_invoke& e) {
         if (e.message_id.empty()) throw parse_error(std::string("undecodable invoke: ") + e.what());
-        auto out = wire::encode_reject(e.format, e.message_id, 400, e.what(), "");
-        if (!m.props.correlation_data.empty()) out.props.correlation_data = m.props.correlation_data;
-        auto pub = make_publish(outcome_topic(command, true, m.props, e.message_id), out.payload, out.props, false,
-                                kind_reject);
+        // Answered, but not stored: without a decodable request there is no call to answer again.
+        auto pub = make_outcome(command, kind_reject, wire::encode_reject(e.format, e.message_id, 400, e.what(), ""),
+                                e.message_id, m.props);
         fx.publishes.emplace_back(pub.seq, pub.msg);
         return;
     }
@@ -212,12 +211,18 @@ std::string client::impl::outcome_topic(const std::string& command, bool rejecte
     return rejected ? wire::reject_topic(command) : wire::resolve_topic(command);
 }
 
-void client::impl::publish_outcome(const std::string& command, const char* kind, wire::outgoing out,
-                                   const std::string& message_id, const message_properties& invoke, effects& fx) {
+client::impl::stored_publish client::impl::make_outcome(const std::string& command, const char* kind,
+                                                        wire::outgoing out, const std::string& message_id,
+                                                        const message_properties& invoke) {
     const std::string topic = outcome_topic(command, kind != std::string(kind_resolve), invoke, message_id);
     // MQTT 5 request/response: the answer carries the request's correlation data back.
     if (!invoke.correlation_data.empty()) out.props.correlation_data = invoke.correlation_data;
-    auto pub = make_publish(topic, out.payload, out.props, false, kind);
+    return make_publish(topic, std::move(out.payload), std::move(out.props), false, kind);
+}
+
+void client::impl::publish_outcome(const std::string& command, const char* kind, wire::outgoing out,
+                                   const std::string& message_id, const message_properties& invoke, effects& fx) {
+    auto pub = make_outcome(command, kind, std::move(out), message_id, invoke);
     fx.publishes.emplace_back(pub.seq, pub.msg);
     // The outcome is kept so that a repeated invoke is answered without running the handler again.
     stored_message r = *pub.msg;
