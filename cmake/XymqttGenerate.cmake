@@ -8,8 +8,8 @@
 # IMPORT_DIRS entry that contains it; default: the current source directory) gives `dir/x.pb.h`,
 # `dir/x.xymqtt.h` (include them as such) and, with MOCKS, `dir/x.xymqtt_mock.h` in the INTERFACE
 # library <lib>_mocks (linked to xymqtt::testing and trompeloeil). The directory of
-# `xymqtt/options.proto` is added to the import path; its C++ code is built once, as
-# xymqtt_options_proto. Outputs are regenerated when a schema, the generator or a template changes.
+# `xymqtt/options.proto` is added to the import path; its C++ code is the library
+# xymqtt::options_proto (installed with the package; built once per project otherwise). Outputs are regenerated when a schema, the generator or a template changes.
 #
 # The generator needs a Python 3 that has google.protobuf and jinja2; it is looked for at configure
 # time (XYMQTT_PYTHON_EXECUTABLE, the XYMQTT_PYTHON environment variable, python3 on PATH,
@@ -92,23 +92,42 @@ file(CONFIGURE OUTPUT "${XYMQTT_PROTOC_PLUGIN}"
 file(CHMOD "${XYMQTT_PROTOC_PLUGIN}" PERMISSIONS OWNER_READ OWNER_WRITE OWNER_EXECUTE GROUP_READ
      GROUP_EXECUTE WORLD_READ WORLD_EXECUTE)
 
-# The C++ code of xymqtt/options.proto, built once per project (every generated .pb.cc refers to it).
-function(_xymqtt_options_library)
-  if(TARGET xymqtt_options_proto)
+# The C++ code of xymqtt/options.proto, xymqtt::options_proto: every generated .pb.cc refers to it. A
+# program must hold it once (protobuf aborts when a .proto is registered twice), so the installed package
+# ships it as a library of its own and every xymqtt_generate() library links that one; a project that
+# builds xymqtt itself builds it once, here. PREBUILT_DIR: a directory holding xymqtt/options.pb.{h,cc}
+# already generated (xymqtt's own generated/), used instead of running protoc.
+function(xymqtt_options_library)
+  cmake_parse_arguments(PARSE_ARGV 0 arg "" "PREBUILT_DIR" "")
+  if(TARGET xymqtt::options_proto)
     return()
   endif()
-  set(out "${CMAKE_BINARY_DIR}/xymqtt_options_proto")
-  add_custom_command(
-    OUTPUT "${out}/xymqtt/options.pb.h" "${out}/xymqtt/options.pb.cc"
-    COMMAND "${CMAKE_COMMAND}" -E make_directory "${out}"
-    COMMAND protobuf::protoc "--cpp_out=${out}" "-I${XYMQTT_PROTO_DIR}" "${XYMQTT_PROTO_DIR}/xymqtt/options.proto"
-    DEPENDS "${XYMQTT_PROTO_DIR}/xymqtt/options.proto" protobuf::protoc
-    COMMENT "xymqtt: generating xymqtt/options.pb.cc"
-    VERBATIM)
-  add_library(xymqtt_options_proto STATIC "${out}/xymqtt/options.pb.cc" "${out}/xymqtt/options.pb.h")
-  target_include_directories(xymqtt_options_proto PUBLIC "${out}")
+  if(arg_PREBUILT_DIR)
+    set(out "${arg_PREBUILT_DIR}")
+  else()
+    set(out "${CMAKE_BINARY_DIR}/xymqtt_options_proto")
+    add_custom_command(
+      OUTPUT "${out}/xymqtt/options.pb.h" "${out}/xymqtt/options.pb.cc"
+      COMMAND "${CMAKE_COMMAND}" -E make_directory "${out}"
+      COMMAND protobuf::protoc "--cpp_out=${out}" "-I${XYMQTT_PROTO_DIR}" "${XYMQTT_PROTO_DIR}/xymqtt/options.proto"
+      DEPENDS "${XYMQTT_PROTO_DIR}/xymqtt/options.proto" protobuf::protoc
+      COMMENT "xymqtt: generating xymqtt/options.pb.cc"
+      VERBATIM)
+  endif()
+  add_library(xymqtt_options_proto "${out}/xymqtt/options.pb.cc" "${out}/xymqtt/options.pb.h")
+  add_library(xymqtt::options_proto ALIAS xymqtt_options_proto)
+  target_include_directories(xymqtt_options_proto PUBLIC
+    $<BUILD_INTERFACE:${out}>
+    $<INSTALL_INTERFACE:include>)
   target_link_libraries(xymqtt_options_proto PUBLIC protobuf::libprotobuf)
-  set_target_properties(xymqtt_options_proto PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  set_target_properties(xymqtt_options_proto PROPERTIES
+    POSITION_INDEPENDENT_CODE ON
+    EXPORT_NAME options_proto
+    PUBLIC_HEADER "${out}/xymqtt/options.pb.h")
+  if(PROJECT_NAME STREQUAL "xymqtt" AND PROJECT_VERSION)
+    set_target_properties(xymqtt_options_proto PROPERTIES
+      VERSION "${PROJECT_VERSION}" SOVERSION "${PROJECT_VERSION_MAJOR}.${PROJECT_VERSION_MINOR}")
+  endif()
 endfunction()
 
 function(xymqtt_generate)
@@ -122,7 +141,7 @@ function(xymqtt_generate)
   if(NOT arg_PROTOS)
     message(FATAL_ERROR "xymqtt_generate(${arg_TARGET}): PROTOS is required")
   endif()
-  _xymqtt_options_library()
+  xymqtt_options_library()
 
   set(out "${arg_OUT_DIR}")
   if(NOT out)
@@ -195,7 +214,7 @@ function(xymqtt_generate)
     add_library(${arg_TARGET} ${sources})
   endif()
   target_include_directories(${arg_TARGET} PUBLIC "${out}")
-  target_link_libraries(${arg_TARGET} PUBLIC xymqtt::protobuf xymqtt_options_proto)
+  target_link_libraries(${arg_TARGET} PUBLIC xymqtt::protobuf xymqtt::options_proto)
   target_compile_features(${arg_TARGET} PUBLIC cxx_std_17)
 
   if(arg_MOCKS)

@@ -15,6 +15,8 @@
 #include <iostream>
 #include <random>
 
+#include "broker_capabilities.h"
+#include "ca_bundle.h"
 #include "client_impl.h"
 #include "tcp_nodelay.h"
 #include "wire.h"
@@ -87,10 +89,8 @@ std::string make_message_id() {
         std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd()};
         return std::mt19937_64(seq);
     }());
-    char buf[33];
-    std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(rng()),
-                  static_cast<unsigned long long>(rng()));
-    return buf;
+    const auto hi = rng();
+    return detail::format_message_id(hi, rng());
 }
 
 // Paho's completion callbacks for publishes and subscriptions.
@@ -169,12 +169,18 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     }
     if (opts_.mqtt_version != 5 && opts_.mqtt_version != 4)
         throw configuration_error("mqtt_version must be 5 or 4 (3.1.1), not " + std::to_string(opts_.mqtt_version));
-    std::string scheme;
-    if (!detail::parse_server_uri(opts_.server_uri, scheme, host_, port_))
-        throw configuration_error("server_uri \"" + opts_.server_uri + "\" is not of the form tcp://host:port");
-    const bool tls_scheme = scheme == "ssl" || scheme == "mqtts";
-    if (!tls_scheme && scheme != "tcp" && scheme != "mqtt")
-        throw configuration_error("server_uri scheme \"" + scheme + "\" is not supported (tcp, mqtt, ssl, mqtts)");
+    bool tls_scheme = false;
+    for (const auto& uri : opts_.server_uris.empty() ? std::vector<std::string>{opts_.server_uri} : opts_.server_uris) {
+        const char* field = opts_.server_uris.empty() ? "server_uri" : "server_uris";
+        std::string scheme;
+        server srv{uri, {}, 0};
+        if (!detail::parse_server_uri(uri, scheme, srv.host, srv.port))
+            throw configuration_error(std::string(field) + " \"" + uri + "\" is not of the form tcp://host:port");
+        tls_scheme = tls_scheme || scheme == "ssl" || scheme == "mqtts";
+        if (scheme != "ssl" && scheme != "mqtts" && scheme != "tcp" && scheme != "mqtt")
+            throw configuration_error(std::string(field) + " scheme \"" + scheme + "\" is not supported (tcp, mqtt, ssl, mqtts)");
+        servers_.push_back(std::move(srv));
+    }
     if (!opts_.paho_trace && !std::getenv("MQTT_C_CLIENT_TRACE") && !std::getenv("MQTT_C_CLIENT_TRACE_LEVEL")) {
         // Paho C, as Debian builds it, records every function it enters and leaves, and formats each
         // packet it logs, into an in-memory trace under global locks; nothing reads it unless tracing
@@ -241,7 +247,7 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.receive_maximum == 0) opts_.receive_maximum = store_->durability() == durability::fsync ? 1 : 8;
 
     persistence_ = std::make_unique<detail::paho_persistence>(
-        store_->paho(), opts_.mqtt_version == 4 && opts_.durability == durability::fsync,
+        store_->session(), opts_.mqtt_version == 4 && opts_.durability == durability::fsync,
         [this](const std::string& e) {
             log(log_level::error, e);
             fire(opts_.hooks.on_storage_error, e);
@@ -273,7 +279,12 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (tls_scheme || opts_.tls) {
         const tls_options t = opts_.tls.value_or(tls_options{});
         auto sb = mqtt::ssl_options_builder();
-        if (!t.ca_file.empty()) sb.trust_store(t.ca_file);
+        if (!t.ca_path.empty()) {
+            ca_bundle_ = std::make_unique<detail::ca_bundle>(t.ca_path, t.ca_file);
+            sb.trust_store(ca_bundle_->path());
+        } else if (!t.ca_file.empty()) {
+            sb.trust_store(t.ca_file);
+        }
         if (!t.cert_file.empty()) sb.key_store(t.cert_file);
         if (!t.key_file.empty()) sb.private_key(t.key_file);
         if (!t.key_password.empty()) sb.private_keypassword(t.key_password);
@@ -398,13 +409,13 @@ void client::impl::fresh_paho() {
         std::lock_guard<std::mutex> lk(own_mu_);
         own_socket_ = detail::peer_socket();
     }
-    detail::paho_persistence::purge_commands(store_->paho());
+    detail::paho_persistence::purge_commands(store_->session());
     persistence_->new_connection();
     mqtt::create_options co(opts_.mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1);
     co.set_send_while_disconnected(false);  // the outbox holds what waits, on disk
     // Paho refuses publishes (-12) once this many wait in its command queue, connected or not.
     co.set_max_buffered_messages(static_cast<int>(std::min<std::size_t>(opts_.max_inflight, 65000)) + 64);
-    auto cli = std::make_shared<mqtt::async_client>(opts_.server_uri, opts_.client_id, co, persistence_.get());
+    auto cli = std::make_shared<mqtt::async_client>(current_server().uri, opts_.client_id, co, persistence_.get());
     cli->set_message_callback([this](mqtt::const_message_ptr m) { on_arrived(std::move(m)); });
     // A loss reported by a client of an earlier connection says nothing about the current one.
     const mqtt::iasync_client* self = cli.get();
@@ -512,6 +523,7 @@ void client::impl::on_resumed_complete(int packet_id) {
 
 void client::impl::connection_loop() {
     auto backoff = opts_.reconnect_min;
+    std::size_t failed_in_round = 0;  // connect attempts failed since the last success or backoff
     std::unique_lock<std::mutex> lk(mu_);
     while (!closing_) {
         conn_cv_.wait(lk, [&] { return closing_ || (want_connect_ && !connected_); });
@@ -586,7 +598,22 @@ void client::impl::connection_loop() {
             subscription_ids_ = opts_.mqtt_version == 5 &&
                                 (!rsp.get_properties().contains(mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE) ||
                                  mqtt::get<uint8_t>(rsp.get_properties(), mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE) != 0);
+            if (opts_.mqtt_version == 5) check_broker(rsp.get_properties());
             ok = true;
+        } catch (const broker_lacks& e) {
+            {
+                std::lock_guard<std::mutex> g(mu_);
+                connecting_ = false;
+            }
+            if (auto cli = paho()) {
+                try {
+                    cli->disconnect()->wait_for(std::chrono::seconds(2));
+                } catch (const mqtt::exception&) {
+                    // Gone already: nothing to close.
+                }
+            }
+            note_connect_failure("connect to " + current_server().uri + " refused: the broker lacks " + e.what(),
+                                 log_level::error);
         } catch (const mqtt::exception& e) {
             {
                 std::lock_guard<std::mutex> g(mu_);
@@ -607,15 +634,7 @@ void client::impl::connection_loop() {
                 while (!tls_error_.empty() && std::isspace(static_cast<unsigned char>(tls_error_.back()))) tls_error_.pop_back();
                 if (!tls_error_.empty()) why += " (TLS: " + tls_error_ + ")";
             }
-            std::string line = "connect to " + opts_.server_uri + " failed: " + why;
-            bool repeated;
-            {
-                std::lock_guard<std::mutex> g(mu_);
-                repeated = line == last_error_;
-                last_error_ = line;
-            }
-            // A missing broker or a refused login must be visible; the same failure again only in debug.
-            log(repeated ? log_level::debug : log_level::warning, line + " (retrying)");
+            note_connect_failure("connect to " + current_server().uri + " failed: " + why, log_level::warning);
         }
         if (ok) {
             {
@@ -625,15 +644,58 @@ void client::impl::connection_loop() {
                 std::lock_guard<std::mutex> g(mu_);
                 window_ = std::max<std::size_t>(1, std::min(opts_.max_inflight, receive_max / 2));
             }
+            fire(opts_.hooks.on_server, current_server().uri);
             on_connected(session_present);
             backoff = opts_.reconnect_min;
+            failed_in_round = 0;
             lk.lock();
             continue;
         }
-        lk.lock();  // the failure was logged where it was caught
+        // The failure was logged where it was caught. The next server at once, until each has failed in
+        // turn; then the backoff.
+        server_ = (server_.load() + 1) % servers_.size();
+        lk.lock();
+        if (++failed_in_round < servers_.size()) continue;
+        failed_in_round = 0;
         conn_cv_.wait_for(lk, backoff, [&] { return closing_.load(); });
         backoff = std::min(backoff * 2, opts_.reconnect_max);
     }
+}
+
+void client::impl::note_connect_failure(const std::string& line, log_level level) {
+    bool repeated;
+    {
+        std::lock_guard<std::mutex> g(mu_);
+        repeated = line == last_error_;
+        last_error_ = line;
+    }
+    // A missing broker or a refused login must be visible; the same failure again only in debug.
+    log(repeated ? log_level::debug : level, line + " (retrying)");
+}
+
+void client::impl::check_broker(const mqtt::properties& connack) {
+    detail::connack_capabilities granted;
+    if (connack.contains(mqtt::property::MAXIMUM_QOS))
+        granted.maximum_qos = mqtt::get<uint8_t>(connack, mqtt::property::MAXIMUM_QOS);
+    if (connack.contains(mqtt::property::RECEIVE_MAXIMUM))
+        granted.receive_maximum = mqtt::get<uint16_t>(connack, mqtt::property::RECEIVE_MAXIMUM);
+    if (connack.contains(mqtt::property::SHARED_SUBSCRIPTION_AVAILABLE))
+        granted.shared_subscriptions = mqtt::get<uint8_t>(connack, mqtt::property::SHARED_SUBSCRIPTION_AVAILABLE);
+    if (connack.contains(mqtt::property::SESSION_EXPIRY_INTERVAL))
+        granted.session_expiry = mqtt::get<uint32_t>(connack, mqtt::property::SESSION_EXPIRY_INTERVAL);
+    detail::capability_needs needs;
+    needs.session_expiry = static_cast<std::uint32_t>(std::min<std::int64_t>(opts_.session_expiry.count(), INT32_MAX));
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        for (const auto& [filter, lane] : lanes_)
+            if (filter.rfind("$share/", 0) == 0) needs.shared_subscriptions = true;
+    }
+    std::string fatal;
+    for (const auto& f : detail::check_capabilities(granted, needs)) {
+        if (f.fatal) fatal += (fatal.empty() ? "" : "; ") + f.text;
+        else log(log_level::warning, "broker " + current_server().uri + ": " + f.text);
+    }
+    if (!fatal.empty()) throw broker_lacks(fatal);
 }
 
 mqtt::properties client::impl::connect_properties() const {
@@ -648,7 +710,7 @@ void client::impl::on_connected(bool session_present) {
     detail::peer_socket own;
     {
         std::lock_guard<std::mutex> lk(own_mu_);
-        own = detail::peer_socket::claim(host_, port_);
+        own = detail::peer_socket::claim(current_server().host, current_server().port);
         own_socket_ = own.share();
     }
     if (opts_.tcp_nodelay) {
@@ -658,7 +720,7 @@ void client::impl::on_connected(bool session_present) {
         } else {
             // This connection's socket cannot be told from another of this process to the same broker:
             // TCP_NODELAY on all of them (what they all want outside a stream) and no Nagle in streams.
-            if (detail::set_tcp_nodelay_to_peer(host_, port_) == 0)
+            if (detail::set_tcp_nodelay_to_peer(current_server().host, current_server().port) == 0)
                 log(log_level::warning, "could not set TCP_NODELAY on the broker connection");
             else if (nagle_)
                 log(log_level::debug, "adaptive Nagle off for this connection: its socket is not the only new one to the broker");
@@ -677,7 +739,7 @@ void client::impl::on_connected(bool session_present) {
         stale.assign(pending_unsubscribes_.begin(), pending_unsubscribes_.end());
         pending_unsubscribes_.clear();
     }
-    log(log_level::info, std::string("connected to ") + opts_.server_uri + (session_present ? " (session present)" : " (new session)"));
+    log(log_level::info, "connected to " + current_server().uri + (session_present ? " (session present)" : " (new session)"));
     // Every filter is subscribed again on every connection: cheap, and right when the broker has
     // forgotten the session or when a filter was added while offline. Subscriptions go out before any
     // publish (Paho sends in order), so results of calls sent now find their subscription at the broker.
@@ -1525,7 +1587,7 @@ void client::impl::cut_connection(const std::string& why) {
         cut = own_socket_.shutdown();
         // Not claimed (a message that came with the CONNACK, or a socket that could not be told apart):
         // the sockets no other client has claimed.
-        if (!cut) cut = detail::shutdown_unclaimed_sockets_to_peer(host_, port_) > 0;
+        if (!cut) cut = detail::shutdown_unclaimed_sockets_to_peer(current_server().host, current_server().port) > 0;
     }
     log(closing_ ? log_level::debug : log_level::warning,
         "connection cut so that no acknowledgement leaves: " + why + (cut ? "" : " (no socket found)"));
@@ -1912,6 +1974,7 @@ client_stats client::impl::stats() const {
     s.retries = retries_;
     s.connected = connected_;
     s.last_error = last_error_;
+    s.server_uri = current_server().uri;
     s.nagle_streams = nagle_ ? nagle_->streams() : 0;
     return s;
 }

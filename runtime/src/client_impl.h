@@ -14,6 +14,8 @@
 #include <thread>
 #include <unordered_map>
 
+#include "ca_bundle.h"
+#include "commands/call_core.h"
 #include "committer.h"
 #include "connect_gate.h"
 #include "nagle_governor.h"
@@ -134,7 +136,6 @@ private:
         subscription_id invoke_sub = 0, cancel_sub = 0;
         std::shared_ptr<detail::worker_pool> workers;  // concurrency > 1: its handlers' threads
     };
-    class call_ctx;
 
     // -- helpers
     void log(log_level level, const std::string& text) const;
@@ -158,6 +159,13 @@ private:
     /// Wakes a client waiting at the connect gate if this one has just drained. Call without mu_.
     void notify_gate();
     void connection_loop();
+    // A broker that lacks a capability the runtime needs (broker_capabilities.h): refused like a failed
+    // connect, and the next server is tried.
+    struct broker_lacks : std::runtime_error {
+        using std::runtime_error::runtime_error;
+    };
+    void check_broker(const mqtt::properties& connack);  // throws broker_lacks
+    void note_connect_failure(const std::string& line, log_level level);  // last_error, logged once
     void on_connected(bool session_present);
     void on_connection_lost(const std::string& cause);
     /// @param retry_in delay before a retry if this SUBSCRIBE fails (0: reconnect_min)
@@ -249,9 +257,9 @@ private:
     void serve_invoke(const std::string& command, const command_runner& run, const message& m, effects& fx);
     /// Runs a command's handler and adds its outcome (or the record of its cancel) to `fx`.
     void run_call(const std::string& command, const command_handler& handler, const invocation& call,
-                  const std::shared_ptr<call_ctx>& ctx, effects& fx);
+                  const std::shared_ptr<detail::running_call>& ctx, effects& fx);
     /// Adds a call's outcome, `result` or `error` (or the record of its cancel), to `fx`.
-    void conclude_call(const std::string& command, const invocation& call, const std::shared_ptr<call_ctx>& ctx,
+    void conclude_call(const std::string& command, const invocation& call, const std::shared_ptr<detail::running_call>& ctx,
                        std::exception_ptr error, const std::string& result, effects& fx);
     /// The publish of an outcome: to where the invoke asks (outcome_topic), with its correlation data.
     stored_publish make_outcome(const std::string& command, const char* kind, wire::outgoing out,
@@ -310,10 +318,18 @@ private:
     std::set<const mqtt::iasync_client*> tainted_paho_;  // never destroyed (keep_tainted_paho)
     std::mutex own_mu_;
     detail::peer_socket own_socket_;  // the current connection's socket, once claimed (see on_connected)
+    std::unique_ptr<detail::ca_bundle> ca_bundle_;  // tls_options::ca_path as one file, for Paho
     std::unique_ptr<mqtt::connect_options_builder> conn_builder_;
     mqtt::properties connect_properties() const;  // MQTT 5 CONNECT properties, made for each connect
-    std::string host_;
-    int port_ = 0;
+    // The brokers to connect to (client_options::server_uris, or server_uri), fixed at construction, and
+    // the one in use or being tried: read without a lock by the threads that cut connections.
+    struct server {
+        std::string uri, host;
+        int port = 0;
+    };
+    std::vector<server> servers_;
+    std::atomic<std::size_t> server_{0};
+    const server& current_server() const { return servers_[server_.load()]; }
 
     mutable std::mutex mu_;
     std::condition_variable state_cv_;  // connection state, outbox/inbox counts
@@ -374,7 +390,7 @@ private:
     subscription_id results_root_sub_ = 0;  // its one lane, `<root>/#` (guarded by results_root_mu_)
     std::map<std::string, call_completion> awaiting_;
     mutable std::mutex results_mu_;
-    std::map<std::string, std::shared_ptr<call_ctx>> running_;
+    std::map<std::string, std::shared_ptr<detail::running_call>> running_;
     std::vector<std::shared_ptr<detail::worker_pool>> retired_workers_;  // of unregistered commands
     std::shared_ptr<answer_gate> answer_gate_ = std::make_shared<answer_gate>();
     std::set<std::string> finalizing_;

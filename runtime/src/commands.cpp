@@ -17,48 +17,6 @@ constexpr const char* kind_call = "call";
 
 }  // namespace
 
-/// The cancel side of a running call.
-class client::impl::call_ctx : public call_context {
-public:
-    void on_cancel(std::function<void()> fn) override {
-        {
-            std::lock_guard<std::mutex> lk(mu_);
-            if (!cancelled_) {
-                callbacks_.push_back(std::move(fn));
-                return;
-            }
-        }
-        fn();
-    }
-    bool cancelled() const override {
-        std::lock_guard<std::mutex> lk(mu_);
-        return cancelled_;
-    }
-    /// @return false if it was already cancelled.
-    bool cancel() {
-        std::vector<std::function<void()>> cbs;
-        {
-            std::lock_guard<std::mutex> lk(mu_);
-            if (cancelled_) return false;
-            cancelled_ = true;
-            cbs.swap(callbacks_);
-        }
-        for (auto& f : cbs) {
-            try {
-                f();
-            } catch (...) {
-                // A throwing on_cancel callback must not stop the others or the cancel itself.
-            }
-        }
-        return true;
-    }
-
-private:
-    mutable std::mutex mu_;
-    bool cancelled_ = false;
-    std::vector<std::function<void()>> callbacks_;
-};
-
 // ---------------------------------------------------------------------------------------------------
 // server
 
@@ -125,8 +83,7 @@ void client::impl::serve_invoke(const std::string& command, const command_runner
     } catch (const wire::undecodable_invoke& e) {
         if (e.message_id.empty()) throw parse_error(std::string("undecodable invoke: ") + e.what());
         // Answered, but not stored: without a decodable request there is no call to answer again.
-        auto pub = make_outcome(command, kind_reject, wire::encode_reject(e.format, e.message_id, 400, e.what(), ""),
-                                e.message_id, m.props);
+        auto pub = make_outcome(command, kind_reject, detail::undecodable_reject(e), e.message_id, m.props);
         fx.publishes.emplace_back(pub.seq, pub.msg);
         return;
     }
@@ -141,15 +98,13 @@ void client::impl::serve_invoke(const std::string& command, const command_runner
         }
         return;  // cancelled: nothing is published for it
     }
-    if (m.props.expiry_seconds &&
-        m.received_at_ms + std::int64_t(*m.props.expiry_seconds) * 1000 < now_ms()) {
-        publish_outcome(command, kind_reject,
-                        wire::encode_reject(inv.format, inv.message_id, 408, "request expired before it ran", ""),
-                        inv.message_id, m.props, fx);
+    if (detail::invoke_expired(m, now_ms())) {
+        publish_outcome(command, kind_reject, detail::expired_reject(inv.format, inv.message_id), inv.message_id,
+                        m.props, fx);
         return;
     }
 
-    auto ctx = std::make_shared<call_ctx>();
+    auto ctx = std::make_shared<detail::running_call>();
     {
         std::lock_guard<std::mutex> lk(results_mu_);
         if (running_.count(inv.message_id) || finalizing_.count(inv.message_id)) {
@@ -231,7 +186,7 @@ void client::impl::publish_outcome(const std::string& command, const char* kind,
 }
 
 void client::impl::run_call(const std::string& command, const command_handler& handler, const invocation& call,
-                            const std::shared_ptr<call_ctx>& ctx, effects& fx) {
+                            const std::shared_ptr<detail::running_call>& ctx, effects& fx) {
     std::exception_ptr error;
     std::string result;
     try {
@@ -243,7 +198,7 @@ void client::impl::run_call(const std::string& command, const command_handler& h
 }
 
 void client::impl::conclude_call(const std::string& command, const invocation& call,
-                                 const std::shared_ptr<call_ctx>& ctx, std::exception_ptr error,
+                                 const std::shared_ptr<detail::running_call>& ctx, std::exception_ptr error,
                                  const std::string& result, effects& fx) {
     // The handler's outcome: its result, or the rejection that its exception stands for.
     bool rejected = true;
@@ -273,7 +228,7 @@ void client::impl::serve_cancel(const std::string& command, const message& m, ef
     if (!wire::valid_message_id(*id))
         throw parse_error("cancel of " + command + " with a message id longer than " +
                           std::to_string(wire::max_message_id) + " bytes");
-    std::shared_ptr<call_ctx> ctx;
+    std::shared_ptr<detail::running_call> ctx;
     {
         std::lock_guard<std::mutex> lk(results_mu_);
         if (finalizing_.count(*id)) return;  // finished already: cancelling a finished call is harmless

@@ -90,7 +90,7 @@ private:
     char* map_ = nullptr;  // mode::mapped: the whole file, whose blocks are written (no SIGBUS on a full disk)
 };
 
-/// CRC-32 (IEEE 802.3, as zlib's crc32) of `n` bytes, continuing from `crc`.
+/// CRC-32 (IEEE 802.3) of `n` bytes, continuing from `crc`: zlib's crc32, which records on disk carry.
 std::uint32_t crc32(std::uint32_t crc, const void* data, std::size_t n);
 
 /// @return the 32-bit field at `p` of a record (host byte order, as written), without alignment needs.

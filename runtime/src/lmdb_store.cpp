@@ -1,5 +1,5 @@
 // The LMDB store: one environment with a named database per table; Paho's own records are kept apart
-// in `dir/paho` (paho_records_file.h).
+// in `dir/paho` (session_records_file.h).
 //
 // Commits go to a write-ahead journal (journal.h) and to an in-memory overlay; a checkpoint applies the
 // overlay to LMDB in one transaction, together with the journal's last sequence number (table
@@ -33,7 +33,7 @@
 #include <utility>
 
 #include "journal.h"
-#include "paho_records_file.h"
+#include "session_records_file.h"
 #include "store_util.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/store.h"
@@ -292,11 +292,11 @@ public:
             return mdb_dbi_open(txn, "xymqtt_meta", MDB_CREATE, &meta_dbi_);
         });
         open_journal(dir, opts);
-        paho_ = std::make_unique<detail::paho_records_file>(dir + "/paho", opts);
+        session_ = std::make_unique<detail::session_records_file>(dir + "/paho", opts);
     }
 
     ~lmdb_store() override {
-        paho_.reset();
+        session_.reset();
         if (journal_) {
             // Leaves an empty journal, so the next open has nothing to replay. A failure here loses
             // nothing: the records stay in the journal and are replayed on the next open.
@@ -475,7 +475,7 @@ public:
         return static_cast<std::size_t>(n);
     }
 
-    paho_records& paho() override { return *paho_; }
+    session_records& session() override { return *session_; }
     xymqtt::durability durability() const override { return durability_; }
 
 private:
@@ -582,7 +582,7 @@ private:
     std::array<MDB_dbi, detail::table_count> dbis_{};
     MDB_dbi meta_dbi_ = 0;
     std::size_t max_key_ = 0;  // LMDB's key limit (511 bytes by default)
-    std::unique_ptr<detail::paho_records_file> paho_;
+    std::unique_ptr<detail::session_records_file> session_;
 
     // Commits go to the journal first; the overlay holds their writes (a delete as nothing) until a
     // checkpoint applies them to LMDB. Readers look at the overlay, then LMDB.

@@ -11,7 +11,7 @@
 
 namespace xymqtt::detail {
 
-paho_persistence::paho_persistence(paho_records& records, bool sync_inbound,
+paho_persistence::paho_persistence(session_records& records, bool sync_inbound,
                                    std::function<void(const std::string&)> on_error)
     : records_(records), sync_inbound_(sync_inbound), on_error_(std::move(on_error)) {}
 
@@ -150,7 +150,7 @@ int inbound_packet_id(const std::string& key) { return std::atoi(key.c_str() + 3
 
 }  // namespace
 
-void paho_persistence::purge_commands(paho_records& records) {
+void paho_persistence::purge_commands(session_records& records) {
     for (const auto& k : records.keys())
         if (is_command(k)) records.remove(k);
 }

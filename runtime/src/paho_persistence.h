@@ -59,7 +59,7 @@ class paho_persistence : public mqtt::iclient_persistence {
 public:
     /// @param sync_inbound sync each inbound record to disk: needed under MQTT 3.1.1 with fsync
     ///        durability, where Paho delivers at PUBREL and the broker does not resend the PUBLISH.
-    paho_persistence(paho_records& records, bool sync_inbound, std::function<void(const std::string&)> on_error);
+    paho_persistence(session_records& records, bool sync_inbound, std::function<void(const std::string&)> on_error);
 
     void open(const mqtt::string& client_id, const mqtt::string& server_uri) override;
     void close() override;
@@ -71,7 +71,7 @@ public:
     void remove(const mqtt::string& key) override;
 
     /// Removes Paho's queued commands; call before a Paho client restores its state.
-    static void purge_commands(paho_records& records);
+    static void purge_commands(session_records& records);
     /// Stores the `r5-<packet_id>` record: call once the message is committed to the inbox.
     void release_inbound(int packet_id);
     /// @return true (once per resend) if the message Paho is delivering under `packet_id`, with this topic,
@@ -106,7 +106,7 @@ private:
     template <class F>
     auto guarded(const char* what, const std::string& key, F&& f) const -> decltype(f());
 
-    paho_records& records_;
+    session_records& records_;
     bool sync_inbound_;
     std::function<void(const std::string&)> on_error_;
     std::function<void(int)> on_complete_;

@@ -160,9 +160,9 @@ private:
 
 bool is_corruption(int rc) { return (rc & 0xff) == SQLITE_NOTADB || (rc & 0xff) == SQLITE_CORRUPT; }
 
-class sqlite_paho_records final : public paho_records {
+class sqlite_session_records final : public session_records {
 public:
-    explicit sqlite_paho_records(const std::string& path) : db_(path) {
+    explicit sqlite_session_records(const std::string& path) : db_(path) {
         int rc = open();
         if (is_corruption(rc)) {
             // Only duplicates are lost: the tables are the source of truth. Start afresh.
@@ -278,11 +278,11 @@ public:
             s.last = db_.prepare("SELECT id FROM " + name + " ORDER BY id DESC LIMIT 1");
             s.count = db_.prepare("SELECT count(*) FROM " + name);
         }
-        paho_ = std::make_unique<sqlite_paho_records>(dir + "/paho.sqlite3");
+        session_ = std::make_unique<sqlite_session_records>(dir + "/paho.sqlite3");
     }
 
     ~sqlite_store() override {
-        paho_.reset();
+        session_.reset();
         db_.close();
     }
 
@@ -364,7 +364,7 @@ public:
         return static_cast<std::size_t>(sqlite3_column_int64(s.count, 0));
     }
 
-    paho_records& paho() override { return *paho_; }
+    session_records& session() override { return *session_; }
     xymqtt::durability durability() const override { return durability_; }
 
 private:
@@ -382,7 +382,7 @@ private:
     xymqtt::durability durability_;
     mutable sqlite_db db_;
     std::array<table_stmts, detail::table_count> stmts_{};
-    std::unique_ptr<sqlite_paho_records> paho_;
+    std::unique_ptr<sqlite_session_records> session_;
 };
 
 }  // namespace

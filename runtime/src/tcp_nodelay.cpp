@@ -9,9 +9,11 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <uriparser/Uri.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <vector>
@@ -40,26 +42,43 @@ int port_of(const sockaddr_storage& a) {
 }  // namespace
 
 bool parse_server_uri(const std::string& uri, std::string& scheme, std::string& host, int& port) {
-    const auto sep = uri.find("://");
-    if (sep == std::string::npos) return false;
-    scheme = uri.substr(0, sep);
-    std::string rest = uri.substr(sep + 3);
-    const auto path = rest.find('/');
-    if (path != std::string::npos) rest = rest.substr(0, path);
+    // An IPv6 zone ("[fe80::1%eth0]", link-local brokers) is no part of RFC 3986 and uriparser refuses
+    // it, while getaddrinfo and Paho take it: it is cut out for parsing and put back on the host.
+    std::string text = uri;
+    std::string zone;
+    if (const auto open = text.find('['); open != std::string::npos) {
+        const auto close = text.find(']', open);
+        const auto percent = text.find('%', open);
+        if (close != std::string::npos && percent < close) {
+            zone = text.substr(percent, close - percent);
+            text.erase(percent, close - percent);
+        }
+    }
+    UriUriA parsed;
+    if (uriParseSingleUriExA(&parsed, text.data(), text.data() + text.size(), nullptr) != URI_SUCCESS) return false;
+    const std::unique_ptr<UriUriA, void (*)(UriUriA*)> owned(&parsed, uriFreeUriMembersA);
+    const auto str = [](const UriTextRangeA& r) { return r.first ? std::string(r.first, r.afterLast) : std::string(); };
+    if (!parsed.scheme.first || !parsed.hostText.first) return false;  // "scheme://host..." only
+    scheme = str(parsed.scheme);
+    host = str(parsed.hostText);  // without the brackets of an IP literal, and without userinfo
+    if (!zone.empty()) {
+        // RFC 6874's zone: unreserved characters, or percent-encoded ones.
+        static const char zone_chars[] = "%-._~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        if (zone.size() < 2 || !parsed.hostData.ip6 || zone.find_first_not_of(zone_chars) != std::string::npos)
+            return false;
+        host += zone;
+    }
     const bool tls = scheme == "ssl" || scheme == "mqtts" || scheme == "wss";
     port = tls ? 8883 : 1883;
-    if (!rest.empty() && rest.front() == '[') {
-        const auto close = rest.find(']');
-        if (close == std::string::npos) return false;
-        host = rest.substr(1, close - 1);
-        rest = rest.substr(close + 1);
-        if (!rest.empty() && rest.front() == ':') port = std::atoi(rest.c_str() + 1);
-    } else {
-        const auto colon = rest.rfind(':');
-        host = rest.substr(0, colon);
-        if (colon != std::string::npos) port = std::atoi(rest.c_str() + colon + 1);
+    if (parsed.portText.first) {
+        if (parsed.portText.first == parsed.portText.afterLast) return false;  // "host:" names no port
+        port = 0;
+        for (const char* p = parsed.portText.first; p != parsed.portText.afterLast; ++p) {  // digits only
+            port = port * 10 + (*p - '0');
+            if (port > 65535) return false;
+        }
     }
-    return !host.empty() && port > 0 && port < 65536;
+    return !host.empty() && port > 0;
 }
 
 namespace {

@@ -55,8 +55,10 @@ int set_tcp_nodelay_to_peer(const std::string& host, int port);
 /// @return the number of sockets shut down.
 int shutdown_unclaimed_sockets_to_peer(const std::string& host, int port);
 
-/// Splits an MQTT server URI ("tcp://host:port", "ssl://[::1]:8883", "mqtt://host") into host and port.
-/// @return false if it is not of that form.
+/// Splits an MQTT server URI ("tcp://host:port", "ssl://[::1]:8883", "mqtt://host") into scheme, host
+/// and port: RFC 3986 syntax (liburiparser), userinfo dropped, IP-literal brackets stripped (an IPv6
+/// zone, "[fe80::1%eth0]", kept on the host), port 8883 by default for ssl, mqtts and wss, else 1883.
+/// @return false if it is not of that form (no "scheme://", no host, a port out of 1..65535, bad syntax).
 bool parse_server_uri(const std::string& uri, std::string& scheme, std::string& host, int& port);
 
 }  // namespace xymqtt::detail

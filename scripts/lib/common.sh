@@ -9,11 +9,12 @@ XYMQTT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 XYMQTT_APT_PACKAGES=(
   build-essential cmake pkg-config
   libpaho-mqttpp-dev libpaho-mqtt-dev
-  liblmdb-dev lmdb-utils libsqlite3-dev sqlite3
+  liblmdb-dev lmdb-utils libsqlite3-dev sqlite3 zlib1g-dev liburiparser-dev libssl-dev
   protobuf-compiler libprotobuf-dev libprotoc-dev
   python3 python3-protobuf python3-jinja2 python3-yaml
   catch2 libtrompeloeil-cpp-dev nlohmann-json3-dev libcli11-dev
   mosquitto mosquitto-clients openssl clang-14 libclang-rt-14-dev
+  dpkg-dev doxygen
 )
 # Only when no `node` is on PATH (a Node.js installed outside apt is fine).
 XYMQTT_APT_NODE_PACKAGES=(nodejs npm)

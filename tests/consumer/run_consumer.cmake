@@ -1,6 +1,7 @@
-# The generator.consumer test: installs the build tree into PREFIX, then configures, builds and runs
-# the consumer project (tests/consumer) against it.
-# Variables: BUILD_DIR PREFIX SOURCE_DIR WORK_DIR CXX CONFIG.
+# The generator.consumer and packaging.debs tests: installs the build tree into PREFIX (`cmake --install`,
+# or with DEBS=ON the Debian packages CPack makes of it, unpacked into PREFIX), then configures, builds and
+# runs the consumer project (tests/consumer) against it, with CMake and with pkg-config.
+# Variables: BUILD_DIR PREFIX SOURCE_DIR WORK_DIR CXX CONFIG [DEBS].
 function(run)
   execute_process(COMMAND ${ARGV} RESULT_VARIABLE rv OUTPUT_VARIABLE out ERROR_VARIABLE err)
   message(STATUS "$ ${ARGV}\n${out}${err}")
@@ -14,11 +15,49 @@ set(config_args)
 if(CONFIG)
   set(config_args --config "${CONFIG}")
 endif()
-run("${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${PREFIX}" ${config_args})
+file(STRINGS "${SOURCE_DIR}/../../VERSION" version LIMIT_COUNT 1)
+if(DEBS)
+  # The four packages, each unpacked as dpkg would install it, into a scratch root.
+  set(root "${PREFIX}")
+  set(cpack_config)
+  if(CONFIG)
+    set(cpack_config -C "${CONFIG}")
+  endif()
+  run(cpack --config "${BUILD_DIR}/CPackConfig.cmake" -B "${WORK_DIR}/debs" ${cpack_config})
+  file(GLOB debs "${WORK_DIR}/debs/*.deb")
+  list(LENGTH debs n)
+  if(NOT n EQUAL 4)
+    message(FATAL_ERROR "expected 4 packages, got ${n}: ${debs}")
+  endif()
+  string(REGEX MATCH "^[0-9]+\\.[0-9]+" abi "${version}")
+  foreach(name "libxymqtt${abi}" libxymqtt-dev protoc-gen-xymqtt xymqtt-cli)
+    file(GLOB deb "${WORK_DIR}/debs/${name}_${version}_*.deb")
+    if(NOT deb)
+      message(FATAL_ERROR "no package ${name}_${version}_*.deb among ${debs}")
+    endif()
+    run(dpkg-deb --info "${deb}")
+    run(dpkg-deb --contents "${deb}")
+    run(dpkg-deb -x "${deb}" "${root}")
+  endforeach()
+  # The runtime package holds the versioned shared library and its SONAME link, the -dev one the
+  # link-time name.
+  foreach(f "lib/libxymqtt.so.${version}" "lib/libxymqtt.so.${abi}" "lib/libxymqtt_options_proto.so.${abi}"
+            "lib/libxymqtt.so" "include/xymqtt/client.h" "include/xymqtt/options.pb.h" "bin/xymqtt"
+            "bin/protoc-gen-xymqtt" "share/xymqtt/proto/xymqtt/options.proto")
+    if(NOT EXISTS "${root}/usr/${f}")
+      message(FATAL_ERROR "the packages install no /usr/${f}")
+    endif()
+  endforeach()
+  set(PREFIX "${root}/usr")
+  set(ENV{LD_LIBRARY_PATH} "${PREFIX}/lib")
+  run("${PREFIX}/bin/xymqtt" --version)
+else()
+  run("${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${PREFIX}" ${config_args})
+  set(ENV{LD_LIBRARY_PATH} "${PREFIX}/lib:${PREFIX}/lib/x86_64-linux-gnu")
+endif()
 # The plugin on PATH (bin/), runnable from the installed prefix.
 execute_process(COMMAND "${PREFIX}/bin/protoc-gen-xymqtt" --version RESULT_VARIABLE rv OUTPUT_VARIABLE out
                 ERROR_VARIABLE err)
-file(STRINGS "${SOURCE_DIR}/../../VERSION" version LIMIT_COUNT 1)
 if(NOT rv EQUAL 0 OR NOT out STREQUAL "protoc-gen-xymqtt ${version}\n")
   message(FATAL_ERROR "bin/protoc-gen-xymqtt --version: ${rv} '${out}${err}', expected 'protoc-gen-xymqtt ${version}'")
 endif()

@@ -45,7 +45,7 @@ TEST_CASE("a subscriber killed while committing an arriving message receives it 
     std::string paho_keys;
     {
         auto s = open_lmdb_store(store, store_options{durability::process});
-        for (const auto& k : s->paho().keys()) paho_keys += k + " ";
+        for (const auto& k : s->session().keys()) paho_keys += k + " ";
         INFO("inbox records after the kill: " << s->count(table::incoming));
         CHECK(s->count(table::incoming) == 0);  // the commit really did not happen
     }

@@ -17,9 +17,9 @@ namespace xymqtt::test {
 
 class faulty_store : public store {
     // Paho's records, whose writes fail while `full` is set (Paho's own persistence on a full disk).
-    class faulty_paho final : public paho_records {
+    class faulty_session final : public session_records {
     public:
-        explicit faulty_paho(paho_records& inner) : inner_(inner) {}
+        explicit faulty_session(session_records& inner) : inner_(inner) {}
         void put(const std::string& key, const std::string& value, bool sync) override {
             if (full) {
                 ++failed;
@@ -35,13 +35,13 @@ class faulty_store : public store {
         std::atomic<std::uint64_t> failed{0};
 
     private:
-        paho_records& inner_;
+        session_records& inner_;
     };
 
 public:
     enum class fault { none, read_only, full };
 
-    explicit faulty_store(std::unique_ptr<store> inner) : inner_(std::move(inner)), paho_(inner_->paho()) {}
+    explicit faulty_store(std::unique_ptr<store> inner) : inner_(std::move(inner)), paho_(inner_->session()) {}
 
     /// From now on every commit that touches `only` (or any table if `all_tables`) fails.
     void set_fault(fault f) { fault_ = f; }
@@ -72,12 +72,12 @@ public:
     }
     std::optional<std::string> last_id(table t) const override { return inner_->last_id(t); }
     std::size_t count(table t) const override { return inner_->count(t); }
-    paho_records& paho() override { return paho_; }
+    session_records& session() override { return paho_; }
     xymqtt::durability durability() const override { return inner_->durability(); }
 
 private:
     std::unique_ptr<store> inner_;
-    faulty_paho paho_;
+    faulty_session paho_;
     std::atomic<fault> fault_{fault::none};
     std::atomic<bool> arrivals_only_{false};
     std::function<void()> on_arrival_;

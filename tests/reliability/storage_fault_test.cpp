@@ -396,7 +396,7 @@ TEST_CASE("closed while an arrival cannot be stored: the broker was not acknowle
     std::string paho_keys;
     {
         auto s = open_lmdb_store(f.dir / "sub-store", store_options{durability::process});
-        for (const auto& k : s->paho().keys()) paho_keys += k + " ";
+        for (const auto& k : s->session().keys()) paho_keys += k + " ";
     }
     INFO("Paho records left by the closed client: " << paho_keys);
     // The same store, healthy again, in a new client of the same session.

@@ -152,7 +152,7 @@ TEST_CASE("an arrival that cannot be taken in is not acknowledged: it comes agai
         }
         std::optional<std::string> last_id(table t) const override { return in->last_id(t); }
         std::size_t count(table t) const override { return in->count(t); }
-        paho_records& paho() override { return in->paho(); }
+        session_records& session() override { return in->session(); }
         xymqtt::durability durability() const override { return in->durability(); }
     };
     auto s = std::make_shared<flaky>(inner);
@@ -250,7 +250,7 @@ TEST_CASE("a new message under the packet id of a flow the broker forgot is deli
     {
         // Records of flows the broker no longer knows, under the next packet ids it will use.
         auto s = open_store(store_kind::lmdb, so.store_dir, store_options{so.durability});
-        for (int id = 1; id <= 200; ++id) s->paho().put("r5-" + std::to_string(id), publish_record(topic, id, "old"), false);
+        for (int id = 1; id <= 200; ++id) s->session().put("r5-" + std::to_string(id), publish_record(topic, id, "old"), false);
     }
     client sub(so);
     sub.subscribe(topic, handler);

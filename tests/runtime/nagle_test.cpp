@@ -1,5 +1,6 @@
 // The adaptive Nagle pieces on real loopback TCP sockets: claiming this client's own socket among the
-// process's sockets to the broker, and the governor that lifts TCP_NODELAY only while messages stream.
+// process's sockets to the broker (whose host and port come from the server URI), and the governor that
+// lifts TCP_NODELAY only while messages stream.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -9,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <string>
 #include <thread>
 
 #include "nagle_governor.h"
@@ -17,6 +19,7 @@
 
 using namespace std::chrono_literals;
 using xymqtt::detail::nagle_governor;
+using xymqtt::detail::parse_server_uri;
 using xymqtt::detail::peer_socket;
 using xymqtt::test::eventually;
 
@@ -56,6 +59,65 @@ int nodelay_of(int fd) {
 }
 
 }  // namespace
+
+TEST_CASE("the server URI names the broker's host and port, whose sockets are looked for", "[nagle][uri]") {
+    struct parsed {
+        bool ok = false;
+        std::string scheme, host;
+        int port = -1;
+    };
+    const auto parse = [](const std::string& uri) {
+        parsed p;
+        p.ok = parse_server_uri(uri, p.scheme, p.host, p.port);
+        return p;
+    };
+    const auto check = [&](const std::string& uri, const std::string& scheme, const std::string& host, int port) {
+        INFO(uri);
+        const auto p = parse(uri);
+        REQUIRE(p.ok);
+        CHECK(p.scheme == scheme);
+        CHECK(p.host == host);
+        CHECK(p.port == port);
+    };
+    SECTION("host and port, with a path or not") {
+        check("tcp://127.0.0.1:1883", "tcp", "127.0.0.1", 1883);
+        check("mqtt://broker.example.com:18830", "mqtt", "broker.example.com", 18830);
+        check("ssl://broker:8884/", "ssl", "broker", 8884);
+        check("ws://broker:80/mqtt", "ws", "broker", 80);
+        check("tcp://broker:01883", "tcp", "broker", 1883);
+        check("tcp://broker:65535", "tcp", "broker", 65535);
+    }
+    SECTION("no port: the scheme's default") {
+        check("tcp://broker", "tcp", "broker", 1883);
+        check("mqtt://broker/", "mqtt", "broker", 1883);
+        check("ws://broker/mqtt", "ws", "broker", 1883);
+        check("ssl://broker", "ssl", "broker", 8883);
+        check("mqtts://broker", "mqtts", "broker", 8883);
+        check("wss://broker/mqtt", "wss", "broker", 8883);
+    }
+    SECTION("IPv6 literals without their brackets, a zone kept") {
+        check("ssl://[::1]:8883", "ssl", "::1", 8883);
+        check("tcp://[::1]", "tcp", "::1", 1883);
+        check("mqtts://[2001:db8::17]", "mqtts", "2001:db8::17", 8883);
+        check("tcp://[::ffff:127.0.0.1]:1884/", "tcp", "::ffff:127.0.0.1", 1884);
+        check("tcp://[fe80::1%eth0]:1883", "tcp", "fe80::1%eth0", 1883);
+    }
+    SECTION("userinfo is no part of the host") {
+        check("tcp://user@broker:1883", "tcp", "broker", 1883);
+        check("mqtt://user:secret@broker", "mqtt", "broker", 1883);
+        check("ssl://user:secret@[::1]:8884", "ssl", "::1", 8884);
+    }
+    SECTION("malformed URIs are refused") {
+        for (const char* bad : {"not a uri", "broker:1883", "tcp:broker:1883", "//broker:1883", "://broker:1883",
+                                "tcp://", "tcp:///mqtt", "tcp://broker:", "tcp://broker:0", "tcp://broker:65536",
+                                "tcp://broker:99999999999", "tcp://broker:18x3", "tcp://broker:-1", "tcp://bro ker:1883",
+                                "tcp://[::1", "tcp://[::1]x:1883", "tcp://broker:1883:1", "tcp://[fe80::1%]:1883",
+                                "tcp://[fe80::1%e th0]:1883"}) {
+            INFO(bad);
+            CHECK_FALSE(parse(bad).ok);
+        }
+    }
+}
 
 TEST_CASE("a client claims the one unclaimed socket to the broker, and none when it cannot tell which", "[nagle]") {
     listener broker;

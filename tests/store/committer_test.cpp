@@ -54,7 +54,7 @@ public:
     }
     std::optional<std::string> last_id(table t) const override { return inner_->last_id(t); }
     std::size_t count(table t) const override { return inner_->count(t); }
-    xymqtt::paho_records& paho() override { return inner_->paho(); }
+    xymqtt::session_records& session() override { return inner_->session(); }
     xymqtt::durability durability() const override { return inner_->durability(); }
 
     void hold(const std::string& id) {

@@ -38,7 +38,7 @@ std::string value_of(std::uint64_t i) { return "record-" + std::to_string(i) + s
         killer.detach();
         for (std::uint64_t i = 0; i < n; ++i) {
             // Paho records too, as the runtime writes them between commits.
-            s->paho().put("s-" + std::to_string(i), "x", false);
+            s->session().put("s-" + std::to_string(i), "x", false);
             // The inbox keeps the last two: deletes too must survive the crash and the journal's replay.
             std::vector<write_op> batch{write_op{table::incoming, sequence_id(i), value_of(i)},
                                         write_op{table::results, std::to_string(i), "result"}};
@@ -81,7 +81,7 @@ TEMPLATE_TEST_CASE("commits reported before a SIGKILL survive it", "[store][cras
     // The store keeps working after the crash.
     s->commit({write_op{table::incoming, sequence_id(n), "after"}});
     CHECK(s->get(table::incoming, sequence_id(n)) == std::optional<std::string>("after"));
-    CHECK(s->paho().get("s-0") == std::optional<std::string>("x"));
+    CHECK(s->session().get("s-0") == std::optional<std::string>("x"));
 }
 
 TEST_CASE("lmdb: commits survive a SIGKILL across journal checkpoints in either durability, and replay in any",

@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <catch2/catch.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -24,7 +26,7 @@ std::vector<std::uint64_t> seqs(const std::vector<journal::record>& rs) {
     return out;
 }
 
-// The plain bytewise CRC-32 (IEEE, reflected), to check the fast one against.
+// The plain bytewise CRC-32 (IEEE, reflected), to check zlib's against.
 std::uint32_t bytewise_crc32(std::uint32_t crc, const unsigned char* p, std::size_t n) {
     crc = ~crc;
     while (n--) {
@@ -34,7 +36,61 @@ std::uint32_t bytewise_crc32(std::uint32_t crc, const unsigned char* p, std::siz
     return ~crc;
 }
 
+// The runtime's own slicing-by-8 CRC-32, which wrote the journals and records files before zlib's took
+// its place: files it wrote must still read, so zlib's must give the same value for every input.
+std::uint32_t slicing_by_8_crc32(std::uint32_t crc, const void* data, std::size_t n) {
+    static const auto tables = [] {
+        std::array<std::array<std::uint32_t, 256>, 8> t{};
+        for (std::uint32_t i = 0; i < 256; ++i) {
+            std::uint32_t c = i;
+            for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            t[0][i] = c;
+        }
+        for (std::uint32_t i = 0; i < 256; ++i)
+            for (std::size_t s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
+        return t;
+    }();
+    const auto* p = static_cast<const unsigned char*>(data);
+    crc = ~crc;
+    for (; n >= 8; p += 8, n -= 8) {
+        const std::uint32_t lo = (std::uint32_t(p[0]) | std::uint32_t(p[1]) << 8 | std::uint32_t(p[2]) << 16 |
+                                  std::uint32_t(p[3]) << 24) ^ crc;
+        const std::uint32_t hi = std::uint32_t(p[4]) | std::uint32_t(p[5]) << 8 | std::uint32_t(p[6]) << 16 |
+                                 std::uint32_t(p[7]) << 24;
+        crc = tables[7][lo & 0xFF] ^ tables[6][(lo >> 8) & 0xFF] ^ tables[5][(lo >> 16) & 0xFF] ^
+              tables[4][lo >> 24] ^ tables[3][hi & 0xFF] ^ tables[2][(hi >> 8) & 0xFF] ^
+              tables[1][(hi >> 16) & 0xFF] ^ tables[0][hi >> 24];
+    }
+    for (; n > 0; ++p, --n) crc = tables[0][(crc ^ *p) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
 }  // namespace
+
+TEST_CASE("crc32: zlib's gives the values of the runtime's former CRC-32, so existing files still read",
+          "[store][journal][crc]") {
+    CHECK(crc32(0, "123456789", 9) == 0xCBF43926u);
+    CHECK(slicing_by_8_crc32(0, "123456789", 9) == 0xCBF43926u);
+    CHECK(crc32(0x12345678u, nullptr, 0) == 0x12345678u);  // an empty piece leaves the CRC as it is
+    std::mt19937 rng(20240607);
+    std::uniform_int_distribution<int> byte(0, 255);
+    auto random_bytes = [&](std::size_t n) {
+        std::vector<unsigned char> v(n);
+        for (auto& b : v) b = static_cast<unsigned char>(byte(rng));
+        return v;
+    };
+    for (std::size_t n = 0; n <= 100; ++n) {
+        INFO("length " << n);
+        const auto v = random_bytes(n);
+        CHECK(crc32(0, v.data(), n) == slicing_by_8_crc32(0, v.data(), n));
+        const std::uint32_t seed = static_cast<std::uint32_t>(rng());  // continued from another piece
+        CHECK(crc32(seed, v.data(), n) == slicing_by_8_crc32(seed, v.data(), n));
+    }
+    const auto big = random_bytes(std::size_t(64) << 10);
+    CHECK(crc32(0, big.data(), big.size()) == slicing_by_8_crc32(0, big.data(), big.size()));
+    CHECK(crc32(crc32(0, big.data(), 12), big.data() + 12, big.size() - 12) ==
+          slicing_by_8_crc32(0, big.data(), big.size()));
+}
 
 TEST_CASE("crc32: zlib's values, at any length and alignment, and continued over pieces", "[store][journal]") {
     CHECK(crc32(0, "123456789", 9) == 0xCBF43926u);  // the standard check value

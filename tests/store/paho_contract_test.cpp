@@ -35,11 +35,11 @@
 #include <vector>
 
 #include "paho_persistence.h"
-#include "paho_records_file.h"
+#include "session_records_file.h"
 #include "store_test_util.h"
 
 using xymqtt::detail::paho_persistence;
-using xymqtt::detail::paho_records_file;
+using xymqtt::detail::session_records_file;
 using store_test::temp_dir;
 using namespace std::chrono_literals;
 
@@ -193,7 +193,7 @@ struct trace {
 // The runtime's adapter, with each put and remove of an inbound or outbound record traced.
 class traced_persistence : public paho_persistence {
 public:
-    traced_persistence(paho_records_file& records, trace& t) : paho_persistence(records, false, nullptr), t_(t) {}
+    traced_persistence(session_records_file& records, trace& t) : paho_persistence(records, false, nullptr), t_(t) {}
     void put(const mqtt::string& key, const std::vector<mqtt::string_view>& bufs) override {
         const bool dup = !bufs.empty() && bufs[0].size() > 0 && (bufs[0].data()[0] & 0x08);
         if (key.rfind("r", 0) == 0 || key.rfind("s", 0) == 0) t_.add("put " + key + (dup ? " dup" : ""));
@@ -211,7 +211,7 @@ private:
 // A records file, the traced adapter over it, and the scripted peer; clients connect through connected().
 struct contract {
     temp_dir tmp;
-    paho_records_file records{tmp.store_dir(), false};
+    session_records_file records{tmp.store_dir(), false};
     trace t;
     traced_persistence p{records, t};
     scripted_peer peer;

@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "paho_persistence.h"
-#include "paho_records_file.h"
+#include "session_records_file.h"
 #include "store_test_util.h"
 
 using xymqtt::detail::paho_persistence;
-using xymqtt::detail::paho_records_file;
+using xymqtt::detail::session_records_file;
 using store_test::temp_dir;
 
 namespace {
@@ -48,7 +48,7 @@ bool has_key(const paho_persistence& p, const std::string& key) {
 TEST_CASE("paho persistence: an MQTT 5 inbound record is stored at release, small, and never shown to Paho",
           "[store][paho]") {
     temp_dir tmp;
-    paho_records_file records(tmp.store_dir(), false);
+    session_records_file records(tmp.store_dir(), false);
     paho_persistence p(records, false, nullptr);
     put(p, "r5-3", publish(std::string(4096, 'm')));
     CHECK_FALSE(records.get("r5-3"));  // not stored before the inbox commit
@@ -65,12 +65,12 @@ TEST_CASE("paho persistence: the broker's resend of a committed message is recog
           "[store][paho]") {
     temp_dir tmp;
     {
-        paho_records_file records(tmp.store_dir(), false);
+        session_records_file records(tmp.store_dir(), false);
         paho_persistence p(records, false, nullptr);
         put(p, "r5-7", publish("the message"));
         p.release_inbound(7);  // committed; the connection breaks before PUBREL
     }
-    paho_records_file records(tmp.store_dir(), false);  // a restart
+    session_records_file records(tmp.store_dir(), false);  // a restart
     paho_persistence p(records, false, nullptr);
     p.new_connection();
     put(p, "r5-7", publish("the message", true));  // DUP, same topic and payload
@@ -96,7 +96,7 @@ TEST_CASE("paho persistence: a resend that Paho hands over after its PUBREL is s
     // Paho delivers from its queue of undelivered messages after it has sent PUBREC, and the PUBREL may
     // come first; meanwhile a new message may come under the same packet id.
     temp_dir tmp;
-    paho_records_file records(tmp.store_dir(), false);
+    session_records_file records(tmp.store_dir(), false);
     paho_persistence p(records, false, nullptr);
     put(p, "r5-2", publish("committed"));
     p.release_inbound(2);
@@ -111,7 +111,7 @@ TEST_CASE("paho persistence: a resend that Paho hands over after its PUBREL is s
 TEST_CASE("paho persistence: records written by earlier versions (whole packets) are still recognised",
           "[store][paho]") {
     temp_dir tmp;
-    paho_records_file records(tmp.store_dir(), false);
+    session_records_file records(tmp.store_dir(), false);
     records.put("r5-4", publish("old format"), false);
     paho_persistence p(records, false, nullptr);
     CHECK_FALSE(has_key(p, "r5-4"));
@@ -121,7 +121,7 @@ TEST_CASE("paho persistence: records written by earlier versions (whole packets)
 
 TEST_CASE("paho persistence: clear empties the flows of the connection too", "[store][paho]") {
     temp_dir tmp;
-    paho_records_file records(tmp.store_dir(), false);
+    session_records_file records(tmp.store_dir(), false);
     paho_persistence p(records, false, nullptr);
     put(p, "r5-1", publish("open"));
     put(p, "s5-2", "sent");
@@ -133,7 +133,7 @@ TEST_CASE("paho persistence: clear empties the flows of the connection too", "[s
 
 TEST_CASE("paho persistence: a refused MQTT 5 arrival leaves no record for the next client", "[store][paho]") {
     temp_dir tmp;
-    paho_records_file records(tmp.store_dir(), false);
+    session_records_file records(tmp.store_dir(), false);
     paho_persistence p(records, false, nullptr);
     put(p, "r5-9", publish("could not be committed"));
     p.refuse_inbound(9);
@@ -152,7 +152,7 @@ TEST_CASE("paho persistence: a refused MQTT 5 arrival leaves no record for the n
 TEST_CASE("paho persistence: a refused MQTT 3.1.1 arrival keeps its record for the resent PUBREL",
           "[store][paho]") {
     temp_dir tmp;
-    paho_records_file records(tmp.store_dir(), false);
+    session_records_file records(tmp.store_dir(), false);
     paho_persistence p(records, false, nullptr);
     put(p, "r-4", "publish");  // written at PUBLISH; delivered at PUBREL, then removed by Paho
     p.refuse_inbound(4);
@@ -172,7 +172,7 @@ TEST_CASE("paho persistence: a refused MQTT 3.1.1 arrival keeps its record for t
 TEST_CASE("paho persistence: a new message under a reused packet id is delivered, and replaces the old record",
           "[store][paho]") {
     temp_dir tmp;
-    paho_records_file records(tmp.store_dir(), false);
+    session_records_file records(tmp.store_dir(), false);
     paho_persistence p(records, false, nullptr);
     std::vector<int> stale;
     p.on_stale([&](int id) { stale.push_back(id); });
@@ -201,7 +201,7 @@ TEST_CASE("paho persistence: with overlapping subscriptions, one copy's record d
     // identifier. A copy that the broker sends again (DUP) under a packet id whose stored record is another
     // copy's (an older flow, forgotten by a broker restarted from an older state) is a new delivery.
     temp_dir tmp;
-    paho_records_file records(tmp.store_dir(), false);
+    session_records_file records(tmp.store_dir(), false);
     paho_persistence p(records, false, nullptr);
     put(p, "r5-7", publish_with_ids("the message", {1}));
     p.release_inbound(7);
@@ -224,7 +224,7 @@ TEST_CASE("paho persistence: with overlapping subscriptions, one copy's record d
 TEST_CASE("paho persistence: a digest of the earlier form matches nothing, so its message is delivered again",
           "[store][paho]") {
     temp_dir tmp;
-    paho_records_file records(tmp.store_dir(), false);
+    session_records_file records(tmp.store_dir(), false);
     records.put("r5-4", std::string("xd1:") + std::string(32, '\0'), false);
     paho_persistence p(records, false, nullptr);
     put(p, "r5-4", publish("the message", true));

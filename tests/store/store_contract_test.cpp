@@ -138,13 +138,13 @@ TEMPLATE_TEST_CASE("data survives close and reopen", "[store]", lmdb_kind, sqlit
         CHECK(s->durability() == dur);
         s->commit({put(table::outgoing, sequence_id(1), "one"), put(table::dead_letters, "d", "dead")});
         s->commit({put(table::outgoing, sequence_id(2), "two")});
-        s->paho().put("s-1", "paho", dur == durability::fsync);
+        s->session().put("s-1", "paho", dur == durability::fsync);
     }
     auto s = open_store(TestType::kind, tmp.store_dir(), {dur});
     CHECK(all_of(*s, table::outgoing) == records{{sequence_id(1), "one"}, {sequence_id(2), "two"}});
     CHECK(s->get(table::dead_letters, "d") == std::optional<std::string>("dead"));
     CHECK(s->last_id(table::outgoing) == std::optional<std::string>(sequence_id(2)));
-    CHECK(s->paho().get("s-1") == std::optional<std::string>("paho"));
+    CHECK(s->session().get("s-1") == std::optional<std::string>("paho"));
 }
 
 TEMPLATE_TEST_CASE("view() is xy-mqtt's put/get/del/all", "[store]", lmdb_kind, sqlite_kind) {
@@ -182,7 +182,7 @@ TEMPLATE_TEST_CASE("paho records", "[store]", lmdb_kind, sqlite_kind) {
     temp_dir tmp;
     {
         auto s = open_store(TestType::kind, tmp.store_dir());
-        auto& p = s->paho();
+        auto& p = s->session();
         CHECK(p.keys().empty());
         CHECK_FALSE(p.get("s-1").has_value());
         p.put("s-2", "two", false);
@@ -200,7 +200,7 @@ TEMPLATE_TEST_CASE("paho records", "[store]", lmdb_kind, sqlite_kind) {
     }
     {
         auto s = open_store(TestType::kind, tmp.store_dir());
-        auto& p = s->paho();
+        auto& p = s->session();
         CHECK(p.keys() == std::vector<std::string>{"s-1", "s-2"});
         CHECK(p.get("s-1") == std::optional<std::string>("one"));
         p.clear();
@@ -208,7 +208,7 @@ TEMPLATE_TEST_CASE("paho records", "[store]", lmdb_kind, sqlite_kind) {
         p.put("c-1", "after clear", false);
     }
     auto s = open_store(TestType::kind, tmp.store_dir());
-    CHECK(s->paho().keys() == std::vector<std::string>{"c-1"});
+    CHECK(s->session().keys() == std::vector<std::string>{"c-1"});
 }
 
 TEMPLATE_TEST_CASE("a store is used by one process at a time", "[store]", lmdb_kind, sqlite_kind) {
@@ -253,7 +253,7 @@ TEMPLATE_TEST_CASE("directories are 0700 and files 0600", "[store]", lmdb_kind, 
     const std::string dir = tmp.path() + "/a/b/store";
     auto s = open_store(TestType::kind, dir);
     s->commit({put(table::outgoing, "1", "x")});
-    s->paho().put("s-1", "y", true);
+    s->session().put("s-1", "y", true);
 
     CHECK(file_mode(tmp.path() + "/a") == 0700);
     CHECK(file_mode(dir) == 0700);
@@ -299,7 +299,7 @@ TEMPLATE_TEST_CASE("concurrent writers and readers", "[store]", lmdb_kind, sqlit
                     s->commit({put(table::outgoing, id, id), put(table::calls, id, "c")});
                     if (s->get(table::outgoing, id) != std::optional<std::string>(id)) failed = true;
                     s->count(table::outgoing);
-                    s->paho().put("s-" + id, id, false);
+                    s->session().put("s-" + id, id, false);
                 }
             } catch (...) {
                 failed = true;
@@ -310,7 +310,7 @@ TEMPLATE_TEST_CASE("concurrent writers and readers", "[store]", lmdb_kind, sqlit
     CHECK_FALSE(failed);
     CHECK(s->count(table::outgoing) == threads * per_thread);
     CHECK(s->count(table::calls) == threads * per_thread);
-    CHECK(s->paho().keys().size() == threads * per_thread);
+    CHECK(s->session().keys().size() == threads * per_thread);
     const auto all = all_of(*s, table::outgoing);
     CHECK(std::is_sorted(all.begin(), all.end()));
 }

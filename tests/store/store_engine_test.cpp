@@ -219,33 +219,33 @@ TEST_CASE("corrupted paho records are recreated empty", "[store]") {
         {
             auto s = open_lmdb_store(dir);
             s->commit({put(table::outgoing, "1", "kept")});
-            s->paho().put("s-1", "lost", true);
+            s->session().put("s-1", "lost", true);
         }
         {
             std::ofstream f(dir + "/paho/records", std::ios::binary | std::ios::trunc);
             f << std::string(16384, 'g');
         }
         auto s = open_lmdb_store(dir);
-        CHECK(s->paho().keys().empty());
+        CHECK(s->session().keys().empty());
         CHECK(s->get(table::outgoing, "1") == std::optional<std::string>("kept"));
-        s->paho().put("s-2", "new", true);
-        CHECK(s->paho().get("s-2") == std::optional<std::string>("new"));
+        s->session().put("s-2", "new", true);
+        CHECK(s->session().get("s-2") == std::optional<std::string>("new"));
     }
     SECTION("sqlite") {
         {
             auto s = open_sqlite_store(dir);
             s->commit({put(table::outgoing, "1", "kept")});
-            s->paho().put("s-1", "lost", true);
+            s->session().put("s-1", "lost", true);
         }
         {
             std::ofstream f(dir + "/paho.sqlite3", std::ios::binary | std::ios::trunc);
             f << std::string(16384, 'g');
         }
         auto s = open_sqlite_store(dir);
-        CHECK(s->paho().keys().empty());
+        CHECK(s->session().keys().empty());
         CHECK(s->get(table::outgoing, "1") == std::optional<std::string>("kept"));
-        s->paho().put("s-2", "new", true);
-        CHECK(s->paho().get("s-2") == std::optional<std::string>("new"));
+        s->session().put("s-2", "new", true);
+        CHECK(s->session().get("s-2") == std::optional<std::string>("new"));
     }
 }
 

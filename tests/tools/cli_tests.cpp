@@ -4,8 +4,13 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "support/broker.h"
@@ -30,9 +35,11 @@ struct result {
     std::vector<std::string> lines;
 };
 
-std::unique_ptr<child_process> start(std::vector<std::string> args) {
+std::unique_ptr<child_process> start(std::vector<std::string> args, std::map<std::string, std::string> env = {}) {
     args.insert(args.begin(), XYMQTT_CLI);
-    return std::make_unique<child_process>(std::move(args));
+    child_options o;
+    o.env = std::move(env);
+    return std::make_unique<child_process>(std::move(args), o);
 }
 
 result finish(child_process& p, std::chrono::milliseconds timeout = 30s) {
@@ -47,8 +54,8 @@ result finish(child_process& p, std::chrono::milliseconds timeout = 30s) {
     return r;
 }
 
-result run(std::vector<std::string> args) {
-    auto p = start(std::move(args));
+result run(std::vector<std::string> args, std::map<std::string, std::string> env = {}) {
+    auto p = start(std::move(args), std::move(env));
     return finish(*p);
 }
 
@@ -366,6 +373,36 @@ TEST_CASE("pub and sub: raw payloads without a schema, text as text, bytes in ba
     CHECK(contains(r.output, "# must be the last level"));
 }
 
+TEST_CASE("sub: binary payloads in base64 as RFC 4648 has it, with and without padding", "[cli][raw][base64]") {
+    // The RFC 4648 test vectors are text, which sub prints as it is: each goes after 3 bytes that are not
+    // UTF-8, which encode to "//7/" on their own, so the rest of the line is the vector's encoding.
+    const std::vector<std::pair<std::string, std::string>> vectors = {
+        {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},        {"foo", "Zm9v"},
+        {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"}};
+    temp_dir dir("cli-base64");
+    const std::string base = "debug/" + unique("b64");
+    auto sub = start(std::vector<std::string>{"sub", base + "/#", "--count", std::to_string(vectors.size()),
+                                              "--timeout", "20000"} + conn(dir, "sub"));
+    REQUIRE(sub->wait_for_line("xymqtt: subscribed to " + base + "/#", 20s));
+    const auto p = conn(dir, "pub");
+    for (std::size_t i = 0; i < vectors.size(); ++i) {
+        const std::string file = dir / ("payload" + std::to_string(i));
+        std::ofstream(file, std::ios::binary) << "\xff\xfe\xff" + vectors[i].first;
+        auto r = run(std::vector<std::string>{"pub", base + "/" + std::to_string(i), "-m", "@" + file} + p);
+        REQUIRE(r.code == 0);
+    }
+    auto s = finish(*sub);
+    REQUIRE(s.code == 0);
+    auto lines = json_lines(s);
+    REQUIRE(lines.size() == vectors.size());
+    for (const auto& line : lines) {
+        const std::string topic = line["topic"];
+        const auto& v = vectors.at(std::stoul(topic.substr(base.size() + 1)));
+        INFO("payload \\xff\\xfe\\xff + \"" << v.first << "\"");
+        CHECK(line["payload_base64"] == "//7/" + v.second);
+    }
+}
+
 TEST_CASE("store: stats, list, show, replay and purge on a store with a dead letter", "[cli][store]") {
     temp_dir dir("cli-store");
     const std::string sys = unique("sys");
@@ -445,4 +482,376 @@ TEST_CASE("store: stats, list, show, replay and purge on a store with a dead let
 
     CHECK(run({"store", dir / "raw-nothing", "stats"}).code == 6);
     CHECK(run({"store", store, "list", "--table", "nope"}).code == 1);
+}
+
+namespace {
+
+/// A private $XDG_STATE_HOME and $TMPDIR for the tool, to see what it leaves behind.
+struct tool_dirs {
+    temp_dir dir;
+    std::string state = dir / "state", tmp = dir / "tmp";
+    explicit tool_dirs(const std::string& name) : dir(name) {
+        std::filesystem::create_directories(state);
+        std::filesystem::create_directories(tmp);
+    }
+    std::map<std::string, std::string> env() const { return {{"XDG_STATE_HOME", state}, {"TMPDIR", tmp}}; }
+    /// Everything under `root`, as paths relative to it.
+    static std::vector<std::string> files(const std::string& root) {
+        std::vector<std::string> out;
+        for (const auto& e : std::filesystem::recursive_directory_iterator(root))
+            out.push_back(std::filesystem::relative(e.path(), root).string());
+        return out;
+    }
+    /// The names in `dir`.
+    static std::vector<std::string> entries(const std::string& dir) {
+        std::vector<std::string> out;
+        for (const auto& e : std::filesystem::directory_iterator(dir)) out.push_back(e.path().filename().string());
+        return out;
+    }
+};
+
+/// The lines a subscriber printed on stdout (stderr lines start with "xymqtt: ").
+std::vector<std::string> printed(const result& r) {
+    std::vector<std::string> out;
+    for (const auto& l : r.lines)
+        if (l.rfind("xymqtt: ", 0) != 0) out.push_back(l);
+    return out;
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+    std::vector<std::string> out(1);
+    for (char c : s) {
+        if (c == sep)
+            out.emplace_back();
+        else
+            out.back() += c;
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("clean sessions: --clean leaves nothing behind, a durable --client-id gets what it missed", "[cli][session]") {
+    tool_dirs d("cli-clean");
+    const std::string topic = "debug/" + unique("clean");
+    const std::string id = unique("clean-id");
+    const std::vector<std::string> b = {"--broker", shared_broker_uri()};
+    // A subscriber that leaves once it is subscribed (SIGTERM: exit 0), then a message published meanwhile.
+    auto subscribe_and_leave = [&](const std::vector<std::string>& flags, std::size_t temp_stores) {
+        auto p = start(std::vector<std::string>{"sub", topic} + flags + b, d.env());
+        REQUIRE(p->wait_for_line("xymqtt: subscribed to " + topic, 20s));
+        CHECK(tool_dirs::entries(d.tmp).size() == temp_stores);
+        p->kill(SIGTERM);
+        CHECK(finish(*p).code == 0);
+        REQUIRE(run(std::vector<std::string>{"pub", topic, "-m", "while away"} + conn(d.dir, "pub")).code == 0);
+    };
+
+    SECTION("--clean: the message is not delivered to the next run, and no store is left") {
+        subscribe_and_leave({"--client-id", id, "--clean"}, 1);  // its store, in $TMPDIR while it runs
+        CHECK(tool_dirs::files(d.tmp).empty());
+        auto again = run(std::vector<std::string>{"sub", topic, "--client-id", id, "--clean", "-n", "1", "--timeout",
+                                                  "2000"} + b, d.env());
+        CHECK(again.code == 3);
+        CHECK(printed(again).empty());
+        CHECK(tool_dirs::files(d.tmp).empty());
+        CHECK(tool_dirs::files(d.state).empty());
+    }
+
+    SECTION("durable (--client-id without --clean): the next run gets the message from its session") {
+        subscribe_and_leave({"--client-id", id}, 0);
+        auto again = run(std::vector<std::string>{"sub", topic, "--client-id", id, "-n", "1", "--timeout", "10000"} + b,
+                         d.env());
+        CHECK(again.code == 0);
+        CHECK(json_line(again)["payload"] == "while away");
+        CHECK(std::filesystem::is_directory(d.state + "/xymqtt/" + id));  // the default store of the id
+        CHECK(tool_dirs::files(d.tmp).empty());
+    }
+
+    SECTION("pub and call --clean leave nothing; flags that contradict an ad-hoc session are refused") {
+        auto r = run(std::vector<std::string>{"pub", topic, "-m", "x", "--client-id", id, "--clean"} + b, d.env());
+        CHECK(r.code == 0);
+        r = run(std::vector<std::string>{"call", "Publisher.ping", "-s", publisher, "-t", "system=" + unique("none"),
+                                         "--timeout", "300", "--client-id", id, "--clean"} + b, d.env());
+        CHECK(r.code == 3);
+        CHECK(tool_dirs::files(d.tmp).empty());
+        CHECK(tool_dirs::files(d.state).empty());
+
+        r = run(std::vector<std::string>{"sub", topic, "--clean", "--store", d.dir / "s"} + b);
+        CHECK(r.code == 1);
+        CHECK(r.output == "xymqtt: --clean keeps no store: leave out --store");
+        r = run(std::vector<std::string>{"sub", topic, "--clean", "--mqtt-version", "4"} + b);
+        CHECK(r.code == 1);
+        CHECK(contains(r.output, "--clean needs MQTT 5"));
+        r = run(std::vector<std::string>{"sub", topic, "--store", d.dir / "s"} + b);
+        CHECK(r.code == 1);
+        CHECK(contains(r.output, "--store needs --client-id"));
+    }
+}
+
+TEST_CASE("default client ids: two terminals without --client-id do not take each other's session over",
+          "[cli][session]") {
+    tool_dirs d("cli-ids");
+    const std::vector<std::string> b = {"--broker", shared_broker_uri()};
+
+    SECTION("two subs both get a message published while both run; each has an ad-hoc id with its pid") {
+        const std::string topic = "debug/" + unique("ids");
+        auto one = start(std::vector<std::string>{"sub", topic, "-n", "1", "--timeout", "20000", "-v"} + b, d.env());
+        REQUIRE(one->wait_for_line("xymqtt: subscribed to " + topic, 20s));
+        auto two = start(std::vector<std::string>{"sub", topic, "-n", "1", "--timeout", "20000", "-v"} + b, d.env());
+        REQUIRE(two->wait_for_line("xymqtt: subscribed to " + topic, 20s));
+        auto r = run(std::vector<std::string>{"pub", topic, "-m", "to both"} + b, d.env());
+        REQUIRE(r.code == 0);
+        for (auto* p : {one.get(), two.get()}) {
+            const auto pid = std::to_string(p->pid());
+            auto s = finish(*p);
+            CHECK(s.code == 0);
+            CHECK(json_line(s)["payload"] == "to both");
+            CHECK(contains(s.output, "xymqtt: ad-hoc session of client xymqtt-"));
+            CHECK(contains(s.output, "-sub-" + pid + ", store " + d.tmp + "/xymqtt-"));
+        }
+        CHECK(tool_dirs::files(d.tmp).empty());
+        CHECK(tool_dirs::files(d.state).empty());
+    }
+
+    SECTION("serve keeps a stable id per command, so that its next run resumes its session; call is ad hoc") {
+        const std::string sys = unique("sys");
+        auto server = start(std::vector<std::string>{"serve", "Publisher.ping", "-s", publisher, "-t", "system=" + sys,
+                                                     "--exec", "echo '{\"pong\": true}'", "-n", "1", "-v"} + b,
+                            d.env());
+        REQUIRE(server->wait_for_line("xymqtt: serving", 20s));
+        auto r = run(std::vector<std::string>{"call", "Publisher.ping", "-s", publisher, "-t", "system=" + sys} + b,
+                     d.env());
+        CHECK(r.code == 0);
+        CHECK(json_line(r) == json({{"pong", true}}));
+        auto s = finish(*server);
+        CHECK(s.code == 0);
+        const std::string suffix = "-serve-cmd_" + sys + "_ping";
+        CHECK(contains(s.output, "xymqtt: durable session of client xymqtt-"));
+        CHECK(contains(s.output, suffix + ", store " + d.state + "/xymqtt/xymqtt-"));
+        const auto stores = tool_dirs::entries(d.state + "/xymqtt");
+        REQUIRE(stores.size() == 1);
+        CHECK(stores[0].size() > suffix.size());
+        CHECK(stores[0].compare(stores[0].size() - suffix.size(), suffix.size(), suffix) == 0);
+        CHECK(tool_dirs::files(d.tmp).empty());
+    }
+
+    SECTION("MQTT 3.1.1 cannot be ad hoc: the stable id of the subcommand, durable") {
+        auto r = run(std::vector<std::string>{"pub", "debug/" + unique("v4"), "-m", "x", "--mqtt-version", "4", "-v"} + b,
+                     d.env());
+        CHECK(r.code == 0);
+        CHECK(contains(r.output, "xymqtt: durable session of client xymqtt-"));
+        CHECK(contains(r.output, "-pub, store " + d.state + "/xymqtt/xymqtt-"));
+        CHECK(tool_dirs::files(d.tmp).empty());
+    }
+}
+
+TEST_CASE("output templates (-F, --template): mosquitto_sub's placeholders for sub and subscribe, a bad one is a usage error",
+          "[cli][template]") {
+    temp_dir dir("cli-tpl");
+
+    SECTION("sub: topic, payload, base64, hex, length, content type, delivery id, %%, escapes, the JSON line") {
+        const std::string base = "debug/" + unique("tpl");
+        auto sub = start(std::vector<std::string>{"sub", base + "/#", "-n", "2", "--timeout", "20000", "-F",
+                                                  R"(%t|%p|%b|%x|%X|%l|%C|%m|%%|\t|%j)"} +
+                         conn(dir, "sub"));
+        REQUIRE(sub->wait_for_line("xymqtt: subscribed to " + base + "/#", 20s));
+        const auto p = conn(dir, "pub");
+        REQUIRE(run(std::vector<std::string>{"pub", base + "/a", "-m", "hello", "--content-type", "text/plain"} + p).code == 0);
+        std::ofstream(dir / "bytes.bin", std::ios::binary) << std::string("\x01\xfe", 2);
+        REQUIRE(run(std::vector<std::string>{"pub", base + "/b", "-m", "@" + (dir / "bytes.bin")} + p).code == 0);
+        auto s = finish(*sub);
+        REQUIRE(s.code == 0);
+        const auto lines = printed(s);
+        REQUIRE(lines.size() == 2);
+        const auto a = split(lines[0], '|'), b = split(lines[1], '|');
+        REQUIRE(a.size() == 11);
+        REQUIRE(b.size() == 11);
+        CHECK(a[0] == base + "/a");
+        CHECK(a[1] == "hello");
+        CHECK(a[2] == "aGVsbG8=");
+        CHECK(a[3] == "68656c6c6f");
+        CHECK(a[4] == "68656C6C6F");
+        CHECK(a[5] == "5");
+        CHECK(a[6] == "text/plain");
+        CHECK(a[8] == "%");
+        CHECK(a[9] == "\t");
+        CHECK(json::parse(a[10]) == json({{"topic", base + "/a"}, {"payload", "hello"}, {"content_type", "text/plain"}}));
+        CHECK(b[1] == std::string("\x01\xfe", 2));  // as it is
+        CHECK(b[2] == "Af4=");
+        CHECK(b[3] == "01fe");
+        CHECK(b[4] == "01FE");
+        CHECK(b[5] == "2");
+        CHECK(b[6].empty());
+        CHECK(json::parse(b[10]) == json({{"topic", base + "/b"}, {"payload_base64", "Af4="}}));
+        // Delivery ids: the store's, in order.
+        CHECK_FALSE(a[7].empty());
+        CHECK(a[7].find_first_not_of("0123456789") == std::string::npos);
+        CHECK(a[7].size() == b[7].size());
+        CHECK(a[7] < b[7]);
+    }
+
+    SECTION("subscribe: the event name, the event as JSON, the wire payload in base64, \\n") {
+        const std::string sys = unique("sys");
+        auto sub = start(std::vector<std::string>{"subscribe", "Publisher.tick", "-s", publisher, "-t", "system=" + sys,
+                                                  "-n", "1", "--timeout", "20000", "--template", R"(%e %t\n%p %b)"} +
+                         conn(dir, "sub"));
+        REQUIRE(sub->wait_for_line("xymqtt: subscribed to evt/" + sys + "/tick", 20s));
+        REQUIRE(run(std::vector<std::string>{"publish", "Publisher.tick", "-s", publisher, "-t", "system=" + sys,
+                                             "--json", R"({"count": 7})", "--format", "binary"} + conn(dir, "pub"))
+                    .code == 0);
+        auto s = finish(*sub);
+        REQUIRE(s.code == 0);
+        const auto lines = printed(s);
+        REQUIRE(lines.size() == 2);
+        CHECK(lines[0] == "tick evt/" + sys + "/tick");
+        const auto space = lines[1].rfind(' ');
+        REQUIRE(space != std::string::npos);
+        CHECK(json::parse(lines[1].substr(0, space)) == json({{"timestamp", ""}, {"count", "7"}}));
+        CHECK(lines[1].substr(space + 1) == "EAc=");  // protobuf: field 2, varint 7
+    }
+
+    SECTION("a bad template: exit 1 with what is wrong, before connecting") {
+        const std::vector<std::string> nowhere = {"--broker", "tcp://127.0.0.1:" + std::to_string(free_port()),
+                                                  "--connect-timeout", "300"};
+        auto r = run(std::vector<std::string>{"sub", "x", "-F", "%t %z"} + nowhere);
+        CHECK(r.code == 1);
+        CHECK(r.output == "xymqtt: --template: unknown placeholder %z (placeholders: %t topic, %p payload, %b base64, "
+                          "%x/%X hex, %l length, %C content type, %m delivery id, %j JSON line, %% a %)");
+        r = run(std::vector<std::string>{"sub", "x", "-F", "%e"} + nowhere);
+        CHECK(r.code == 1);
+        CHECK(contains(r.output, "%e (the event name) is for subscribe"));
+        r = run(std::vector<std::string>{"subscribe", "Publisher.tick", "-s", publisher, "-F", "100%"} + nowhere);
+        CHECK(r.code == 1);
+        CHECK(contains(r.output, "--template ends in a lone %"));
+        r = run(std::vector<std::string>{"sub", "x", "--template", R"(a\q)"} + nowhere);
+        CHECK(r.code == 1);
+        CHECK(contains(r.output, R"(unknown escape \q)"));
+    }
+}
+
+namespace {
+
+void run_in(const std::vector<std::string>& argv, const std::string& cwd) {
+    child_options o;
+    o.cwd = cwd;
+    child_process p(argv, o);
+    const auto rc = p.wait(60s);
+    INFO(p.output());
+    REQUIRE(rc == 0);
+}
+
+// A test CA, a second unrelated CA, server certificates for "localhost" and "otherhost", a client certificate
+// with its key also encrypted: EC P-256 keys, valid for two days.
+struct pki {
+    temp_dir dir{"cli-pki"};
+    const std::string key_password = "k3y-" + make_message_id().substr(0, 8);
+    std::string path(const std::string& f) const { return dir / f; }
+    void ca(const std::string& name) {
+        run_in({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", name + ".key", "-out", name + ".crt", "-days", "2", "-subj", "/CN=xymqtt cli test " + name},
+               dir.path());
+    }
+    void cert(const std::string& name, const std::string& cn, const std::string& san) {
+        run_in({"openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+                name + ".key", "-out", name + ".csr", "-subj", "/CN=" + cn},
+               dir.path());
+        write_file(dir / (name + ".ext"), san.empty() ? "basicConstraints=CA:FALSE\n"
+                                                      : "basicConstraints=CA:FALSE\nsubjectAltName=" + san + "\n");
+        run_in({"openssl", "x509", "-req", "-in", name + ".csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", name + ".crt", "-days", "2", "-extfile", name + ".ext"},
+               dir.path());
+    }
+    pki() {
+        ca("ca");
+        ca("wrong-ca");
+        cert("server", "localhost", "DNS:localhost");
+        cert("other", "otherhost", "DNS:otherhost");
+        cert("client", "xymqtt-cli", "");
+        run_in({"openssl", "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "client.key", "-out", "client-enc.key",
+                "-passout", "pass:" + key_password},
+               dir.path());
+        for (const auto& f : {"ca.key", "server.key", "other.key", "client.key", "wrong-ca.key"})
+            std::filesystem::permissions(path(f), std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
+                                                      std::filesystem::perms::group_read |
+                                                      std::filesystem::perms::others_read);  // Mosquitto may run as another user
+    }
+};
+
+}  // namespace
+
+TEST_CASE("TLS flags as mosquitto_pub's: --cafile, --capath, --cert/--key with --key-password, --insecure, refusals exit 5",
+          "[cli][tls]") {
+    pki certs;
+    const std::uint16_t good = free_port(), other = free_port(), mutual = free_port();
+    auto listener = [&](std::uint16_t port, const std::string& cert, bool require_client) {
+        return "listener " + std::to_string(port) + " 127.0.0.1\ncafile " + certs.path("ca.crt") + "\ncertfile " +
+               certs.path(cert + ".crt") + "\nkeyfile " + certs.path(cert + ".key") + "\n" +
+               (require_client ? "require_certificate true\n" : "");
+    };
+    broker tls_broker(listener(good, "server", false) + listener(other, "other", false) + listener(mutual, "server", true));
+    for (auto port : {good, other, mutual})
+        for (int i = 0; i < 100 && !port_open(port); ++i) std::this_thread::sleep_for(100ms);
+    const std::string topic = "debug/" + unique("tls");
+    auto at = [](std::uint16_t port) {
+        return std::vector<std::string>{"--broker", "ssl://localhost:" + std::to_string(port), "--connect-timeout", "3000"};
+    };
+    const std::vector<std::string> ca = {"--cafile", certs.path("ca.crt")};
+    const std::vector<std::string> pub = {"pub", topic, "-m", "over tls"};
+
+    SECTION("the test CA: connected, and messages flow") {
+        auto sub = start(std::vector<std::string>{"sub", topic, "-n", "1", "--timeout", "20000"} + at(good) + ca);
+        REQUIRE(sub->wait_for_line("xymqtt: subscribed to " + topic, 20s));
+        CHECK(run(pub + at(good) + ca).code == 0);
+        auto s = finish(*sub);
+        CHECK(s.code == 0);
+        CHECK(json_line(s)["payload"] == "over tls");
+    }
+
+    SECTION("a CA that did not sign the server certificate: exit 5 with OpenSSL's reason; a missing file: exit 1") {
+        auto r = run(pub + at(good) + std::vector<std::string>{"--cafile", certs.path("wrong-ca.crt")});
+        CHECK(r.code == 5);
+        CHECK(contains(r.output, "xymqtt: cannot connect to ssl://localhost:" + std::to_string(good) + " within 3000 ms"));
+        CHECK(contains(r.output, "certificate verify failed"));
+        r = run(pub + at(good) + std::vector<std::string>{"--cafile", certs.path("missing.crt")});
+        CHECK(r.code == 1);
+        CHECK(contains(r.output, "cannot read " + certs.path("missing.crt")));
+    }
+
+    SECTION("--capath: a directory of CAs named by hash (openssl rehash); one without the signing CA is refused") {
+        const std::string good_dir = certs.path("cas"), wrong_dir = certs.path("wrong-cas");
+        for (const auto& [dir, file] : {std::pair{good_dir, "ca.crt"}, std::pair{wrong_dir, "wrong-ca.crt"}}) {
+            std::filesystem::create_directories(dir);
+            std::filesystem::copy_file(certs.path(file), dir + "/" + file);
+            run_in({"openssl", "rehash", "."}, dir);
+        }
+        CHECK(run(pub + at(good) + std::vector<std::string>{"--capath", good_dir}).code == 0);
+        auto r = run(pub + at(good) + std::vector<std::string>{"--capath", wrong_dir});
+        CHECK(r.code == 5);
+        CHECK(contains(r.output, "certificate verify failed"));
+        r = run(pub + at(good) + std::vector<std::string>{"--capath", certs.path("missing-dir")});
+        CHECK(r.code == 1);
+        CHECK(contains(r.output, "cannot read " + certs.path("missing-dir")));
+    }
+
+    SECTION("a certificate for another host name: refused, unless --insecure") {
+        CHECK(run(pub + at(other) + ca).code == 5);
+        CHECK(run(pub + at(other) + ca + std::vector<std::string>{"--insecure"}).code == 0);
+    }
+
+    SECTION("mutual TLS with an encrypted client key: --key-password or $XYMQTT_KEY_PASSWORD") {
+        const auto client = ca + std::vector<std::string>{"--cert", certs.path("client.crt"), "--key",
+                                                          certs.path("client-enc.key")};
+        CHECK(run(pub + at(mutual) + client + std::vector<std::string>{"--key-password", certs.key_password}).code == 0);
+        CHECK(run(pub + at(mutual) + client, {{"XYMQTT_KEY_PASSWORD", certs.key_password}}).code == 0);
+        auto r = run(pub + at(mutual) + client + std::vector<std::string>{"--key-password", "wrong"});
+        CHECK(r.code == 5);
+        CHECK(contains(r.output, "xymqtt: cannot connect to ssl://localhost:"));
+        CHECK(run(pub + at(mutual) + ca).code == 5);  // no client certificate
+        r = run(pub + at(mutual) + ca + std::vector<std::string>{"--key-password", certs.key_password});
+        CHECK(r.code == 1);
+        CHECK(r.output == "xymqtt: --key-password needs --key");
+        r = run(pub + at(mutual) + ca + std::vector<std::string>{"--cert", certs.path("client.crt")});
+        CHECK(r.code == 1);
+        CHECK(r.output == "xymqtt: --cert and --key go together");
+    }
 }

@@ -50,7 +50,8 @@ struct connection_flags {
     std::string store_type = "lmdb";
     std::string username;
     std::string password;
-    std::string cafile, cert, key;
+    bool clean = false;  ///< An ad-hoc session: clean at the broker, a temporary store.
+    std::string cafile, capath, cert, key, key_password;
     bool insecure_no_verify_host = false;
     std::string format = "json";
     int mqtt_version = 5;
@@ -61,6 +62,7 @@ struct connection_flags {
 /// Output options.
 struct output_flags {
     bool pretty = false;
+    std::optional<std::string> output_template;  ///< subscribe/sub `-F`: one line per message.
 };
 
 struct call_flags {
@@ -143,8 +145,10 @@ std::string base64(const std::string& in);
 /// Parses `name=value` token flags. @throw cli_error (usage)
 std::map<std::string, std::string> parse_token_flags(const std::vector<std::string>& flags);
 
-/// The default client id of a subcommand: stable per user and host.
-std::string default_client_id(const std::string& subcommand);
+/// A stable client id per user and host: xymqtt-<user>-<host>-<name> (`name` sanitized).
+std::string default_client_id(const std::string& name);
+/// An ad-hoc client id of this process: xymqtt-<user>-<host>-<name>-<pid>.
+std::string ad_hoc_client_id(const std::string& name);
 /// The default store directory of a client id: $XDG_STATE_HOME/xymqtt/<id> or ~/.local/state/xymqtt/<id>.
 std::string default_store_dir(const std::string& client_id);
 

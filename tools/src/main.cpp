@@ -87,7 +87,7 @@ std::string sanitize(const std::string& s) {
 }
 }  // namespace
 
-std::string default_client_id(const std::string& subcommand) {
+std::string default_client_id(const std::string& name) {
     std::string user;
     if (const auto* pw = ::getpwuid(::getuid())) user = pw->pw_name;
     if (user.empty())
@@ -95,7 +95,11 @@ std::string default_client_id(const std::string& subcommand) {
     if (user.empty()) user = std::to_string(::getuid());
     char host[256] = {};
     if (::gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
-    return "xymqtt-" + sanitize(user) + "-" + sanitize(host) + "-" + subcommand;
+    return "xymqtt-" + sanitize(user) + "-" + sanitize(host) + "-" + sanitize(name);
+}
+
+std::string ad_hoc_client_id(const std::string& name) {
+    return default_client_id(name) + "-" + std::to_string(::getpid());
 }
 
 std::string default_store_dir(const std::string& client_id) {
@@ -155,11 +159,21 @@ void add_connection_flags(CLI::App* sub, connection_flags& cf) {
     sub->add_option("-b,--broker", cf.broker, "Broker URI (tcp://, ssl://, mqtt://, mqtts://); default $XYMQTT_BROKER or tcp://127.0.0.1:1883")
         ->type_name("URI")
         ->group(g);
+    const bool serve = sub->get_name() == "serve";
     sub->add_option("--client-id", cf.client_id,
-                    "MQTT client id; the session and the store belong to it (default: xymqtt-<user>-<host>-<subcommand>)")
+                    serve ? "MQTT client id; the durable session and the store belong to it (default: "
+                            "xymqtt-<user>-<host>-serve-<command topic>, the same at each run)"
+                          : "MQTT client id of a durable session, resumed by the next run with this id (default: an "
+                            "ad-hoc session, as --clean, under xymqtt-<user>-<host>-<subcommand>-<pid>)")
         ->type_name("ID")
         ->group(g);
-    sub->add_option("--store", cf.store, "Store directory (default $XDG_STATE_HOME or ~/.local/state, /xymqtt/<client-id>)")
+    sub->add_flag("--clean", cf.clean,
+                  "Ad-hoc session that leaves nothing behind: clean at the broker, the store in a temporary "
+                  "directory removed at exit (MQTT 5)")
+        ->group(g);
+    sub->add_option("--store", cf.store,
+                    "Store directory of a durable session (default $XDG_STATE_HOME or ~/.local/state, "
+                    "/xymqtt/<client-id>)")
         ->type_name("DIR")
         ->group(g);
     sub->add_option("--store-type", cf.store_type, "lmdb or sqlite")->capture_default_str()->group(g);
@@ -167,10 +181,19 @@ void add_connection_flags(CLI::App* sub, connection_flags& cf) {
     sub->add_option("--password", cf.password,
                     "Password; prefer $XYMQTT_PASSWORD, which stays out of the shell history")
         ->group(g);
-    sub->add_option("--cafile", cf.cafile, "TLS: PEM file of trusted CAs")->type_name("FILE")->group(g);
+    // TLS flags are spelled as mosquitto_pub's where it has them.
+    sub->add_option("--cafile", cf.cafile, "TLS: PEM file of trusted CAs (default: the system's)")->type_name("FILE")->group(g);
+    sub->add_option("--capath", cf.capath,
+                    "TLS: directory of trusted CAs, named by hash as `openssl rehash` makes them (default: the system's)")
+        ->type_name("DIR")
+        ->group(g);
     sub->add_option("--cert", cf.cert, "TLS: client certificate (PEM)")->type_name("FILE")->group(g);
     sub->add_option("--key", cf.key, "TLS: client private key (PEM)")->type_name("FILE")->group(g);
-    sub->add_flag("--insecure-no-verify-host", cf.insecure_no_verify_host,
+    sub->add_option("--key-password", cf.key_password,
+                    "TLS: password of an encrypted --key; prefer $XYMQTT_KEY_PASSWORD, which stays out of the "
+                    "shell history")
+        ->group(g);
+    sub->add_flag("--insecure,--insecure-no-verify-host", cf.insecure_no_verify_host,
                   "TLS: do not check that the certificate names the host")
         ->group(g);
     sub->add_option("--mqtt-version", cf.mqtt_version, "5 or 4 (3.1.1)")->capture_default_str()->check(CLI::IsMember({5, 4}))->group(g);
@@ -186,6 +209,15 @@ void add_connection_flags(CLI::App* sub, connection_flags& cf) {
 }
 
 void add_pretty(CLI::App* sub, output_flags& of) { sub->add_flag("--pretty", of.pretty, "Indent JSON output"); }
+
+void add_template(CLI::App* sub, output_flags& of, bool events) {
+    sub->add_option("-F,--template", of.output_template,
+                    std::string("Print each message as TEMPLATE (then a newline) instead of JSON: %t topic, %p payload") +
+                        (events ? " (the event as JSON), %e event name" : " (as it is)") +
+                        ", %b payload in base64, %x hex, %l length, %C content type, %m delivery id, %j the JSON "
+                        "line, %% a %; escapes \\n \\t \\r \\e \\0 \\\\")
+        ->type_name("TEMPLATE");
+}
 
 }  // namespace
 
@@ -241,6 +273,7 @@ int main(int argc, char** argv) {
     add_schema_flags(subscribe, sf);
     add_connection_flags(subscribe, cf);
     add_pretty(subscribe, of);
+    add_template(subscribe, of, true);
 
     raw_publish_flags rpubf;
     auto* pub = app.add_subcommand("pub", "Schema-free: publish raw payloads to a topic (for debugging)");
@@ -265,6 +298,7 @@ int main(int argc, char** argv) {
         ->type_name("MS");
     add_connection_flags(sub, cf);
     add_pretty(sub, of);
+    add_template(sub, of, false);
 
     serve_flags servef;
     auto* serve = app.add_subcommand(

@@ -1,8 +1,13 @@
 // The subcommands that talk to a broker: call, publish, subscribe, serve.
 #include <nlohmann/json.hpp>
+#include <openssl/evp.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
+#include <filesystem>
 #include <functional>
 #include <cstdio>
 #include <cstdlib>
@@ -12,8 +17,10 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <unistd.h>
 
 #include "exec.h"
+#include "output_template.h"
 #include "schema.h"
 #include "xymqtt/client.h"
 #include "xymqtt/exception.h"
@@ -26,15 +33,86 @@ namespace {
 using ojson = nlohmann::ordered_json;
 using namespace std::chrono_literals;
 
-client_options make_options(const connection_flags& f, const std::string& subcommand) {
+/// A store directory that lives as long as an ad-hoc session: $TMPDIR/[xymqtt-]<client id>.XXXXXX.
+class temp_store {
+public:
+    explicit temp_store(const std::string& client_id) {
+        const char* tmp = std::getenv("TMPDIR");
+        std::string name = client_id.rfind("xymqtt-", 0) == 0 ? client_id : "xymqtt-" + client_id;
+        std::replace(name.begin(), name.end(), '/', '_');
+        std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/" + name + ".XXXXXX";
+        if (!::mkdtemp(pattern.data()))
+            throw cli_error(exit_store, "cannot create a temporary store " + pattern + ": " + std::strerror(errno));
+        path_ = pattern;
+    }
+    ~temp_store() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+        if (ec) note("warning: cannot remove the temporary store " + path_ + ": " + ec.message());
+    }
+    temp_store(const temp_store&) = delete;
+    temp_store& operator=(const temp_store&) = delete;
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+};
+
+/// The tool's client and, for an ad-hoc session, its temporary store, removed once the client is gone.
+struct session {
+    std::unique_ptr<temp_store> store;  // declared first: destroyed after the client
+    std::unique_ptr<client> c;
+    bool clean = false;
+    client* operator->() const { return c.get(); }
+    client& operator*() const { return *c; }
+};
+
+// Who the tool is at the broker. With --client-id: a durable session, resumed by the next run with that
+// id. Without it, `serve` keeps a stable id per command (it must get the calls made while it restarts),
+// and the other subcommands take an ad-hoc id of their own (with the pid: two terminals never take each
+// other's session over) and, as nobody can name that id again, a clean session that leaves nothing
+// behind. `stable_name` names the stable default id (xymqtt-<user>-<host>-<stable_name>).
+session open_client(const connection_flags& f, const std::string& subcommand, const std::string& stable_name,
+                    const std::function<void(client_options&)>& customize = {}) {
     client_options o;
     o.server_uri = f.broker;
     if (o.server_uri.empty()) {
         const char* env = std::getenv("XYMQTT_BROKER");
         o.server_uri = env && *env ? env : "tcp://127.0.0.1:1883";
     }
-    o.client_id = f.client_id.empty() ? default_client_id(subcommand) : f.client_id;
-    o.store_dir = f.store.empty() ? default_store_dir(o.client_id) : f.store;
+    if (f.mqtt_version != 5 && f.mqtt_version != 4)
+        throw cli_error(exit_usage, "--mqtt-version must be 5 or 4");
+    o.mqtt_version = f.mqtt_version;
+    const bool ad_hoc_default = subcommand != "serve";
+    if (f.clean && f.mqtt_version != 5)
+        throw cli_error(exit_usage, "--clean needs MQTT 5: over MQTT 3.1.1 the client always asks for a persistent "
+                                    "session");
+    if (f.clean && !f.store.empty())
+        throw cli_error(exit_usage, "--clean keeps no store: leave out --store");
+    session s;
+    if (!f.client_id.empty()) {
+        o.client_id = f.client_id;
+        s.clean = f.clean;
+    } else if (f.clean || (ad_hoc_default && f.mqtt_version == 5)) {
+        if (!f.store.empty())
+            throw cli_error(exit_usage, "--store needs --client-id: without one the session is ad hoc and its store "
+                                        "temporary");
+        o.client_id = ad_hoc_client_id(subcommand);
+        s.clean = true;
+    } else {
+        // MQTT 3.1.1 cannot have an ad-hoc session here (see --clean): the stable id, as for serve.
+        o.client_id = default_client_id(stable_name);
+    }
+    if (s.clean) {
+        s.store = std::make_unique<temp_store>(o.client_id);
+        o.store_dir = s.store->path();
+        // The runtime asks for clean start off and refuses a session expiry of 0: the shortest it takes
+        // ends the session a second after the tool disconnects (run_subscription also unsubscribes first,
+        // so nothing is queued for it meanwhile).
+        o.session_expiry = std::chrono::seconds(1);
+    } else {
+        o.store_dir = f.store.empty() ? default_store_dir(o.client_id) : f.store;
+    }
     if (f.store_type == "lmdb")
         o.store_type = store_kind::lmdb;
     else if (f.store_type == "sqlite")
@@ -47,15 +125,22 @@ client_options make_options(const connection_flags& f, const std::string& subcom
     o.password = f.password;
     if (o.password.empty())
         if (const char* env = std::getenv("XYMQTT_PASSWORD")) o.password = env;
-    if (f.mqtt_version != 5 && f.mqtt_version != 4)
-        throw cli_error(exit_usage, "--mqtt-version must be 5 or 4");
-    o.mqtt_version = f.mqtt_version;
+    std::string key_password = f.key_password;
+    if (key_password.empty())
+        if (const char* env = std::getenv("XYMQTT_KEY_PASSWORD")) key_password = env;
+    if (!f.key_password.empty() && f.key.empty()) throw cli_error(exit_usage, "--key-password needs --key");
+    if (!f.cert.empty() != !f.key.empty()) throw cli_error(exit_usage, "--cert and --key go together");
     const bool tls_uri = o.server_uri.rfind("ssl://", 0) == 0 || o.server_uri.rfind("mqtts://", 0) == 0;
-    if (tls_uri || !f.cafile.empty() || !f.cert.empty() || !f.key.empty()) {
+    if (tls_uri || !f.cafile.empty() || !f.capath.empty() || !f.cert.empty() || !f.key.empty()) {
+        for (const auto* file : {&f.cafile, &f.capath, &f.cert, &f.key})
+            if (!file->empty() && ::access(file->c_str(), R_OK) != 0)
+                throw cli_error(exit_usage, "cannot read " + *file + ": " + std::strerror(errno));
         tls_options t;
         t.ca_file = f.cafile;
+        t.ca_path = f.capath;
         t.cert_file = f.cert;
         t.key_file = f.key;
+        if (!f.key.empty()) t.key_password = key_password;
         t.verify_host = !f.insecure_no_verify_host;
         o.tls = t;
     }
@@ -66,27 +151,31 @@ client_options make_options(const connection_flags& f, const std::string& subcom
             static const char* names[] = {"debug", "info", "warning", "error"};
             note(std::string(names[static_cast<int>(level)]) + ": " + line);
         };
+        note(std::string(s.clean ? "ad-hoc" : "durable") + " session of client " + o.client_id + ", store " +
+             o.store_dir);
     } else {
         // The tool reports what fails itself, one line and an exit code; the client's log is for -v.
         o.hooks.on_log = [](log_level, const std::string&) {};
     }
-    return o;
-}
-
-std::unique_ptr<client> open_client(const connection_flags& f, const std::string& subcommand,
-                                    const std::function<void(client_options&)>& customize = {}) {
-    auto o = make_options(f, subcommand);
     if (customize) customize(o);
     const auto id = o.client_id;
     const auto dir = o.store_dir;
     try {
-        return std::make_unique<client>(std::move(o));
+        s.c = std::make_unique<client>(std::move(o));
     } catch (const storage_error& e) {
         throw cli_error(exit_store, "cannot open the store " + dir + " of client " + id + ": " + e.what() +
                                         " (another process with this client id? pass --client-id/--store)");
     } catch (const configuration_error& e) {
         throw cli_error(exit_usage, e.what());
     }
+    return s;
+}
+
+/// Where a message the tool could not finish stays: the outbox of a durable session, nowhere for an
+/// ad-hoc one.
+std::string kept_for_next_run(const session& s, const std::string& what) {
+    if (s.clean) return what + " is lost with the ad-hoc session (pass --client-id to keep it for the next run)";
+    return what + " stays in the outbox of client " + s->options().client_id + " and is sent on its next run";
 }
 
 void connect_client(client& c, const connection_flags& f) {
@@ -204,25 +293,25 @@ wire_format checked_format(const connection_flags& f) {
 }
 
 // Publishes each (topic, payload) and waits for the broker's confirmation of all, within `timeout_ms`.
-void publish_all(client& c, const connection_flags& cf, const std::vector<std::pair<std::string, std::string>>& messages,
+void publish_all(session& c, const connection_flags& cf, const std::vector<std::pair<std::string, std::string>>& messages,
                  const publish_options& po, int timeout_ms) {
     std::vector<std::future<void>> done;
     for (auto& [topic, payload] : messages) {
-        done.push_back(c.publish(topic, payload, po));
+        done.push_back(c->publish(topic, payload, po));
         if (cf.verbose) note("published " + topic);
     }
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     for (auto& d : done) {
         if (d.wait_until(deadline) != std::future_status::ready) {
-            c.close();
+            const auto kept = kept_for_next_run(c, "it");
+            c->close();
             throw cli_error(exit_timeout, "publish not confirmed by the broker within " + std::to_string(timeout_ms) +
-                                              " ms; it stays in the outbox of client " + c.options().client_id +
-                                              " and is sent on its next run");
+                                              " ms; " + kept);
         }
         try {
             d.get();
         } catch (const broker_error& e) {
-            c.close();
+            c->close();
             throw cli_error(exit_connection, std::string("the broker refused the publish: ") + e.what());
         }
     }
@@ -236,7 +325,7 @@ struct printed_lines {
     std::optional<std::size_t> limit;
 
     /// Prints `line` unless the count is reached (then the handler throws: the message stays in the inbox
-    /// for the next run).
+    /// for the next run of a durable session).
     void print(const std::string& line) {
         {
             std::lock_guard<std::mutex> lk(mu);
@@ -250,8 +339,9 @@ struct printed_lines {
 };
 
 // Connects, confirms the subscriptions to `filters`, waits for the count, a stop or the timeout, and closes.
-int run_subscription(client& c, const connection_flags& cf, const std::vector<std::string>& filters, printed_lines& st,
+int run_subscription(session& s, const connection_flags& cf, const std::vector<std::string>& filters, printed_lines& st,
                      std::optional<int> timeout_ms, const char* what) {
+    auto& c = *s;
     connect_client(c, cf);
     if (confirm_subscriptions(c, 10s)) {
         ++st.returned;
@@ -266,6 +356,10 @@ int run_subscription(client& c, const connection_flags& cf, const std::vector<st
     const auto until = std::chrono::steady_clock::now() + 5s;
     while (c.stats().handled < st.returned && std::chrono::steady_clock::now() < until)
         std::this_thread::sleep_for(2ms);
+    // An ad-hoc session leaves no subscription behind: the broker, which handles a connection's packets in
+    // order, drops them before the disconnect, so nothing is queued for the session until it expires.
+    if (s.clean)
+        for (const auto& x : filters) c.unsubscribe(x);
     c.close();
     if (!stopped) {
         std::lock_guard<std::mutex> lk(st.mu);
@@ -279,28 +373,17 @@ int run_subscription(client& c, const connection_flags& cf, const std::vector<st
 }  // namespace
 
 std::string base64(const std::string& in) {
-    static const char* chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    // OpenSSL's encoder takes an int length: whole groups of 3 bytes at a time, so that only the last
+    // piece is padded.
+    constexpr std::size_t piece = std::size_t(3) << 20;
     std::string out;
-    std::size_t i = 0;
-    for (; i + 2 < in.size(); i += 3) {
-        const unsigned v = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8) |
-                           static_cast<unsigned char>(in[i + 2]);
-        out += chars[(v >> 18) & 63];
-        out += chars[(v >> 12) & 63];
-        out += chars[(v >> 6) & 63];
-        out += chars[v & 63];
-    }
-    if (i + 1 == in.size()) {
-        const unsigned v = static_cast<unsigned char>(in[i]) << 16;
-        out += chars[(v >> 18) & 63];
-        out += chars[(v >> 12) & 63];
-        out += "==";
-    } else if (i + 2 == in.size()) {
-        const unsigned v = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8);
-        out += chars[(v >> 18) & 63];
-        out += chars[(v >> 12) & 63];
-        out += chars[(v >> 6) & 63];
-        out += '=';
+    for (std::size_t off = 0; off < in.size(); off += piece) {
+        const std::size_t n = std::min(piece, in.size() - off);
+        const std::size_t at = out.size();
+        out.resize(at + 4 * ((n + 2) / 3) + 1);  // EVP_EncodeBlock ends with a NUL
+        const int written = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(&out[at]),
+                                            reinterpret_cast<const unsigned char*>(in.data() + off), static_cast<int>(n));
+        out.resize(at + static_cast<std::size_t>(written));
     }
     return out;
 }
@@ -328,7 +411,7 @@ int run_call(const schema_flags& sf, const connection_flags& cf, const output_fl
     };
     auto cs = std::make_shared<cancel_state>();
     const std::string cancel_topic = topic + "/cancel";
-    auto c = open_client(cf, "call", [&](client_options& o) {
+    auto c = open_client(cf, "call", "call", [&](client_options& o) {
         o.hooks.on_packet_send = [cs, cancel_topic](const std::string& t, const std::string&) {
             if (t != cancel_topic) return;
             std::lock_guard<std::mutex> lk(cs->mu);
@@ -344,7 +427,7 @@ int run_call(const schema_flags& sf, const connection_flags& cf, const output_fl
         {
             std::unique_lock<std::mutex> lk(cs->mu);
             if (!cs->cv.wait_for(lk, 5s, [&] { return cs->sent; })) {
-                note("warning: the cancel was not sent; it stays in the outbox of client " + c->options().client_id);
+                note("warning: the cancel was not sent; " + kept_for_next_run(c, "it"));
                 return;
             }
         }
@@ -432,12 +515,12 @@ int run_publish(const schema_flags& sf, const connection_flags& cf, const output
         messages.emplace_back(fill_topic(*svc, ev->topic, tokens, ev->type, event.get()), encode(*event, format));
     }
 
-    auto c = open_client(cf, "publish");
+    auto c = open_client(cf, "publish", "publish");
     connect_client(*c, cf);
     publish_options po;
     po.props.content_type = format == wire_format::json ? "application/json" : "application/x-protobuf";
     po.retain = f.retain;
-    publish_all(*c, cf, messages, po, f.timeout_ms);
+    publish_all(c, cf, messages, po, f.timeout_ms);
     c->close();
     return exit_ok;
 }
@@ -451,16 +534,18 @@ int run_subscribe(const schema_flags& sf, const connection_flags& cf, const outp
     const auto tokens = parse_token_flags(f.tokens);
     check_tokens(*svc, tokens, events);
     const auto fallback = parse_format(cf.format);
+    std::optional<output_template> templ;
+    if (of.output_template) templ.emplace(*of.output_template, true);
     if (f.count && *f.count == 0) return exit_ok;
 
-    auto c = open_client(cf, "subscribe");
+    auto c = open_client(cf, "subscribe", "subscribe");
     printed_lines st;
     st.limit = f.count;
     std::vector<std::string> filters;
     for (const auto* ev : events) {
         auto filter = fill_topic(*svc, ev->topic, tokens, ev->type, nullptr);
         filters.push_back(filter);
-        c->subscribe(filter, [&st, ev, &schemas, fallback, pretty = of.pretty](const message& m) {
+        c->subscribe(filter, [&st, ev, &schemas, fallback, &templ, pretty = of.pretty](const message& m) {
             auto event = schemas.make(ev->type);
             wire_format fmt = fallback;
             if (m.props.content_type == "application/json") fmt = wire_format::json;
@@ -469,14 +554,16 @@ int run_subscribe(const schema_flags& sf, const connection_flags& cf, const outp
                 note("cannot decode " + m.topic + " as " + ev->type->full_name() + " (moved to dead letters): " + *e);
                 throw parse_error(*e);
             }
+            const auto payload = to_json(*event);
             ojson line;
             line["topic"] = m.topic;
             line["event"] = ev->name;
-            line["payload"] = ojson::parse(to_json(*event));
-            st.print(pretty ? line.dump(2) : line.dump());
+            line["payload"] = ojson::parse(payload);
+            auto json = pretty ? line.dump(2) : line.dump();
+            st.print(templ ? templ->render({&m, ev->name, payload, std::move(json)}) : json);
         });
     }
-    return run_subscription(*c, cf, filters, st, f.timeout_ms, "events");
+    return run_subscription(c, cf, filters, st, f.timeout_ms, "events");
 }
 
 // -- pub and sub: schema-free, for debugging ---------------------------------------------------------
@@ -499,12 +586,12 @@ int run_pub(const connection_flags& cf, const raw_publish_flags& f) {
     } else {
         messages.emplace_back(f.topic, f.message);
     }
-    auto c = open_client(cf, "pub");
+    auto c = open_client(cf, "pub", "pub");
     connect_client(*c, cf);
     publish_options po;
     po.retain = f.retain;
     po.props.content_type = f.content_type;
-    publish_all(*c, cf, messages, po, f.timeout_ms);
+    publish_all(c, cf, messages, po, f.timeout_ms);
     c->close();
     return exit_ok;
 }
@@ -515,11 +602,13 @@ int run_sub(const connection_flags& cf, const output_flags& of, const raw_subscr
     } catch (const invalid_topic& e) {
         throw cli_error(exit_usage, e.what());
     }
+    std::optional<output_template> templ;
+    if (of.output_template) templ.emplace(*of.output_template, false);
     if (f.count && *f.count == 0) return exit_ok;
-    auto c = open_client(cf, "sub");
+    auto c = open_client(cf, "sub", "sub");
     printed_lines st;
     st.limit = f.count;
-    c->subscribe(f.filter, [&st, pretty = of.pretty](const message& m) {
+    c->subscribe(f.filter, [&st, &templ, pretty = of.pretty](const message& m) {
         ojson line;
         line["topic"] = m.topic;
         // Text as it is; anything else (protobuf, say) in base64.
@@ -528,9 +617,10 @@ int run_sub(const connection_flags& cf, const output_flags& of, const raw_subscr
         else
             line["payload_base64"] = base64(m.payload);
         if (!m.props.content_type.empty()) line["content_type"] = m.props.content_type;
-        st.print(pretty ? line.dump(2) : line.dump());
+        auto json = pretty ? line.dump(2) : line.dump();
+        st.print(templ ? templ->render({&m, {}, m.payload, std::move(json)}) : json);
     });
-    return run_subscription(*c, cf, {f.filter}, st, f.timeout_ms, "messages");
+    return run_subscription(c, cf, {f.filter}, st, f.timeout_ms, "messages");
 }
 
 // -- serve -------------------------------------------------------------------------------------------
@@ -544,7 +634,8 @@ int run_serve(const schema_flags& sf, const connection_flags& cf, const output_f
     if (f.exec.empty()) throw cli_error(exit_usage, "--exec CMD is required");
     if (f.count && *f.count == 0) return exit_ok;
 
-    auto c = open_client(cf, "serve");
+    // The stable default id names the command (its topic): serves of different commands do not collide.
+    auto c = open_client(cf, "serve", "serve-" + topic);
     struct shared {
         std::mutex mu;
         std::size_t calls = 0;
@@ -652,6 +743,7 @@ int run_serve(const schema_flags& sf, const connection_flags& cf, const output_f
     while (c->stats().handled < st->returned && std::chrono::steady_clock::now() < until)
         std::this_thread::sleep_for(2ms);
     c->wait_outbox_empty(5s);
+    if (c.clean) c->command_unregister(topic);  // an ad-hoc session leaves no subscription behind
     c->close();
     return exit_ok;
 }

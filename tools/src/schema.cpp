@@ -163,14 +163,25 @@ const pb::Descriptor* resolve_message(const pb::DescriptorPool& pool, const std:
     return nullptr;
 }
 
+// options.proto installed beside the tool: <prefix>/bin/xymqtt -> <prefix>/share/xymqtt/proto, wherever the
+// prefix is (/usr from the Debian package, /usr/local, or a prefix that was moved).
+std::string installed_schema_dir() {
+    char exe[PATH_MAX];
+    const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return {};
+    std::string dir(exe, static_cast<std::size_t>(n));
+    dir.erase(dir.find_last_of('/') + 1);
+    return dir + XYMQTT_SCHEMA_DIR_FROM_BIN;
+}
+
 std::vector<std::string> default_import_paths(const std::vector<std::string>& given) {
     std::vector<std::string> paths;
     for (const auto& p : given) paths.push_back(p);
     if (const char* env = std::getenv("XYMQTT_SCHEMA_PATH"))
         for (const auto& p : split(env, ':'))
             if (!p.empty()) paths.push_back(p);
-    for (const char* p : {XYMQTT_SCHEMA_DIR_BUILD, XYMQTT_SCHEMA_DIR_INSTALL})
-        if (exists(std::string(p) + "/" + options_file)) paths.push_back(p);
+    for (const auto& p : {std::string(XYMQTT_SCHEMA_DIR_BUILD), installed_schema_dir()})
+        if (!p.empty() && exists(p + "/" + options_file)) paths.push_back(p);
     for (const auto& p : split(XYMQTT_PROTOBUF_INCLUDE_DIR, ';'))
         if (!p.empty() && exists(p + "/google/protobuf/descriptor.proto")) paths.push_back(p);
     if (exists("/usr/include/google/protobuf/descriptor.proto")) paths.push_back("/usr/include");

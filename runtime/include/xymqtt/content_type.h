@@ -2,6 +2,7 @@
 /// The MQTT 5 content types that name the encoding of a payload (see wire_format).
 #pragma once
 
+/// The MQTT 5 content types of xymqtt's payloads.
 namespace xymqtt::content_type {
 
 /// Content type of JSON payloads (wire_format::json).

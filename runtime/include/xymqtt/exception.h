@@ -11,13 +11,15 @@
 
 namespace xymqtt {
 
-/// Base of every xymqtt error.
+/// Base of every xymqtt error. Thrown as itself for an empty handler given to subscribe,
+/// subscribe_results or command_register, and by protobuf::encode.
 class error : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
 };
 
-/// Invalid options: empty client id, unsupported MQTT version, a store path that cannot be used.
+/// Invalid options or arguments: empty client id, unsupported MQTT version, a store path that cannot be
+/// used or a store another process holds, a bad XYMQTT_LOG_LEVEL.
 class configuration_error : public error {
 public:
     using error::error;
@@ -48,8 +50,10 @@ public:
 /// Nothing was acknowledged for the operation that raised it.
 class storage_error : public error {
 public:
+    /// @param what the message what() returns.
+    /// @param code the underlying engine's error code (LMDB or SQLite) or errno, 0 if none.
     explicit storage_error(const std::string& what, int code = 0) : error(what), code_(code) {}
-    /// @return the underlying engine's error code (LMDB or SQLite), 0 if none.
+    /// @return the underlying engine's error code (LMDB or SQLite) or errno, 0 if none.
     int code() const noexcept { return code_; }
 
 private:
@@ -66,6 +70,8 @@ public:
 /// The broker refused an operation with an MQTT reason code (MQTT 5) or return code.
 class broker_error : public error {
 public:
+    /// @param what the message what() returns.
+    /// @param reason_code the MQTT reason code (MQTT 5) or return code (MQTT 3.1.1).
     broker_error(const std::string& what, int reason_code) : error(what), reason_code_(reason_code) {}
     /// @return the MQTT reason code, e.g. 0x87 (not authorized).
     int reason_code() const noexcept { return reason_code_; }
@@ -116,7 +122,9 @@ public:
     ///        reject payload) or the bytes of the schema's reject message (binary format).
     command_error(int status, const std::string& message, std::string body = {})
         : error(message), status_(status), body_(std::move(body)) {}
+    /// @return the status published in the reject.
     int status() const noexcept { return status_; }
+    /// @return the encoded reject details; empty if none.
     const std::string& body() const noexcept { return body_; }
 
 private:

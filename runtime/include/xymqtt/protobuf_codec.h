@@ -18,6 +18,7 @@
 #include "xymqtt/message.h"
 #include "xymqtt/transport.h"
 
+/// Protocol Buffers messages as payloads (library `xymqtt::protobuf`).
 namespace xymqtt::protobuf {
 
 /// Encodes a message in the given format.
@@ -25,7 +26,7 @@ namespace xymqtt::protobuf {
 /// @param format json: JSON with lowerCamelCase field names and every primitive field printed, even
 ///        at its default value; binary: the protobuf bytes.
 /// @return the payload.
-/// @throw error if the message cannot be encoded (e.g. required fields missing).
+/// @throw xymqtt::error if the message cannot be encoded (e.g. required fields missing).
 std::string encode(const google::protobuf::Message& message, wire_format format);
 
 /// Decodes a payload into `message`. JSON fields the message does not know (such as `messageId`,
@@ -33,11 +34,12 @@ std::string encode(const google::protobuf::Message& message, wire_format format)
 /// @param payload the payload, as encode() makes it.
 /// @param format the payload's encoding.
 /// @param message the message to fill; what it held before is replaced.
-/// @throw parse_error if the payload is not a valid encoding of the message.
+/// @throw xymqtt::parse_error if the payload is not a valid encoding of the message.
 void decode(const std::string& payload, wire_format format, google::protobuf::Message* message);
 
 /// Options of an event publish in the given format: the MQTT 5 content type names the encoding
 /// (content_type::json or content_type::protobuf), so subscribers can decode without knowing it.
+/// @param format the payload's encoding.
 /// @return publish options with `props.content_type` set.
 publish_options event_options(wire_format format);
 
@@ -51,6 +53,7 @@ wire_format event_format(const message& delivery, wire_format fallback);
 /// A call_async completion that fulfils `promise` as the outcome arrives: with `Outcome::decode(result)`,
 /// or with the error (timeout_error, client_closed, broker_error, or decode's parse_error). Generated
 /// stubs use it, so that their typed outcome is a plain std::future that `wait_for` reports ready.
+/// @tparam Outcome a type with a static `Outcome decode(const command_result&)`.
 /// @param promise shared with the future the caller holds.
 /// @return the completion to pass to transport::call_async.
 template <class Outcome>

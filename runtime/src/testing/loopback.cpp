@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "../commands/call_core.h"
 #include "../wire.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/topic.h"
@@ -56,13 +57,6 @@ struct lane {
 
 bool is_shared_filter(const std::string& f) { return f.rfind("$share/", 0) == 0; }
 
-std::chrono::milliseconds retry_delay(const retry_policy& p, std::uint32_t failures) {
-    double d = static_cast<double>(p.initial.count());
-    for (std::uint32_t i = 1; i < failures && d < static_cast<double>(p.cap.count()); ++i) d *= p.multiplier;
-    const double cap = static_cast<double>(p.cap.count());
-    return std::chrono::milliseconds(static_cast<std::int64_t>(d < cap ? d : cap));
-}
-
 template <class F, class... A>
 void call_hook(const F& fn, A&&... args) {
     if (!fn) return;
@@ -82,55 +76,6 @@ std::string describe(std::exception_ptr e) {
         return "handler threw a non-standard exception";
     }
 }
-
-/// The call_context of one running command handler.
-class context_impl final : public call_context {
-public:
-    void on_cancel(std::function<void()> fn) override {
-        {
-            std::lock_guard<std::mutex> lk(m_);
-            if (!cancelled_) {
-                callbacks_.push_back(std::move(fn));
-                return;
-            }
-        }
-        run(fn);
-    }
-    bool cancelled() const override {
-        std::lock_guard<std::mutex> lk(m_);
-        return cancelled_;
-    }
-    /// Marks the call cancelled and runs the callbacks, unless it has already finished.
-    void cancel() {
-        std::vector<std::function<void()>> cbs;
-        {
-            std::lock_guard<std::mutex> lk(m_);
-            if (cancelled_ || finished_) return;
-            cancelled_ = true;
-            cbs.swap(callbacks_);
-        }
-        for (auto& cb : cbs) run(cb);
-    }
-    /// Marks the call finished. @return false if it was cancelled (nothing may be published).
-    bool finish() {
-        std::lock_guard<std::mutex> lk(m_);
-        finished_ = true;
-        return !cancelled_;
-    }
-
-private:
-    static void run(const std::function<void()>& fn) {
-        if (!fn) return;
-        try {
-            fn();
-        } catch (...) {
-        }
-    }
-    mutable std::mutex m_;
-    bool cancelled_ = false;
-    bool finished_ = false;
-    std::vector<std::function<void()>> callbacks_;
-};
 
 struct outcome {
     bool cancelled = false;
@@ -422,12 +367,11 @@ public:
             if (e.message_id.empty())  // nobody to answer: dead letter
                 throw parse_error(std::string("undecodable invoke: ") + e.what());
             publish_outcome(command, e.message_id,
-                            outcome{false, wire::reject_topic(command),
-                                    wire::encode_reject(e.format, e.message_id, 400, e.what(), "")});
+                            outcome{false, wire::reject_topic(command), detail::undecodable_reject(e)});
             return;
         }
         const std::string k = key(command, d.message_id);
-        auto ctx = std::make_shared<context_impl>();
+        auto ctx = std::make_shared<detail::running_call>();
         {
             std::unique_lock<std::mutex> lk(m_);
             auto done = outcomes_.find(k);
@@ -442,11 +386,9 @@ public:
                 return;
             }
             if (running_.count(k)) return;  // the same call is running on another lane already
-            if (m.props.expiry_seconds &&
-                m.received_at_ms + static_cast<std::int64_t>(*m.props.expiry_seconds) * 1000 < wall_ms_locked()) {
+            if (detail::invoke_expired(m, wall_ms_locked())) {
                 ++stats_.expired;  // not executed: rejected with 408, and answered so again
-                outcome oc{false, wire::reject_topic(command),
-                           wire::encode_reject(d.format, d.message_id, 408, "request expired before it ran", "")};
+                outcome oc{false, wire::reject_topic(command), detail::expired_reject(d.format, d.message_id)};
                 outcomes_[k] = oc;
                 lk.unlock();
                 accept(oc.topic, std::move(oc.out));
@@ -488,7 +430,7 @@ public:
         auto id = wire::decode_message_id(m.payload, m.props);
         if (!id || id->empty()) throw parse_error("cancel without a message id");
         const std::string k = key(command, *id);
-        std::shared_ptr<context_impl> ctx;
+        std::shared_ptr<detail::running_call> ctx;
         {
             std::lock_guard<std::mutex> lk(m_);
             auto r = running_.find(k);
@@ -503,10 +445,8 @@ public:
     // ---- caller ----
     std::string make_id() {
         std::lock_guard<std::mutex> lk(m_);
-        char buf[33];
-        std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(rng_()),
-                      static_cast<unsigned long long>(rng_()));
-        return buf;
+        const auto hi = rng_();
+        return detail::format_message_id(hi, rng_());
     }
 
     /// subscribe_results handlers, or user subscriptions matching both result topics.
@@ -744,7 +684,7 @@ public:
                     ++stats_.dead_letters;
                 } else {
                     result = retry;
-                    delay = retry_delay(opts_.retry, j.d.msg.attempt);
+                    delay = opts_.retry.delay_after(j.d.msg.attempt);
                     ++stats_.retries;
                     delivery again = j.d;
                     again.msg.attempt += 1;
@@ -944,7 +884,7 @@ private:
 
     std::map<std::string, command_entry> commands_;
     std::map<std::string, outcome> outcomes_;
-    std::map<std::string, std::shared_ptr<context_impl>> running_;
+    std::map<std::string, std::shared_ptr<detail::running_call>> running_;
     std::set<std::string> cancelled_early_;
 
     std::set<std::string> calls_;         // ids of calls made here whose result is not handed over yet

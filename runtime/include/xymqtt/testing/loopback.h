@@ -69,6 +69,7 @@
 #include "xymqtt/message.h"
 #include "xymqtt/transport.h"
 
+/// Test support: the in-memory transport (library `xymqtt::testing`).
 namespace xymqtt::testing {
 
 /// How deliveries are run; see the file comment.
@@ -85,10 +86,10 @@ enum class failure_point : std::uint8_t {
 
 /// One accepted publish, as recorded by loopback::published().
 struct published_message {
-    std::string topic;
-    std::string payload;
-    message_properties props;
-    bool retain = false;
+    std::string topic;         ///< The topic it was published to.
+    std::string payload;       ///< The payload bytes.
+    message_properties props;  ///< The MQTT 5 properties it was published with.
+    bool retain = false;       ///< Whether it was published with the retain flag.
 };
 
 /// One message moved to the dead letters.
@@ -115,7 +116,7 @@ class loopback : public transport {
 public:
     /// Options of the constructor; all have usable defaults.
     struct options {
-        delivery_mode mode = delivery_mode::manual;
+        delivery_mode mode = delivery_mode::manual;  ///< How deliveries are run.
         /// Retry of a throwing handler, as for xymqtt::client (max_attempts 0 retries forever).
         /// Delays are honoured in threaded mode only.
         retry_policy retry;
@@ -133,32 +134,41 @@ public:
     /// Stops the background threads (threaded mode), after the handlers that are running return.
     /// Futures of call_async still pending fail with client_closed.
     ~loopback() override;
-    loopback(const loopback&) = delete;
-    loopback& operator=(const loopback&) = delete;
+    loopback(const loopback&) = delete;             ///< Not copyable.
+    loopback& operator=(const loopback&) = delete;  ///< Not copyable.
 
     // ---- transport ----------------------------------------------------------------------------
 
-    /// Accepts `payload` for `topic` and queues it for every matching subscription.
+    /// Accepts `payload` for `topic` and queues it for every matching subscription. Properties and size
+    /// are not checked. A failure injected with fail_next_publish(…, failure_point::thrown) is thrown
+    /// instead; nothing is recorded or delivered then.
+    /// @param topic the topic name.
+    /// @param payload the payload bytes.
+    /// @param opts MQTT 5 properties and the retain flag, recorded and delivered as they are.
     /// @return a future that is already ready, or fails with the exception given to
     ///         fail_next_publish(…, failure_point::future).
-    /// @throw invalid_topic if `topic` is not a valid topic name (nothing is recorded or delivered);
-    ///        the exception given to fail_next_publish(…, failure_point::thrown).
+    /// @throw xymqtt::invalid_topic if `topic` is not a valid topic name (nothing is recorded or
+    ///        delivered).
     std::future<void> publish(const std::string& topic, std::string payload, publish_options opts = {}) override;
 
     /// Adds `handler` for `filter`. The first handler of a (non-shared) filter receives the
     /// retained messages that match it, after the deliveries parked when its last handler was
     /// removed. Messages published while nothing subscribed the filter are not delivered to it.
-    /// @throw xymqtt::error for an empty handler.
+    /// @param filter the topic filter; `$share/<group>/<filter>` joins a shared subscription.
+    /// @param handler runs for each message of the filter (see message_handler).
     /// @return an id for unsubscribe.
-    /// @throw invalid_topic for a malformed filter.
+    /// @throw xymqtt::invalid_topic for a malformed filter.
+    /// @throw xymqtt::error for an empty handler.
     subscription_id subscribe(const std::string& filter, message_handler handler) override;
 
     /// Removes one handler of subscribe or subscribe_results. Removing the last handler of a filter
     /// parks that filter's queued deliveries until it is subscribed again; a handler already running
     /// finishes. The results lanes of a command stay subscribed. Unknown ids are ignored.
+    /// @param id what subscribe or subscribe_results returned.
     void unsubscribe(subscription_id id) override;
 
     /// Removes every handler that subscribe() added for exactly `filter` (as xymqtt::client's).
+    /// @param filter the filter as it was given to subscribe().
     void unsubscribe(const std::string& filter);
 
     /// Serves `command`: subscribes `<command>/invoke` (or `$share/<group>/<command>/invoke`) and
@@ -167,18 +177,33 @@ public:
     /// and its what(), all on `<command>/reject`. An invoke that cannot be decoded (no message id)
     /// goes to the dead letters. A cancel while the handler runs runs its call_context::on_cancel
     /// callbacks (on the cancel lane's thread) and suppresses its outcome; a cancel that arrives first
-    /// keeps the invoke from running; a cancel after the outcome changes nothing.
-    /// @throw invalid_topic if `command` is not a valid topic name or `opts.group` is not a valid
+    /// keeps the invoke from running; a cancel after the outcome changes nothing. Calls start one at a
+    /// time whatever `opts.concurrency` says.
+    /// @param command the command's base topic.
+    /// @param handler runs for each call (see command_handler).
+    /// @param opts share group, and concurrency (checked; calls start one at a time).
+    /// @throw xymqtt::error for an empty handler.
+    /// @throw xymqtt::invalid_topic if `command` is not a valid topic name or `opts.group` is not a valid
     ///        group name.
-    /// @throw command_already_registered if `command` is already served by this loopback.
+    /// @throw xymqtt::configuration_error if `opts.concurrency` is 0 or above max_concurrency.
+    /// @throw xymqtt::command_already_registered if `command` is already served by this loopback.
     void command_register(const std::string& command, command_handler handler, command_options opts = {}) override;
-    /// A deferred handler may answer after it returns, from any thread; run_until_idle() then delivers the
-    /// outcome.
+    /// Serves `command` with a deferred handler: it may answer after it returns, from any thread;
+    /// run_until_idle() then delivers the outcome.
+    /// @param command the command's base topic.
+    /// @param handler starts each call and answers it through its responder.
+    /// @param opts share group, and concurrency (checked; calls start one at a time).
+    /// @throw xymqtt::error for an empty handler.
+    /// @throw xymqtt::invalid_topic if `command` is not a valid topic name or `opts.group` is not a valid
+    ///        group name.
+    /// @throw xymqtt::configuration_error if `opts.concurrency` is 0 or above max_concurrency.
+    /// @throw xymqtt::command_already_registered if `command` is already served by this loopback.
     void command_register(const std::string& command, deferred_command_handler handler,
                           command_options opts = {}) override;
 
     /// Stops serving `command` and unsubscribes its two topics; a call already running finishes.
     /// Unknown commands are ignored.
+    /// @param command the command's base topic.
     void command_unregister(const std::string& command) override;
 
     /// Subscribes `<command>/resolve` and `<command>/reject` (once per command) and adds `handler`.
@@ -186,31 +211,53 @@ public:
     /// result is handed over once (a repeated result is dropped) to all handlers of the command, in
     /// order, again while one throws. With no handler left, results of calls made here are retried
     /// until one is subscribed (in manual mode run_until_idle then stops at its limit).
+    /// @param command the command's base topic.
+    /// @param handler runs for each result (see result_handler).
     /// @return an id for unsubscribe.
-    /// @throw invalid_topic if `command` is not a valid topic name.
+    /// @throw xymqtt::invalid_topic if `command` is not a valid topic name.
+    /// @throw xymqtt::error for an empty handler.
     subscription_id subscribe_results(const std::string& command, result_handler handler) override;
+    /// As the other subscribe_results: the loopback has one place for results.
+    /// @param command the command's base topic.
+    /// @param handler runs for each result (see result_handler).
+    /// @param routing ignored.
+    /// @return an id for unsubscribe.
+    /// @throw xymqtt::invalid_topic if `command` is not a valid topic name.
+    /// @throw xymqtt::error for an empty handler.
     subscription_id subscribe_results(const std::string& command, result_handler handler,
                                       std::optional<result_routing> routing) override;
 
-    /// Publishes an invoke of `command` (encoded as `opts.format` says) with a new message id.
+    /// Publishes an invoke of `command` (encoded as `opts.format` says) with a new message id. A
+    /// failure injected with fail_next_publish (either failure point) is thrown instead; nothing is
+    /// published then.
+    /// @param command the command's base topic.
+    /// @param body the encoded request, as `opts.format` says; for JSON, empty means `{}`.
+    /// @param opts format and expiry (`results` is ignored).
     /// @return the call's handle; each cancel() publishes `<command>/cancel` (the server ignores all
     ///         but the first); after the loopback is destroyed it throws client_closed.
-    /// @throw call_with_no_subscription unless results of `command` are subscribed: a
+    /// @throw xymqtt::invalid_topic if `command` is not a valid topic name.
+    /// @throw xymqtt::call_with_no_subscription unless results of `command` are subscribed: a
     ///        subscribe_results handler, or subscribe() filters matching `<command>/resolve` and
     ///        `<command>/reject`.
-    /// @throw parse_error if the format is JSON and `body` is not a JSON object (empty means `{}`).
-    /// @throw invalid_topic if `command` is not a valid topic name.
-    /// @throw the exception given to fail_next_publish (either failure point); nothing is published.
+    /// @throw xymqtt::parse_error if the format is JSON and `body` is not a JSON object.
     call_handle call(const std::string& command, std::string body, call_options opts = {}) override;
 
     /// Like call() without needing a subscription; `done` (or the future, in the form without it) gets
     /// the call's first resolve or reject (subscribe_results handlers do not). In manual mode the outcome
-    /// comes only while the test pumps. Destroying the loopback ends it with client_closed.
+    /// comes only while the test pumps. Destroying the loopback ends it with client_closed. A failure
+    /// injected with failure_point::thrown is thrown; one with failure_point::future is handed to `done`
+    /// (fails the future) instead. Nothing is published then.
+    /// @param command the command's base topic.
+    /// @param body the encoded request, as `opts.format` says; for JSON, empty means `{}`.
+    /// @param opts format and expiry (`results` is ignored).
     /// @param timeout if set, when it runs out (on the loopback's clock, see advance_clock) before a
     ///        result arrives, the outcome is timeout_error, a cancel is published and a later result is
     ///        ignored.
-    /// @throw as call() does, except call_with_no_subscription; an injected failure with
-    ///        failure_point::future is handed to `done` (fails the future) instead of being thrown.
+    /// @param done receives the outcome, exactly once (see call_completion).
+    /// @return the call's handle.
+    /// @throw xymqtt::configuration_error if `done` is empty.
+    /// @throw xymqtt::invalid_topic if `command` is not a valid topic name.
+    /// @throw xymqtt::parse_error if the format is JSON and `body` is not a JSON object.
     call_handle call_async(const std::string& command, std::string body, call_options opts,
                            std::optional<std::chrono::milliseconds> timeout, call_completion done) override;
     using transport::call_async;
@@ -223,17 +270,21 @@ public:
     /// @param max_deliveries stop after this many deliveries (a handler that always throws, with
     ///        retry_policy::max_attempts 0, would otherwise never let the loopback become idle).
     /// @return the number of deliveries run.
-    /// @throw std::logic_error in threaded mode.
+    /// @throw std::logic_error in threaded mode (unless `max_deliveries` is 0).
     std::size_t run_until_idle(std::size_t max_deliveries = 100000);
 
-    /// Runs the next delivery, if any (the one run_until_idle would run first).
-    /// @return true if a delivery ran. @throw std::logic_error in threaded mode.
+    /// Runs the next delivery, if any (the one run_until_idle would run first), after firing the
+    /// call_async timeouts that are due.
+    /// @return true if a delivery ran.
+    /// @throw std::logic_error in threaded mode.
     bool run_one();
 
     /// Runs the next delivery of the lane subscribed with exactly `filter` (for a shared filter, of
     /// the first member lane that has one); lets a test choose an interleaving, e.g. a cancel that
     /// overtakes its invoke.
-    /// @return true if a delivery ran. @throw std::logic_error in threaded mode.
+    /// @param filter the filter exactly as subscribed.
+    /// @return true if a delivery ran.
+    /// @throw std::logic_error in threaded mode.
     bool run_one(const std::string& filter);
 
     // ---- threaded mode ------------------------------------------------------------------------
@@ -241,7 +292,8 @@ public:
     /// Waits until no delivery is queued or running (a lane waiting for a retry is not idle). In
     /// manual mode: run_until_idle(), then reports whether the loopback is idle. Must not be called
     /// from a handler in threaded mode (its own delivery keeps the loopback busy).
-    /// @return false on timeout.
+    /// @param timeout how long to wait at most (threaded mode; manual mode does not wait).
+    /// @return false on timeout (manual mode: if it is not idle after run_until_idle).
     bool wait_idle(std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
     // ---- clock --------------------------------------------------------------------------------
@@ -249,12 +301,16 @@ public:
     /// Moves the loopback's clock forward by `d` (it otherwise follows the real clock). Used for
     /// invoke expiry, `message::received_at_ms`, call_async timeouts and, in threaded mode, retry
     /// delays.
+    /// @param d how far to move it; 0 or more.
+    /// @throw std::invalid_argument if `d` is negative.
     void advance_clock(std::chrono::milliseconds d);
 
     // ---- inspection and fault injection -------------------------------------------------------
 
     /// @return every accepted publish, in order (the command protocol's included).
     std::vector<published_message> published() const;
+    /// The accepted publishes to one topic.
+    /// @param topic the topic name, compared exactly.
     /// @return the accepted publishes to `topic`, in order.
     std::vector<published_message> published(const std::string& topic) const;
     /// Forgets the record of accepted publishes (delivery is not affected).
@@ -262,9 +318,12 @@ public:
     /// @return the dead letters, oldest first.
     std::vector<dead_letter_record> dead_letters() const;
     /// Queues dead letter `id` (its `msg.id`) again at the back of its filter's lane, as attempt 1.
+    /// @param id the dead letter's `msg.id`.
     /// @return false if `id` is unknown.
     bool replay_dead_letter(const std::string& id);
-    /// Deletes dead letter `id`. @return false if `id` is unknown.
+    /// Deletes dead letter `id`.
+    /// @param id the dead letter's `msg.id`.
+    /// @return false if `id` is unknown.
     bool purge_dead_letter(const std::string& id);
     /// Forgets the dead letters.
     void clear_dead_letters();
@@ -279,6 +338,7 @@ public:
     /// the command protocol made by the loopback itself (resolve, reject, cancel) are not affected.
     /// @param error e.g. `std::make_exception_ptr(xymqtt::broker_error("not authorized", 0x87))`.
     /// @param where whether the returned future fails or the call throws; call() always throws.
+    /// @throw std::invalid_argument if `error` is null.
     void fail_next_publish(std::exception_ptr error, failure_point where = failure_point::future);
 
     class impl;

@@ -1,4 +1,4 @@
-/// @file paho_records_file.h
+/// @file session_records_file.h
 /// Paho's records for the LMDB store: a map in memory, logged to a file through a shared mapping.
 ///
 /// Why: Paho writes or removes a record several times per packet (eight per published message), on its
@@ -30,7 +30,7 @@
 
 namespace xymqtt::detail {
 
-class paho_records_file final : public paho_records {
+class session_records_file final : public session_records {
 public:
     /// Opens (creating if needed) the records in directory `dir`. An unreadable log starts empty: the
     /// store's tables are the source of truth, so only duplicates can result.
@@ -38,13 +38,13 @@ public:
     /// @param min_capacity bytes of a new log file (more if the live records need it). Small, because
     ///        its blocks are reserved on disk while Paho's live records are only what is in flight.
     /// @throw storage_error (storage_full when the disk has no room for the file)
-    paho_records_file(const std::string& dir, bool durable_compaction,
+    session_records_file(const std::string& dir, bool durable_compaction,
                       std::size_t min_capacity = std::size_t(256) << 10);
     /// For the LMDB store: durable compactions with fsync durability.
-    paho_records_file(const std::string& dir, const store_options& opts);
-    ~paho_records_file() override;
-    paho_records_file(const paho_records_file&) = delete;
-    paho_records_file& operator=(const paho_records_file&) = delete;
+    session_records_file(const std::string& dir, const store_options& opts);
+    ~session_records_file() override;
+    session_records_file(const session_records_file&) = delete;
+    session_records_file& operator=(const session_records_file&) = delete;
 
     void put(const std::string& key, const std::string& value, bool sync) override;
     std::optional<std::string> get(const std::string& key) const override;

@@ -1,4 +1,4 @@
-// Paho's records in a logged in-memory map (runtime/src/paho_records_file.h): compaction, torn and
+// Paho's records in a logged in-memory map (runtime/src/session_records_file.h): compaction, torn and
 // corrupt logs, and records surviving a SIGKILL.
 #include <fcntl.h>
 #include <signal.h>
@@ -12,10 +12,10 @@
 #include <thread>
 #include <vector>
 
-#include "paho_records_file.h"
+#include "session_records_file.h"
 #include "store_test_util.h"
 
-using xymqtt::detail::paho_records_file;
+using xymqtt::detail::session_records_file;
 using store_test::overwrite;
 using store_test::reports_until_killed;
 using store_test::temp_dir;
@@ -32,7 +32,7 @@ std::string log_path(const temp_dir& tmp) { return tmp.store_dir() + "/records";
 TEST_CASE("paho records file: writes, removals and clear survive reopening", "[store][paho]") {
     temp_dir tmp;
     {
-        paho_records_file p(tmp.store_dir(), false, small);
+        session_records_file p(tmp.store_dir(), false, small);
         p.put("s5-2", "two", false);
         p.put("c5-1", std::string("\0bin", 4), false);
         p.put("s5-2", "TWO", false);
@@ -42,21 +42,21 @@ TEST_CASE("paho records file: writes, removals and clear survive reopening", "[s
         CHECK(p.keys() == std::vector<std::string>{"s5-2", "sc5-3"});
     }
     {
-        paho_records_file p(tmp.store_dir(), false, small);
+        session_records_file p(tmp.store_dir(), false, small);
         CHECK(p.keys() == std::vector<std::string>{"s5-2", "sc5-3"});
         CHECK(p.get("s5-2") == std::optional<std::string>("TWO"));
         CHECK_FALSE(p.get("c5-1").has_value());
         p.clear();
         p.put("x-1", "after clear", false);
     }
-    paho_records_file p(tmp.store_dir(), true, small);
+    session_records_file p(tmp.store_dir(), true, small);
     CHECK(p.keys() == std::vector<std::string>{"x-1"});
 }
 
 TEST_CASE("paho records file: compaction keeps the live records and grows for large ones", "[store][paho]") {
     temp_dir tmp;
     {
-        paho_records_file p(tmp.store_dir(), false, small);
+        session_records_file p(tmp.store_dir(), false, small);
         CHECK(p.capacity() == small);
         // Far more than one page of writes: many compactions, with a few records live throughout.
         for (int i = 0; i < 2000; ++i) {
@@ -68,7 +68,7 @@ TEST_CASE("paho records file: compaction keeps the live records and grows for la
         CHECK(p.capacity() >= 6 * small);
         CHECK(p.get("big") == std::optional<std::string>(std::string(3 * small, 'B')));
     }
-    paho_records_file reference(tmp.store_dir(), false, small);
+    session_records_file reference(tmp.store_dir(), false, small);
     CHECK(reference.get("big")->size() == 3 * small);
     CHECK(reference.keys().size() > 1);
     for (const auto& k : reference.keys()) {
@@ -89,7 +89,7 @@ TEST_CASE("paho records file: compaction keeps the live records and grows for la
 TEST_CASE("paho records file: the log ends at a torn or corrupt record", "[store][paho]") {
     temp_dir tmp;
     {
-        paho_records_file p(tmp.store_dir(), false, small);
+        session_records_file p(tmp.store_dir(), false, small);
         p.put("s5-1", "one", false);
         p.put("s5-2", "two", false);
     }
@@ -97,12 +97,12 @@ TEST_CASE("paho records file: the log ends at a torn or corrupt record", "[store
     const std::size_t first = header + 4 + 3;
     SECTION("torn") {
         overwrite(log_path(tmp), static_cast<off_t>(first + header + 2), "X");  // inside the second body
-        paho_records_file p(tmp.store_dir(), false, small);
+        session_records_file p(tmp.store_dir(), false, small);
         CHECK(p.keys().size() == 1);
     }
     SECTION("corrupt from the start") {
         overwrite(log_path(tmp), 0, std::string(64, 'g'));
-        paho_records_file p(tmp.store_dir(), false, small);
+        session_records_file p(tmp.store_dir(), false, small);
         CHECK(p.keys().empty());
         p.put("s5-3", "new", false);
         CHECK(p.get("s5-3") == std::optional<std::string>("new"));
@@ -113,7 +113,7 @@ TEST_CASE("paho records file: records written before a SIGKILL survive it", "[st
     temp_dir tmp;
     const auto reported = reports_until_killed([&](int fd) {
         try {
-            paho_records_file p(tmp.store_dir(), false, small);
+            session_records_file p(tmp.store_dir(), false, small);
             std::atomic<std::uint64_t> done{0};
             std::thread killer([&] {
                 while (done.load() < 3000) std::this_thread::yield();
@@ -135,7 +135,7 @@ TEST_CASE("paho records file: records written before a SIGKILL survive it", "[st
     const int last = static_cast<int>(reported.back());
 
     // The step after the last reported one may be there in part (its put, or also its removal), never torn.
-    paho_records_file p(tmp.store_dir(), false, small);
+    session_records_file p(tmp.store_dir(), false, small);
     const auto keys = p.keys();
     INFO("last reported step " << last);
     const auto key = [](int k) { return "s5-" + std::to_string(k); };

@@ -1,4 +1,4 @@
-#include "paho_records_file.h"
+#include "session_records_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -49,26 +49,26 @@ std::size_t page_round(std::size_t n) {
 
 }  // namespace
 
-paho_records_file::paho_records_file(const std::string& dir, bool durable_compaction, std::size_t min_capacity)
+session_records_file::session_records_file(const std::string& dir, bool durable_compaction, std::size_t min_capacity)
     : dir_(dir), path_(dir + "/records"), durable_compaction_(durable_compaction), min_capacity_(min_capacity) {
     make_private_dir(dir_);
     load();
     compact(0);  // drops removed records and a torn tail, and maps a file with room to write
 }
 
-paho_records_file::paho_records_file(const std::string& dir, const store_options& opts)
-    : paho_records_file(dir, opts.durability == durability::fsync) {}
+session_records_file::session_records_file(const std::string& dir, const store_options& opts)
+    : session_records_file(dir, opts.durability == durability::fsync) {}
 
-paho_records_file::~paho_records_file() { unmap(); }
+session_records_file::~session_records_file() { unmap(); }
 
-void paho_records_file::unmap() {
+void session_records_file::unmap() {
     if (map_) ::munmap(map_, capacity_);
     if (fd_ >= 0) ::close(fd_);
     map_ = nullptr;
     fd_ = -1;
 }
 
-void paho_records_file::load() {
+void session_records_file::load() {
     const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT) return;
@@ -102,7 +102,7 @@ void paho_records_file::load() {
     }
 }
 
-void paho_records_file::compact(std::size_t extra) {
+void session_records_file::compact(std::size_t extra) {
     std::size_t live = 0;
     for (const auto& [k, v] : records_) live += record_bytes(k, &v);
     const std::size_t cap = page_round(std::max(min_capacity_, 2 * (live + extra)));
@@ -139,14 +139,14 @@ void paho_records_file::compact(std::size_t extra) {
     }
 }
 
-void paho_records_file::append(const std::string& key, const std::string* value) {
+void session_records_file::append(const std::string& key, const std::string* value) {
     const std::size_t n = record_bytes(key, value);
     if (used_ + n > capacity_) compact(n);
     write_record(map_ + used_, key, value);
     used_ += n;
 }
 
-void paho_records_file::put(const std::string& key, const std::string& value, bool sync) {
+void session_records_file::put(const std::string& key, const std::string& value, bool sync) {
     std::lock_guard<std::mutex> lk(mu_);
     append(key, &value);
     records_[key] = value;
@@ -154,14 +154,14 @@ void paho_records_file::put(const std::string& key, const std::string& value, bo
     if (sync && ::fdatasync(fd_) != 0) fail(path_, "sync", errno);
 }
 
-std::optional<std::string> paho_records_file::get(const std::string& key) const {
+std::optional<std::string> session_records_file::get(const std::string& key) const {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = records_.find(key);
     if (it == records_.end()) return std::nullopt;
     return it->second;
 }
 
-void paho_records_file::remove(const std::string& key) {
+void session_records_file::remove(const std::string& key) {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = records_.find(key);
     if (it == records_.end()) return;
@@ -169,7 +169,7 @@ void paho_records_file::remove(const std::string& key) {
     records_.erase(it);
 }
 
-std::vector<std::string> paho_records_file::keys() const {
+std::vector<std::string> session_records_file::keys() const {
     std::vector<std::string> out;
     {
         std::lock_guard<std::mutex> lk(mu_);
@@ -180,7 +180,7 @@ std::vector<std::string> paho_records_file::keys() const {
     return out;
 }
 
-void paho_records_file::clear() {
+void session_records_file::clear() {
     std::lock_guard<std::mutex> lk(mu_);
     auto kept = std::move(records_);
     records_.clear();
@@ -192,7 +192,7 @@ void paho_records_file::clear() {
     }
 }
 
-std::size_t paho_records_file::capacity() const {
+std::size_t session_records_file::capacity() const {
     std::lock_guard<std::mutex> lk(mu_);
     return capacity_;
 }
