@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <iostream>
 #include <random>
@@ -36,6 +37,26 @@ void add_common_flags(CLI::App& app, common_flags& flags) {
             }
         })
         ->capture_default_str();
+
+    // The broker's credentials and TLS files, as the xymqtt command-line tool takes them.
+    if (const char* user = std::getenv("XYMQTT_USERNAME")) flags.username = user;
+    if (const char* password = std::getenv("XYMQTT_PASSWORD")) flags.password = password;
+    app.add_option("--username", flags.username, "User name at the broker (default $XYMQTT_USERNAME)");
+    app.add_option("--password", flags.password,
+                   "Password at the broker; prefer $XYMQTT_PASSWORD, which stays out of ps and the shell history");
+    app.add_option("--cafile", flags.cafile, "TLS: PEM file of the CAs to trust (default: the system's)")
+        ->check(CLI::ExistingFile);
+    app.add_option("--cert", flags.cert, "TLS: client certificate (PEM), for mutual TLS; needs --key")
+        ->check(CLI::ExistingFile);
+    app.add_option("--key", flags.key, "TLS: private key of --cert (PEM)")->check(CLI::ExistingFile);
+    app.final_callback([&flags] {
+        if (flags.cert.empty() != flags.key.empty()) throw CLI::ValidationError("--cert and --key go together");
+        const bool tls_uri = flags.broker.rfind("ssl://", 0) == 0 || flags.broker.rfind("mqtts://", 0) == 0;
+        // A tcp:// connection would ignore the files and send everything, password included, in clear.
+        if (!tls_uri && !(flags.cafile.empty() && flags.cert.empty()))
+            throw CLI::ValidationError("--cafile, --cert and --key need a TLS broker URI (ssl:// or mqtts://), not " +
+                                       flags.broker);
+    });
 }
 
 xymqtt::client_options client_options(const common_flags& flags, xymqtt::hooks hooks) {
@@ -44,6 +65,17 @@ xymqtt::client_options client_options(const common_flags& flags, xymqtt::hooks h
     options.client_id = flags.client_id;
     options.store_dir = flags.store.empty() ? "./.xymqtt/" + flags.client_id : flags.store;
     options.durability = flags.durability == "process" ? xymqtt::durability::process : xymqtt::durability::fsync;
+    options.username = flags.username;
+    options.password = flags.password;
+    const bool tls_uri = flags.broker.rfind("ssl://", 0) == 0 || flags.broker.rfind("mqtts://", 0) == 0;
+    if (tls_uri) {
+        // The server certificate and its host name are verified (tls_options' defaults).
+        xymqtt::tls_options tls;
+        tls.ca_file = flags.cafile;
+        tls.cert_file = flags.cert;
+        tls.key_file = flags.key;
+        options.tls = tls;
+    }
     options.hooks = std::move(hooks);
     return options;
 }

@@ -25,12 +25,19 @@ struct common_flags {
     std::string format = "binary";
     std::string durability = "fsync";
     std::string system = "publisher";
+    std::string username;    ///< Defaults to $XYMQTT_USERNAME; empty = none.
+    std::string password;    ///< Defaults to $XYMQTT_PASSWORD (stays out of `ps` and shell history).
+    std::string cafile;      ///< TLS: PEM file of trusted CAs; empty = the system's.
+    std::string cert;        ///< TLS: client certificate (PEM), for mutual TLS.
+    std::string key;         ///< TLS: the client certificate's private key (PEM, unencrypted).
 };
 
-/// Adds --broker, --client-id, --store, --format, --durability and --system to `app`.
+/// Adds --broker, --client-id, --store, --format, --durability, --system and the broker's credentials
+/// and TLS files (--username, --password, --cafile, --cert, --key) to `app`, and checks them together.
 void add_common_flags(CLI::App& app, common_flags& flags);
 
-/// The client's options for `flags`; `hooks` print what happens (see print_hooks).
+/// The client's options for `flags`; `hooks` print what happens (see print_hooks). TLS is on for an
+/// ssl:// or mqtts:// broker URI, with --cafile, --cert and --key as its files.
 xymqtt::client_options client_options(const common_flags& flags, xymqtt::hooks hooks);
 
 /// The generated stubs' options: the `{system}` topic token and the wire format.

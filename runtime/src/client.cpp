@@ -176,9 +176,15 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
         server srv{uri, {}, 0};
         if (!detail::parse_server_uri(uri, scheme, srv.host, srv.port))
             throw configuration_error(std::string(field) + " \"" + uri + "\" is not of the form tcp://host:port");
-        tls_scheme = tls_scheme || scheme == "ssl" || scheme == "mqtts";
-        if (scheme != "ssl" && scheme != "mqtts" && scheme != "tcp" && scheme != "mqtt")
+        const bool tls = scheme == "ssl" || scheme == "mqtts";
+        tls_scheme = tls_scheme || tls;
+        if (!tls && scheme != "tcp" && scheme != "mqtt")
             throw configuration_error(std::string(field) + " scheme \"" + scheme + "\" is not supported (tcp, mqtt, ssl, mqtts)");
+        // Paho chooses TLS by the scheme alone: TLS settings with tcp:// would connect in plain text,
+        // user name and password included.
+        if (!tls && opts_.tls)
+            throw configuration_error("tls is set but " + std::string(field) + " \"" + uri +
+                                      "\" is plain MQTT: use ssl:// or mqtts://");
         servers_.push_back(std::move(srv));
     }
     if (!opts_.paho_trace && !std::getenv("MQTT_C_CLIENT_TRACE") && !std::getenv("MQTT_C_CLIENT_TRACE_LEVEL")) {

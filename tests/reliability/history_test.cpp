@@ -10,6 +10,7 @@
 
 #include <random>
 
+#include "broker_save_watch.h"
 #include "history.h"
 #include "history_journal.h"
 #include "rel_util.h"
@@ -308,6 +309,7 @@ run_result run_scenario(const scenario& s) {
     std::mt19937_64 rng(seed);
     temp_dir dir("history");
     broker b;
+    broker_save_watch saves(b.dir() + "/data", "mosquitto.db", mono_us);
     tcp_proxy proxy(b.port(), seed);
     const std::string base = "rel/" + unique_id("hist");
 
@@ -553,12 +555,19 @@ run_result run_scenario(const scenario& s) {
                 b.start();
                 bound = per_reconnect;
                 break;
-            case fault_kind::broker_kill:
-                b.kill();  // only what its last autosave (every second) wrote survives
+            case fault_kind::broker_kill: {
+                // Only what its last completed save took survives. Since that save began, or 2 s (the
+                // autosave interval of 1 s plus a save) when no save was seen; plus the time the watch
+                // takes to see a save begin.
+                const auto snapshot = saves.last_snapshot();
+                b.kill();
                 b.start();
                 bound = per_reconnect;
-                forget = 2000000;  // autosave_interval 1 s, plus the time a save takes
+                forget = std::max<std::int64_t>(2000000, snapshot ? start - snapshot + 200000 : 0);
+                std::printf("broker kill: last snapshot %.3f s before, forget window %.3f s\n",
+                            snapshot ? double(start - snapshot) / 1e6 : -1.0, double(forget) / 1e6);
                 break;
+            }
         }
         const auto end = mono_us();
         const auto index = h.fault(name_of(kind), start, end, bound, forget);

@@ -6,6 +6,7 @@
 
 #include "broker_capabilities.h"
 #include "util.h"
+#include "xymqtt/exception.h"
 
 using namespace xymqtt;
 using namespace xymqtt::test;
@@ -132,6 +133,17 @@ TEST_CASE("server_uris: each URI is checked at construction", "[failover][errors
     CHECK_THROWS_WITH(client(o), Catch::Contains("server_uris scheme \"http\" is not supported"));
     o.server_uris = {"tcp://127.0.0.1:1883", "tcp://host:port"};
     CHECK_THROWS_WITH(client(o), Catch::Contains("server_uris \"tcp://host:port\" is not of the form"));
+}
+
+TEST_CASE("TLS settings with a plain tcp:// URI are refused: the connection would not be encrypted", "[errors][tls]") {
+    temp_dir dir("tls-plain");
+    auto o = options_for(dir, unique_id("plain"), "tcp://127.0.0.1:1883");
+    o.tls = tls_options{};
+    CHECK_THROWS_AS(client(o), configuration_error);
+    CHECK_THROWS_WITH(client(o), Catch::Contains("tls is set but server_uri \"tcp://127.0.0.1:1883\" is plain MQTT"));
+    o.server_uri = "ssl://127.0.0.1:8883";
+    o.server_uris = {"ssl://127.0.0.1:8883", "mqtt://127.0.0.1:1883"};
+    CHECK_THROWS_WITH(client(o), Catch::Contains("server_uris \"mqtt://127.0.0.1:1883\" is plain MQTT"));
 }
 
 TEST_CASE("broker capabilities: each one lacking or reduced is named", "[failover][unit]") {

@@ -817,6 +817,13 @@ TEST_CASE("TLS flags as mosquitto_pub's: --cafile, --capath, --cert/--key with -
         CHECK(contains(r.output, "cannot read " + certs.path("missing.crt")));
     }
 
+    SECTION("TLS files with a plain tcp:// broker: a usage error, nothing sent in clear") {
+        auto r = run(pub + std::vector<std::string>{"--broker", "tcp://localhost:" + std::to_string(good), "--connect-timeout",
+                                                    "3000"} + ca);
+        CHECK(r.code == 1);
+        CHECK(contains(r.output, "need an ssl:// or mqtts:// broker URI"));
+    }
+
     SECTION("--capath: a directory of CAs named by hash (openssl rehash); one without the signing CA is refused") {
         const std::string good_dir = certs.path("cas"), wrong_dir = certs.path("wrong-cas");
         for (const auto& [dir, file] : {std::pair{good_dir, "ca.crt"}, std::pair{wrong_dir, "wrong-ca.crt"}}) {

@@ -131,7 +131,10 @@ session open_client(const connection_flags& f, const std::string& subcommand, co
     if (!f.key_password.empty() && f.key.empty()) throw cli_error(exit_usage, "--key-password needs --key");
     if (!f.cert.empty() != !f.key.empty()) throw cli_error(exit_usage, "--cert and --key go together");
     const bool tls_uri = o.server_uri.rfind("ssl://", 0) == 0 || o.server_uri.rfind("mqtts://", 0) == 0;
-    if (tls_uri || !f.cafile.empty() || !f.capath.empty() || !f.cert.empty() || !f.key.empty()) {
+    if (!tls_uri && (!f.cafile.empty() || !f.capath.empty() || !f.cert.empty() || !f.key.empty()))
+        throw cli_error(exit_usage, "--cafile, --capath, --cert and --key need an ssl:// or mqtts:// broker URI (" +
+                                        o.server_uri + " is plain MQTT, passwords included)");
+    if (tls_uri) {
         for (const auto* file : {&f.cafile, &f.capath, &f.cert, &f.key})
             if (!file->empty() && ::access(file->c_str(), R_OK) != 0)
                 throw cli_error(exit_usage, "cannot read " + *file + ": " + std::strerror(errno));

@@ -38,7 +38,8 @@ struct client_options {
     std::string client_id;
     std::string username;                              ///< User name for the broker; empty = none.
     std::string password;                              ///< Password for the broker; empty = none.
-    /// TLS settings. When unset, ssl:// and mqtts:// URIs use the defaults of tls_options.
+    /// TLS settings, for ssl:// and mqtts:// URIs (unset: the defaults of tls_options). Set with a
+    /// tcp:// or mqtt:// URI, the client's constructor throws configuration_error.
     std::optional<tls_options> tls;
     int mqtt_version = 5;                              ///< 5 (default) or 4 (= 3.1.1).
     std::chrono::seconds session_expiry{7 * 24 * 3600};///< MQTT 5 session expiry interval.

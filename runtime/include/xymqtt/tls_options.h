@@ -1,8 +1,9 @@
 /// @file tls_options.h
 /// TLS settings of a client's connection to the broker.
 ///
-/// A client uses TLS when its `client_options::server_uri` has the scheme `ssl://` or `mqtts://`, or when
-/// `client_options::tls` is set. The settings are passed through to Paho. Unlike Paho, which leaves host
+/// A client uses TLS when its server URIs have the scheme `ssl://` or `mqtts://` (with the defaults of
+/// tls_options when `client_options::tls` is unset). `client_options::tls` with a `tcp://` or `mqtt://`
+/// URI is a configuration_error: the connection would be plain text. The settings are passed to Paho. Unlike Paho, which leaves host
 /// name verification off, xymqtt verifies both the server certificate and the host name by default.
 #pragma once
 
