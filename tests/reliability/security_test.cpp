@@ -12,6 +12,7 @@
 
 #include "rel_util.h"
 #include "support/child_process.h"
+#include "support/test_pki.h"
 #include "tcp_proxy.h"
 #include "xymqtt/exception.h"
 
@@ -21,58 +22,13 @@ using namespace std::chrono_literals;
 
 namespace {
 
-void run(const std::vector<std::string>& argv, const std::string& cwd) {
-    child_options o;
-    o.cwd = cwd;
-    child_process p(argv, o);
-    const auto rc = p.wait(60s);
-    INFO(p.output());
-    REQUIRE(rc == 0);
-}
-
-// A CA, a second unrelated CA, server certificates for "localhost" and for "otherhost", a client
-// certificate: EC P-256 keys, valid for two days.
-struct pki {
-    temp_dir dir{"pki"};
-    std::string path(const std::string& f) const { return dir / f; }
-    void ca(const std::string& name) {
-        run({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-             name + ".key", "-out", name + ".crt", "-days", "2", "-subj", "/CN=xymqtt test " + name},
-            dir.path());
-    }
-    void cert(const std::string& name, const std::string& ca, const std::string& cn, const std::string& san) {
-        run({"openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-             name + ".key", "-out", name + ".csr", "-subj", "/CN=" + cn},
-            dir.path());
-        write_file(dir / (name + ".ext"), san.empty() ? "basicConstraints=CA:FALSE\n"
-                                                      : "basicConstraints=CA:FALSE\nsubjectAltName=" + san + "\n");
-        run({"openssl", "x509", "-req", "-in", name + ".csr", "-CA", ca + ".crt", "-CAkey", ca + ".key",
-             "-CAcreateserial", "-out", name + ".crt", "-days", "2", "-extfile", name + ".ext"},
-            dir.path());
-    }
-    pki() {
-        ca("ca");
-        ca("wrong-ca");
-        cert("server", "ca", "localhost", "DNS:localhost");
-        cert("other", "ca", "otherhost", "DNS:otherhost");
-        cert("client", "ca", "xymqtt-client", "");
-        for (const auto& f : {"ca.key", "server.key", "other.key", "client.key", "wrong-ca.key"})
-            ::chmod(path(f).c_str(), 0644);  // Mosquitto may run as another user
-    }
-};
-
 struct tls_broker {
-    pki certs;
+    test_pki certs;
     std::uint16_t good = free_port(), other = free_port(), mutual = free_port();
     std::unique_ptr<broker> b;
     tls_broker() {
-        auto listener = [&](std::uint16_t port, const std::string& cert, bool require_client) {
-            return "listener " + std::to_string(port) + " 127.0.0.1\ncafile " + certs.path("ca.crt") + "\ncertfile " +
-                   certs.path(cert + ".crt") + "\nkeyfile " + certs.path(cert + ".key") + "\n" +
-                   (require_client ? "require_certificate true\n" : "");
-        };
-        b = std::make_unique<broker>(listener(good, "server", false) + listener(other, "other", false) +
-                                     listener(mutual, "server", true));
+        b = std::make_unique<broker>(certs.listener(good, "server", false) + certs.listener(other, "other", false) +
+                                     certs.listener(mutual, "server", true));
         REQUIRE(eventually([&] { return port_open(good) && port_open(other) && port_open(mutual); }, 10s));
     }
 };
@@ -177,7 +133,7 @@ struct acl_fixture {
     }
     acl_fixture() {
         write_file(pw, "");
-        run({"mosquitto_passwd", "-b", pw, "alice", secret}, dir.path());
+        run_checked({"mosquitto_passwd", "-b", pw, "alice", secret}, dir.path());
         write_file(acl, "user alice\ntopic readwrite allowed/#\ntopic read readonly/#\n");
         ::chmod(pw.c_str(), 0644);
         ::chmod(acl.c_str(), 0644);

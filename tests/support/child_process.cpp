@@ -296,4 +296,17 @@ std::string child_process::output() const {
   return all + partial_;
 }
 
+void run_checked(const std::vector<std::string>& argv, const std::string& cwd) {
+  child_options o;
+  o.cwd = cwd;
+  child_process p(argv, o);
+  const auto rc = p.wait(std::chrono::seconds(60));
+  if (rc != 0) {
+    std::string cmd;
+    for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
+    throw std::runtime_error(cmd + " failed (" + (rc ? "exit " + std::to_string(*rc) : std::string("timeout")) +
+                             "): " + p.output());
+  }
+}
+
 }  // namespace xymqtt::test

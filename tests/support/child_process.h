@@ -86,4 +86,8 @@ class child_process {
   std::thread reader_;
 };
 
+// Runs a set-up command (openssl, mosquitto_passwd...) in `cwd` ("" = the test's) to its end. Throws
+// std::runtime_error with its output if it fails or takes more than a minute.
+void run_checked(const std::vector<std::string>& argv, const std::string& cwd = {});
+
 }  // namespace xymqtt::test

@@ -16,6 +16,7 @@
 #include "support/broker.h"
 #include "support/child_process.h"
 #include "support/temp_dir.h"
+#include "support/test_pki.h"
 #include "xymqtt/client.h"
 
 using namespace xymqtt;
@@ -729,66 +730,12 @@ TEST_CASE("output templates (-F, --template): mosquitto_sub's placeholders for s
     }
 }
 
-namespace {
-
-void run_in(const std::vector<std::string>& argv, const std::string& cwd) {
-    child_options o;
-    o.cwd = cwd;
-    child_process p(argv, o);
-    const auto rc = p.wait(60s);
-    INFO(p.output());
-    REQUIRE(rc == 0);
-}
-
-// A test CA, a second unrelated CA, server certificates for "localhost" and "otherhost", a client certificate
-// with its key also encrypted: EC P-256 keys, valid for two days.
-struct pki {
-    temp_dir dir{"cli-pki"};
-    const std::string key_password = "k3y-" + make_message_id().substr(0, 8);
-    std::string path(const std::string& f) const { return dir / f; }
-    void ca(const std::string& name) {
-        run_in({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", name + ".key", "-out", name + ".crt", "-days", "2", "-subj", "/CN=xymqtt cli test " + name},
-               dir.path());
-    }
-    void cert(const std::string& name, const std::string& cn, const std::string& san) {
-        run_in({"openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-                name + ".key", "-out", name + ".csr", "-subj", "/CN=" + cn},
-               dir.path());
-        write_file(dir / (name + ".ext"), san.empty() ? "basicConstraints=CA:FALSE\n"
-                                                      : "basicConstraints=CA:FALSE\nsubjectAltName=" + san + "\n");
-        run_in({"openssl", "x509", "-req", "-in", name + ".csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", name + ".crt", "-days", "2", "-extfile", name + ".ext"},
-               dir.path());
-    }
-    pki() {
-        ca("ca");
-        ca("wrong-ca");
-        cert("server", "localhost", "DNS:localhost");
-        cert("other", "otherhost", "DNS:otherhost");
-        cert("client", "xymqtt-cli", "");
-        run_in({"openssl", "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "client.key", "-out", "client-enc.key",
-                "-passout", "pass:" + key_password},
-               dir.path());
-        for (const auto& f : {"ca.key", "server.key", "other.key", "client.key", "wrong-ca.key"})
-            std::filesystem::permissions(path(f), std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
-                                                      std::filesystem::perms::group_read |
-                                                      std::filesystem::perms::others_read);  // Mosquitto may run as another user
-    }
-};
-
-}  // namespace
-
 TEST_CASE("TLS flags as mosquitto_pub's: --cafile, --capath, --cert/--key with --key-password, --insecure, refusals exit 5",
           "[cli][tls]") {
-    pki certs;
+    test_pki certs("xymqtt-cli");
     const std::uint16_t good = free_port(), other = free_port(), mutual = free_port();
-    auto listener = [&](std::uint16_t port, const std::string& cert, bool require_client) {
-        return "listener " + std::to_string(port) + " 127.0.0.1\ncafile " + certs.path("ca.crt") + "\ncertfile " +
-               certs.path(cert + ".crt") + "\nkeyfile " + certs.path(cert + ".key") + "\n" +
-               (require_client ? "require_certificate true\n" : "");
-    };
-    broker tls_broker(listener(good, "server", false) + listener(other, "other", false) + listener(mutual, "server", true));
+    broker tls_broker(certs.listener(good, "server", false) + certs.listener(other, "other", false) +
+                      certs.listener(mutual, "server", true));
     for (auto port : {good, other, mutual})
         for (int i = 0; i < 100 && !port_open(port); ++i) std::this_thread::sleep_for(100ms);
     const std::string topic = "debug/" + unique("tls");
@@ -829,7 +776,7 @@ TEST_CASE("TLS flags as mosquitto_pub's: --cafile, --capath, --cert/--key with -
         for (const auto& [dir, file] : {std::pair{good_dir, "ca.crt"}, std::pair{wrong_dir, "wrong-ca.crt"}}) {
             std::filesystem::create_directories(dir);
             std::filesystem::copy_file(certs.path(file), dir + "/" + file);
-            run_in({"openssl", "rehash", "."}, dir);
+            run_checked({"openssl", "rehash", "."}, dir);
         }
         CHECK(run(pub + at(good) + std::vector<std::string>{"--capath", good_dir}).code == 0);
         auto r = run(pub + at(good) + std::vector<std::string>{"--capath", wrong_dir});
