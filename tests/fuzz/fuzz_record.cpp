@@ -1,4 +1,4 @@
-// libFuzzer harness: store record decoding (decode_record, parse_sequence_id in runtime/src/record.cpp).
+// libFuzzer harness: store record decoding (decode_record, parse_sequence_id in runtime/src/store/record.cpp).
 // Arbitrary bytes (a corrupt store) may only raise storage_error; a record that decodes must survive
 // encode -> decode unchanged.
 #include <cstddef>

@@ -1,4 +1,4 @@
-// libFuzzer harness: command payload decoding and encoding (runtime/src/wire.h), JSON and binary.
+// libFuzzer harness: command payload decoding and encoding (runtime/src/commands/wire.h), JSON and binary.
 // Input layout: byte 0 = flags (bit 0: protobuf content type, bit 1: correlation data present,
 // bit 2: rejected result, bit 3: JSON format for the encoders), byte 1 = correlation data length n,
 // then n bytes of correlation data, then the payload. Any exception other than the documented ones, any
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include "wire.h"
+#include "commands/wire.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/topic.h"
 

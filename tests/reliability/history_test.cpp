@@ -736,7 +736,7 @@ TEST_CASE("history session: MQTT 3.1.1 + SQLite + process durability, with cuts,
 }
 
 // Paho re-sends every connected client's in-flight packets when one client connects with flows to
-// resume; the runtime's connect gate drains the others first (runtime/src/connect_gate.h).
+// resume; the runtime's connect gate drains the others first (runtime/src/session/connect_gate.h).
 TEST_CASE("history session: four clients in one process, with cuts, kills, broker restarts",
           "[history][session][s-clients4]") {
     scenario s;

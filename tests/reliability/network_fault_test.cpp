@@ -22,7 +22,7 @@ using namespace std::chrono_literals;
 TEST_CASE("network faults: cuts at random points, stalls and slow links lose nothing", "[network]") {
     // Four clients in one process behind one proxy. About 1 run in 12 used to crash inside Paho C (SIGSEGV in
     // MQTTProtocol_removePublication) in the reconnect storms of finding F7, so this ran outside CI; the
-    // runtime's connect gate (runtime/src/connect_gate.h) now keeps Paho from re-sending other clients'
+    // runtime's connect gate (runtime/src/session/connect_gate.h) now keeps Paho from re-sending other clients'
     // packets, and the run is part of CTest.
     const std::uint64_t seed = env_number("XYMQTT_REL_SEED", std::random_device{}());
     std::printf("network faults: seed %llu\n", (unsigned long long)seed);

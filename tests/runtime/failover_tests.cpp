@@ -4,7 +4,7 @@
 #include <atomic>
 #include <mutex>
 
-#include "broker_capabilities.h"
+#include "session/broker_capabilities.h"
 #include "util.h"
 #include "xymqtt/exception.h"
 

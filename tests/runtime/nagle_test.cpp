@@ -13,9 +13,9 @@
 #include <string>
 #include <thread>
 
-#include "nagle_governor.h"
+#include "session/nagle_governor.h"
 #include "support/eventually.h"
-#include "tcp_nodelay.h"
+#include "session/tcp_nodelay.h"
 
 using namespace std::chrono_literals;
 using xymqtt::detail::nagle_governor;

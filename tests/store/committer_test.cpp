@@ -1,4 +1,4 @@
-// The group committer (runtime/src/committer.h) over a real LMDB store: which thread commits, what goes
+// The group committer (runtime/src/outbox/committer.h) over a real LMDB store: which thread commits, what goes
 // into one transaction, FIFO order while a leading caller commits, and wake-ups after a lead.
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "committer.h"
+#include "outbox/committer.h"
 #include "xymqtt/exception.h"
 #include "store_test_util.h"
 

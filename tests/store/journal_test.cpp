@@ -1,4 +1,4 @@
-// The LMDB store's write-ahead journal (runtime/src/journal.h): what recovery returns after resets,
+// The LMDB store's write-ahead journal (runtime/src/store/journal.h): what recovery returns after resets,
 // torn records and stale records from an earlier cycle.
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "journal.h"
+#include "store/journal.h"
 #include "store_test_util.h"
 
 using xymqtt::detail::crc32;

@@ -1,4 +1,4 @@
-// The Paho C behaviour that the runtime's persistence adapter (runtime/src/paho_persistence.h) relies on,
+// The Paho C behaviour that the runtime's persistence adapter (runtime/src/session/paho_persistence.h) relies on,
 // pinned against a scripted MQTT peer on loopback: a broker cannot be made to send these exact packet
 // sequences (a DUP resend within a connection, a PUBREL for an unknown id), so this peer does. These tests
 // fail if a Paho upgrade changes any of it:
@@ -10,7 +10,7 @@
 //    id once the session is present, and removes it at PUBCOMP;
 //  - MQTT 3.1.1, inbound QoS 2: Paho delivers at PUBREL and removes `r-<id>` after the callback.
 // The packet id of a received message is reachable only through c_struct(), compiled in for Paho's own
-// unit tests (as in runtime/src/client.cpp).
+// unit tests (as in runtime/src/client/client.cpp).
 #define UNIT_TESTS 1
 #include <mqtt/message.h>
 #undef UNIT_TESTS
@@ -34,8 +34,8 @@
 #include <string>
 #include <vector>
 
-#include "paho_persistence.h"
-#include "session_records_file.h"
+#include "session/paho_persistence.h"
+#include "store/session_records_file.h"
 #include "store_test_util.h"
 
 using xymqtt::detail::paho_persistence;

@@ -1,4 +1,4 @@
-// Paho's persistence adapter (runtime/src/paho_persistence.h) over a real records file: MQTT 5 inbound
+// Paho's persistence adapter (runtime/src/session/paho_persistence.h) over a real records file: MQTT 5 inbound
 // records kept apart from Paho (stored at the commit, resends recognised), and the MQTT 3.1.1 hold-back.
 #include <mqtt/exception.h>
 
@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "paho_persistence.h"
-#include "session_records_file.h"
+#include "session/paho_persistence.h"
+#include "store/session_records_file.h"
 #include "store_test_util.h"
 
 using xymqtt::detail::paho_persistence;

@@ -1,4 +1,4 @@
-// Paho's records in a logged in-memory map (runtime/src/session_records_file.h): compaction, torn and
+// Paho's records in a logged in-memory map (runtime/src/store/session_records_file.h): compaction, torn and
 // corrupt logs, and records surviving a SIGKILL.
 #include <fcntl.h>
 #include <signal.h>
@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "session_records_file.h"
+#include "store/session_records_file.h"
 #include "store_test_util.h"
 
 using xymqtt::detail::session_records_file;

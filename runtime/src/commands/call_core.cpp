@@ -1,4 +1,4 @@
-#include "call_core.h"
+#include "commands/call_core.h"
 
 #include <cstdio>
 

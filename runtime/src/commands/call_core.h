@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "../wire.h"
+#include "commands/wire.h"
 #include "xymqtt/message.h"
 #include "xymqtt/transport.h"
 

@@ -20,8 +20,8 @@
 #include <stdexcept>
 #include <thread>
 
-#include "../commands/call_core.h"
-#include "../wire.h"
+#include "commands/call_core.h"
+#include "commands/wire.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/topic.h"
 

@@ -1,4 +1,4 @@
-#include "paho_persistence.h"
+#include "session/paho_persistence.h"
 
 #include <mqtt/exception.h>
 

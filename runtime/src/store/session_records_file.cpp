@@ -1,4 +1,4 @@
-#include "session_records_file.h"
+#include "store/session_records_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "journal.h"
-#include "store_util.h"
+#include "store/journal.h"
+#include "store/store_util.h"
 #include "xymqtt/exception.h"
 
 namespace xymqtt::detail {

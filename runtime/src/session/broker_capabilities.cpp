@@ -1,4 +1,4 @@
-#include "broker_capabilities.h"
+#include "session/broker_capabilities.h"
 
 #include <functional>
 

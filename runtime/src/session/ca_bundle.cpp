@@ -1,4 +1,4 @@
-#include "ca_bundle.h"
+#include "session/ca_bundle.h"
 
 #include <sys/stat.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "worker_pool.h"
+#include "commands/worker_pool.h"
 
 #include <algorithm>
 

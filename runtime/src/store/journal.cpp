@@ -1,4 +1,4 @@
-#include "journal.h"
+#include "store/journal.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -12,7 +12,7 @@
 #include <cstring>
 #include <utility>
 
-#include "store_util.h"
+#include "store/store_util.h"
 #include "xymqtt/exception.h"
 
 namespace xymqtt::detail {

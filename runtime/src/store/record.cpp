@@ -14,7 +14,7 @@
 #include <cstring>
 #include <limits>
 
-#include "store_util.h"
+#include "store/store_util.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/store.h"
 

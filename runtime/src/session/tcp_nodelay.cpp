@@ -1,4 +1,4 @@
-#include "tcp_nodelay.h"
+#include "session/tcp_nodelay.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>

@@ -1,4 +1,4 @@
-#include "connect_gate.h"
+#include "session/connect_gate.h"
 
 namespace xymqtt::detail {
 

@@ -15,11 +15,11 @@
 #include <iostream>
 #include <random>
 
-#include "broker_capabilities.h"
-#include "ca_bundle.h"
-#include "client_impl.h"
-#include "tcp_nodelay.h"
-#include "wire.h"
+#include "client/client_impl.h"
+#include "commands/wire.h"
+#include "session/broker_capabilities.h"
+#include "session/ca_bundle.h"
+#include "session/tcp_nodelay.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/topic.h"
 

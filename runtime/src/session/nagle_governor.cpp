@@ -1,4 +1,4 @@
-#include "nagle_governor.h"
+#include "session/nagle_governor.h"
 
 #include <algorithm>
 

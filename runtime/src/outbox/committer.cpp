@@ -1,4 +1,4 @@
-#include "committer.h"
+#include "outbox/committer.h"
 
 #include <algorithm>
 #include <future>

@@ -1,4 +1,4 @@
-#include "wire.h"
+#include "commands/wire.h"
 
 #include <nlohmann/json.hpp>
 

@@ -10,7 +10,7 @@
 #include <cerrno>
 #include <mutex>
 
-#include "store_util.h"
+#include "store/store_util.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/store.h"
 

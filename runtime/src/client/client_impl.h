@@ -14,13 +14,13 @@
 #include <thread>
 #include <unordered_map>
 
-#include "ca_bundle.h"
 #include "commands/call_core.h"
-#include "committer.h"
-#include "connect_gate.h"
-#include "nagle_governor.h"
-#include "paho_persistence.h"
-#include "worker_pool.h"
+#include "commands/worker_pool.h"
+#include "outbox/committer.h"
+#include "session/ca_bundle.h"
+#include "session/connect_gate.h"
+#include "session/nagle_governor.h"
+#include "session/paho_persistence.h"
 #include "xymqtt/client.h"
 
 namespace xymqtt {

@@ -15,7 +15,7 @@
 #include <mutex>
 #include <thread>
 
-#include "tcp_nodelay.h"
+#include "session/tcp_nodelay.h"
 
 namespace xymqtt::detail {
 

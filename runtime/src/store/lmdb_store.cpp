@@ -32,9 +32,9 @@
 #include <string_view>
 #include <utility>
 
-#include "journal.h"
-#include "session_records_file.h"
-#include "store_util.h"
+#include "store/journal.h"
+#include "store/session_records_file.h"
+#include "store/store_util.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/store.h"
 

@@ -10,7 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "store_util.h"
+#include "store/store_util.h"
 #include "xymqtt/exception.h"
 
 namespace xymqtt {

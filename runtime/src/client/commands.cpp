@@ -1,7 +1,7 @@
 // The command protocol of xy-mqtt on top of the durable inbox and outbox:
 // `<command>/invoke`, `<command>/resolve`, `<command>/reject`, `<command>/cancel`.
-#include "client_impl.h"
-#include "wire.h"
+#include "client/client_impl.h"
+#include "commands/wire.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/topic.h"
 
