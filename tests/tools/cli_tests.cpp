@@ -142,6 +142,37 @@ TEST_CASE("describe lists services, tokens, events and commands of the example s
     }
 }
 
+TEST_CASE("command names from RPC names: the corpus the generator's test reads too", "[cli]") {
+    // tests/schema_rules/command_names.txt: "<rpc name> <command name>" per line.
+    std::ifstream corpus(std::string(XYMQTT_SOURCE_DIR) + "/tests/schema_rules/command_names.txt");
+    REQUIRE(corpus);
+    std::vector<std::pair<std::string, std::string>> cases;
+    for (std::string line; std::getline(corpus, line);) {
+        if (line.empty() || line[0] == '#') continue;
+        const auto space = line.find(' ');
+        REQUIRE(space != std::string::npos);
+        cases.emplace_back(line.substr(0, space), line.substr(space + 1));
+    }
+    REQUIRE(cases.size() > 10);
+    temp_dir dir("cli-names");
+    std::string proto = "syntax = \"proto3\";\npackage names;\nimport \"xymqtt/options.proto\";\nmessage M {}\n"
+                        "service Names {\n";
+    for (std::size_t i = 0; i < cases.size(); ++i)
+        proto += "  rpc " + cases[i].first + "(M) returns (M) { option (xymqtt.command) = { topic: \"cmd/names/" +
+                 std::to_string(i) + "\" }; }\n";
+    write_file(dir / "names.proto", proto + "}\n");
+    auto r = run({"describe", "--json", "-s", dir / "names.proto", "-I", dir.path()});
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    const auto commands = json::parse(r.output).at(0).at("commands");
+    REQUIRE(commands.size() == cases.size());
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+        INFO(cases[i].first);
+        CHECK(commands[i]["rpc"] == cases[i].first);
+        CHECK(commands[i]["name"] == cases[i].second);
+    }
+}
+
 TEST_CASE("the version: xymqtt --version prints what VERSION holds", "[cli]") {
     std::ifstream f(std::string(XYMQTT_SOURCE_DIR) + "/VERSION");
     std::string version;

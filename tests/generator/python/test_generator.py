@@ -212,6 +212,18 @@ class Model(unittest.TestCase):
         with self.assertRaises(model.ParameterError):
             model.parse_parameters("namespace=x")
 
+    def test_command_names_corpus(self):
+        """The corpus the command-line tool's test reads too: both derive the same command names."""
+        from xymqtt_gen import model
+        corpus = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "schema_rules",
+                              "command_names.txt")
+        with open(corpus, encoding="utf-8") as f:
+            cases = [line.split() for line in f if line.strip() and not line.startswith("#")]
+        self.assertGreater(len(cases), 10)
+        for rpc, command in cases:
+            with self.subTest(rpc=rpc):
+                self.assertEqual(model.snake(rpc), command)
+
     def test_names(self):
         from xymqtt_gen import model
         self.assertEqual(model.snake("GetStock"), "get_stock")
