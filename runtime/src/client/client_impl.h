@@ -283,8 +283,9 @@ private:
     /// client cannot have per-client result topics (MQTT 3.1.1, a client id that is no topic level).
     result_routing routing_of(std::optional<result_routing> routing) const;
     bool has_result_subscription(const std::string& command, result_routing routing) const;
+    // `routing`: routing_of(opts.results), resolved once by the caller.
     std::string start_call(const std::string& command, std::string body, const call_options& opts,
-                           call_completion awaiting);
+                           result_routing routing, call_completion awaiting);
     call_handle make_handle(const std::string& command, const std::string& id, wire_format format);
     /// Removes and returns the completion of a call awaited by call_async, or an empty one. Takes mu_.
     call_completion take_awaiting(const std::string& id);

@@ -1,5 +1,7 @@
 // The command protocol of xy-mqtt on top of the durable inbox and outbox:
 // `<command>/invoke`, `<command>/resolve`, `<command>/reject`, `<command>/cancel`.
+#include <algorithm>
+
 #include "client/client_impl.h"
 #include "commands/wire.h"
 #include "xymqtt/exception.h"
@@ -68,6 +70,11 @@ void client::impl::command_unregister(const std::string& command) {
         if (it == commands_.end()) return;
         e = it->second;
         commands_.erase(it);
+        // Kept until their threads have ended (close() waits for them); the ended ones are let go here, so
+        // that registering and unregistering a command again and again does not pile up pools.
+        retired_workers_.erase(std::remove_if(retired_workers_.begin(), retired_workers_.end(),
+                                              [](const auto& w) { return w->ended(); }),
+                               retired_workers_.end());
         if (e.workers) retired_workers_.push_back(e.workers);
     }
     remove_handler(e.invoke_sub);
@@ -390,10 +397,10 @@ bool client::impl::has_result_subscription(const std::string& command, result_ro
 }
 
 std::string client::impl::start_call(const std::string& command, std::string body, const call_options& opts,
-                                     call_completion awaiting) {
+                                     result_routing routing, call_completion awaiting) {
     if (opts.format == wire_format::binary && opts_.mqtt_version != 5)
         throw configuration_error("the binary format carries the message id in MQTT 5 properties: use MQTT 5 or JSON");
-    const bool per_client = routing_of(opts.results) == result_routing::per_client;
+    const bool per_client = routing == result_routing::per_client;
     if (per_client) {
         // Nothing is accepted that could never be answered.
         std::lock_guard<std::mutex> lk(mu_);
@@ -513,7 +520,7 @@ call_handle client::impl::call(const std::string& command, std::string body, cal
         throw call_with_no_subscription("call of " + command + " needs subscriptions to " + wire::resolve_topic(command) +
                                         " and " + wire::reject_topic(command) +
                                         " (subscribe_results): results may arrive while this client is offline");
-    const auto id = start_call(command, std::move(body), opts, nullptr);
+    const auto id = start_call(command, std::move(body), opts, routing, nullptr);
     return make_handle(command, id, opts.format);
 }
 
@@ -522,8 +529,9 @@ call_handle client::impl::call_async(const std::string& command, std::string bod
     if (!done) throw configuration_error("call_async of " + command + " needs a completion");
     validate_topic_name(command);
     require_open();
-    ensure_results_lane(command, routing_of(opts.results));
-    const auto id = start_call(command, std::move(body), opts, std::move(done));
+    const auto routing = routing_of(opts.results);
+    ensure_results_lane(command, routing);
+    const auto id = start_call(command, std::move(body), opts, routing, std::move(done));
     const auto f = opts.format;
     if (timeout) {
         schedule(std::chrono::steady_clock::now() + *timeout, [this, command, id, f, t = *timeout] {

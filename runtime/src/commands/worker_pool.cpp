@@ -63,6 +63,11 @@ void worker_pool::wait_ended() {
     ended_cv_.wait(lk, [&] { return live_ == 0; });
 }
 
+bool worker_pool::ended() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return stopping_ && live_ == 0;
+}
+
 bool worker_pool::owns_this_thread() const {
     std::lock_guard<std::mutex> lk(mu_);
     return std::any_of(threads_.begin(), threads_.end(),

@@ -30,6 +30,9 @@ public:
     /// Waits until every thread of the pool has ended.
     void wait_ended();
 
+    /// @return whether every thread of the pool has ended (after stop()).
+    bool ended() const;
+
     /// @return whether the calling thread is one of this pool's.
     bool owns_this_thread() const;
 
