@@ -18,6 +18,9 @@ XYMQTT_APT_PACKAGES=(
 )
 # Only when no `node` is on PATH (a Node.js installed outside apt is fine).
 XYMQTT_APT_NODE_PACKAGES=(nodejs npm)
+# Optional: a second broker that clusters (ejabberd's mod_mqtt), for scripts/cluster and tests/cluster
+# only. Not part of the list above: the test suite does not need it (tests/cluster skips without it).
+XYMQTT_APT_CLUSTER_PACKAGES=(ejabberd)
 
 xymqtt_log() { printf '==> %s\n' "$*" >&2; }
 xymqtt_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -109,4 +112,31 @@ xymqtt_ensure_interop_deps() {
   fi
   mkdir -p "${dir}/node_modules"
   touch "${stamp}"
+}
+
+# Installs the clustered broker (XYMQTT_APT_CLUSTER_PACKAGES) when missing, for scripts/cluster and
+# scripts/reliability, then stops and disables the system service that Debian's package starts (the
+# cluster runs its own nodes). XYMQTT_CLUSTER_NO_INSTALL=1: fail instead.
+xymqtt_ensure_cluster_packages() {
+  command -v dpkg-query >/dev/null 2>&1 || xymqtt_die "dpkg-query not found: the cluster scripts set up Debian 12's ejabberd"
+  local missing
+  mapfile -t missing < <(xymqtt_missing_packages "${XYMQTT_APT_CLUSTER_PACKAGES[@]}")
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    [[ ${XYMQTT_CLUSTER_NO_INSTALL:-0} != 1 ]] || xymqtt_die "not installed: ${missing[*]} (apt-get install ${missing[*]})"
+    xymqtt_log "installing Debian packages: ${missing[*]}"
+    xymqtt_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    xymqtt_as_root env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}"
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet ejabberd 2>/dev/null; then
+      xymqtt_log "disabling the system ejabberd service (scripts/cluster runs its own nodes)"
+      xymqtt_as_root systemctl disable --now ejabberd >/dev/null 2>&1 || true
+    fi
+    if [[ -x /usr/sbin/ejabberdctl ]] && pgrep -u ejabberd -x beam.smp >/dev/null 2>&1; then
+      xymqtt_log "stopping the system ejabberd the package started"
+      xymqtt_as_root /usr/sbin/ejabberdctl stop >/dev/null 2>&1 || true
+    fi
+  fi
+  command -v erl >/dev/null 2>&1 || xymqtt_die "erl not found (Debian: erlang-base, a dependency of ejabberd)"
+  command -v epmd >/dev/null 2>&1 || PATH="${PATH}:/usr/lib/erlang/bin"
+  command -v epmd >/dev/null 2>&1 || xymqtt_die "epmd not found (Debian: erlang-base)"
 }
