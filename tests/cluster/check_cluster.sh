@@ -43,14 +43,15 @@ set -euo pipefail
 check="${1:?usage: check_cluster.sh CHECK SOURCE_DIR}"
 root="$(cd "${2:?usage: check_cluster.sh CHECK SOURCE_DIR}" && pwd)"
 
-skip() { printf 'SKIP: %s\n' "$*"; exit 77; }
 fail() {
   printf 'FAIL: %s\n' "$*" >&2
   dump_logs >&2
   exit 1
 }
-ok() { printf 'ok: %s\n' "$*"; }
 finding() { printf 'finding: %s\n' "$*"; }
+# shellcheck source=tests/support/checks.sh
+source "${root}/tests/support/checks.sh"
+CHECK_TIMEOUT=120
 
 dpkg-query -W -f='${Status}\n' ejabberd 2>/dev/null | grep -qx 'install ok installed' \
   || skip "ejabberd is not installed (scripts/cluster installs it: XYMQTT_APT_CLUSTER_PACKAGES)"
@@ -117,60 +118,6 @@ start_cluster() {
 }
 
 cluster_cmd() { "${root}/scripts/cluster" "$1" "${cluster}" "${@:2}"; }
-
-# background NAME COMMAND...: stdout in ${work}/NAME.out, stderr in NAME.err; sets BG_PID.
-background() {
-  local name="$1"
-  shift
-  "$@" >"${work}/${name}.out" 2>"${work}/${name}.err" &
-  BG_PID=$!
-  children+=("${BG_PID}")
-}
-
-# wait_for_exit PID NAME [SECONDS]: the exit status of a background program, which must end in time.
-wait_for_exit() {
-  local pid="$1" name="$2" deadline=$((SECONDS + ${3:-60}))
-  while kill -0 "${pid}" 2>/dev/null; do
-    if ((SECONDS >= deadline)); then
-      kill -KILL "${pid}" 2>/dev/null || true
-      fail "${name} did not end within ${3:-60} s; its output:
-$(cat "${work}/${name}.out" "${work}/${name}.err" 2>/dev/null)"
-    fi
-    sleep 0.05
-  done
-  local status=0
-  wait "${pid}" || status=$?
-  return "${status}"
-}
-
-# expect_exit STATUS NAME COMMAND...: runs COMMAND (output in ${work}/NAME.out/.err), checks its status.
-expect_exit() {
-  local want="$1" name="$2" status=0
-  shift 2
-  if declare -F "$1" >/dev/null; then
-    "$@" >"${work}/${name}.out" 2>"${work}/${name}.err" || status=$?  # a function of this script (cli)
-  else
-    timeout 120 "$@" >"${work}/${name}.out" 2>"${work}/${name}.err" || status=$?
-  fi
-  [[ ${status} == "${want}" ]] || fail "${name}: exit status ${status}, want ${want}; output:
-$(cat "${work}/${name}.out" "${work}/${name}.err")"
-}
-
-# expect_text NAME.out|NAME.err TEXT: the output file contains TEXT.
-expect_text() {
-  grep -qF -- "$2" "${work}/$1" || fail "${1%.*} did not print '$2'; it printed:
-$(cat "${work}/$1")"
-}
-
-# wait_for_text FILE TEXT [SECONDS]
-wait_for_text() {
-  local file="$1" text="$2" deadline=$((SECONDS + ${3:-30}))
-  until grep -qF -- "${text}" "${file}" 2>/dev/null; do
-    ((SECONDS < deadline)) || fail "'${text}' did not appear in ${file}:
-$(cat "${file}" 2>/dev/null)"
-    sleep 0.05
-  done
-}
 
 # wait_for_subscription FILTER CLIENT_ID [SECONDS]: mod_mqtt's registry holds the subscription.
 wait_for_subscription() {

@@ -29,9 +29,14 @@ root="$(cd "${2:?usage: check_secure.sh CHECK SOURCE_DIR}" && pwd)"
 source "${root}/scripts/lib/broker.sh"
 PATH="${PATH}:/usr/sbin"
 
-skip() { printf 'SKIP: %s\n' "$*"; exit 77; }
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
-ok() { printf 'ok: %s\n' "$*"; }
+# A failure shows the broker's log too.
+fail() {
+  printf 'FAIL: %s\n--- broker log:\n%s\n' "$*" "$(cat "${XYMQTT_BROKER_LOG:-/dev/null}" 2>/dev/null)" >&2
+  exit 1
+}
+# shellcheck source=tests/support/checks.sh
+source "${root}/tests/support/checks.sh"
+CHECK_WAIT=20
 
 for tool in openssl mosquitto mosquitto_passwd mosquitto_sub mosquitto_pub python3; do
   command -v "${tool}" >/dev/null 2>&1 || skip "${tool} is not installed (Debian: openssl, mosquitto, mosquitto-clients)"
@@ -124,69 +129,9 @@ stop_broker() {
 ${errors}"
 }
 
-# wait_for_text FILE TEXT [SECONDS]: waits until FILE contains TEXT (a log line the broker or a program
-# prints once something has happened, e.g. a subscription exists).
-wait_for_text() {
-  local file="$1" text="$2" deadline=$((SECONDS + ${3:-20}))
-  until grep -qF -- "${text}" "${file}" 2>/dev/null; do
-    ((SECONDS < deadline)) || fail "'${text}' did not appear in ${file}:
-$(cat "${file}" 2>/dev/null)
---- broker log:
-$(cat "${XYMQTT_BROKER_LOG:-/dev/null}" 2>/dev/null)"
-    sleep 0.02
-  done
-}
-
 # Waits until the broker has CLIENT_ID's subscription to FILTER (needs "log_type subscribe").
 wait_for_subscription() {
   wait_for_text "${XYMQTT_BROKER_LOG}" " $1 2 $2" "${3:-20}"
-}
-
-# background NAME COMMAND...: runs COMMAND with stdout in ${work}/NAME.out and stderr in NAME.err;
-# sets BG_PID.
-background() {
-  local name="$1"
-  shift
-  "$@" >"${work}/${name}.out" 2>"${work}/${name}.err" &
-  BG_PID=$!
-  children+=("${BG_PID}")
-}
-
-# wait_for_exit PID NAME [SECONDS]: the exit status of a background program, which must end in time.
-wait_for_exit() {
-  local pid="$1" name="$2" deadline=$((SECONDS + ${3:-60}))
-  while kill -0 "${pid}" 2>/dev/null; do
-    if ((SECONDS >= deadline)); then
-      kill -KILL "${pid}" 2>/dev/null || true
-      fail "${name} did not end within ${3:-60} s; its output:
-$(cat "${work}/${name}.out" "${work}/${name}.err" 2>/dev/null)"
-    fi
-    sleep 0.02
-  done
-  local status=0
-  wait "${pid}" || status=$?
-  return "${status}"
-}
-
-# expect_exit STATUS NAME COMMAND...: runs COMMAND (output in ${work}/NAME.out/.err) and checks its status.
-expect_exit() {
-  local want="$1" name="$2" status=0
-  shift 2
-  if declare -F "$1" >/dev/null; then
-    "$@" >"${work}/${name}.out" 2>"${work}/${name}.err" || status=$?  # a function of this script (cli_as)
-  else
-    timeout 60 "$@" >"${work}/${name}.out" 2>"${work}/${name}.err" || status=$?
-  fi
-  [[ ${status} == "${want}" ]] || fail "${name}: exit status ${status}, want ${want}; output:
-$(cat "${work}/${name}.out" "${work}/${name}.err")
---- broker log:
-$(tail -n 20 "${XYMQTT_BROKER_LOG:-/dev/null}" 2>/dev/null)"
-}
-
-# expect_text NAME.out|NAME.err TEXT: the output file contains TEXT.
-expect_text() {
-  grep -qF -- "$2" "${work}/$1" || fail "${1%.*} did not print '$2'; it printed:
-$(cat "${work}/$1")"
 }
 
 # The command-line tool as USER (its password from passwords.env, through $XYMQTT_PASSWORD).
