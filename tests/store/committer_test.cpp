@@ -214,3 +214,26 @@ TEST_CASE("committer: stop waits for a leading caller's commit", "[committer]") 
     CHECK_THROWS_AS(c.commit(put("late")), xymqtt::client_closed);
     CHECK(!s.get(table::incoming, "late"));
 }
+
+TEST_CASE("committer: a producer blocks once the queued records reach the byte bound", "[committer]") {
+    temp_dir tmp;
+    recording_store s(tmp.store_dir());
+    committer c(s);
+    auto leader = start_held_lead(s, c);
+    // While the lead commit is held, 64 KiB records queue up to max_queued_bytes; the next submit waits.
+    const std::string big(64 * 1024, 'b');
+    const std::size_t fit = committer::max_queued_bytes / (big.size() + committer::op_overhead + 8);
+    std::vector<std::promise<void>> done(fit + 2);
+    for (std::size_t i = 0; i < fit; ++i)
+        c.submit({{table::incoming, "big" + std::to_string(100 + i), big}}, fulfil(done[i]));
+    auto blocked = std::async(std::launch::async, [&] {
+        c.submit({{table::incoming, "over1", big}}, fulfil(done[fit]));
+        c.submit({{table::incoming, "over2", big}}, fulfil(done[fit + 1]));
+    });
+    CHECK(blocked.wait_for(std::chrono::milliseconds(200)) == std::future_status::timeout);
+    s.release();
+    leader.get();
+    REQUIRE(blocked.wait_for(patience) == std::future_status::ready);
+    for (auto& d : done) REQUIRE(d.get_future().wait_for(patience) == std::future_status::ready);
+    CHECK(s.get(table::incoming, "over2") == big);
+}

@@ -451,13 +451,13 @@ void client::impl::fresh_paho() {
         // A resumed publish lives in resumed_ only, so that it is never queued twice.
         auto r = requeue_.find(seq);
         auto n = ready_.find(seq);
-        auto b = std::find(backlog_.begin(), backlog_.end(), seq);
-        if (r == requeue_.end() && n == ready_.end() && b == backlog_.end()) continue;
+        const bool b = backlog_.contains(seq);
+        if (r == requeue_.end() && n == ready_.end() && !b) continue;
         if (!resumes(packet_id, seq, r != requeue_.end() ? r->second : n != ready_.end() ? n->second : nullptr))
             continue;  // sent again under a new packet id instead: at worst a duplicate
         if (r != requeue_.end()) requeue_.erase(r);
         if (n != ready_.end()) ready_.erase(n);
-        if (b != backlog_.end()) backlog_.erase(b);
+        if (b) backlog_.erase(seq);
         resumed_[packet_id] = seq;
         resumed_seqs_.insert(seq);
     }

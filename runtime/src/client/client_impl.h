@@ -17,6 +17,7 @@
 #include "commands/call_core.h"
 #include "commands/worker_pool.h"
 #include "outbox/committer.h"
+#include "outbox/seq_runs.h"
 #include "session/ca_bundle.h"
 #include "session/connect_gate.h"
 #include "session/nagle_governor.h"
@@ -355,7 +356,7 @@ private:
     // outbox
     std::map<std::uint64_t, std::shared_ptr<std::promise<void>>> promises_;
     std::map<std::uint64_t, std::shared_ptr<stored_message>> ready_;    // stored, in memory, not yet sent
-    std::deque<std::uint64_t> backlog_;                                 // stored, only on disk
+    detail::seq_runs backlog_;                                          // stored, only on disk
     std::map<std::uint64_t, std::shared_ptr<stored_message>> requeue_;  // sent, failed, to send again
     std::map<std::uint64_t, std::shared_ptr<stored_message>> inflight_; // handed to Paho
     std::map<std::uint64_t, std::uint32_t> refusals_;  // refusals for now, per publish (backoff)

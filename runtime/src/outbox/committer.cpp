@@ -16,7 +16,9 @@ void committer::submit(std::vector<write_op> ops, done_fn done, urgency u) {
     {
         std::unique_lock<std::mutex> lk(mu_);
         if (std::this_thread::get_id() != thread_.get_id())
-            room_cv_.wait(lk, [&] { return stopping_ || queue_.size() < max_queued; });
+            room_cv_.wait(lk, [&] {
+                return stopping_ || queue_.empty() || (queue_.size() < max_queued && queued_bytes_ < max_queued_bytes);
+            });
         if (!stopping_) {
             if (u == urgency::now)
                 ++urgent_queued_;
@@ -24,6 +26,7 @@ void committer::submit(std::vector<write_op> ops, done_fn done, urgency u) {
                 ++lingering_queued_;
             else if (background_queued_++ == 0)
                 oldest_background_ = std::chrono::steady_clock::now();
+            for (const auto& op : ops) queued_bytes_ += op_overhead + op.id.size() + (op.value ? op.value->size() : 0);
             queue_.push_back(job{std::move(ops), std::move(done)});
             // While a commit runs, whoever runs it looks at the queue when done. Other writes need not wake a
             // writer that waits for a deadline already: it looks again then, unless a lingering write is due
@@ -74,6 +77,7 @@ std::vector<committer::job> committer::take_queue(bool urgent) {
     if (urgent || urgent_queued_ > 0) last_urgent_ = std::chrono::steady_clock::now();
     std::vector<job> jobs;
     jobs.swap(queue_);
+    queued_bytes_ = 0;
     urgent_queued_ = lingering_queued_ = background_queued_ = 0;
     committing_ = true;
     room_cv_.notify_all();

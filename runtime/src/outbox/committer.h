@@ -34,6 +34,13 @@ public:
     /// `commit` that made the commit itself (see commit).
     using done_fn = std::function<void(std::exception_ptr)>;
 
+    /// Most batches queued before `submit` blocks.
+    static constexpr std::size_t max_queued = 4096;
+    /// Most bytes queued before `submit` blocks: ids and records, plus `op_overhead` per write for what
+    /// holds them. A sync takes ~0.1 ms; 2 MiB is far more than a producer fills meanwhile.
+    static constexpr std::size_t max_queued_bytes = std::size_t(2) << 20;
+    static constexpr std::size_t op_overhead = 256;
+
     /// @param linger how long lingering and background batches may wait for an urgent one to carry them
     explicit committer(store& s, std::chrono::microseconds linger = std::chrono::milliseconds(2));
     ~committer();
@@ -41,7 +48,8 @@ public:
     committer& operator=(const committer&) = delete;
 
     /// Queues `ops`; `done` runs after the commit (see done_fn). Batches commit in FIFO order.
-    /// Blocks while `max_queued` batches wait, so a fast producer cannot pile up memory.
+    /// Blocks while `max_queued` batches or `max_queued_bytes` of records wait (a batch is always taken when
+    /// nothing waits), so a fast producer cannot pile up memory: the queue only has to cover one sync.
     void submit(std::vector<write_op> ops, done_fn done, urgency u = urgency::now);
     /// Commits `ops` and waits until they are durable. With urgency::now and no commit running, commits on
     /// the calling thread, together with the queued batches, whose `done` then run on this thread too: so
@@ -86,7 +94,7 @@ private:
     bool committing_ = false;
     bool lead_waiter_ = false;  // the writer waits for a leading caller's commit to end
     std::condition_variable idle_cv_;
-    static constexpr std::size_t max_queued = 16384;
+    std::size_t queued_bytes_ = 0;
     bool stopping_ = false;
     std::thread thread_;
 };
