@@ -9,7 +9,7 @@ XYMQTT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 XYMQTT_APT_PACKAGES=(
   build-essential cmake pkg-config
   libpaho-mqttpp-dev libpaho-mqtt-dev
-  liblmdb-dev lmdb-utils libsqlite3-dev sqlite3 zlib1g-dev liburiparser-dev libssl-dev
+  liblmdb-dev lmdb-utils libsqlite3-dev sqlite3 zlib1g-dev liburiparser-dev libxxhash-dev libssl-dev
   protobuf-compiler libprotobuf-dev libprotoc-dev
   python3 python3-protobuf python3-jinja2 python3-yaml
   catch2 libtrompeloeil-cpp-dev nlohmann-json3-dev libcli11-dev

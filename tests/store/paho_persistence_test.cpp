@@ -230,3 +230,22 @@ TEST_CASE("paho persistence: a digest of the earlier form matches nothing, so it
     put(p, "r5-4", publish("the message", true));
     CHECK_FALSE(p.take_resend(4, "t", "the message"));
 }
+
+TEST_CASE("paho persistence: Paho's queued commands are kept in memory, not in the store, until the next connection",
+          "[store][paho]") {
+    temp_dir tmp;
+    session_records_file records(tmp.store_dir(), false);
+    paho_persistence p(records, false, nullptr);
+    const std::string packet = publish(std::string(65536, 'c'));
+    put(p, "c5-7", packet);
+    CHECK_FALSE(records.get("c5-7"));  // nothing written to disk
+    CHECK(p.contains_key("c5-7"));
+    CHECK(p.get("c5-7") == packet);    // Paho reads it back before sending it
+    CHECK_FALSE(has_key(p, "c5-7"));   // a new Paho client restores no command
+    p.remove("c5-7");
+    CHECK_FALSE(p.contains_key("c5-7"));
+    CHECK_THROWS_AS(p.get("c5-7"), mqtt::persistence_exception);
+    put(p, "c5-8", packet);
+    p.new_connection();                // the client that queued it is gone
+    CHECK_FALSE(p.contains_key("c5-8"));
+}

@@ -63,7 +63,8 @@ TEST_CASE("paho records file: compaction keeps the live records and grows for la
             p.put("s5-" + std::to_string(i % 10), std::string(100, char('a' + i % 26)), false);
             if (i % 3 == 0) p.remove("s5-" + std::to_string((i + 5) % 10));
         }
-        CHECK(p.capacity() == small);
+        // Bounded by the live records (four times their size, in pages), not by what was written.
+        CHECK(p.capacity() <= 2 * small);
         p.put("big", std::string(3 * small, 'B'), false);
         CHECK(p.capacity() >= 6 * small);
         CHECK(p.get("big") == std::optional<std::string>(std::string(3 * small, 'B')));

@@ -1,6 +1,7 @@
 #include "session/paho_persistence.h"
 
 #include <mqtt/exception.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -17,8 +18,9 @@ paho_persistence::paho_persistence(session_records& records, bool sync_inbound,
 
 namespace {
 
-// Paho's queued commands ("c-", "c5-"). They must be stored: Paho 1.3 frees a queued publish's payload
-// once its command is persisted and reads it back (pget) just before sending it.
+// Paho's queued commands ("c-", "c5-"). They must be kept: Paho 1.3 frees a queued publish's payload once
+// its command is persisted and reads it back (pget) just before sending it. Kept in memory only: the next
+// Paho client restores none of them (purge_commands), as the outbox sends those publishes again.
 bool is_command(const std::string& key) { return key.rfind("c-", 0) == 0 || key.rfind("c5-", 0) == 0; }
 
 // @return the packet id of an outbound publish record ("s-12", "s5-12", "sc-12", "sc5-12"), or -1.
@@ -105,31 +107,30 @@ std::optional<publish_view> publish_content(std::string_view rec, bool v5 = true
 
 bool is_dup(const std::string& packet) { return !packet.empty() && (static_cast<unsigned char>(packet[0]) & 0x08); }
 
-std::uint64_t fnv1a(std::string_view s, std::uint64_t h) {
-    for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ULL;
-    return h;
-}
-
 void append_u64(std::string& out, std::uint64_t v) {
     for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
 }
 
 // What an inbound record keeps of a message: enough to recognise the broker's resend (same topic and
-// payload) in 36 bytes, whatever the payload's size. Two independent 64-bit hashes of the payload make a
-// false match (same packet id, DUP set, same topic, both hashes and the length equal) practically
-// impossible.
+// payload) in 36 bytes, whatever the payload's size. A 128-bit hash of the payload (xxHash's XXH3, which
+// reads a 64 KiB payload in a few microseconds) and its length make a false match (same packet id, DUP
+// set, same topic, same hash and length) practically impossible.
 // The subscription identifiers are part of it: the copies of one message that overlapping subscriptions
 // bring differ only in them, and one copy's record must not make another copy pass for a resend.
-constexpr std::string_view digest_tag = "xd2:";
+// Earlier forms ("xd1:", "xd2:") match nothing: their messages are delivered again (at least once).
+constexpr std::string_view digest_tag = "xd3:";
 
 std::string digest(std::string_view topic, std::string_view payload, std::vector<std::uint32_t> sub_ids) {
     std::sort(sub_ids.begin(), sub_ids.end());
     std::string ids;
     for (auto v : sub_ids) append_u64(ids, v);
+    const auto head = XXH3_64bits_withSeed(ids.data(), ids.size(), XXH3_64bits(topic.data(), topic.size()));
+    const auto body = XXH3_128bits(payload.data(), payload.size());
     std::string d(digest_tag);
-    append_u64(d, fnv1a(topic, fnv1a(ids, 0xcbf29ce484222325ULL)));
-    append_u64(d, fnv1a(payload, 0xcbf29ce484222325ULL));
-    append_u64(d, fnv1a(payload, 0x84222325cbf29ce4ULL ^ payload.size()));
+    d.reserve(36);
+    append_u64(d, head);
+    append_u64(d, body.low64);
+    append_u64(d, body.high64);
     append_u64(d, payload.size());
     return d;
 }
@@ -182,6 +183,12 @@ void paho_persistence::refuse_inbound(int packet_id) {
 
 bool paho_persistence::take_resend(int packet_id, std::string_view topic, std::string_view payload,
                                    const std::vector<std::uint32_t>& sub_ids) {
+    {
+        // Resends of committed messages come only after a reconnect: most deliveries need no digest.
+        std::lock_guard<std::mutex> lk(flows_mu_);
+        const auto first = resent_.lower_bound({packet_id, std::string()});
+        if (first == resent_.end() || first->first != packet_id) return false;
+    }
     const std::string d = digest(topic, payload, sub_ids);
     std::lock_guard<std::mutex> lk(flows_mu_);
     auto it = resent_.find({packet_id, d});
@@ -191,9 +198,14 @@ bool paho_persistence::take_resend(int packet_id, std::string_view topic, std::s
 }
 
 void paho_persistence::new_connection() {
-    std::lock_guard<std::mutex> lk(flows_mu_);
-    flows_.clear();
-    resent_.clear();
+    {
+        std::lock_guard<std::mutex> lk(flows_mu_);
+        flows_.clear();
+        resent_.clear();
+    }
+    // Commands queued by earlier Paho clients: those are disconnected for good and send nothing more.
+    std::lock_guard<std::mutex> lk(commands_mu_);
+    commands_.clear();
 }
 
 void paho_persistence::map_packet(int packet_id, std::uint64_t seq) {
@@ -247,10 +259,18 @@ void paho_persistence::clear() {
         resent_.clear();
         kept_.clear();
     }
+    {
+        std::lock_guard<std::mutex> lk(commands_mu_);
+        commands_.clear();
+    }
     guarded("clear", "", [&] { records_.clear(); });
 }
 
 bool paho_persistence::contains_key(const mqtt::string& key) {
+    if (is_command(key)) {
+        std::lock_guard<std::mutex> lk(commands_mu_);
+        return commands_.count(key) > 0;
+    }
     return guarded("contains", key, [&] { return records_.get(key).has_value(); });
 }
 
@@ -268,7 +288,16 @@ mqtt::string_collection paho_persistence::keys() const {
 
 void paho_persistence::put(const mqtt::string& key, const std::vector<mqtt::string_view>& bufs) {
     std::string value;
+    std::size_t n = 0;
+    for (const auto& b : bufs) n += b.size();
+    value.reserve(n);
     for (const auto& b : bufs) value.append(b.data(), b.size());
+    if (is_command(key)) {
+        // A whole publish (a 64 KiB payload included) that needs no disk: see is_command.
+        std::lock_guard<std::mutex> lk(commands_mu_);
+        commands_[key] = std::move(value);
+        return;
+    }
     if (key.rfind("r5-", 0) == 0) return put_inbound(key, value);
     if (key.rfind("r-", 0) == 0) {
         std::lock_guard<std::mutex> lk(flows_mu_);
@@ -312,6 +341,12 @@ void paho_persistence::put_inbound(const std::string& key, const std::string& pa
 }
 
 mqtt::string paho_persistence::get(const mqtt::string& key) const {
+    if (is_command(key)) {
+        std::lock_guard<std::mutex> lk(commands_mu_);
+        auto it = commands_.find(key);
+        if (it == commands_.end()) throw mqtt::persistence_exception();
+        return it->second;
+    }
     // A missing key is Paho asking, not a storage failure: no error report for it.
     auto v = guarded("get", key, [&] { return records_.get(key); });
     if (!v) throw mqtt::persistence_exception();
@@ -319,6 +354,11 @@ mqtt::string paho_persistence::get(const mqtt::string& key) const {
 }
 
 void paho_persistence::remove(const mqtt::string& key) {
+    if (is_command(key)) {
+        std::lock_guard<std::mutex> lk(commands_mu_);
+        commands_.erase(key);
+        return;
+    }
     {
         std::lock_guard<std::mutex> lk(flows_mu_);
         if (key.rfind("r5-", 0) == 0) {

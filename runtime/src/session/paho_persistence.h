@@ -10,6 +10,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -22,8 +23,9 @@ namespace xymqtt::detail {
 /// `sc-`, `sc5-`) are finished under their own packet ids. Dropping them would leave the broker waiting for
 /// PUBRELs that never come, and those half-open flows count against its receive maximum until it refuses
 /// the connection.
-/// Queued commands (`c-`, `c5-`) are dropped before a client is created (purge_commands): those
-/// publishes never left, and the outbox sends them again.
+/// Queued commands (`c-`, `c5-`) are kept in memory only, and records of them that earlier versions wrote
+/// are dropped before a client is created (purge_commands): those publishes never left, and the outbox
+/// sends them again.
 /// Each outbound flow is tied to its outbox record by a mapping record `x-<packet id>`, written by the
 /// client after Paho accepted the publish (map_packet) and removed with the flow. keys() does not list
 /// the mappings: Paho's restore deletes every record it cannot read as a packet. When Paho removes
@@ -121,6 +123,8 @@ private:
     std::map<int, flow> flows_;  // MQTT 5 inbound flows of this connection, by packet id
     std::multiset<std::pair<int, std::string>> resent_;  // (packet id, digest) of resends still to be delivered
     std::set<std::string> kept_;               // MQTT 3.1.1 inbound records whose next removal is refused
+    mutable std::mutex commands_mu_;
+    std::unordered_map<std::string, std::string> commands_;  // Paho's queued commands, by key
 };
 
 }  // namespace xymqtt::detail

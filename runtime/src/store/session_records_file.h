@@ -1,10 +1,12 @@
 /// @file session_records_file.h
-/// Paho's records for the LMDB store: a map in memory, logged to a file through a shared mapping.
+/// Paho's records for the LMDB store: a log file in a shared mapping, indexed in memory.
 ///
 /// Why: Paho writes or removes a record several times per packet (eight per published message), on its
 /// network threads and mostly under its global lock. As LMDB write transactions these were ~10 % of a
-/// publisher's CPU and lengthened the hold times of that lock (bench/findings.md, F3). Here a write is a
-/// map update and a copy into the mapping: no system call. A shared file mapping is the page cache itself,
+/// publisher's CPU and lengthened the hold times of that lock (docs/benchmarks.md, F3). Here a write is an
+/// index update and a copy into the mapping: no system call (a value of 2 KiB or more: one pwritev, which
+/// costs less than a page fault per page). The mapping holds the only copy of the values. A shared file
+/// mapping is the page cache itself,
 /// so a written record survives the death of the process, which is all process durability asks;
 /// `put(..., sync=true)` also syncs the file for the records that must survive a power loss.
 ///
@@ -15,7 +17,9 @@
 /// reads as zeros; the log ends at the first all-zero, torn or corrupt header.
 ///
 /// Compaction: when a record does not fit, and on every open, the live records are written to
-/// `dir/records.new`, which replaces `dir/records` by rename; a crash leaves one of the two whole.
+/// `dir/records.new`, which replaces `dir/records` by rename; a crash leaves one of the two whole. The new
+/// file has room for three times the live records more, so that a compaction, which writes every page of a
+/// new file, comes once per three times the live bytes written (64 KiB publishes in flight: F21).
 /// Thread-safe.
 #pragma once
 
@@ -23,7 +27,9 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "xymqtt/store.h"
@@ -57,11 +63,22 @@ public:
     std::size_t capacity() const;
 
 private:
-    void load();
-    /// Appends one record; compacts first if it does not fit. mu_ held.
-    void append(const std::string& key, const std::string* value);
+    /// Where a record's value lies in the mapping: the mapping is the only copy of the records.
+    struct location {
+        std::size_t off;
+        std::size_t len;
+    };
+    /// Values from this size on are written with pwritev rather than through the mapping.
+    static constexpr std::size_t pwrite_above = 2048;
+
+    /// @return the live records of the log file (none if it is missing).
+    std::unordered_map<std::string, std::string> load() const;
+    /// Appends one record; compacts first if it does not fit. mu_ held. @return where its value lies
+    std::size_t append(const std::string& key, const std::string* value);
     /// Writes the live records (and room for `extra` bytes more) to a new file that replaces the log.
     void compact(std::size_t extra);
+    /// Writes `live` (and room for `extra` bytes more) to a new file that replaces the log, and maps it.
+    void rewrite(const std::vector<std::pair<std::string_view, std::string_view>>& live, std::size_t extra);
     void unmap();
 
     std::string dir_;
@@ -69,7 +86,7 @@ private:
     bool durable_compaction_;
     std::size_t min_capacity_;
     mutable std::mutex mu_;
-    std::unordered_map<std::string, std::string> records_;
+    std::unordered_map<std::string, location> records_;
     int fd_ = -1;
     char* map_ = nullptr;
     std::size_t capacity_ = 0;
