@@ -2,7 +2,9 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <algorithm>
+#include <mutex>
 #include <thread>
+#include <utility>
 
 #include "support/child_process.h"
 #include "util.h"
@@ -498,4 +500,85 @@ TEST_CASE("a JSON handler returning something that is not a JSON object rejects 
     CHECK_FALSE(r.ok);
     CHECK(r.status == 500);
     CHECK(r.message.find("invalid JSON result") != std::string::npos);
+}
+
+namespace {
+
+// A store that forwards to LMDB and records every commit's writes as "table:id:put|del".
+class commit_log_store final : public store {
+public:
+    explicit commit_log_store(const std::string& dir) : inner_(open_lmdb_store(dir)) {}
+    void commit(const std::vector<write_op>& batch) override {
+        std::vector<std::string> ops;
+        for (const auto& op : batch)
+            ops.push_back(std::string(table_name(op.tbl)) + ":" + op.id + (op.value ? ":put" : ":del"));
+        inner_->commit(batch);
+        std::lock_guard<std::mutex> lk(mu_);
+        log_.push_back(std::move(ops));
+    }
+    std::optional<std::string> get(table t, const std::string& id) const override { return inner_->get(t, id); }
+    void for_each(table t, const std::function<bool(const std::string&, const std::string&)>& fn) const override {
+        inner_->for_each(t, fn);
+    }
+    std::optional<std::string> last_id(table t) const override { return inner_->last_id(t); }
+    std::size_t count(table t) const override { return inner_->count(t); }
+    session_records& session() override { return inner_->session(); }
+    xymqtt::durability durability() const override { return inner_->durability(); }
+    std::vector<std::vector<std::string>> take() {
+        std::lock_guard<std::mutex> lk(mu_);
+        return std::exchange(log_, {});
+    }
+
+private:
+    std::unique_ptr<store> inner_;
+    std::mutex mu_;
+    std::vector<std::vector<std::string>> log_;
+};
+
+}  // namespace
+
+TEST_CASE("an awaited result is answered as it arrives: one commit removes the call, no inbox record, no lane",
+          "[commands][results]") {
+    for (const auto routing : {result_routing::shared, result_routing::per_client}) {
+        pair_of_clients p;
+        auto co = options_for(p.dir, routing == result_routing::shared ? "logged-shared" : "logged-own");
+        auto log = std::make_shared<commit_log_store>(p.dir.path() + "/" + co.client_id + "-logged");
+        co.store = log;
+        co.results = routing;
+        auto caller = connected(co);
+        for (int i = 0; i < 50; ++i) {
+            try {
+                caller->call_async(p.command, "warm", {}, 500ms).result.get();
+                break;
+            } catch (const timeout_error&) {
+            }
+        }
+        log->take();
+        auto call = caller->call_async(p.command, "one", {}, 10s);
+        const auto r = call.result.get();
+        CHECK(r.body == "echo:one");
+        const auto commits = log->take();
+        bool inbox = false, answer = false;
+        for (const auto& c : commits) {
+            for (const auto& op : c) inbox = inbox || op.rfind("incoming:", 0) == 0;
+            answer = answer || std::find(c.begin(), c.end(), "calls:" + call.handle.message_id() + ":del") != c.end();
+        }
+        CHECK_FALSE(inbox);  // the result never went through the inbox: its arrival's commit removed the call
+        CHECK(answer);
+    }
+}
+
+TEST_CASE("a result that a subscription of the caller matches too goes through the lanes, to both", "[commands][results]") {
+    pair_of_clients p;
+    p.first_call("warm");
+    recorder seen;
+    p.caller->subscribe(p.command + "/resolve", [&](const message& m) { seen.add(m.topic); });
+    // The subscription's SUBSCRIBE may reach the broker after a first result: call until it sees one.
+    bool both = false;
+    for (int i = 0; i < 50 && !both; ++i) {
+        const auto r = p.caller->call_async(p.command, "two", {}, 10s).result.get();
+        REQUIRE(r.body == "echo:two");
+        both = seen.wait_size(1, 200ms);
+    }
+    CHECK(both);
 }

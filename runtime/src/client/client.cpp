@@ -1073,17 +1073,26 @@ void client::impl::commit_publishes(std::vector<write_op> ops, std::vector<store
         std::lock_guard<std::mutex> lk(mu_);
         outbox_count_ += pubs.size();
     }
-    for (auto& p : pubs) on_stored(p.seq, p.msg);
+    for (auto& p : pubs) on_stored(p.seq, p.msg, true);
 }
 
-void client::impl::on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg) {
+void client::impl::on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg, bool send_here) {
     // Counted as pending by the caller, before the commit.
-    std::lock_guard<std::mutex> lk(mu_);
+    std::unique_lock<std::mutex> lk(mu_);
     if (connected_ && ready_.size() < ready_cap)
         ready_.emplace(seq, std::move(msg));
     else
         backlog_.push_back(seq);  // offline or far behind: the message waits on disk, not in memory
-    if (sender_has_work()) send_cv_.notify_one();
+    if (!sender_has_work()) return;
+    // A call's invoke or a command's outcome, with nothing ahead of it and room in the window, goes to Paho
+    // from the thread that stored it: waking the sender would put a hand-off (two context switches) on the
+    // path of every call, twice. With more waiting, the sender hands Paho bursts (docs/benchmarks.md, F17).
+    // Never from within a commit's `done` (send_here false): that runs on the committer's thread, or on a
+    // caller leading a commit, which Paho's threads may be waiting for while they hold Paho's lock.
+    if (send_here && !dispatching_ && requeue_.empty() && backlog_.empty() && ready_.size() == 1 &&
+        dispatch(lk, nullptr) == send_outcome::sent && !sender_has_work())
+        return;
+    send_cv_.notify_one();
 }
 
 std::shared_ptr<mqtt::message> client::impl::to_paho(const stored_message& m) const {
@@ -1285,7 +1294,7 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync
             if (from && from == current_paho_.load()) {
                 // The window has room: hand Paho the next batch from here, on Paho's receive thread, which
                 // holds Paho's lock already. Woken for it, the sender thread would wait for that lock
-                // against Paho's threads and cost two more context switches (bench/findings.md, F17).
+                // against Paho's threads and cost two more context switches (docs/benchmarks.md, F17).
                 // Paho is inside a callback of `from`, so it cannot be destroyed meanwhile.
                 // Pauses after other refusals are the sender thread's: a callback must not sleep.
                 if (dispatch(lk, from) == send_outcome::pause || sender_has_work()) send_cv_.notify_one();
@@ -1501,6 +1510,7 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
     if (nagle_) nagle_->on_message();
     int packet_id = 0, qos = 0;
     std::vector<std::pair<std::string, stored_message>> recs;
+    std::optional<command_result> result;  // an awaited result: answered here, not through the inbox
     try {
         packet_id = msg->c_struct().msgid;
         qos = msg->get_qos();
@@ -1522,8 +1532,12 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
         rec.retain = msg->is_retained();
         rec.created_ms = now_ms();
         recs = inbox_records(std::move(rec), sub_ids);
+        if (recs.size() == 1) result = awaited_result(recs.front().second);
         std::vector<write_op> ops;
-        for (const auto& [id, r] : recs) ops.push_back({table::incoming, id, encode_record(r)});
+        if (result)
+            ops.push_back({table::calls, result->message_id, std::nullopt});  // the call is answered
+        else
+            for (const auto& [id, r] : recs) ops.push_back({table::incoming, id, encode_record(r)});
         if (!commit_arrival(ops)) return refuse_arrival(packet_id, qos, "the message could not be stored");
     } catch (const std::exception& e) {
         return refuse_arrival(packet_id, qos, std::string("the message could not be taken in: ") + e.what());
@@ -1537,6 +1551,16 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
     } catch (const std::exception&) {
         // Reported by the persistence; without the record a crash only costs a redelivery.
     }
+    if (result) {
+        try {
+            on_arrived_result(recs.front().first, recs.front().second, *result);
+        } catch (const std::exception& e) {
+            log(log_level::error, std::string("the completion of call ") + result->message_id + " failed: " + e.what());
+        } catch (...) {
+            log(log_level::error, "the completion of call " + result->message_id + " failed");
+        }
+        return;
+    }
     try {
         std::vector<std::shared_ptr<lane>> wake;
         {
@@ -1547,7 +1571,7 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
                 if (auto l = route(id, std::move(r))) wake.push_back(std::move(l));
         }
         // Woken with mu_ released: a lane woken under it preempted this thread only to block on mu_, two
-        // more context switches per message (bench/findings.md, F16).
+        // more context switches per message (docs/benchmarks.md, F16).
         for (auto& l : wake) l->cv.notify_one();
     } catch (const std::exception& e) {
         log(log_level::error, std::string("a stored message could not be queued (it is handled after a restart): ") + e.what());
@@ -1863,7 +1887,7 @@ void client::impl::complete(lane* l, const std::string& id, effects fx) {
         std::lock_guard<std::mutex> lk(mu_);
         outbox_count_ += fx.publishes.size();
     }
-    for (auto& [seq, msg] : fx.publishes) on_stored(seq, msg);
+    for (auto& [seq, msg] : fx.publishes) on_stored(seq, msg, true);
     for (auto& f : fx.after_commit) f();
     ++handled_;
     std::lock_guard<std::mutex> lk(mu_);

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <unordered_map>
@@ -187,7 +188,9 @@ private:
                                 bool retain, const std::string& kind);
     void submit_publish(stored_publish pub, std::shared_ptr<std::promise<void>> prom);
     void commit_publishes(std::vector<write_op> ops, std::vector<stored_publish> pubs);
-    void on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg);
+    /// A publish is stored: queues it for the sender. `send_here`: the caller's commit has returned (no
+    /// commit's `done` is running on this thread), so a lone publish may be handed to Paho from here.
+    void on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg, bool send_here = false);
     /// mu_ held. @return whether the sender thread should run now.
     bool sender_has_work() const;
     std::size_t in_flight() const;
@@ -279,6 +282,12 @@ private:
     void on_results_subscription(int reason_code);
     void serve_cancel(const std::string& command, const message& m, effects& fx);
     void handle_result(const std::string& command, bool rejected, const message& m, effects& fx);
+    /// @return the result in `rec`, an arrival bound for one of this client's result lanes (and no other
+    ///         lane), if a call_async of this client awaits it: on_arrived answers it at once, without the
+    ///         inbox and the lane (on_arrived_result).
+    std::optional<command_result> awaited_result(const stored_message& rec);
+    /// Hands an awaited result to its caller, once the removal of its call record is committed.
+    void on_arrived_result(const std::string& id, const stored_message& rec, const command_result& r);
     void ensure_results_lane(const std::string& command, result_routing routing);
     /// @return `routing`, or the client's default. @throw configuration_error if it is per_client and this
     /// client cannot have per-client result topics (MQTT 3.1.1, a client id that is no topic level).

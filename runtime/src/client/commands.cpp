@@ -320,6 +320,70 @@ void client::impl::handle_routed_result(const message& m, effects& fx) {
     handle_result(rest.substr(0, slash), kind == "reject", m, fx);
 }
 
+std::optional<command_result> client::impl::awaited_result(const stored_message& rec) {
+    // Only a lane with the runtime's result handler alone: a subscription of the application with the same
+    // filter shares the lane, and must see the message.
+    subscription_id only = 0;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = lanes_.find(rec.lane);
+        if (it == lanes_.end() || it->second->handlers.size() != 1) return std::nullopt;
+        only = it->second->handlers.begin()->first;
+    }
+    std::string command;
+    bool rejected = false;
+    bool per_client;
+    {
+        std::lock_guard<std::mutex> lk(results_root_mu_);
+        per_client = only == results_root_sub_ && results_root_sub_ != 0;
+    }
+    if (per_client) {
+        // <root>/<command>/resolve or <root>/<command>/reject
+        if (rec.topic.size() <= results_root_.size() + 1) return std::nullopt;
+        const auto rest = rec.topic.substr(results_root_.size() + 1);
+        const auto slash = rest.rfind('/');
+        if (slash == std::string::npos || slash == 0) return std::nullopt;
+        const auto kind = rest.substr(slash + 1);
+        if (kind != "resolve" && kind != "reject") return std::nullopt;
+        command = rest.substr(0, slash);
+        rejected = kind == "reject";
+    } else {
+        // Shared result topics: the lane is the topic itself, `<command>/resolve` or `<command>/reject`.
+        if (rec.lane != rec.topic) return std::nullopt;
+        const auto slash = rec.topic.rfind('/');
+        if (slash == std::string::npos) return std::nullopt;
+        command = rec.topic.substr(0, slash);
+        rejected = rec.topic.compare(slash + 1, std::string::npos, "reject") == 0;
+        if (rec.topic != (rejected ? wire::reject_topic(command) : wire::resolve_topic(command))) return std::nullopt;
+        std::lock_guard<std::mutex> lk(results_mu_);
+        auto it = result_lanes_.find(command);
+        if (it == result_lanes_.end() || only != (rejected ? it->second.second : it->second.first)) return std::nullopt;
+    }
+    command_result r;
+    try {
+        r = wire::decode_result(command, rejected, rec.payload, rec.props);
+    } catch (const std::exception&) {
+        return std::nullopt;  // the lane's way: a dead letter
+    }
+    if (!wire::valid_message_id(r.message_id) || !awaits(r.message_id)) return std::nullopt;
+    return r;
+}
+
+void client::impl::on_arrived_result(const std::string& id, const stored_message& rec, const command_result& r) {
+    // What the lane's handle_result does for an awaited result, without the inbox record, the hand-off to the
+    // lane and a second synced commit: the round trip of a call is shorter by all three.
+    message m;
+    m.topic = rec.topic;
+    m.payload = rec.payload;
+    m.props = rec.props;
+    m.id = id;
+    m.attempt = 1;
+    m.received_at_ms = rec.created_ms;
+    fire(opts_.hooks.on_message, m);
+    if (auto awaiting = take_awaiting(r.message_id)) awaiting(nullptr, r);
+    ++handled_;
+}
+
 void client::impl::handle_result(const std::string& command, bool rejected, const message& m, effects& fx) {
     command_result r = wire::decode_result(command, rejected, m.payload, m.props);
     if (!wire::valid_message_id(r.message_id)) {
