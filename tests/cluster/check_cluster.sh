@@ -93,14 +93,6 @@ alive() {
   [[ -n ${stat} && ${stat:0:1} != Z ]]
 }
 
-# need VAR...: the programs these variables name (set by tests/cluster/CMakeLists.txt).
-need() {
-  local var
-  for var in "$@"; do
-    [[ -n "${!var:-}" ]] || fail "${var} is not set (run through CTest)"
-    [[ -x "${!var}" ]] || fail "${var}=${!var} is not built"
-  done
-}
 
 # start_cluster: sets URI1, URI2, PORT1, PORT2 and the credentials (XYMQTT_USERNAME, XYMQTT_PASSWORD).
 start_cluster() {

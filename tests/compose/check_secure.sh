@@ -41,14 +41,6 @@ CHECK_WAIT=20
 for tool in openssl mosquitto mosquitto_passwd mosquitto_sub mosquitto_pub python3; do
   command -v "${tool}" >/dev/null 2>&1 || skip "${tool} is not installed (Debian: openssl, mosquitto, mosquitto-clients)"
 done
-# need VAR...: the programs these variables name (set by tests/compose/CMakeLists.txt).
-need() {
-  local var
-  for var in "$@"; do
-    [[ -n "${!var:-}" ]] || fail "${var} is not set (run through CTest)"
-    [[ -x "${!var}" ]] || fail "${var}=${!var} is not built"
-  done
-}
 
 secure_conf="${root}/config/mosquitto-secure/mosquitto.conf"
 work="$(mktemp -d "${TMPDIR:-/tmp}/xymqtt-secure.XXXXXX")"

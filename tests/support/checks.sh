@@ -7,6 +7,15 @@
 skip() { printf 'SKIP: %s\n' "$*"; exit 77; }
 ok() { printf 'ok: %s\n' "$*"; }
 
+# need VAR...: the programs these variables name (set by the test's CMakeLists.txt) are built.
+need() {
+  local var
+  for var in "$@"; do
+    [[ -n "${!var:-}" ]] || fail "${var} is not set (run through CTest)"
+    [[ -x "${!var}" ]] || fail "${var}=${!var} is not built"
+  done
+}
+
 # background NAME COMMAND...: stdout in ${work}/NAME.out, stderr in NAME.err; sets BG_PID.
 background() {
   local name="$1"
