@@ -51,6 +51,23 @@ message_properties binary_props(const std::string& message_id) {
     return p;
 }
 
+// The two envelopes of every message of the protocol: a JSON object carrying the id, or the body as it is
+// with the id in the correlation data.
+outgoing json_envelope(json j, const std::string& message_id) {
+    j["messageId"] = message_id;
+    outgoing out;
+    out.payload = to_text(j);
+    out.props.content_type = content_type_json;
+    return out;
+}
+
+outgoing binary_envelope(const std::string& body, const std::string& message_id) {
+    outgoing out;
+    out.payload = body;
+    out.props = binary_props(message_id);
+    return out;
+}
+
 }  // namespace
 
 wire_format detect_format(const message_properties& props) {
@@ -59,16 +76,8 @@ wire_format detect_format(const message_properties& props) {
 
 outgoing encode_invoke(wire_format f, const std::string& message_id, const std::string& body,
                        std::optional<std::chrono::seconds> expiry) {
-    outgoing out;
-    if (f == wire_format::json) {
-        json j = parse_object(body, "request");
-        j["messageId"] = message_id;
-        out.payload = to_text(j);
-        out.props.content_type = content_type_json;
-    } else {
-        out.payload = body;
-        out.props = binary_props(message_id);
-    }
+    outgoing out = f == wire_format::json ? json_envelope(parse_object(body, "request"), message_id)
+                                          : binary_envelope(body, message_id);
     if (expiry) out.props.expiry_seconds = static_cast<std::uint32_t>(expiry->count());
     return out;
 }
@@ -98,28 +107,19 @@ decoded_invoke decode_invoke(const std::string& payload, const message_propertie
 }
 
 outgoing encode_resolve(wire_format f, const std::string& message_id, const std::string& body) {
-    outgoing out;
-    if (f == wire_format::json) {
-        json j;
-        try {
-            j = parse_object(body, "result");
-        } catch (const parse_error& e) {
-            // The handler produced something that is not a JSON object: that is the handler's bug.
-            throw command_error(500, std::string("handler returned an invalid JSON result: ") + e.what());
-        }
-        j["messageId"] = message_id;
-        out.payload = to_text(j);
-        out.props.content_type = content_type_json;
-    } else {
-        out.payload = body;
-        out.props = binary_props(message_id);
+    if (f != wire_format::json) return binary_envelope(body, message_id);
+    json j;
+    try {
+        j = parse_object(body, "result");
+    } catch (const parse_error& e) {
+        // The handler produced something that is not a JSON object: that is the handler's bug.
+        throw command_error(500, std::string("handler returned an invalid JSON result: ") + e.what());
     }
-    return out;
+    return json_envelope(std::move(j), message_id);
 }
 
 outgoing encode_reject(wire_format f, const std::string& message_id, int status, const std::string& message,
                        const std::string& body) {
-    outgoing out;
     if (f == wire_format::json) {
         json j = json::object();
         if (!body.empty()) {
@@ -127,29 +127,18 @@ outgoing encode_reject(wire_format f, const std::string& message_id, int status,
             if (b.is_object()) j = std::move(b);
         }
         // A handler's own reject object is published as-is (xy-mqtt's behaviour); fill what it lacks.
-        j["messageId"] = message_id;
         j["ok"] = false;
         if (!j.contains("status")) j["status"] = status;
         if (!j.contains("message")) j["message"] = message;
-        out.payload = to_text(j);
-        out.props.content_type = content_type_json;
-    } else {
-        out.payload = body;
-        out.props = binary_props(message_id);
-        out.props.user = {{"ok", "false"}, {"status", std::to_string(status)}, {"message", valid_utf8(message)}};
+        return json_envelope(std::move(j), message_id);
     }
+    outgoing out = binary_envelope(body, message_id);
+    out.props.user = {{"ok", "false"}, {"status", std::to_string(status)}, {"message", valid_utf8(message)}};
     return out;
 }
 
 outgoing encode_cancel(wire_format f, const std::string& message_id) {
-    outgoing out;
-    if (f == wire_format::json) {
-        out.payload = to_text(json{{"messageId", message_id}});
-        out.props.content_type = content_type_json;
-    } else {
-        out.props = binary_props(message_id);
-    }
-    return out;
+    return f == wire_format::json ? json_envelope(json::object(), message_id) : binary_envelope("", message_id);
 }
 
 std::optional<std::string> decode_message_id(const std::string& payload, const message_properties& props) {
