@@ -321,11 +321,13 @@ void client::impl::handle_routed_result(const message& m, effects& fx) {
 }
 
 std::optional<command_result> client::impl::awaited_result(const stored_message& rec) {
-    // Only a lane with the runtime's result handler alone: a subscription of the application with the same
-    // filter shares the lane, and must see the message.
+    // Only while a call_async waits (every other arrival leaves here, after one lock), and only on a lane
+    // with the runtime's result handler alone: a subscription of the application with the same filter
+    // shares the lane, and must see the message.
     subscription_id only = 0;
     {
         std::lock_guard<std::mutex> lk(mu_);
+        if (awaiting_.empty()) return std::nullopt;
         auto it = lanes_.find(rec.lane);
         if (it == lanes_.end() || it->second->handlers.size() != 1) return std::nullopt;
         only = it->second->handlers.begin()->first;
