@@ -1,6 +1,7 @@
 // A small TCP proxy for fault injection between a client and the broker (127.0.0.1 only).
 // Faults: cut every connection now (RST), cut each connection after a random number of bytes (so cuts
-// fall inside MQTT packets), stall (hold all data), and a slow link (small chunks with pauses).
+// fall inside MQTT packets), stall (hold all data, or only the broker's), and a slow link (small chunks
+// with pauses).
 #pragma once
 
 #include <arpa/inet.h>
@@ -72,6 +73,8 @@ public:
     void random_cuts(std::size_t max_bytes) { random_cut_max_ = max_bytes; }
     /// Holds all data in both directions while true (the kernel buffers fill; nothing is lost).
     void stall(bool on) { stalled_ = on; }
+    /// Holds the data from the broker to the clients while true (what the clients send still passes).
+    void hold_to_clients(bool on) { held_down_ = on; }
     /// 0 = off; else forwards at most `chunk` bytes per `pause` in each direction.
     void slow(std::size_t chunk, std::chrono::milliseconds pause = std::chrono::milliseconds(2)) {
         slow_pause_ms_ = static_cast<int>(pause.count());
@@ -83,6 +86,8 @@ public:
     std::uint64_t connections() const { return connections_; }
     std::uint64_t cuts() const { return cuts_; }
     std::uint64_t bytes() const { return bytes_; }
+    /// Bytes forwarded from the clients to the broker.
+    std::uint64_t bytes_to_server() const { return bytes_up_; }
 
 private:
     static sockaddr_in addr(std::uint16_t port) {
@@ -149,11 +154,11 @@ private:
                 std::this_thread::sleep_for(std::chrono::milliseconds(5));
                 continue;
             }
-            pollfd p[2] = {{c, POLLIN, 0}, {u, POLLIN, 0}};
+            pollfd p[2] = {{c, POLLIN, 0}, {u, short(held_down_ ? 0 : POLLIN), 0}};
             if (::poll(p, 2, 20) <= 0) continue;
             bool closed = false;
             for (int i = 0; i < 2 && !closed && !cut; ++i) {
-                if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+                if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR)) || (i == 1 && held_down_)) continue;
                 const int from = i == 0 ? c : u, to = i == 0 ? u : c;
                 std::size_t want = sizeof buf;
                 if (const auto chunk = slow_chunk_.load()) want = std::min(want, chunk);
@@ -174,6 +179,7 @@ private:
                 }
                 moved += std::size_t(n);
                 bytes_ += std::uint64_t(n);
+                if (i == 0) bytes_up_ += std::uint64_t(n);
                 if (budget && moved >= budget) cut = true;  // mid-packet, wherever the budget ends
                 if (slow_chunk_) std::this_thread::sleep_for(std::chrono::milliseconds(slow_pause_ms_.load()));
             }
@@ -191,8 +197,8 @@ private:
     std::uint16_t port_ = 0;
     int listen_fd_ = -1;
     std::mt19937_64 rng_;
-    std::atomic<bool> stop_{false}, stalled_{false}, refusing_{false};
-    std::atomic<std::uint64_t> generation_{0}, connections_{0}, cuts_{0}, bytes_{0};
+    std::atomic<bool> stop_{false}, stalled_{false}, refusing_{false}, held_down_{false};
+    std::atomic<std::uint64_t> generation_{0}, connections_{0}, cuts_{0}, bytes_{0}, bytes_up_{0};
     std::atomic<std::size_t> random_cut_max_{0}, slow_chunk_{0};
     std::atomic<int> slow_pause_ms_{2};
     std::mutex mu_;

@@ -37,6 +37,13 @@ TEST_CASE("configuration errors are thrown at construction", "[errors]") {
         o.mqtt_version = 3;
         CHECK_THROWS_AS(client(o), configuration_error);
     }
+    SECTION("an in-flight window of 0") {
+        o.max_inflight = 0;
+        CHECK_THROWS_AS(client(o), configuration_error);
+        o.max_inflight = 10;
+        o.broker_receive_maximum_311 = 0;
+        CHECK_THROWS_AS(client(o), configuration_error);
+    }
     SECTION("the same store twice") {
         client a(o);
         auto o2 = o;

@@ -54,7 +54,7 @@ public:
     ///        a server URI (of server_uri or server_uris) not of the form `tcp|mqtt|ssl|mqtts://host:port`;
     ///        tls options with a plain tcp:// or mqtt:// URI; a tls_options::ca_path that cannot be read or
     ///        holds no certificate; an MQTT version other than 5
-    ///        or 4; a session expiry of 0 under MQTT 5; a max_inflight of 0; a resend_unanswered_after
+    ///        or 4; a session expiry of 0 under MQTT 5; a max_inflight or broker_receive_maximum_311 of 0; a resend_unanswered_after
     ///        of 0 or less; result_routing::per_client under MQTT 3.1.1 or with a client id or results
     ///        prefix that cannot be topic levels (a call that asks for per_client then throws it too);
     ///        an invalid XYMQTT_LOG_LEVEL when hooks::on_log is unset; a store directory that cannot be

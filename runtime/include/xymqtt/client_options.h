@@ -56,8 +56,16 @@ struct client_options {
     std::shared_ptr<xymqtt::store> store;
 
     retry_policy retry;                                ///< Retry of handlers that throw.
-    /// Most publishes handed to Paho and not yet completed; more wait in the outbox (on disk).
+    /// Most publishes handed to Paho and not yet completed; more wait in the outbox (on disk). The outbox
+    /// also keeps at most half the broker's receive maximum in flight (below).
     std::size_t max_inflight = 4096;
+    /// MQTT 3.1.1 only: how many QoS 2 publishes from one client the broker keeps in flight (Mosquitto:
+    /// `max_inflight_messages`, 20 unless configured). An MQTT 5 broker announces this (Receive Maximum)
+    /// and this setting is ignored; a 3.1.1 broker cannot. Set it to the broker's figure, never above:
+    /// Mosquitto 2.0 queues a client's publishes beyond its limit, and when a reconnected client sends a
+    /// queued one again it acknowledges it at once and never delivers it. The outbox keeps at most half
+    /// of it in flight, as under MQTT 5.
+    std::uint16_t broker_receive_maximum_311 = 20;
     /// MQTT 5 receive maximum: most QoS 2 deliveries the broker may have in flight to this client. Each
     /// arriving message is committed before it is acknowledged, so a deep window buys little, and Paho
     /// searches its list of unreleased messages linearly for every packet, a list Mosquitto 2.0.11 lets

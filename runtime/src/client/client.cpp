@@ -196,6 +196,7 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.session_expiry.count() <= 0 && opts_.mqtt_version == 5)
         throw configuration_error("session_expiry must be > 0: with 0 the session dies at each disconnect");
     if (opts_.max_inflight == 0) throw configuration_error("max_inflight must be > 0");
+    if (opts_.broker_receive_maximum_311 == 0) throw configuration_error("broker_receive_maximum_311 must be > 0");
     if (opts_.resend_unanswered_after && opts_.resend_unanswered_after->count() <= 0)
         throw configuration_error("resend_unanswered_after must be > 0 (or unset: never)");
     // Per-client result topics, if this client can have them: its default, or asked for by a call.
@@ -542,7 +543,8 @@ void client::impl::connection_loop() {
         lk.unlock();
         bool ok = false;
         bool session_present = false;
-        std::size_t receive_max = 65535;
+        // MQTT 5: 65535 unless the CONNACK says less. MQTT 3.1.1 brokers say nothing: the configured figure.
+        std::size_t receive_max = opts_.mqtt_version == 5 ? 65535 : opts_.broker_receive_maximum_311;
         try {
             fresh_paho();
             {
