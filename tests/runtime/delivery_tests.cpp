@@ -267,6 +267,43 @@ TEST_CASE("a new message under the packet id of a flow the broker forgot is deli
     CHECK(got.count("old") == 0);
 }
 
+namespace {
+
+// What a publisher's hooks report in the maximum-packet-size tests: connection losses, and each dead
+// letter as "<first 3 bytes of the payload>: <reason>".
+struct refusals {
+    std::atomic<int> losses{0};
+    std::mutex mu;
+    std::vector<std::string> dead;
+
+    void watch(client_options& o) {
+        o.hooks.on_connection_lost = [this](const std::string&) { ++losses; };
+        o.hooks.on_dead_letter = [this](const message& m, const std::string& reason) {
+            std::lock_guard<std::mutex> lk(mu);
+            dead.push_back(m.payload.substr(0, 3) + ": " + reason);
+        };
+    }
+    // Exactly one dead letter, "big", refused for being over `limit` bytes.
+    void check_one_big(std::uint32_t limit) {
+        std::lock_guard<std::mutex> lk(mu);
+        REQUIRE(dead.size() == 1);
+        CHECK(dead[0].rfind("big: ", 0) == 0);
+        CHECK(dead[0].find("larger than the broker takes (" + std::to_string(limit) + " bytes)") != std::string::npos);
+    }
+};
+
+// A subscriber of `topic` at `b`, connected, recording the payloads it handles in `got`.
+std::unique_ptr<client> recording_subscriber(const temp_dir& dir, const broker& b, const std::string& topic,
+                                             recorder& got) {
+    auto sub = std::make_unique<client>(options_for(dir, "sub", b.uri()));
+    sub->subscribe(topic, [&got](const message& m) { got.add(m.payload); });
+    sub->connect();
+    REQUIRE(sub->wait_connected(10s));
+    return sub;
+}
+
+}  // namespace
+
 TEST_CASE("a message over the broker's maximum packet size is refused, or dead-lettered if stored before",
           "[errors][too-large]") {
     // Mosquitto drops the connection of a client that sends a packet over its max_packet_size (DISCONNECT
@@ -275,21 +312,11 @@ TEST_CASE("a message over the broker's maximum packet size is refused, or dead-l
     temp_dir dir("too-large");
     auto po = options_for(dir, "pub", b.uri());
     po.reconnect_min = 20ms;
-    std::atomic<int> losses{0};
-    po.hooks.on_connection_lost = [&](const std::string&) { ++losses; };
-    std::mutex mu;
-    std::vector<std::string> dead;
-    po.hooks.on_dead_letter = [&](const message& m, const std::string& reason) {
-        std::lock_guard<std::mutex> lk(mu);
-        dead.push_back(m.payload.substr(0, 3) + ": " + reason);
-    };
+    refusals seen;
+    seen.watch(po);
     const std::string topic = "test/" + po.client_id + "/x";
-    auto so = options_for(dir, "sub", b.uri());
     recorder got;
-    client sub(so);
-    sub.subscribe(topic, [&](const message& m) { got.add(m.payload); });
-    sub.connect();
-    REQUIRE(sub.wait_connected(10s));
+    auto sub = recording_subscriber(dir, b, topic, got);
 
     client pub(po);
     // Stored while the limit is unknown (not connected yet).
@@ -304,13 +331,8 @@ TEST_CASE("a message over the broker's maximum packet size is refused, or dead-l
     CHECK_THROWS_AS(big.get(), broker_error);
     REQUIRE(got.wait_size(2, 10s));
     CHECK(got.items() == std::vector<std::string>{"one", "two"});
-    CHECK(losses.load() == 0);
-    {
-        std::lock_guard<std::mutex> lk(mu);
-        REQUIRE(dead.size() == 1);
-        CHECK(dead[0].rfind("big: ", 0) == 0);
-        CHECK(dead[0].find("larger than the broker takes (2048 bytes)") != std::string::npos);
-    }
+    CHECK(seen.losses.load() == 0);
+    seen.check_one_big(2048);
     const auto letters = pub.dead_letters();
     REQUIRE(letters.size() == 1);
     CHECK(letters[0].record.outgoing);  // a replay publishes it again (to a broker that takes it)
@@ -320,5 +342,43 @@ TEST_CASE("a message over the broker's maximum packet size is refused, or dead-l
     CHECK(pub.wait_outbox_empty(10s));  // nothing of it was stored
     pub.publish(topic, "three").get();
     REQUIRE(got.wait_size(3, 10s));
-    CHECK(losses.load() == 0);
+    CHECK(seen.losses.load() == 0);
+}
+
+TEST_CASE("MQTT 3.1.1: with the broker's packet limit configured, a message over it is refused or dead-lettered",
+          "[errors][too-large]") {
+    // A 3.1.1 broker announces no limit. Mosquitto drops the connection of a client whose packet is over
+    // its max_packet_size, and without a limit the outbox sent that record first again on every connection:
+    // nothing behind it ever left.
+    broker b("max_packet_size 2048\n");
+    temp_dir dir("too-large-311");
+    auto po = options_for(dir, "pub", b.uri());
+    po.mqtt_version = 4;
+    po.reconnect_min = 20ms;
+    const std::string topic = "test/" + po.client_id + "/x";
+    recorder got;
+    auto sub = recording_subscriber(dir, b, topic, got);
+    {
+        // A run that did not know the limit stored these, and stopped before sending them.
+        client earlier(po);
+        earlier.publish(topic, "one");
+        earlier.publish(topic, "big" + std::string(4000, 'x'));
+        earlier.publish(topic, "two");
+        CHECK(earlier.stats().outbox == 3);
+    }
+    refusals seen;
+    seen.watch(po);
+    po.broker_maximum_packet_size_311 = 2048;
+    client pub(po);
+    // Known before connecting: refused at once, nothing stored.
+    CHECK_THROWS_AS(pub.publish(topic, std::string(4000, 'y')), message_too_large);
+    pub.connect();
+    REQUIRE(pub.wait_connected(10s));
+    REQUIRE(got.wait_size(2, 10s));
+    CHECK(got.items() == std::vector<std::string>{"one", "two"});
+    REQUIRE(pub.wait_outbox_empty(10s));
+    seen.check_one_big(2048);
+    pub.publish(topic, "three").get();
+    REQUIRE(got.wait_size(3, 10s));
+    CHECK(seen.losses.load() == 0);
 }

@@ -142,6 +142,42 @@ TEST_CASE("describe lists services, tokens, events and commands of the example s
     }
 }
 
+TEST_CASE("topic patterns: the corpus the generator's test reads too", "[cli]") {
+    // tests/schema_rules/topic_patterns.txt: "<event|command> <pattern> <ok | the refusal>" per line.
+    std::ifstream corpus(std::string(XYMQTT_SOURCE_DIR) + "/tests/schema_rules/topic_patterns.txt");
+    REQUIRE(corpus);
+    int cases = 0, refused = 0;
+    temp_dir dir("cli-topics");
+    for (std::string line; std::getline(corpus, line);) {
+        if (line.empty() || line[0] == '#') continue;
+        const auto a = line.find(' '), b = line.find(' ', a + 1);
+        REQUIRE(b != std::string::npos);
+        const std::string kind = line.substr(0, a), pattern = line.substr(a + 1, b - a - 1), expect = line.substr(b + 1);
+        INFO(kind << " " << pattern);
+        std::string proto = "syntax = \"proto3\";\npackage corpus;\nimport \"xymqtt/options.proto\";\n"
+                            "message E { string id = 1; int64 n = 2; fixed32 k = 3; repeated string tags = 4; "
+                            "bool ok = 5; bytes raw = 6; }\nmessage R {}\nservice S {\n"
+                            "  option (xymqtt.token) = { name: \"system\" default: \"s\" };\n";
+        if (kind == "event")
+            proto += "  option (xymqtt.event) = { name: \"e\" type: \"E\" topic: \"" + pattern + "\" };\n";
+        else
+            proto += "  rpc Ping(R) returns (R) { option (xymqtt.command) = { topic: \"" + pattern + "\" }; }\n";
+        write_file(dir / "t.proto", proto + "}\n");
+        auto r = run({"describe", "--json", "-s", dir / "t.proto", "-I", dir.path()});
+        INFO(r.output);
+        if (expect == "ok") {
+            CHECK(r.code == 0);
+        } else {
+            ++refused;
+            CHECK(r.code != 0);
+            CHECK(contains(r.output, (kind == "event" ? "event e: " : "command ping: ") + expect));
+        }
+        ++cases;
+    }
+    CHECK(cases > 15);
+    CHECK(refused > 10);
+}
+
 TEST_CASE("command names from RPC names: the corpus the generator's test reads too", "[cli]") {
     // tests/schema_rules/command_names.txt: "<rpc name> <command name>" per line.
     std::ifstream corpus(std::string(XYMQTT_SOURCE_DIR) + "/tests/schema_rules/command_names.txt");

@@ -5,10 +5,12 @@
 #include <google/protobuf/util/json_util.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <climits>
 #include <cstdlib>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <sys/stat.h>
@@ -288,6 +290,14 @@ schema_set::schema_set(const schema_flags& flags) {
     if (!errors.empty()) throw cli_error(exit_schema, "invalid xymqtt options: " + join_errors(errors));
 }
 
+namespace {
+// What is wrong with a topic pattern of service `s` (of an event of type `event_type`, whose singular
+// string and integer fields may be tokens too), or nothing. The generator's rules, word for word
+// (generator/xymqtt_gen/model.py, parse_topic): tests/schema_rules/topic_patterns.txt holds both to them.
+std::optional<std::string> topic_problem(const std::string& pattern, const service_decl& s,
+                                         const pb::Descriptor* event_type);
+}  // namespace
+
 void schema_set::read_services(const pb::FileDescriptor* file, std::vector<std::string>& errors) {
     for (int si = 0; si < file->service_count(); ++si) {
         const auto* sd = file->service(si);
@@ -329,6 +339,10 @@ void schema_set::read_services(const pb::FileDescriptor* file, std::vector<std::
                 errors.push_back(where + ": event " + e.name() + ": " + problem);
                 continue;
             }
+            if (auto p = topic_problem(ed.topic, s, ed.type)) {
+                errors.push_back(where + ": event " + e.name() + ": " + *p);
+                continue;
+            }
             s.events.push_back(ed);
         }
         for (int mi = 0; mi < sd->method_count(); ++mi) {
@@ -345,6 +359,10 @@ void schema_set::read_services(const pb::FileDescriptor* file, std::vector<std::
             cd.expiry_seconds = c.expiry_seconds();
             cd.group = c.group();
             if (md->GetSourceLocation(&loc)) cd.doc = trim_doc(loc.leading_comments);
+            if (auto p = topic_problem(cd.topic, s, nullptr)) {
+                errors.push_back(where + ": command " + cd.name + ": " + *p);
+                continue;
+            }
             if (!c.reject().empty()) {
                 std::string problem;
                 cd.reject = resolve_message(*pool_, c.reject(), file, &problem);
@@ -442,6 +460,38 @@ const pb::FieldDescriptor* field_token(const pb::Descriptor* type, const std::st
         default:
             return nullptr;
     }
+}
+
+std::optional<std::string> topic_problem(const std::string& pattern, const service_decl& s,
+                                         const pb::Descriptor* event_type) {
+    if (pattern.empty()) return std::string("no topic given");
+    const std::string malformed = "malformed topic '" + pattern + "': ";
+    if (pattern[0] == '$') return malformed + "must not start with '$'";
+    if (pattern.find_first_of("+#") != std::string::npos) return malformed + "must not contain the wildcards '+' or '#'";
+    if (pattern.find('\0') != std::string::npos) return malformed + "must not contain NUL";
+    for (const auto& level : split(pattern, '/')) {
+        if (level.empty()) return malformed + "empty topic level";
+        if (level.find_first_of("{}") == std::string::npos) continue;
+        static const std::regex token_name("[a-z_][a-z0-9_]*");
+        const auto name = level_token(level);
+        if (!name || !std::regex_match(*name, token_name))
+            return malformed + "'" + level + "' is not a whole-level token like {name}";
+        if (s.token(*name)) continue;
+        if (event_type && event_type->FindFieldByName(*name)) {
+            if (field_token(event_type, *name)) continue;
+            return "token '{" + *name + "}' is field " + event_type->full_name() + "." + *name +
+                   ", which is not a singular string or integer field";
+        }
+        std::vector<std::string> known;
+        for (const auto& t : s.tokens) known.push_back(t.name);
+        std::sort(known.begin(), known.end());
+        std::string list;
+        for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+        return "unknown token '{" + *name + "}' in topic '" + pattern + "': not a token of service " + s.name +
+               (event_type ? " nor a field of " + event_type->full_name() : std::string()) +
+               " (declared tokens: " + (list.empty() ? "none" : list) + ")";
+    }
+    return std::nullopt;
 }
 
 std::string field_value(const pb::Message& m, const pb::FieldDescriptor* f) {

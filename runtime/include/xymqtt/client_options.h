@@ -66,6 +66,13 @@ struct client_options {
     /// queued one again it acknowledges it at once and never delivers it. The outbox keeps at most half
     /// of it in flight, as under MQTT 5.
     std::uint16_t broker_receive_maximum_311 = 20;
+    /// MQTT 3.1.1 only: the largest packet the broker takes (Mosquitto: `max_packet_size`), 0 (default) if
+    /// unknown. An MQTT 5 broker announces it (Maximum Packet Size) and this setting is ignored; a 3.1.1
+    /// broker drops the connection of a client that sends a larger one, and the outbox would send that
+    /// record first again on every connection, blocking everything behind it. Set, publish() throws
+    /// message_too_large for a larger message, and a larger call's invoke or a message stored earlier
+    /// becomes a dead letter instead of being sent (the call fails), as under MQTT 5.
+    std::uint32_t broker_maximum_packet_size_311 = 0;
     /// MQTT 5 receive maximum: most QoS 2 deliveries the broker may have in flight to this client. Each
     /// arriving message is committed before it is acknowledged, so a deep window buys little, and Paho
     /// searches its list of unreleased messages linearly for every packet, a list Mosquitto 2.0.11 lets

@@ -49,14 +49,6 @@ message_properties from_paho(const mqtt::properties& p) {
     return out;
 }
 
-// The MQTT 5 subscription identifier of a filter: the same in every process, so that messages the broker
-// queued for an earlier process carry the identifier this one expects (FNV-1a into 1..268,435,455).
-std::uint32_t subscription_identifier(const std::string& filter) {
-    std::uint32_t h = 2166136261u;
-    for (unsigned char c : filter) h = (h ^ c) * 16777619u;
-    return h % 268435455u + 1;
-}
-
 }  // namespace
 
 std::chrono::milliseconds retry_policy::delay_after(std::uint32_t attempt) const {
@@ -231,13 +223,13 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
             if (auto n = parse_sequence_id(*id)) last = std::max(last, *n);
     next_seq_ = last + 1;
     store_->for_each(table::outgoing, [&](const std::string& id, const std::string&) {
-        if (auto n = parse_sequence_id(id)) backlog_.push_back(*n);
+        if (auto n = parse_sequence_id(id)) sendq_.add(*n, nullptr);
         return true;
     });
-    outbox_count_ = backlog_.size();
+    outbox_count_ = sendq_.waiting();
     store_->for_each(table::incoming, [&](const std::string& id, const std::string& value) {
         try {
-            parked_.emplace(id, decode_record(value));
+            routes_.park(id, decode_record(value));
         } catch (const storage_error& e) {
             // A record we cannot read must not block the rest: keep it, as a dead letter.
             log(log_level::error, "inbox record " + id + " is unreadable: " + e.what());
@@ -248,10 +240,12 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
         }
         return true;
     });
-    inbox_count_ = parked_.size();
+    inbox_count_ = routes_.parked();
     dead_count_ = store_->count(table::dead_letters);
 
     if (opts_.receive_maximum == 0) opts_.receive_maximum = store_->durability() == durability::fsync ? 1 : 8;
+    // Known from the start under MQTT 3.1.1 (configured); an MQTT 5 broker's comes with its CONNACK.
+    if (opts_.mqtt_version != 5) max_packet_size_ = opts_.broker_maximum_packet_size_311;
 
     persistence_ = std::make_unique<detail::paho_persistence>(
         store_->session(), opts_.mqtt_version == 4 && opts_.durability == durability::fsync,
@@ -326,11 +320,9 @@ client::impl::~impl() {
         // Lanes left running by a close() from their own handler touch this object until they end.
         std::unique_lock<std::mutex> lk(mu_);
         auto running = [&] {
-            for (const auto& [f, l] : lanes_)
-                if (l->detached && !l->finished) return true;
-            for (const auto& l : retired_)
-                if (l->detached && !l->finished) return true;
-            return false;
+            bool any = false;
+            routes_.for_each([&](lane& l) { any = any || (l.detached && !l.finished); });
+            return any;
         };
         state_cv_.wait(lk, [&] { return !running(); });
     }
@@ -440,30 +432,12 @@ void client::impl::fresh_paho() {
     // The new client resumes the flows it restored; everything else in flight is sent again.
     const auto resumable = persistence_->resumable();
     std::lock_guard<std::mutex> lk(mu_);
-    for (auto& [seq, msg] : inflight_) requeue_[seq] = msg;
-    inflight_.clear();
-    // Flows the previous client was resuming and did not finish (its connect failed or was cut) are in
-    // no queue: send them again, unless this client resumes them too. Dropped, they never complete.
-    for (auto& [packet_id, seq] : resumed_) requeue_[seq] = nullptr;
-    resumed_.clear();
-    resumed_seqs_.clear();
     removed_while_connecting_.clear();  // ids of the previous client's connect: they mean nothing here
-    for (const auto& [packet_id, seq] : resumable) {
-        // A resumed publish lives in resumed_ only, so that it is never queued twice.
-        auto r = requeue_.find(seq);
-        auto n = ready_.find(seq);
-        const bool b = backlog_.contains(seq);
-        if (r == requeue_.end() && n == ready_.end() && !b) continue;
-        if (!resumes(packet_id, seq, r != requeue_.end() ? r->second : n != ready_.end() ? n->second : nullptr))
-            continue;  // sent again under a new packet id instead: at worst a duplicate
-        if (r != requeue_.end()) requeue_.erase(r);
-        if (n != ready_.end()) ready_.erase(n);
-        if (b) backlog_.erase(seq);
-        resumed_[packet_id] = seq;
-        resumed_seqs_.insert(seq);
-    }
-    log(log_level::debug, "new Paho client: " + std::to_string(resumed_.size()) + " flows resumed by Paho, " +
-                              std::to_string(requeue_.size()) + " publishes to send again");
+    sendq_.new_client(resumable, [this](int packet_id, std::uint64_t seq, std::shared_ptr<stored_message> msg) {
+        return resumes(packet_id, seq, std::move(msg));
+    });
+    log(log_level::debug, "new Paho client: " + std::to_string(sendq_.resumed()) + " flows resumed by Paho, " +
+                              std::to_string(sendq_.to_send_again()) + " publishes to send again");
 }
 
 std::shared_ptr<stored_message> client::impl::read_outgoing(std::uint64_t seq) const {
@@ -485,7 +459,7 @@ bool client::impl::resumes(int packet_id, std::uint64_t seq, std::shared_ptr<sto
 
 bool client::impl::gate_member::drained() const {
     std::lock_guard<std::mutex> lk(c_.mu_);
-    return !c_.connected_ || (c_.inflight_.empty() && c_.resumed_.empty());
+    return !c_.connected_ || c_.sendq_.drained();
 }
 
 void client::impl::gate_member::resume() {
@@ -502,28 +476,25 @@ void client::impl::on_resumed_complete(int packet_id) {
     std::uint64_t seq;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        auto it = resumed_.find(packet_id);
-        if (it == resumed_.end()) return;  // a flow of this client: its token reports it
+        if (!sendq_.resumes(packet_id)) return;  // a flow of this client: its token reports it
         if (connecting_) {
             // Paho also removes records while it handles CONNACK when the broker has no session: decided
             // once the connect returns (session present: delivered; no session: sent again).
             removed_while_connecting_.push_back(packet_id);
             return;
         }
-        seq = it->second;
-        resumed_.erase(it);
-        resumed_seqs_.erase(seq);
+        seq = *sendq_.end_resumed(packet_id);  // in flight now
         if (opts_.mqtt_version == 5) {
             // Paho removes a resumed flow's record at PUBCOMP and also at a PUBREC that refuses it (an ACL
             // denial whose answer a cut had kept from the first attempt), and it reports neither for a
             // flow it restored: taken for a delivery, a refusal would pass for success. Sent again under a
             // new packet id instead, where the outcome is reported: a duplicate at worst. (MQTT 3.1.1 has
             // no refusing PUBREC.)
-            requeue_[seq] = nullptr;
+            sendq_.take_back(seq);
+            sendq_.again(seq, nullptr);
             send_cv_.notify_one();
             return;
         }
-        inflight_[seq] = nullptr;
     }
     on_delivered(seq, 0);
 }
@@ -589,9 +560,7 @@ void client::impl::connection_loop() {
                 connecting_ = false;
                 if (!session_present) {
                     // The broker forgot the session, and Paho dropped the flows it was resuming: send again.
-                    for (auto& [packet_id, seq] : resumed_) requeue_[seq] = nullptr;
-                    resumed_.clear();
-                    resumed_seqs_.clear();
+                    sendq_.session_lost();
                 } else {
                     finished.swap(removed_while_connecting_);
                 }
@@ -600,7 +569,9 @@ void client::impl::connection_loop() {
             for (int packet_id : finished) on_resumed_complete(packet_id);
             if (rsp.get_properties().contains(mqtt::property::RECEIVE_MAXIMUM))
                 receive_max = mqtt::get<uint16_t>(rsp.get_properties(), mqtt::property::RECEIVE_MAXIMUM);
-            max_packet_size_ = opts_.mqtt_version == 5 && rsp.get_properties().contains(mqtt::property::MAXIMUM_PACKET_SIZE)
+            // MQTT 3.1.1 brokers announce no limit: the configured one (0: unknown).
+            max_packet_size_ = opts_.mqtt_version != 5 ? opts_.broker_maximum_packet_size_311
+                               : rsp.get_properties().contains(mqtt::property::MAXIMUM_PACKET_SIZE)
                                    ? mqtt::get<uint32_t>(rsp.get_properties(), mqtt::property::MAXIMUM_PACKET_SIZE)
                                    : 0;
             subscription_ids_ = opts_.mqtt_version == 5 &&
@@ -650,7 +621,7 @@ void client::impl::connection_loop() {
                 // its in-flight state (power loss) leaves up to a window of half-open flows at the broker until
                 // their packet ids are reused: half the receive maximum keeps both cases below the limit.
                 std::lock_guard<std::mutex> g(mu_);
-                window_ = std::max<std::size_t>(1, std::min(opts_.max_inflight, receive_max / 2));
+                sendq_.set_window(std::max<std::size_t>(1, std::min(opts_.max_inflight, receive_max / 2)));
             }
             fire(opts_.hooks.on_server, current_server().uri);
             on_connected(session_present);
@@ -695,7 +666,7 @@ void client::impl::check_broker(const mqtt::properties& connack) {
     needs.session_expiry = static_cast<std::uint32_t>(std::min<std::int64_t>(opts_.session_expiry.count(), INT32_MAX));
     {
         std::lock_guard<std::mutex> lk(mu_);
-        for (const auto& [filter, lane] : lanes_)
+        for (const auto& filter : routes_.live_filters())
             if (filter.rfind("$share/", 0) == 0) needs.shared_subscriptions = true;
     }
     std::string fatal;
@@ -741,8 +712,7 @@ void client::impl::on_connected(bool session_present) {
         reconnect = ever_connected_;
         ever_connected_ = true;
         last_error_.clear();
-        for (auto& [f, l] : lanes_)
-            if (!l->stopping) filters.push_back(f);
+        filters = routes_.live_filters();
         for (const auto& f : filters) pending_unsubscribes_.erase(f);
         stale.assign(pending_unsubscribes_.begin(), pending_unsubscribes_.end());
         pending_unsubscribes_.clear();
@@ -760,8 +730,8 @@ void client::impl::on_connected(bool session_present) {
         send_blocked_ = false;
         buffer_full_ = false;
         ++connection_gen_;
-        for (auto& [f, l] : lanes_)  // added while the ones above were being sent
-            if (!l->stopping && std::find(filters.begin(), filters.end(), f) == filters.end()) late.push_back(f);
+        for (const auto& f : routes_.live_filters())  // added while the ones above were being sent
+            if (std::find(filters.begin(), filters.end(), f) == filters.end()) late.push_back(f);
     }
     for (const auto& f : late) subscribe_at_broker(f);
     fire(opts_.hooks.on_connect, session_present);
@@ -819,7 +789,7 @@ void client::impl::subscribe_at_broker(const std::string& filter, std::chrono::m
             // identifier tells which lane each copy is for, so overlapping filters handle it once each.
             mqtt::properties props;
             if (subscription_ids_)
-                props.add({mqtt::property::SUBSCRIPTION_IDENTIFIER, static_cast<int32_t>(subscription_identifier(filter))});
+                props.add({mqtt::property::SUBSCRIPTION_IDENTIFIER, static_cast<int32_t>(detail::subscription_identifier(filter))});
             cli->subscribe(filter, 2, nullptr, *l, so, props);
         } else {
             cli->subscribe(filter, 2, nullptr, *l);
@@ -839,7 +809,7 @@ void client::impl::on_subscribe_failed(const std::string& filter, const mqtt::ia
         if (closing_ || current_paho_.load() != cli) return;
         {
             std::lock_guard<std::mutex> lk(mu_);
-            if (!find_lane(filter) || !connected_) return;  // gone, or subscribed at the next connection
+            if (!routes_.find(filter) || !connected_) return;  // gone, or subscribed at the next connection
         }
         if (auto c = paho(); !c || !c->is_connected()) {
             // Paho knows the connection is gone but has not told us (or told us too early): reconnect.
@@ -893,7 +863,7 @@ void client::impl::close() {
         conn_cv_.notify_all();
         send_cv_.notify_all();
         state_cv_.notify_all();
-        for (auto& [f, l] : lanes_) l->cv.notify_all();
+        routes_.for_each([](lane& l) { l.cv.notify_all(); });
     }
     {
         std::lock_guard<std::mutex> lk(timer_mu_);
@@ -916,8 +886,7 @@ void client::impl::close() {
     {
         std::lock_guard<std::mutex> lk(mu_);
         connected_ = false;
-        for (auto& [f, l] : lanes_) ls.push_back(l.get());
-        for (auto& l : retired_) ls.push_back(l.get());
+        routes_.for_each([&](lane& l) { ls.push_back(&l); });
     }
     for (auto* l : ls) {
         if (!l->thread.joinable()) continue;
@@ -1081,17 +1050,15 @@ void client::impl::commit_publishes(std::vector<write_op> ops, std::vector<store
 void client::impl::on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg, bool send_here) {
     // Counted as pending by the caller, before the commit.
     std::unique_lock<std::mutex> lk(mu_);
-    if (connected_ && ready_.size() < ready_cap)
-        ready_.emplace(seq, std::move(msg));
-    else
-        backlog_.push_back(seq);  // offline or far behind: the message waits on disk, not in memory
+    // Offline or far behind, the message waits on disk, not in memory.
+    sendq_.add(seq, connected_ && sendq_.in_memory() < ready_cap ? std::move(msg) : nullptr);
     if (!sender_has_work()) return;
     // A call's invoke or a command's outcome, with nothing ahead of it and room in the window, goes to Paho
     // from the thread that stored it: waking the sender would put a hand-off (two context switches) on the
     // path of every call, twice. With more waiting, the sender hands Paho bursts (docs/benchmarks.md, F17).
     // Never from within a commit's `done` (send_here false): that runs on the committer's thread, or on a
     // caller leading a commit, which Paho's threads may be waiting for while they hold Paho's lock.
-    if (send_here && !dispatching_ && requeue_.empty() && backlog_.empty() && ready_.size() == 1 &&
+    if (send_here && !dispatching_ && sendq_.waiting() == 1 && sendq_.in_memory() == 1 &&
         dispatch(lk, nullptr) == send_outcome::sent && !sender_has_work())
         return;
     send_cv_.notify_one();
@@ -1118,14 +1085,9 @@ std::shared_ptr<mqtt::message> client::impl::to_paho(const stored_message& m) co
 }
 
 bool client::impl::sender_has_work() const {
-    if (!connected_ || send_blocked_ || buffer_full_ || in_flight() >= window_) return false;
-    if (detail::connect_gate::process().closed_to(&gate_member_)) return false;  // another client connects
-    const std::size_t pending = requeue_.size() + backlog_.size() + ready_.size();
-    // With more waiting than the window holds, wait for half of it to be free: Paho then gets a burst,
-    // instead of one publish (and one wake-up of its send thread) per completion. The other half keeps
-    // the pipeline full meanwhile. Measured against a quarter: +6 % process events (F17).
-    const std::size_t burst = std::min(pending, std::max<std::size_t>(1, window_ / 2));
-    return pending > 0 && window_ - in_flight() >= burst;
+    if (!connected_ || send_blocked_ || buffer_full_ || !sendq_.burst_ready()) return false;
+    // Measured against a burst of a quarter of the window: +6 % process events (F17).
+    return !detail::connect_gate::process().closed_to(&gate_member_);  // another client connects
 }
 
 void client::impl::sender_loop() {
@@ -1166,34 +1128,14 @@ client::impl::send_outcome client::impl::dispatch(std::unique_lock<std::mutex>& 
     return settle_batch(batch, refused_rc, gen);
 }
 
-std::size_t client::impl::in_flight() const {
-    // The flows Paho resumes count too: with them on top of a full window the broker's receive quota could
-    // run out, and a PUBREC that refuses a resumed flow looks to this client like its completion.
-    return inflight_.size() + resumed_.size();
-}
-
 std::vector<client::impl::send_item> client::impl::take_batch() {
     // mu_ held. Takes what the window allows in one go: one lock hand-off per batch, not per message.
     std::vector<send_item> batch;
-    while (batch.size() < 64 && in_flight() < window_ &&
-           (!requeue_.empty() || !backlog_.empty() || !ready_.empty())) {
-        send_item it;
-        // Oldest first: what failed in flight, then what waited on disk, then new publishes.
-        if (!requeue_.empty()) {
-            it.seq = requeue_.begin()->first;
-            it.msg = requeue_.begin()->second;
-            requeue_.erase(requeue_.begin());
-        } else if (!backlog_.empty() && (ready_.empty() || backlog_.front() < ready_.begin()->first)) {
-            it.seq = backlog_.front();
-            backlog_.pop_front();
-        } else {
-            it.seq = ready_.begin()->first;
-            it.msg = ready_.begin()->second;
-            ready_.erase(ready_.begin());
-        }
-        if (resumed_seqs_.count(it.seq)) continue;  // Paho is finishing it under its old packet id
-        inflight_[it.seq] = it.msg;
-        batch.push_back(std::move(it));
+    for (auto& it : sendq_.take(64)) {
+        send_item item;
+        item.seq = it.seq;
+        item.msg = std::move(it.msg);
+        batch.push_back(std::move(item));
     }
     return batch;
 }
@@ -1248,17 +1190,14 @@ int client::impl::publish_batch(std::vector<send_item>& batch, mqtt::iasync_clie
 client::impl::send_outcome client::impl::settle_batch(std::vector<send_item>& batch, int refused_rc,
                                                       std::uint64_t gen) {
     // mu_ held
+    // Each only if still in flight: it may have completed, or failed and been queued again, meanwhile.
     for (auto& it : batch) {
-        auto f = inflight_.find(it.seq);
-        if (f == inflight_.end()) continue;  // completed (or failed and requeued) already
-        if (it.gone) {
-            inflight_.erase(f);  // the record is gone from the store: nothing to send
-        } else if (!it.sent) {
-            requeue_[it.seq] = it.msg;
-            inflight_.erase(f);
-        } else {
-            f->second = it.msg;
-        }
+        if (it.gone)
+            sendq_.drop(it.seq);  // the record is gone from the store: nothing to send
+        else if (!it.sent)
+            sendq_.not_taken(it.seq, it.msg);
+        else
+            sendq_.keep(it.seq, it.msg);
     }
     if (!refused_rc) return send_outcome::sent;
     // A refusal by the client of a connection that has been replaced since says nothing about the new
@@ -1284,8 +1223,7 @@ void client::impl::on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync
     std::shared_ptr<std::promise<void>> prom;
     {
         std::unique_lock<std::mutex> lk(mu_);
-        if (!inflight_.erase(seq) && !requeue_.erase(seq)) return;  // completed already
-        refusals_.erase(seq);
+        if (!sendq_.finish(seq)) return;  // completed already
         buffer_full_ = false;
         auto it = promises_.find(seq);
         if (it != promises_.end()) {
@@ -1332,12 +1270,11 @@ void client::impl::on_send_failed(std::uint64_t seq, int rc, int reason_code, co
     // flight on the current one already: sent again here, it reached the broker twice (finding H8).
     if (from && from != current_paho_.load()) return;
     std::unique_lock<std::mutex> lk(mu_);
-    auto it = inflight_.find(seq);
-    if (it == inflight_.end()) return;
+    auto msg = sendq_.take_back(seq);
+    if (!msg) return;
     // Lost with the connection or the session: it is sent again, as the outbox promises.
     log(log_level::debug, "publish " + sequence_id(seq) + " interrupted (rc " + std::to_string(rc) + "), will resend");
-    requeue_[seq] = it->second;
-    inflight_.erase(it);
+    sendq_.again(seq, std::move(*msg));
     buffer_full_ = false;
     send_cv_.notify_one();
     lk.unlock();
@@ -1361,18 +1298,16 @@ void client::impl::refuse(std::uint64_t seq, int reason_code, const std::string&
     bool known = false;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        auto it = inflight_.find(seq);
-        if (it != inflight_.end()) {
+        if (auto m = sendq_.take_back(seq)) {
             known = true;
-            msg = it->second;
-            inflight_.erase(it);
+            msg = std::move(*m);
         }
         auto p = promises_.find(seq);
         if (p != promises_.end()) {
             prom = p->second;
             promises_.erase(p);
         }
-        refusals_.erase(seq);
+        sendq_.forget_refusals(seq);
         send_cv_.notify_one();
     }
     if (!known) return;  // completed or refused already
@@ -1440,7 +1375,7 @@ void client::impl::refuse(std::uint64_t seq, int reason_code, const std::string&
         if (msg) ++dead_count_;
         inbox_count_ += local.size();
         for (auto& [rid, r] : local)
-            if (auto l = route(rid, std::move(r))) wake.push_back(std::move(l));
+            if (auto l = routes_.route(rid, std::move(r))) wake.push_back(std::move(l));
         state_cv_.notify_all();
     }
     for (auto& l : wake) l->cv.notify_one();
@@ -1460,11 +1395,10 @@ void client::impl::refuse_for_now(std::uint64_t seq, int reason_code) {
     std::chrono::milliseconds delay;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        auto it = inflight_.find(seq);
-        if (it == inflight_.end()) return;
-        msg = it->second;
-        inflight_.erase(it);
-        const auto n = std::min<std::uint32_t>(refusals_[seq]++, 16);
+        auto m = sendq_.take_back(seq);
+        if (!m) return;
+        msg = std::move(*m);
+        const auto n = std::min<std::uint32_t>(sendq_.count_refusal(seq), 16);
         delay = std::min(opts_.reconnect_min * (1 << n), opts_.reconnect_max);
         send_cv_.notify_one();
     }
@@ -1473,7 +1407,7 @@ void client::impl::refuse_for_now(std::uint64_t seq, int reason_code) {
                                 std::to_string(reason_code) + "): sent again in " + std::to_string(delay.count()) + " ms");
     schedule(std::chrono::steady_clock::now() + delay, [this, seq, msg] {
         std::lock_guard<std::mutex> lk(mu_);
-        requeue_[seq] = msg;
+        sendq_.again(seq, msg);
         if (sender_has_work()) send_cv_.notify_one();
     });
 }
@@ -1570,7 +1504,7 @@ void client::impl::on_arrived(mqtt::const_message_ptr msg) {
             hold_off_ = std::chrono::milliseconds(0);
             inbox_count_ += recs.size();
             for (auto& [id, r] : recs)
-                if (auto l = route(id, std::move(r))) wake.push_back(std::move(l));
+                if (auto l = routes_.route(id, std::move(r))) wake.push_back(std::move(l));
         }
         // Woken with mu_ released: a lane woken under it preempted this thread only to block on mu_, two
         // more context switches per message (docs/benchmarks.md, F16).
@@ -1627,62 +1561,17 @@ void client::impl::cut_connection(const std::string& why) {
 
 std::vector<std::pair<std::string, stored_message>> client::impl::inbox_records(
     stored_message rec, const std::vector<std::uint32_t>& sub_ids) {
-    std::vector<std::string> filters, identified;
+    std::vector<std::string> filters;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        for (auto& [f, l] : lanes_) {
-            if (l->stopping || !topic_matches(f, rec.topic)) continue;
-            filters.push_back(f);
-            if (std::find(sub_ids.begin(), sub_ids.end(), subscription_identifier(f)) != sub_ids.end())
-                identified.push_back(f);
-        }
+        filters = routes_.lanes_for(rec.topic, sub_ids);
     }
-    // A copy that names its subscriptions goes to their lanes only. One that names none of ours (sent for
-    // a subscription made before identifiers, or since replaced) goes to every matching lane.
-    if (!identified.empty()) filters.swap(identified);
-    if (filters.empty()) filters.push_back("");  // parked until a subscription matches
     std::vector<std::pair<std::string, stored_message>> out;
     for (const auto& f : filters) {
         rec.lane = f;
         out.emplace_back(sequence_id(next_seq_++), rec);
     }
     return out;
-}
-
-std::shared_ptr<client::impl::lane> client::impl::route(const std::string& id, stored_message rec) {
-    // mu_ held
-    auto it = lanes_.find(rec.lane);
-    if (it != lanes_.end() && !it->second->stopping) {
-        it->second->queue.emplace(id, std::move(rec));
-        return it->second;
-    }
-    parked_.emplace(id, std::move(rec));
-    return nullptr;
-}
-
-client::impl::lane* client::impl::find_lane(const std::string& filter) {
-    auto it = lanes_.find(filter);
-    return it == lanes_.end() || it->second->stopping ? nullptr : it->second.get();
-}
-
-std::vector<write_op> client::impl::adopt_parked(lane* l) {
-    // mu_ held. Deliveries stored for this filter, or for no filter yet but matching it, join the lane.
-    // @return the relabelling to commit once mu_ is released (the committer's completions take mu_).
-    std::vector<write_op> relabel;
-    for (auto it = parked_.begin(); it != parked_.end();) {
-        auto& rec = it->second;
-        if (rec.lane == l->filter || (rec.lane.empty() && topic_matches(l->filter, rec.topic))) {
-            if (rec.lane.empty()) {
-                rec.lane = l->filter;
-                relabel.push_back({table::incoming, it->first, encode_record(rec)});
-            }
-            l->queue.emplace(it->first, std::move(rec));
-            it = parked_.erase(it);
-        } else {
-            ++it;
-        }
-    }
-    return relabel;
 }
 
 subscription_id client::impl::add_handler(const std::string& filter, lane_handler handler, unsigned concurrency) {
@@ -1695,29 +1584,16 @@ subscription_id client::impl::add_handler(const std::string& filter, lane_handle
         std::lock_guard<std::mutex> lk(mu_);
         id = next_sub_++;
         // Lanes stopped by unsubscribe have finished (or will soon): reap the ones that have.
-        for (auto it = retired_.begin(); it != retired_.end();) {
-            if ((*it)->finished && (*it)->thread.joinable() && (*it)->thread.get_id() != std::this_thread::get_id()) {
-                (*it)->thread.join();
-                it = retired_.erase(it);
-            } else {
-                ++it;
-            }
-        }
-        lane* l = find_lane(filter);
+        routes_.reap_retired();
+        lane* l = routes_.find(filter);
         if (!l) {
-            auto old = lanes_.find(filter);
-            if (old != lanes_.end()) retired_.push_back(std::move(old->second));
-            auto nl = std::make_shared<lane>();
-            nl->filter = filter;
-            nl->concurrency = std::max(1u, concurrency);
-            l = nl.get();
-            lanes_[filter] = std::move(nl);
-            relabel = adopt_parked(l);
+            auto opened = routes_.open(filter, concurrency);
+            l = opened.first.get();
+            relabel = std::move(opened.second);
             l->thread = std::thread([this, l] { lane_loop(l); });
             fresh = true;
         }
-        l->handlers.emplace(id, std::move(handler));
-        sub_filter_[id] = filter;
+        routes_.add_handler(id, *l, std::move(handler));
         fresh = fresh && connected_;
     }
     // Recording the lane is bookkeeping: if it is lost the record is parked again and re-adopted.
@@ -1731,19 +1607,12 @@ void client::impl::remove_handler(subscription_id id) {
     std::string filter;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        auto it = sub_filter_.find(id);
-        if (it == sub_filter_.end()) return;
-        filter = it->second;
-        sub_filter_.erase(it);
-        lane* l = find_lane(filter);
-        if (!l) return;
-        l->handlers.erase(id);
-        if (!l->handlers.empty()) return;
-        // The last handler: the lane stops, its deliveries wait (parked) for a new subscription.
-        l->stopping = true;
-        for (auto& [rid, rec] : l->queue) parked_.emplace(rid, std::move(rec));
-        l->queue.clear();
-        l->cv.notify_all();
+        auto r = routes_.remove_handler(id);
+        // Not the last handler of its lane: the subscription stays. The last: the lane stops, and its
+        // deliveries wait (parked) for a new subscription.
+        if (!r || !r->stopped) return;
+        filter = r->filter;
+        r->stopped->cv.notify_all();
     }
     unsubscribe_at_broker(filter);
 }
@@ -1752,8 +1621,7 @@ void client::impl::remove_filter(const std::string& filter) {
     std::vector<subscription_id> ids;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        for (auto& [id, f] : sub_filter_)
-            if (f == filter) ids.push_back(id);
+        ids = routes_.handlers_of(filter);
     }
     for (auto id : ids) remove_handler(id);
 }
@@ -1893,8 +1761,7 @@ void client::impl::complete(lane* l, const std::string& id, effects fx) {
     for (auto& f : fx.after_commit) f();
     ++handled_;
     std::lock_guard<std::mutex> lk(mu_);
-    l->queue.erase(id);
-    parked_.erase(id);  // the lane may have been unsubscribed meanwhile
+    routes_.done(*l, id);  // parked, if the lane was unsubscribed meanwhile
     --inbox_count_;
     if (l->working.erase(id)) l->cv.notify_all();
     state_cv_.notify_all();
@@ -1918,8 +1785,7 @@ void client::impl::dead_letter_record(const std::string& id, stored_message rec,
     if (parse) fire(opts_.hooks.on_parse_error, m, reason);
     fire(opts_.hooks.on_dead_letter, m, reason);
     std::lock_guard<std::mutex> lk(mu_);
-    for (auto& [f, l] : lanes_) l->queue.erase(id);
-    parked_.erase(id);
+    routes_.erase(id);
     --inbox_count_;
     ++dead_count_;
     state_cv_.notify_all();
@@ -1960,7 +1826,7 @@ bool client::impl::replay_dead_letter(const std::string& id) {
         std::lock_guard<std::mutex> lk(mu_);
         --dead_count_;
         ++outbox_count_;
-        requeue_[*seq] = std::make_shared<stored_message>(std::move(rec));
+        sendq_.again(*seq, std::make_shared<stored_message>(std::move(rec)));
         if (sender_has_work()) send_cv_.notify_one();
         return true;
     }
@@ -1970,7 +1836,7 @@ bool client::impl::replay_dead_letter(const std::string& id) {
         std::lock_guard<std::mutex> lk(mu_);
         --dead_count_;
         ++inbox_count_;
-        wake = route(id, std::move(rec));
+        wake = routes_.route(id, std::move(rec));
     }
     if (wake) wake->cv.notify_one();
     return true;

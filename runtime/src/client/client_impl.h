@@ -17,8 +17,9 @@
 
 #include "commands/call_core.h"
 #include "commands/worker_pool.h"
+#include "inbox/routes.h"
 #include "outbox/committer.h"
-#include "outbox/seq_runs.h"
+#include "outbox/send_queue.h"
 #include "session/ca_bundle.h"
 #include "session/connect_gate.h"
 #include "session/nagle_governor.h"
@@ -30,20 +31,6 @@ namespace xymqtt {
 namespace wire {
 struct outgoing;
 }
-
-/// What a lane handler wants done together with the removal of its delivery from the inbox.
-struct effects {
-    std::vector<write_op> ops;                                             ///< Committed atomically with it.
-    std::vector<std::pair<std::uint64_t, std::shared_ptr<stored_message>>> publishes;  ///< Outbox puts to send.
-    std::vector<std::function<void()>> after_commit;                       ///< Run once committed.
-    /// Set by a handler whose work finishes later, on another thread (a command served with a concurrency
-    /// above 1). The lane calls it with `finish` and goes on with its next delivery, up to its concurrency;
-    /// the delivery stays in the inbox until `finish` is called, once, with the rest of the effects.
-    std::function<void(std::function<void(effects)> finish)> later;
-};
-
-/// A handler inside the runtime: the user's handlers and the command protocol's.
-using lane_handler = std::function<void(const message&, effects&)>;
 
 class client::impl {
 public:
@@ -88,20 +75,7 @@ public:
     client_options opts_;
 
 private:
-    struct lane : std::enable_shared_from_this<lane> {
-        std::string filter;
-        std::map<subscription_id, lane_handler> handlers;
-        std::map<std::string, stored_message> queue;  // inbox id -> record, in arrival order
-        std::string head_id;                          // delivery in progress, and the handlers done for it
-        std::set<subscription_id> head_done;
-        unsigned concurrency = 1;
-        std::set<std::string> working;  // deliveries whose handlers finish later (effects::later)
-        std::condition_variable cv;
-        bool stopping = false;
-        bool finished = false;  // the thread has left its loop (guarded by mu_)
-        bool detached = false;  // close() ran on this lane's thread and left it to end (guarded by mu_)
-        std::thread thread;
-    };
+    using lane = detail::lane;
     /// How a command's calls run: one of the handlers, and the command's threads if it has any.
     struct command_runner {
         std::shared_ptr<const command_handler> sync;
@@ -193,7 +167,6 @@ private:
     void on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg, bool send_here = false);
     /// mu_ held. @return whether the sender thread should run now.
     bool sender_has_work() const;
-    std::size_t in_flight() const;
     /// @return outbox record `seq` read from the store, or nullptr if it is gone. @throw storage_error.
     std::shared_ptr<stored_message> read_outgoing(std::uint64_t seq) const;
     /// @return true if Paho's flow under `packet_id` is outbox record `seq` (`msg`, or read from the store).
@@ -208,7 +181,7 @@ private:
     /// order. Called with `lk` (mu_) held, released while Paho is called. @param from the Paho client to
     /// publish with, from inside its callback; nullptr: the current one.
     send_outcome dispatch(std::unique_lock<std::mutex>& lk, mqtt::iasync_client* from);
-    // dispatch's steps: take_batch (mu_ held) moves what the window allows into inflight_, publish_batch
+    // dispatch's steps: take_batch (mu_ held) moves what the window allows in flight (sendq_), publish_batch
     // (mu_ not held) hands it to Paho, settle_batch (mu_ held) requeues what Paho refused.
     struct send_item {
         std::uint64_t seq = 0;
@@ -246,15 +219,10 @@ private:
     /// Marks the calling thread as running this client's handlers (close() from one must not join it).
     void mark_handler_thread();
     void dead_letter_record(const std::string& id, stored_message rec, const std::string& reason, bool parse);
-    lane* find_lane(const std::string& filter);
-    std::vector<write_op> adopt_parked(lane* l);
     /// @return the inbox records of a message: one per matching lane (or one parked), with new ids.
     /// @param sub_ids the MQTT 5 subscription identifiers the copy carries (see subscribe_at_broker)
     std::vector<std::pair<std::string, stored_message>> inbox_records(stored_message rec,
                                                                       const std::vector<std::uint32_t>& sub_ids = {});
-    /// Queues a delivery on its lane (or parks it). Called with mu_ held. @return the lane to wake once
-    /// mu_ is released, or nullptr.
-    std::shared_ptr<lane> route(const std::string& id, stored_message rec);
 
     // -- commands (commands.cpp)
     void register_command(const std::string& command, command_runner run, const command_options& opts);
@@ -364,29 +332,18 @@ private:
 
     // outbox
     std::map<std::uint64_t, std::shared_ptr<std::promise<void>>> promises_;
-    std::map<std::uint64_t, std::shared_ptr<stored_message>> ready_;    // stored, in memory, not yet sent
-    detail::seq_runs backlog_;                                          // stored, only on disk
-    std::map<std::uint64_t, std::shared_ptr<stored_message>> requeue_;  // sent, failed, to send again
-    std::map<std::uint64_t, std::shared_ptr<stored_message>> inflight_; // handed to Paho
-    std::map<std::uint64_t, std::uint32_t> refusals_;  // refusals for now, per publish (backoff)
+    detail::send_queue sendq_;  // what waits to be sent, what is in flight, and the window
     bool send_blocked_ = false;  // Paho is not connected: wait for the next connection
     bool buffer_full_ = false;   // Paho's command queue is full: wait for a completion
     bool dispatching_ = false;   // a thread is in dispatch(), handing Paho a batch
     std::uint64_t connection_gen_ = 0;  // counts connections: a refusal seen by the sender is for one of them
-    std::size_t window_ = 1;              // publishes allowed in flight: min(max_inflight, receive maximum)
     bool connecting_ = false;
     std::vector<int> removed_while_connecting_;
-    std::map<int, std::uint64_t> resumed_;  // packet id -> outbox record, flows Paho resumed itself
-    std::set<std::uint64_t> resumed_seqs_;
     std::set<std::string> pending_unsubscribes_;  // filters removed while offline
     std::size_t outbox_count_ = 0;
 
     // inbox
-    // Shared: a lane is woken after mu_ is released, when it may already have been retired.
-    std::map<std::string, std::shared_ptr<lane>> lanes_;  // by filter
-    std::vector<std::shared_ptr<lane>> retired_;
-    std::map<std::string, stored_message> parked_;         // inbox records with no active lane
-    std::unordered_map<subscription_id, std::string> sub_filter_;
+    detail::routes routes_;  // the lanes, the deliveries waiting for one, the handlers' filters
     std::size_t inbox_count_ = 0;
     subscription_id next_sub_ = 1;
 

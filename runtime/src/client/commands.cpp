@@ -328,9 +328,9 @@ std::optional<command_result> client::impl::awaited_result(const stored_message&
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (awaiting_.empty()) return std::nullopt;
-        auto it = lanes_.find(rec.lane);
-        if (it == lanes_.end() || it->second->handlers.size() != 1) return std::nullopt;
-        only = it->second->handlers.begin()->first;
+        const lane* l = routes_.find(rec.lane);
+        if (!l || l->handlers.size() != 1) return std::nullopt;
+        only = l->handlers.begin()->first;
     }
     std::string command;
     bool rejected = false;
@@ -454,7 +454,7 @@ bool client::impl::has_result_subscription(const std::string& command, result_ro
     const auto resolve = wire::resolve_topic(command), reject = wire::reject_topic(command);
     bool has_resolve = false, has_reject = false;
     std::lock_guard<std::mutex> lk(mu_);
-    for (const auto& [id, f] : sub_filter_) {
+    for (const auto& [id, f] : routes_.filters()) {
         if (internal.count(id)) continue;  // the awaitable form's own subscriptions do not count
         has_resolve = has_resolve || topic_matches(f, resolve);
         has_reject = has_reject || topic_matches(f, reject);

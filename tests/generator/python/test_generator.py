@@ -233,5 +233,37 @@ class Model(unittest.TestCase):
         self.assertEqual(model.cpp_string('a"b\\c\n'), '"a\\"b\\\\c\\n"')
 
 
+class TopicPatterns(unittest.TestCase):
+    """The shared corpus of topic patterns, through protoc."""
+
+    def test_topic_patterns_corpus(self):
+        """The corpus the command-line tool's test reads too: both accept and refuse the same patterns."""
+        corpus = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "schema_rules",
+                              "topic_patterns.txt")
+        with open(corpus, encoding="utf-8") as f:
+            cases = [line.rstrip("\n").split(" ", 2) for line in f if line.strip() and not line.startswith("#")]
+        self.assertGreater(len(cases), 15)
+        for kind, pattern, expect in cases:
+            with self.subTest(kind=kind, pattern=pattern), tempfile.TemporaryDirectory() as d:
+                proto = ('syntax = "proto3";\npackage corpus;\nimport "xymqtt/options.proto";\n'
+                         "message E { string id = 1; int64 n = 2; fixed32 k = 3; repeated string tags = 4; "
+                         "bool ok = 5; bytes raw = 6; }\nmessage R {}\nservice S {\n"
+                         '  option (xymqtt.token) = { name: "system" default: "s" };\n')
+                if kind == "event":
+                    proto += f'  option (xymqtt.event) = {{ name: "e" type: "E" topic: "{pattern}" }};\n'
+                else:
+                    proto += f'  rpc Ping(R) returns (R) {{ option (xymqtt.command) = {{ topic: "{pattern}" }}; }}\n'
+                with open(os.path.join(d, "t.proto"), "w", encoding="utf-8") as f:
+                    f.write(proto + "}\n")
+                out = os.path.join(d, "out")
+                os.mkdir(out)
+                r = run_protoc(d, ["t.proto"], out)
+                if expect == "ok":
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                else:
+                    self.assertNotEqual(r.returncode, 0)
+                    self.assertIn(("event e: " if kind == "event" else "command ping: ") + expect, r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
