@@ -505,32 +505,23 @@ TEST_CASE("a JSON handler returning something that is not a JSON object rejects 
 namespace {
 
 // A store that forwards to LMDB and records every commit's writes as "table:id:put|del".
-class commit_log_store final : public store {
+class commit_log_store final : public forwarding_store {
 public:
-    explicit commit_log_store(const std::string& dir) : inner_(open_lmdb_store(dir)) {}
+    explicit commit_log_store(const std::string& dir) : forwarding_store(open_lmdb_store(dir)) {}
     void commit(const std::vector<write_op>& batch) override {
         std::vector<std::string> ops;
         for (const auto& op : batch)
             ops.push_back(std::string(table_name(op.tbl)) + ":" + op.id + (op.value ? ":put" : ":del"));
-        inner_->commit(batch);
+        forwarding_store::commit(batch);
         std::lock_guard<std::mutex> lk(mu_);
         log_.push_back(std::move(ops));
     }
-    std::optional<std::string> get(table t, const std::string& id) const override { return inner_->get(t, id); }
-    void for_each(table t, const std::function<bool(const std::string&, const std::string&)>& fn) const override {
-        inner_->for_each(t, fn);
-    }
-    std::optional<std::string> last_id(table t) const override { return inner_->last_id(t); }
-    std::size_t count(table t) const override { return inner_->count(t); }
-    session_records& session() override { return inner_->session(); }
-    xymqtt::durability durability() const override { return inner_->durability(); }
     std::vector<std::vector<std::string>> take() {
         std::lock_guard<std::mutex> lk(mu_);
         return std::exchange(log_, {});
     }
 
 private:
-    std::unique_ptr<store> inner_;
     std::mutex mu_;
     std::vector<std::vector<std::string>> log_;
 };

@@ -135,25 +135,16 @@ TEST_CASE("an arrival that cannot be taken in is not acknowledged: it comes agai
     store_options sto;
     sto.durability = durability::process;
     std::shared_ptr<store> inner(open_lmdb_store(dir / ("sub" + std::to_string(version)), sto));
-    struct flaky : store {
-        std::shared_ptr<store> in;
+    struct flaky : forwarding_store {
         std::atomic<int> failures{0};
-        explicit flaky(std::shared_ptr<store> s) : in(std::move(s)) {}
+        using forwarding_store::forwarding_store;
         void commit(const std::vector<write_op>& b) override {
             for (const auto& op : b)
                 if (op.tbl == table::incoming && op.value && op.value->find("boom") != std::string::npos &&
                     failures.fetch_add(1) < 6)
                     throw std::bad_alloc();
-            in->commit(b);
+            forwarding_store::commit(b);
         }
-        std::optional<std::string> get(table t, const std::string& id) const override { return in->get(t, id); }
-        void for_each(table t, const std::function<bool(const std::string&, const std::string&)>& fn) const override {
-            in->for_each(t, fn);
-        }
-        std::optional<std::string> last_id(table t) const override { return in->last_id(t); }
-        std::size_t count(table t) const override { return in->count(t); }
-        session_records& session() override { return in->session(); }
-        xymqtt::durability durability() const override { return in->durability(); }
     };
     auto s = std::make_shared<flaky>(inner);
     auto so = options_for(dir, "sub");

@@ -569,11 +569,11 @@ void client::impl::connection_loop() {
             for (int packet_id : finished) on_resumed_complete(packet_id);
             if (rsp.get_properties().contains(mqtt::property::RECEIVE_MAXIMUM))
                 receive_max = mqtt::get<uint16_t>(rsp.get_properties(), mqtt::property::RECEIVE_MAXIMUM);
-            // MQTT 3.1.1 brokers announce no limit: the configured one (0: unknown).
-            max_packet_size_ = opts_.mqtt_version != 5 ? opts_.broker_maximum_packet_size_311
-                               : rsp.get_properties().contains(mqtt::property::MAXIMUM_PACKET_SIZE)
-                                   ? mqtt::get<uint32_t>(rsp.get_properties(), mqtt::property::MAXIMUM_PACKET_SIZE)
-                                   : 0;
+            // MQTT 3.1.1 brokers announce no limit: the configured one stays (set at construction).
+            if (opts_.mqtt_version == 5)
+                max_packet_size_ = rsp.get_properties().contains(mqtt::property::MAXIMUM_PACKET_SIZE)
+                                       ? mqtt::get<uint32_t>(rsp.get_properties(), mqtt::property::MAXIMUM_PACKET_SIZE)
+                                       : 0;
             subscription_ids_ = opts_.mqtt_version == 5 &&
                                 (!rsp.get_properties().contains(mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE) ||
                                  mqtt::get<uint8_t>(rsp.get_properties(), mqtt::property::SUBSCRIPTION_IDENTIFIERS_AVAILABLE) != 0);
@@ -1669,13 +1669,7 @@ void client::impl::lane_loop(lane* l) {
 
 void client::impl::process(lane* l, const std::string& id, stored_message rec,
                            std::vector<std::pair<subscription_id, lane_handler>> handlers) {
-    message m;
-    m.topic = rec.topic;
-    m.payload = rec.payload;
-    m.props = rec.props;
-    m.id = id;
-    m.attempt = rec.attempts + 1;
-    m.received_at_ms = rec.created_ms;
+    const message m = message_of(id, rec, rec.attempts + 1);
     fire(opts_.hooks.on_message, m);
 
     effects fx;
@@ -1737,6 +1731,17 @@ void client::impl::process(lane* l, const std::string& id, stored_message rec,
     std::lock_guard<std::mutex> lk(mu_);
     auto it = l->queue.find(id);
     if (it != l->queue.end()) it->second = std::move(rec);
+}
+
+message client::impl::message_of(const std::string& id, const stored_message& rec, std::uint32_t attempt) {
+    message m;
+    m.topic = rec.topic;
+    m.payload = rec.payload;
+    m.props = rec.props;
+    m.id = id;
+    m.attempt = attempt;
+    m.received_at_ms = rec.created_ms;
+    return m;
 }
 
 void client::impl::complete(lane* l, const std::string& id, effects fx) {

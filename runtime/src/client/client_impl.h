@@ -219,6 +219,8 @@ private:
     /// Marks the calling thread as running this client's handlers (close() from one must not join it).
     void mark_handler_thread();
     void dead_letter_record(const std::string& id, stored_message rec, const std::string& reason, bool parse);
+    /// @return inbox record `id` as the handlers see it on attempt `attempt`.
+    static message message_of(const std::string& id, const stored_message& rec, std::uint32_t attempt);
     /// @return the inbox records of a message: one per matching lane (or one parked), with new ids.
     /// @param sub_ids the MQTT 5 subscription identifiers the copy carries (see subscribe_at_broker)
     std::vector<std::pair<std::string, stored_message>> inbox_records(stored_message rec,
@@ -245,6 +247,9 @@ private:
                               const std::string& message_id) const;
     /// A result on this client's own result topics (`<root>/<command>/resolve|reject`).
     void handle_routed_result(const message& m, effects& fx);
+    /// @return the command of a topic of this client's own result topics, `<root>/<command>/resolve|reject`,
+    ///         and whether it is a reject; nothing for any other topic.
+    std::optional<std::pair<std::string, bool>> routed_result_topic(const std::string& topic) const;
     /// The broker's answer to the SUBSCRIBE of this client's result topics: a refusal fails the calls
     /// awaited and refuses new ones (broker_error) until a later SUBSCRIBE is granted.
     void on_results_subscription(int reason_code);

@@ -1,6 +1,7 @@
 // The command protocol of xy-mqtt on top of the durable inbox and outbox:
 // `<command>/invoke`, `<command>/resolve`, `<command>/reject`, `<command>/cancel`.
 #include <algorithm>
+#include <tuple>
 
 #include "client/client_impl.h"
 #include "commands/wire.h"
@@ -307,17 +308,24 @@ void client::impl::on_results_subscription(int reason_code) {
     for (auto& [id, done] : failed) done(std::make_exception_ptr(broker_error(why, reason_code)), {});
 }
 
-void client::impl::handle_routed_result(const message& m, effects& fx) {
+std::optional<std::pair<std::string, bool>> client::impl::routed_result_topic(const std::string& topic) const {
     // <root>/<command>/resolve or <root>/<command>/reject
-    const auto rest = m.topic.substr(std::min(m.topic.size(), results_root_.size() + 1));
+    const auto rest = topic.substr(std::min(topic.size(), results_root_.size() + 1));
     const auto slash = rest.rfind('/');
-    const auto kind = slash == std::string::npos ? std::string() : rest.substr(slash + 1);
-    if (slash == std::string::npos || slash == 0 || (kind != "resolve" && kind != "reject")) {
+    if (slash == std::string::npos || slash == 0) return std::nullopt;
+    const auto kind = rest.substr(slash + 1);
+    if (kind != "resolve" && kind != "reject") return std::nullopt;
+    return std::make_pair(rest.substr(0, slash), kind == "reject");
+}
+
+void client::impl::handle_routed_result(const message& m, effects& fx) {
+    const auto routed = routed_result_topic(m.topic);
+    if (!routed) {
         log(log_level::warning, "message on this client's result topics ignored: " + m.topic +
                                  " is not <command>/resolve or <command>/reject");
         return;
     }
-    handle_result(rest.substr(0, slash), kind == "reject", m, fx);
+    handle_result(routed->first, routed->second, m, fx);
 }
 
 std::optional<command_result> client::impl::awaited_result(const stored_message& rec) {
@@ -340,15 +348,9 @@ std::optional<command_result> client::impl::awaited_result(const stored_message&
         per_client = only == results_root_sub_ && results_root_sub_ != 0;
     }
     if (per_client) {
-        // <root>/<command>/resolve or <root>/<command>/reject
-        if (rec.topic.size() <= results_root_.size() + 1) return std::nullopt;
-        const auto rest = rec.topic.substr(results_root_.size() + 1);
-        const auto slash = rest.rfind('/');
-        if (slash == std::string::npos || slash == 0) return std::nullopt;
-        const auto kind = rest.substr(slash + 1);
-        if (kind != "resolve" && kind != "reject") return std::nullopt;
-        command = rest.substr(0, slash);
-        rejected = kind == "reject";
+        const auto routed = routed_result_topic(rec.topic);
+        if (!routed) return std::nullopt;
+        std::tie(command, rejected) = *routed;
     } else {
         // Shared result topics: the lane is the topic itself, `<command>/resolve` or `<command>/reject`.
         if (rec.lane != rec.topic) return std::nullopt;
@@ -374,13 +376,7 @@ std::optional<command_result> client::impl::awaited_result(const stored_message&
 void client::impl::on_arrived_result(const std::string& id, const stored_message& rec, const command_result& r) {
     // What the lane's handle_result does for an awaited result, without the inbox record, the hand-off to the
     // lane and a second synced commit: the round trip of a call is shorter by all three.
-    message m;
-    m.topic = rec.topic;
-    m.payload = rec.payload;
-    m.props = rec.props;
-    m.id = id;
-    m.attempt = 1;
-    m.received_at_ms = rec.created_ms;
+    const message m = message_of(id, rec, 1);
     fire(opts_.hooks.on_message, m);
     if (auto awaiting = take_awaiting(r.message_id)) awaiting(nullptr, r);
     ++handled_;
