@@ -38,6 +38,7 @@ endif()
 file(GLOB XYMQTT_GENERATOR_DEPENDS
   "${XYMQTT_GENERATOR_DIR}/protoc-gen-xymqtt"
   "${XYMQTT_GENERATOR_DIR}/xymqtt_gen/*.py"
+  "${XYMQTT_GENERATOR_DIR}/xymqtt_gen/*.json"
   "${XYMQTT_GENERATOR_DIR}/templates/*.j2")
 
 # Finds a Python 3 that imports google.protobuf and jinja2 (the python3 on PATH may lack them).

@@ -44,6 +44,7 @@ file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/bin/protoc-gen-xymqtt"
      @ONLY)
 install(PROGRAMS "${CMAKE_CURRENT_BINARY_DIR}/bin/protoc-gen-xymqtt" DESTINATION "${CMAKE_INSTALL_BINDIR}"
         COMPONENT generator)
+# The whole package directory: its data (schema_rules.json, which model.py reads) goes with the modules.
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/generator/xymqtt_gen" "${PROJECT_SOURCE_DIR}/generator/templates"
         DESTINATION "${XYMQTT_INSTALL_GENERATORDIR}" COMPONENT generator
         PATTERN "__pycache__" EXCLUDE PATTERN "*.pyc" EXCLUDE)

@@ -5,6 +5,8 @@ templates only loop and test conditions. Schema errors are collected as `file.pr
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -23,7 +25,8 @@ protected public register reinterpret_cast requires return short signed sizeof s
 static_cast struct switch template this thread_local throw true try typedef typeid typename union
 unsigned using virtual void volatile wchar_t while xor xor_eq
 """.split())
-# Names the generated classes use for their own members and parameters.
+# Names the generated classes use for their own members and parameters. Not in schema_rules.json: they
+# are the templates' own, and the command-line tool, which has no generated code, need not know them.
 _RESERVED_TOKENS = {"format", "options", "transport", "service", "event", "request", "handler"}
 # The keys the JSON wire's envelope shares with the payload's object (the JavaScript library's protocol):
 # an invoke and a result carry `messageId`, a reject also `ok`, `status` and `message`.
@@ -108,10 +111,102 @@ def camel(snake: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in snake.split("_") if p)
 
 
+class SchemaRules:
+    """The schema rules of schema_rules.json: snake case, token names, the topic checks that need no schema.
+
+    The command-line tool builds the same file in and applies it the same way (tools/src/schema_rules.cpp),
+    so both name commands and refuse topic patterns alike; the file says how its entries are read.
+    """
+
+    PATH = os.path.join(os.path.dirname(os.path.realpath(__file__)), "schema_rules.json")
+    _KEYS = {"about", "snake_case", "token_name", "topic_pattern_checks", "topic_level_checks"}
+
+    def __init__(self, table: dict):
+        self.table = table
+        # A key one side would not know is an error on both, so that neither ignores a rule.
+        unknown = set(table) - self._KEYS
+        if unknown:
+            raise ValueError(f"schema rules: unknown keys {sorted(unknown)}")
+        snake_case = table["snake_case"]
+        if set(snake_case) - {"substitutions", "lower_case"}:
+            raise ValueError(f"schema rules: unknown keys in snake_case: {sorted(snake_case)}")
+        self.substitutions = []
+        for sub in snake_case["substitutions"]:
+            if set(sub) != {"search", "replacement"}:
+                raise ValueError(f"schema rules: a substitution has keys {sorted(sub)}, not search and replacement")
+            self.substitutions.append((re.compile(sub["search"]), self._replacement(sub["replacement"])))
+        self.lower_case = self._flag(snake_case["lower_case"], "lower_case")
+        self.token_name = re.compile(table["token_name"])
+        self.token = re.compile(r"\{(" + table["token_name"] + r")\}")
+        self.pattern_checks = [self._check(c, level=False) for c in table["topic_pattern_checks"]]
+        self.level_checks = [self._check(c, level=True) for c in table["topic_level_checks"]]
+
+    @classmethod
+    def load(cls, path: str = PATH) -> "SchemaRules":
+        with open(path, encoding="utf-8") as f:
+            return cls(json.load(f))
+
+    @staticmethod
+    def _replacement(template: str):
+        # $1..$9 as ECMAScript writes them, and nothing else of its format ($&, $$, two digits), which
+        # the tool would read differently.
+        if not re.fullmatch(r"(?:[^$]|\$[1-9](?![0-9]))*", template):
+            raise ValueError(f"schema rules: replacement '{template}' uses '$' other than $1 to $9")
+        parts = re.split(r"\$([1-9])", template)
+        return lambda m: "".join(p if i % 2 == 0 else m.group(int(p)) or "" for i, p in enumerate(parts))
+
+    @staticmethod
+    def _flag(value, name: str) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"schema rules: {name} is not true or false")
+        return value
+
+    @staticmethod
+    def _check(check: dict, level: bool):
+        keys = set(check) - {"unless_token"} if level else set(check)
+        if keys not in ({"search", "refusal"}, {"match", "refusal"}):
+            raise ValueError(f"schema rules: a topic check has keys {sorted(check)}")
+        whole = "match" in check
+        unless_token = SchemaRules._flag(check.get("unless_token", False), "unless_token")
+        return re.compile(check["match" if whole else "search"]), whole, unless_token, check["refusal"]
+
+    @staticmethod
+    def _refusal(template: str, values: Dict[str, str]) -> str:
+        # One pass, so that a pattern holding `<level>` is printed as it is.
+        return re.sub(r"<(pattern|level)>", lambda m: values.get(m.group(1), m.group(0)), template)
+
+    def snake(self, name: str) -> str:
+        for regex, replacement in self.substitutions:
+            name = regex.sub(replacement, name)
+        return name.lower() if self.lower_case else name
+
+    def is_token_name(self, name: str) -> bool:
+        return self.token_name.fullmatch(name) is not None
+
+    def level_token(self, level: str) -> Optional[str]:
+        """The name of a whole-level token `{name}`, else None."""
+        m = self.token.fullmatch(level)
+        return m.group(1) if m else None
+
+    def _first_refusal(self, checks, text: str, values: Dict[str, str]) -> Optional[str]:
+        for regex, whole, unless_token, refusal in checks:
+            hit = regex.fullmatch(text) if whole else regex.search(text)
+            if hit and not (unless_token and self.level_token(text) is not None):
+                return self._refusal(refusal, values)
+        return None
+
+    def pattern_problem(self, pattern: str) -> Optional[str]:
+        return self._first_refusal(self.pattern_checks, pattern, {"pattern": pattern})
+
+    def level_problem(self, pattern: str, level: str) -> Optional[str]:
+        return self._first_refusal(self.level_checks, level, {"pattern": pattern, "level": level})
+
+
+RULES = SchemaRules.load()
+
+
 def snake(name: str) -> str:
-    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
-    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", s)
-    return s.lower()
+    return RULES.snake(name)
 
 
 def doc_lines(text: str) -> List[str]:
@@ -297,33 +392,21 @@ class _Builder:
 
     def parse_topic(self, pattern: str, where: str, what: str, tokens: Dict[str, Token],
                     service_name: str, event_type=None) -> Optional[Topic]:
-        if not pattern:
-            self.error(where, f"{what}: no topic given")
-            return None
-        problem = None
-        if pattern.startswith("$"):
-            problem = "must not start with '$'"
-        elif "+" in pattern or "#" in pattern:
-            problem = "must not contain the wildcards '+' or '#'"
-        elif "\0" in pattern:
-            problem = "must not contain NUL"
+        # The checks that need no schema are RULES' (schema_rules.json); those that need it follow.
+        problem = RULES.pattern_problem(pattern)
         if problem:
-            self.error(where, f"{what}: malformed topic '{pattern}': {problem}")
+            self.error(where, f"{what}: {problem}")
             return None
         pieces: List[Tuple[str, str]] = []  # (kind, value): kind text | token | field
         field_tokens: List[FieldToken] = []
         levels = pattern.split("/")
         for i, level in enumerate(levels):
-            if level == "":
-                self.error(where, f"{what}: malformed topic '{pattern}': empty topic level")
+            problem = RULES.level_problem(pattern, level)
+            if problem:
+                self.error(where, f"{what}: {problem}")
                 return None
-            if "{" in level or "}" in level:
-                m = re.fullmatch(r"\{([a-z_][a-z0-9_]*)\}", level)
-                if not m:
-                    self.error(where, f"{what}: malformed topic '{pattern}': '{level}' is not a whole-level "
-                                      "token like {name}")
-                    return None
-                name = m.group(1)
+            name = RULES.level_token(level)
+            if name is not None:
                 if name in tokens:
                     pieces.append(("token", tokens[name].member))
                 elif event_type is not None and event_type.fields_by_name.get(name) is not None:
@@ -411,7 +494,7 @@ class _Builder:
         def sub(m):
             name = m.group(1)
             return defaults[name] if name in defaults else "{}"
-        return re.sub(r"\{([a-z_][a-z0-9_]*)\}", sub, pattern)
+        return RULES.token.sub(sub, pattern)
 
     # -- services ----------------------------------------------------------------------------------
 
@@ -432,7 +515,7 @@ class _Builder:
         defaults: Dict[str, str] = {}
         for i, t in enumerate(token_opts):
             where = loc.at(spath + (_SERVICE_OPTIONS, self.ext_token.number, i), spath + (_SERVICE_OPTIONS,), spath)
-            if not _IDENTIFIER.match(t.name):
+            if not RULES.is_token_name(t.name):
                 self.error(where, f"service {sdp.name}: token name '{t.name}' must be lower_snake_case")
                 continue
             if t.name in _RESERVED_TOKENS:

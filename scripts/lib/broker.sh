@@ -76,6 +76,9 @@ xymqtt_broker_start() {
       if xymqtt_port_open "${XYMQTT_BROKER_PORT}"; then
         XYMQTT_BROKER_URI="tcp://127.0.0.1:${XYMQTT_BROKER_PORT}"
         export XYMQTT_BROKER_URI XYMQTT_BROKER_PORT XYMQTT_BROKER_PID XYMQTT_BROKER_DIR XYMQTT_BROKER_LOG
+        # Not exported: a child script that sources this file must not stop the broker of its parent
+        # (its environment names that broker) when it stops its own, or when it started none.
+        _xymqtt_broker_started_here=1
         return 0
       fi
       sleep 0.02
@@ -100,6 +103,8 @@ xymqtt_broker_start() {
 # Safe to call twice (from a trap and explicitly). Removes the broker's temp
 # dir unless it logged errors or XYMQTT_KEEP_BROKER_DIR=1.
 xymqtt_broker_stop() {
+  [[ -n "${_xymqtt_broker_started_here:-}" ]] || return 0  # the broker of a parent process, or none
+  _xymqtt_broker_started_here=
   local pid="${XYMQTT_BROKER_PID:-}" status=0
   XYMQTT_BROKER_PID=
   if [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null; then

@@ -43,7 +43,8 @@ if(DEBS)
   # link-time name.
   foreach(f "lib/libxymqtt.so.${version}" "lib/libxymqtt.so.${abi}" "lib/libxymqtt_options_proto.so.${abi}"
             "lib/libxymqtt.so" "include/xymqtt/client.h" "include/xymqtt/options.pb.h" "bin/xymqtt"
-            "bin/protoc-gen-xymqtt" "share/xymqtt/proto/xymqtt/options.proto")
+            "bin/protoc-gen-xymqtt" "share/xymqtt/proto/xymqtt/options.proto"
+            "share/xymqtt/generator/xymqtt_gen/schema_rules.json")
     if(NOT EXISTS "${root}/usr/${f}")
       message(FATAL_ERROR "the packages install no /usr/${f}")
     endif()

@@ -11,6 +11,7 @@
 
 #include "support/broker.h"
 #include "support/eventually.h"
+#include "support/forwarding_store.h"
 #include "support/temp_dir.h"
 #include "xymqtt/client.h"
 #include "xymqtt/store.h"
@@ -43,24 +44,6 @@ public:
 private:
     mutable std::mutex mu_;
     std::vector<std::string> items_;
-};
-
-/// A store that passes everything to `inner`: tests override what they watch or break (commit).
-class forwarding_store : public store {
-public:
-    explicit forwarding_store(std::shared_ptr<store> inner) : inner_(std::move(inner)) {}
-    void commit(const std::vector<write_op>& batch) override { inner_->commit(batch); }
-    std::optional<std::string> get(table t, const std::string& id) const override { return inner_->get(t, id); }
-    void for_each(table t, const std::function<bool(const std::string&, const std::string&)>& fn) const override {
-        inner_->for_each(t, fn);
-    }
-    std::optional<std::string> last_id(table t) const override { return inner_->last_id(t); }
-    std::size_t count(table t) const override { return inner_->count(t); }
-    session_records& session() override { return inner_->session(); }
-    xymqtt::durability durability() const override { return inner_->durability(); }
-
-private:
-    std::shared_ptr<store> inner_;
 };
 
 /// Lines of a text file (missing file: none).

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "outbox/committer.h"
+#include "support/forwarding_store.h"
 #include "xymqtt/exception.h"
 #include "store_test_util.h"
 
@@ -25,10 +26,10 @@ constexpr auto patience = std::chrono::seconds(10);
 
 // Forwards to a real store and records each commit: its thread and its ids. Can hold a commit whose first
 // id is `hold_id` until released, to see what the committer does meanwhile.
-class recording_store final : public xymqtt::store {
+class recording_store final : public xymqtt::test::forwarding_store {
 public:
     explicit recording_store(const std::string& dir)
-        : inner_(xymqtt::open_lmdb_store(dir, {xymqtt::durability::process})) {}
+        : forwarding_store(std::shared_ptr<xymqtt::store>(xymqtt::open_lmdb_store(dir, {xymqtt::durability::process}))) {}
 
     struct entry {
         std::thread::id thread;
@@ -44,19 +45,10 @@ public:
             cv_.notify_all();
             cv_.wait(lk, [&] { return !holding_; });
         }
-        inner_->commit(batch);
+        forwarding_store::commit(batch);
         log_.push_back(std::move(e));
         cv_.notify_all();
     }
-    std::optional<std::string> get(table t, const std::string& id) const override { return inner_->get(t, id); }
-    void for_each(table t, const std::function<bool(const std::string&, const std::string&)>& fn) const override {
-        inner_->for_each(t, fn);
-    }
-    std::optional<std::string> last_id(table t) const override { return inner_->last_id(t); }
-    std::size_t count(table t) const override { return inner_->count(t); }
-    xymqtt::session_records& session() override { return inner_->session(); }
-    xymqtt::durability durability() const override { return inner_->durability(); }
-
     void hold(const std::string& id) {
         std::lock_guard<std::mutex> lk(mu_);
         hold_id_ = id;
@@ -77,7 +69,6 @@ public:
     }
 
 private:
-    std::unique_ptr<xymqtt::store> inner_;
     mutable std::mutex mu_;
     std::condition_variable cv_;
     std::string hold_id_;

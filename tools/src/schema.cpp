@@ -10,12 +10,12 @@
 #include <climits>
 #include <cstdlib>
 #include <fstream>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "schema_rules.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/options.pb.h"
 #include "xymqtt/topic.h"
@@ -54,25 +54,6 @@ std::string trim_doc(const std::string& text) {
         out += line;
     }
     while (!out.empty() && out.back() == '\n') out.pop_back();
-    return out;
-}
-
-std::string snake(const std::string& name) {
-    // As generator/xymqtt_gen/model.py: `GetStock` -> `get_stock`, `HTTPPing` -> `http_ping`.
-    std::string out;
-    for (std::size_t i = 0; i < name.size(); ++i) {
-        const char c = name[i];
-        const bool upper = std::isupper(static_cast<unsigned char>(c));
-        if (upper && i > 0) {
-            const char prev = name[i - 1];
-            const bool prev_lower_or_digit = std::islower(static_cast<unsigned char>(prev)) ||
-                                             std::isdigit(static_cast<unsigned char>(prev));
-            const bool next_lower = i + 1 < name.size() && std::islower(static_cast<unsigned char>(name[i + 1]));
-            const bool prev_upper = std::isupper(static_cast<unsigned char>(prev));
-            if (prev_lower_or_digit || (prev_upper && next_lower)) out += '_';
-        }
-        out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    }
     return out;
 }
 
@@ -292,8 +273,9 @@ schema_set::schema_set(const schema_flags& flags) {
 
 namespace {
 // What is wrong with a topic pattern of service `s` (of an event of type `event_type`, whose singular
-// string and integer fields may be tokens too), or nothing. The generator's rules, word for word
-// (generator/xymqtt_gen/model.py, parse_topic): tests/schema_rules/topic_patterns.txt holds both to them.
+// string and integer fields may be tokens too), or nothing. The generator's rules, word for word: those
+// that need no schema from its table (schema_rules.h), the others as generator/xymqtt_gen/model.py's
+// parse_topic has them; tests/schema_rules/topic_patterns.txt holds both to them.
 std::optional<std::string> topic_problem(const std::string& pattern, const service_decl& s,
                                          const pb::Descriptor* event_type);
 }  // namespace
@@ -351,7 +333,7 @@ void schema_set::read_services(const pb::FileDescriptor* file, std::vector<std::
             const auto* md = sd->method(mi);
             const auto& c = mo.GetExtension(xymqtt::command);
             command_decl cd;
-            cd.name = snake(md->name());
+            cd.name = schema_rules::built_in().snake(md->name());
             cd.method = md->name();
             cd.topic = c.topic();
             cd.request = md->input_type();
@@ -440,10 +422,7 @@ std::unique_ptr<pb::Message> schema_set::make(const pb::Descriptor* type) const 
 
 namespace {
 
-std::optional<std::string> level_token(const std::string& level) {
-    if (level.size() >= 3 && level.front() == '{' && level.back() == '}') return level.substr(1, level.size() - 2);
-    return std::nullopt;
-}
+std::optional<std::string> level_token(const std::string& level) { return schema_rules::built_in().level_token(level); }
 
 const pb::FieldDescriptor* field_token(const pb::Descriptor* type, const std::string& name) {
     if (!type) return nullptr;
@@ -464,18 +443,12 @@ const pb::FieldDescriptor* field_token(const pb::Descriptor* type, const std::st
 
 std::optional<std::string> topic_problem(const std::string& pattern, const service_decl& s,
                                          const pb::Descriptor* event_type) {
-    if (pattern.empty()) return std::string("no topic given");
-    const std::string malformed = "malformed topic '" + pattern + "': ";
-    if (pattern[0] == '$') return malformed + "must not start with '$'";
-    if (pattern.find_first_of("+#") != std::string::npos) return malformed + "must not contain the wildcards '+' or '#'";
-    if (pattern.find('\0') != std::string::npos) return malformed + "must not contain NUL";
+    const auto& rules = schema_rules::built_in();
+    if (auto problem = rules.pattern_problem(pattern)) return problem;
     for (const auto& level : split(pattern, '/')) {
-        if (level.empty()) return malformed + "empty topic level";
-        if (level.find_first_of("{}") == std::string::npos) continue;
-        static const std::regex token_name("[a-z_][a-z0-9_]*");
-        const auto name = level_token(level);
-        if (!name || !std::regex_match(*name, token_name))
-            return malformed + "'" + level + "' is not a whole-level token like {name}";
+        if (auto problem = rules.level_problem(pattern, level)) return problem;
+        const auto name = rules.level_token(level);
+        if (!name) continue;
         if (s.token(*name)) continue;
         if (event_type && event_type->FindFieldByName(*name)) {
             if (field_token(event_type, *name)) continue;

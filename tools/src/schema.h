@@ -1,5 +1,6 @@
 // Schemas read at run time: .proto files (through protobuf's Importer) or protoc descriptor sets, the
-// xymqtt contracts they declare (same semantics as generator/xymqtt_gen/model.py), topics and JSON.
+// xymqtt contracts they declare (same semantics as generator/xymqtt_gen/model.py, whose table of schema
+// rules the tool builds in: schema_rules.h), topics and JSON.
 #pragma once
 
 #include <google/protobuf/compiler/importer.h>

@@ -1,8 +1,6 @@
 // The client's machinery: connection, outbox, inbox lanes, and (commands.cpp) the command protocol.
 #pragma once
 
-#include <mqtt/async_client.h>
-
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -17,13 +15,10 @@
 
 #include "commands/call_core.h"
 #include "commands/worker_pool.h"
-#include "inbox/routes.h"
+#include "inbox/inbox.h"
 #include "outbox/committer.h"
-#include "outbox/send_queue.h"
-#include "session/ca_bundle.h"
-#include "session/connect_gate.h"
-#include "session/nagle_governor.h"
-#include "session/paho_persistence.h"
+#include "outbox/outbox.h"
+#include "session/session.h"
 #include "xymqtt/client.h"
 
 namespace xymqtt {
@@ -75,7 +70,6 @@ public:
     client_options opts_;
 
 private:
-    using lane = detail::lane;
     /// How a command's calls run: one of the handlers, and the command's threads if it has any.
     struct command_runner {
         std::shared_ptr<const command_handler> sync;
@@ -120,107 +114,100 @@ private:
     std::int64_t now_ms() const;
     void require_open() const;
 
-    // -- connection
-    /// This client as a member of the process's connect gate (connect_gate.h).
-    class gate_member : public detail::connect_gate::member {
+    // -- the session (session/session.h: Paho, the connection, arrivals' acknowledgements)
+    /// The client as the session's host: the outbox, the inbox and the command protocol.
+    class session_link : public detail::session_host {
     public:
-        explicit gate_member(impl& c) : c_(c) {}
-        bool drained() const override;
-        void resume() override;
+        explicit session_link(impl& c) : c_(c) {}
+        void new_client(const std::map<int, std::uint64_t>& resumable,
+                        const std::function<bool(int, const stored_message&)>& carries) override {
+            c_.outbox_->new_client(resumable, carries);
+        }
+        void connecting() override { c_.outbox_->connecting(); }
+        void connect_returned(bool session_present) override { c_.outbox_->connect_returned(session_present); }
+        void connect_failed() override { c_.outbox_->connect_failed(); }
+        void connected(std::size_t window, std::uint32_t max_packet_size) override {
+            c_.outbox_->set_max_packet_size(max_packet_size);
+            c_.outbox_->up(window);
+        }
+        void lost() override { c_.outbox_->down(); }
+        void delivered(std::uint64_t seq, int reason_code, const void* via) override {
+            c_.outbox_->on_delivered(seq, reason_code, via);
+        }
+        void send_failed(std::uint64_t seq, int rc, int reason_code, const void* via) override {
+            c_.outbox_->on_send_failed(seq, rc, reason_code, via);
+        }
+        void resumed_complete(int packet_id) override { c_.outbox_->on_resumed_complete(packet_id); }
+        bool drained() const override { return c_.outbox_->drained(); }
+        void resume() override { c_.outbox_->wake(); }
+        std::vector<std::string> filters() const override { return c_.inbox_->live_filters(); }
+        bool wants(const std::string& filter) const override { return c_.inbox_->has_lane(filter); }
+        std::optional<std::string> arrived(stored_message rec, const std::vector<std::uint32_t>& sub_ids,
+                                           const std::function<void()>& stored) override {
+            return c_.on_arrived(std::move(rec), sub_ids, stored);
+        }
+        std::uint32_t subscription_identifier(const std::string& filter) const override {
+            return detail::subscription_identifier(filter);
+        }
+        void subscription_answered(const std::string& filter, int reason_code) override;
+        void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn) override {
+            c_.schedule(at, std::move(fn));
+        }
 
     private:
         impl& c_;
     };
-    gate_member gate_member_{*this};
-    /// Wakes a client waiting at the connect gate if this one has just drained. Call without mu_.
-    void notify_gate();
-    void connection_loop();
-    // A broker that lacks a capability the runtime needs (broker_capabilities.h): refused like a failed
-    // connect, and the next server is tried.
-    struct broker_lacks : std::runtime_error {
-        using std::runtime_error::runtime_error;
-    };
-    void check_broker(const mqtt::properties& connack);  // throws broker_lacks
-    void note_connect_failure(const std::string& line, log_level level);  // last_error, logged once
-    void on_connected(bool session_present);
-    void on_connection_lost(const std::string& cause);
-    /// @param retry_in delay before a retry if this SUBSCRIBE fails (0: reconnect_min)
-    void subscribe_at_broker(const std::string& filter, std::chrono::milliseconds retry_in = {});
-    /// A SUBSCRIBE failed on `cli`'s connection: retried by the runtime, never left failed.
-    void on_subscribe_failed(const std::string& filter, const mqtt::iasync_client* cli, std::chrono::milliseconds retry_in);
-    /// Cuts the current connection so that nothing more, such as an acknowledgement, leaves on it.
-    void cut_connection(const std::string& why);
-    void unsubscribe_at_broker(const std::string& filter);
+    session_link session_link_{*this};
 
-    // -- outbox
-    struct stored_publish {
-        std::uint64_t seq;
-        std::shared_ptr<stored_message> msg;
-        write_op op;
+    // -- outbox (outbox/outbox.h)
+    /// The client as the outbox's host: the session, the command protocol, the timers.
+    class outbox_link : public detail::outbox_host {
+    public:
+        explicit outbox_link(impl& c) : c_(c) {}
+        refusal publish(std::vector<item>& batch, via v) override;
+        bool is_current(via v) const override { return c_.session_->is_current(v); }
+        bool may_send() const override { return c_.session_->may_send(); }
+        void maybe_drained() override { c_.session_->maybe_drained(); }
+        std::function<void()> refused(const stored_message& msg, int reason_code, const std::string& why,
+                                      std::vector<write_op>& ops) override;
+        void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn) override {
+            c_.schedule(at, std::move(fn));
+        }
+        void storage_failed(const std::string& what) override { c_.fire(c_.opts_.hooks.on_storage_error, what); }
+
+    private:
+        impl& c_;
     };
+    outbox_link outbox_link_{*this};
+    using stored_publish = detail::stored_publish;
     stored_publish make_publish(const std::string& topic, std::string payload, message_properties props,
                                 bool retain, const std::string& kind);
-    void submit_publish(stored_publish pub, std::shared_ptr<std::promise<void>> prom);
-    void commit_publishes(std::vector<write_op> ops, std::vector<stored_publish> pubs);
-    /// A publish is stored: queues it for the sender. `send_here`: the caller's commit has returned (no
-    /// commit's `done` is running on this thread), so a lone publish may be handed to Paho from here.
-    void on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg, bool send_here = false);
-    /// mu_ held. @return whether the sender thread should run now.
-    bool sender_has_work() const;
-    /// @return outbox record `seq` read from the store, or nullptr if it is gone. @throw storage_error.
-    std::shared_ptr<stored_message> read_outgoing(std::uint64_t seq) const;
-    /// @return true if Paho's flow under `packet_id` is outbox record `seq` (`msg`, or read from the store).
-    bool resumes(int packet_id, std::uint64_t seq, std::shared_ptr<stored_message> msg) const;  ///< mu_ held: this client's publishes in flight and the flows Paho resumes
-    void sender_loop();
-    enum class send_outcome {
-        sent,   ///< Paho took the whole batch
-        held,   ///< Paho refused: sending waits for a completion or a connection (or it was the old one's)
-        pause,  ///< Paho refused otherwise: try again after a pause
-    };
-    /// Hands Paho the next batch of what waits to be sent: one thread at a time (dispatching_), in outbox
-    /// order. Called with `lk` (mu_) held, released while Paho is called. @param from the Paho client to
-    /// publish with, from inside its callback; nullptr: the current one.
-    send_outcome dispatch(std::unique_lock<std::mutex>& lk, mqtt::iasync_client* from);
-    // dispatch's steps: take_batch (mu_ held) moves what the window allows in flight (sendq_), publish_batch
-    // (mu_ not held) hands it to Paho, settle_batch (mu_ held) requeues what Paho refused.
-    struct send_item {
-        std::uint64_t seq = 0;
-        std::shared_ptr<stored_message> msg;
-        bool sent = false;
-        bool gone = false;  // its outbox record could not be read: nothing to send
-        bool too_large = false;  // over the broker's maximum packet size: a dead letter, not sent
-    };
-    std::vector<send_item> take_batch();
-    int publish_batch(std::vector<send_item>& batch, mqtt::iasync_client* cli);
-    send_outcome settle_batch(std::vector<send_item>& batch, int refused_rc, std::uint64_t gen);
-    /// A publish completed. `from`: the Paho client whose callback this is, if any (a batch may then be
-    /// handed to it on its callback thread).
-    void on_delivered(std::uint64_t seq, int reason_code, mqtt::iasync_client* from = nullptr);
-    void on_send_failed(std::uint64_t seq, int rc, int reason_code, const mqtt::iasync_client* from = nullptr);
-    /// The broker refused a publish for good: a dead letter (and, for an invoke, a local reject).
-    void refuse(std::uint64_t seq, int reason_code, const std::string& why = {});
-    /// The broker refused a publish for now (busy, quota): sent again after a backoff.
-    void refuse_for_now(std::uint64_t seq, int reason_code);
-    std::shared_ptr<mqtt::message> to_paho(const stored_message& m) const;
+    void commit_publishes(std::vector<write_op> ops, std::vector<stored_publish> pubs) {
+        outbox_->commit(std::move(ops), std::move(pubs));
+    }
 
-    // -- inbox
-    void on_arrived(mqtt::const_message_ptr msg);
+    // -- inbox (inbox/inbox.h runs the lanes; the client takes arrivals in from Paho)
+    /// The client as the inbox's host: its commits, its outbox, its hooks.
+    class inbox_link : public detail::inbox_host {
+    public:
+        explicit inbox_link(impl& c) : c_(c) {}
+        void commit(const std::vector<write_op>& ops, bool soon) override;
+        void record(std::vector<write_op> ops) override;
+        void publishes_stored(std::vector<std::pair<std::uint64_t, std::shared_ptr<stored_message>>>& pubs) override;
+        void storage_failed(const std::string& what) override;
+
+    private:
+        impl& c_;
+    };
+    inbox_link inbox_link_{*this};
+    /// A message arrived (session_host::arrived): stored in the inbox, or answers an awaited call.
+    std::optional<std::string> on_arrived(stored_message rec, const std::vector<std::uint32_t>& sub_ids,
+                                          const std::function<void()>& stored);
     /// Commits an arrival inside Paho's callback: a few quick tries, since Paho holds its process-wide
     /// lock meanwhile. @return false if it was not stored.
     bool commit_arrival(const std::vector<write_op>& ops);
-    /// An arrival could not be stored: its acknowledgement must not leave (see on_arrived).
-    void refuse_arrival(int packet_id, int qos, const std::string& why);
-    void commit_until_stored(const std::vector<write_op>& ops, detail::urgency u = detail::urgency::now);
-    void lane_loop(lane* l);
-    void process(lane* l, const std::string& id, stored_message rec,
-                 std::vector<std::pair<subscription_id, lane_handler>> handlers);
-    /// A delivery handled: commits its effects with its removal from the inbox.
-    void complete(lane* l, const std::string& id, effects fx);
     /// Marks the calling thread as running this client's handlers (close() from one must not join it).
-    void mark_handler_thread();
-    void dead_letter_record(const std::string& id, stored_message rec, const std::string& reason, bool parse);
-    /// @return inbox record `id` as the handlers see it on attempt `attempt`.
-    static message message_of(const std::string& id, const stored_message& rec, std::uint32_t attempt);
+    void mark_handler_thread() { inbox_->mark_handler_thread(); }
     /// @return the inbox records of a message: one per matching lane (or one parked), with new ids.
     /// @param sub_ids the MQTT 5 subscription identifiers the copy carries (see subscribe_at_broker)
     std::vector<std::pair<std::string, stored_message>> inbox_records(stored_message rec,
@@ -286,71 +273,21 @@ private:
 
     // -- state
     std::shared_ptr<store> store_;
-    std::unique_ptr<detail::paho_persistence> persistence_;
-    std::unique_ptr<detail::nagle_governor> nagle_;  // with tcp_nodelay and adaptive_nagle
     std::unique_ptr<detail::committer> committer_;
-    std::shared_ptr<mqtt::async_client> paho() const;
-    void fresh_paho();
-    void taint_paho(const mqtt::iasync_client* cli);  // from listener::on_failure
-    void keep_tainted_paho();
-    void on_resumed_complete(int packet_id);
-    mutable std::mutex cli_mu_;
-    std::atomic<const mqtt::iasync_client*> current_paho_{nullptr};  // cli_, for comparisons without cli_mu_
-    std::shared_ptr<mqtt::async_client> cli_;  // replaced at every connection (see fresh_paho)
-    std::vector<std::shared_ptr<mqtt::async_client>> retired_paho_;  // disconnected, destroyed at close
-    std::mutex taint_mu_;  // not cli_mu_: destroying a Paho client under cli_mu_ fails its tokens
-    std::set<const mqtt::iasync_client*> tainted_paho_;  // never destroyed (keep_tainted_paho)
-    std::mutex own_mu_;
-    detail::peer_socket own_socket_;  // the current connection's socket, once claimed (see on_connected)
-    std::unique_ptr<detail::ca_bundle> ca_bundle_;  // tls_options::ca_path as one file, for Paho
-    std::unique_ptr<mqtt::connect_options_builder> conn_builder_;
-    mqtt::properties connect_properties() const;  // MQTT 5 CONNECT properties, made for each connect
-    // The brokers to connect to (client_options::server_uris, or server_uri), fixed at construction, and
-    // the one in use or being tried: read without a lock by the threads that cut connections.
-    struct server {
-        std::string uri, host;
-        int port = 0;
-    };
-    std::vector<server> servers_;
-    std::atomic<std::size_t> server_{0};
-    const server& current_server() const { return servers_[server_.load()]; }
+    std::unique_ptr<detail::session> session_;
 
-    mutable std::mutex mu_;
-    std::condition_variable state_cv_;  // connection state, outbox/inbox counts
-    std::condition_variable send_cv_;
-    std::condition_variable conn_cv_;
-    bool want_connect_ = false;
-    std::atomic<bool> subscription_ids_{false};  // the broker takes MQTT 5 subscription identifiers
-    std::atomic<std::uint32_t> max_packet_size_{0};  // the broker's MQTT 5 Maximum Packet Size (0: none)
-    std::chrono::milliseconds hold_off_{0};  // before the next connect: arrivals are being refused
-    bool connected_ = false;
-    bool ever_connected_ = false;
-    std::mutex close_mu_;  // held through close()
+    mutable std::mutex mu_;  // closed_, results_refused_, awaiting_
+    std::mutex close_mu_;    // held through close()
     std::atomic<bool> closing_{false};
     bool closed_ = false;
-    std::string last_error_;
-    std::mutex tls_error_mu_;  // not mu_: Paho calls the TLS error handler on its own threads
-    std::string tls_error_;    // OpenSSL's reason for the last refused handshake
 
-    std::atomic<std::uint64_t> next_seq_{1};
-    std::mutex seq_mu_;  // keeps outbox commits in sequence order
+    std::atomic<std::uint64_t> next_seq_{1};  // outbox and inbox records alike
 
-    // outbox
-    std::map<std::uint64_t, std::shared_ptr<std::promise<void>>> promises_;
-    detail::send_queue sendq_;  // what waits to be sent, what is in flight, and the window
-    bool send_blocked_ = false;  // Paho is not connected: wait for the next connection
-    bool buffer_full_ = false;   // Paho's command queue is full: wait for a completion
-    bool dispatching_ = false;   // a thread is in dispatch(), handing Paho a batch
-    std::uint64_t connection_gen_ = 0;  // counts connections: a refusal seen by the sender is for one of them
-    bool connecting_ = false;
-    std::vector<int> removed_while_connecting_;
-    std::set<std::string> pending_unsubscribes_;  // filters removed while offline
-    std::size_t outbox_count_ = 0;
+    std::unique_ptr<detail::outbox> outbox_;
 
     // inbox
-    detail::routes routes_;  // the lanes, the deliveries waiting for one, the handlers' filters
-    std::size_t inbox_count_ = 0;
-    subscription_id next_sub_ = 1;
+    std::unique_ptr<detail::inbox> inbox_;  // the lanes, retries and dead letters
+    std::atomic<subscription_id> next_sub_{1};
 
     // commands
     std::map<std::string, command_entry> commands_;
@@ -373,15 +310,22 @@ private:
     std::condition_variable timer_cv_;
     std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> timers_;
 
-    // counters
-    std::atomic<std::uint64_t> published_{0}, delivered_{0}, handled_{0}, retries_{0};
-    std::size_t dead_count_ = 0;
-
     std::shared_ptr<std::atomic<bool>> alive_ = std::make_shared<std::atomic<bool>>(true);
 
-    class listener;
-    std::unique_ptr<listener> listener_;
-    std::thread conn_thread_, sender_thread_, timer_thread_;
+    std::thread timer_thread_;
 };
+
+// In the header: client.cpp and commands.cpp fire hooks of the same types.
+template <class F, class... A>
+void client::impl::fire(const F& hook, A&&... args) const {
+    if (!hook) return;
+    try {
+        hook(std::forward<A>(args)...);
+    } catch (const std::exception& e) {
+        log(log_level::error, std::string("hook threw: ") + e.what());
+    } catch (...) {
+        log(log_level::error, "hook threw");
+    }
+}
 
 }  // namespace xymqtt

@@ -332,14 +332,13 @@ std::optional<command_result> client::impl::awaited_result(const stored_message&
     // Only while a call_async waits (every other arrival leaves here, after one lock), and only on a lane
     // with the runtime's result handler alone: a subscription of the application with the same filter
     // shares the lane, and must see the message.
-    subscription_id only = 0;
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (awaiting_.empty()) return std::nullopt;
-        const lane* l = routes_.find(rec.lane);
-        if (!l || l->handlers.size() != 1) return std::nullopt;
-        only = l->handlers.begin()->first;
     }
+    const auto sole = inbox_->sole_handler(rec.lane);
+    if (!sole) return std::nullopt;
+    const subscription_id only = *sole;
     std::string command;
     bool rejected = false;
     bool per_client;
@@ -376,10 +375,10 @@ std::optional<command_result> client::impl::awaited_result(const stored_message&
 void client::impl::on_arrived_result(const std::string& id, const stored_message& rec, const command_result& r) {
     // What the lane's handle_result does for an awaited result, without the inbox record, the hand-off to the
     // lane and a second synced commit: the round trip of a call is shorter by all three.
-    const message m = message_of(id, rec, 1);
+    const message m = detail::message_of(id, rec, 1);
     fire(opts_.hooks.on_message, m);
     if (auto awaiting = take_awaiting(r.message_id)) awaiting(nullptr, r);
-    ++handled_;
+    inbox_->handled_elsewhere();
 }
 
 void client::impl::handle_result(const std::string& command, bool rejected, const message& m, effects& fx) {
@@ -449,8 +448,7 @@ bool client::impl::has_result_subscription(const std::string& command, result_ro
     }
     const auto resolve = wire::resolve_topic(command), reject = wire::reject_topic(command);
     bool has_resolve = false, has_reject = false;
-    std::lock_guard<std::mutex> lk(mu_);
-    for (const auto& [id, f] : routes_.filters()) {
+    for (const auto& [id, f] : inbox_->handler_filters()) {
         if (internal.count(id)) continue;  // the awaitable form's own subscriptions do not count
         has_resolve = has_resolve || topic_matches(f, resolve);
         has_reject = has_reject || topic_matches(f, reject);

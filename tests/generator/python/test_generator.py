@@ -3,6 +3,7 @@
 Environment: PROTOC (protoc), PLUGIN (an executable protoc-gen-xymqtt), SCHEMA_DIR (schemas/ with
 xymqtt/options.proto). Set XYMQTT_UPDATE_GOLDEN=1 to rewrite tests/generator/golden/expected.
 """
+import json
 import os
 import re
 import subprocess
@@ -231,6 +232,71 @@ class Model(unittest.TestCase):
         self.assertEqual(model.snake("HTTPGet"), "http_get")
         self.assertEqual(model.camel("stock_changed"), "StockChanged")
         self.assertEqual(model.cpp_string('a"b\\c\n'), '"a\\"b\\\\c\\n"')
+
+
+class SchemaRulesTable(unittest.TestCase):
+    """The generator's schema rules are its table, schema_rules.json, which the command-line tool builds in
+    (tests/tools/schema_rules_tests.cpp checks the tool's side): the model applies the table, not rules of
+    its own."""
+
+    TABLE = os.path.join(os.path.dirname(os.path.dirname(TESTS)), "generator", "xymqtt_gen", "schema_rules.json")
+
+    def table(self):
+        with open(self.TABLE, encoding="utf-8") as f:
+            return json.load(f)
+
+    def test_the_model_reads_the_table(self):
+        from xymqtt_gen import model
+        self.assertEqual(os.path.realpath(model.SchemaRules.PATH), os.path.realpath(self.TABLE))
+        self.assertEqual(model.RULES.table, self.table())
+
+    def test_the_model_follows_the_table(self):
+        """The file with each kind of rule changed: a model with rules of its own would not follow."""
+        from google.protobuf.compiler import plugin_pb2
+        from xymqtt_gen import model
+        table = self.table()
+        table["snake_case"]["substitutions"].append({"search": "_", "replacement": "-"})
+        table["snake_case"]["lower_case"] = False
+        table["token_name"] = "[a-z]+"
+        for check in table["topic_pattern_checks"]:
+            if check.get("search") == "[+#]":
+                check["refusal"] = "no wildcards in <pattern>, <level>"
+        table["topic_pattern_checks"].append({"search": "^tmp/", "refusal": "'<pattern>' is scratch"})
+        table["topic_level_checks"].append({"match": "x", "refusal": "level <level> of <pattern>"})
+        saved, model.RULES = model.RULES, model.SchemaRules(table)
+        try:
+            self.assertEqual(model.snake("GetStock"), "Get-Stock")
+            builder = model._Builder(plugin_pb2.CodeGeneratorRequest(), model.Parameters())
+            for pattern, error in (("evt/+/x", "no wildcards in evt/+/x, <level>"),
+                                   ("tmp/a", "'tmp/a' is scratch"),
+                                   ("evt/x", "level x of evt/x"),
+                                   ("evt/{env_2}", "malformed topic 'evt/{env_2}': '{env_2}' is not a whole-level "
+                                                   "token like {name}")):
+                with self.subTest(pattern=pattern):
+                    self.assertIsNone(builder.parse_topic(pattern, "t.proto:1:1", "event e", {}, "S"))
+                    self.assertEqual(builder.errors[-1], f"t.proto:1:1: event e: {error}")
+            self.assertEqual(model._Builder.topic_key("evt/{system}/{env_2}", {}, {"system": "s"}), "evt/s/{env_2}")
+        finally:
+            model.RULES = saved
+        self.assertEqual(model.snake("GetStock"), "get_stock")
+        self.assertEqual(model._Builder.topic_key("evt/{system}/{env_2}", {}, {"system": "s"}), "evt/s/{}")
+
+    def test_a_table_it_cannot_read_all_of_is_refused(self):
+        """As the tool refuses it: a rule one side would skip is an error on both."""
+        from xymqtt_gen import model
+        changes = [
+            lambda t: t.update(topic_checks=[]),
+            lambda t: t["topic_level_checks"][0].update(unless="x"),
+            lambda t: t["topic_pattern_checks"][0].update(unless_token=True),
+            lambda t: t["snake_case"]["substitutions"][0].update(replacement="$&"),  # $& and $12: ECMAScript's
+            lambda t: t["snake_case"]["substitutions"][0].update(replacement="$12"),
+            lambda t: t.update(token_name="[a-z"),
+        ]
+        for i, change in enumerate(changes):
+            table = self.table()
+            change(table)
+            with self.subTest(change=i), self.assertRaises((ValueError, re.error)):
+                model.SchemaRules(table)
 
 
 class TopicPatterns(unittest.TestCase):
