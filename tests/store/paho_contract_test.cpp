@@ -10,7 +10,7 @@
 //    id once the session is present, and removes it at PUBCOMP;
 //  - MQTT 3.1.1, inbound QoS 2: Paho delivers at PUBREL and removes `r-<id>` after the callback.
 // The packet id of a received message is reachable only through c_struct(), compiled in for Paho's own
-// unit tests (as in runtime/src/client/client.cpp).
+// unit tests (as in runtime/src/session/session.cpp).
 #define UNIT_TESTS 1
 #include <mqtt/message.h>
 #undef UNIT_TESTS

@@ -91,6 +91,7 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.receive_maximum == 0) opts_.receive_maximum = store_->durability() == durability::fsync ? 1 : 8;
 
     session_ = std::make_unique<detail::session>(session_link_, opts_, *store_);
+    command_server_ = std::make_unique<detail::command_server>(server_link_, *store_, opts_);
 
     purge_expired_results();
     outbox_ = std::make_unique<detail::outbox>(outbox_link_, *store_, *committer_, opts_);  // recovers, starts sending
@@ -107,25 +108,10 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
 client::impl::~impl() {
     close();
     inbox_.reset();  // waits for lanes left running by a close() from their own handler: they touch this
-    // Likewise a command thread that closed or unregistered its own command.
-    std::vector<std::shared_ptr<detail::worker_pool>> workers;
-    {
-        std::lock_guard<std::mutex> lk(results_mu_);
-        workers = retired_workers_;
-        for (auto& [c, e] : commands_)
-            if (e.workers) workers.push_back(e.workers);
-    }
-    for (auto& w : workers) w->wait_ended();
+    command_server_->wait_ended();  // likewise a command thread that closed or unregistered its own command
 }
 
-void client::impl::log(log_level level, const std::string& text) const {
-    if (opts_.hooks.on_log) {
-        try {
-            opts_.hooks.on_log(level, text);
-        } catch (...) {
-        }
-    }
-}
+void client::impl::log(log_level level, const std::string& text) const { detail::log_to(opts_.hooks, level, text); }
 
 std::int64_t client::impl::now_ms() const {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -174,15 +160,7 @@ void client::impl::close() {
     // callback must finish (or be refused) before the writer goes.
     session_->disconnect();
     inbox_->join();
-    // A command's own threads finish the calls they run (their outcomes are committed), then end.
-    std::vector<std::shared_ptr<detail::worker_pool>> workers;
-    {
-        std::lock_guard<std::mutex> lk(results_mu_);
-        for (auto& [c, e] : commands_)
-            if (e.workers) workers.push_back(e.workers);
-    }
-    for (auto& w : workers) w->stop();
-    answer_gate_->close();  // deferred answers under way are committed; later ones wait for a restart
+    command_server_->stop();  // the calls at work are answered (committed); later answers wait for a restart
     committer_->stop();
     *alive_ = false;
     std::map<std::string, call_completion> awaiting;
@@ -444,11 +422,7 @@ client_stats client::impl::stats() const {
 
 std::vector<metric> client::impl::metrics() const {
     const auto s = stats();
-    std::size_t calls_at_work = 0;
-    {
-        std::lock_guard<std::mutex> lk(results_mu_);
-        calls_at_work = running_.size();
-    }
+    const std::size_t calls_at_work = command_server_->at_work();
     using k = metric::kind;
     return {
         {"xymqtt_published_total", k::counter, double(s.published), "publishes completed (QoS 2 flow done)"},

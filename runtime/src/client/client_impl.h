@@ -13,8 +13,9 @@
 #include <thread>
 #include <unordered_map>
 
+#include "base/hook_calls.h"
+#include "client/command_server.h"
 #include "commands/call_core.h"
-#include "commands/worker_pool.h"
 #include "inbox/inbox.h"
 #include "outbox/committer.h"
 #include "outbox/outbox.h"
@@ -70,43 +71,6 @@ public:
     client_options opts_;
 
 private:
-    /// How a command's calls run: one of the handlers, and the command's threads if it has any.
-    struct command_runner {
-        std::shared_ptr<const command_handler> sync;
-        std::shared_ptr<const deferred_command_handler> deferred;
-        std::shared_ptr<detail::worker_pool> workers;  // sync with concurrency > 1
-    };
-    /// Lets deferred answers in until close(), which then waits for those under way.
-    class answer_gate {
-    public:
-        bool enter() {
-            std::lock_guard<std::mutex> lk(mu_);
-            if (closed_) return false;
-            ++inside_;
-            return true;
-        }
-        void leave() {
-            std::lock_guard<std::mutex> lk(mu_);
-            --inside_;
-            cv_.notify_all();
-        }
-        void close() {
-            std::unique_lock<std::mutex> lk(mu_);
-            closed_ = true;
-            cv_.wait(lk, [&] { return inside_ == 0; });
-        }
-
-    private:
-        std::mutex mu_;
-        std::condition_variable cv_;
-        bool closed_ = false;
-        int inside_ = 0;
-    };
-    struct command_entry {
-        subscription_id invoke_sub = 0, cancel_sub = 0;
-        std::shared_ptr<detail::worker_pool> workers;  // concurrency > 1: its handlers' threads
-    };
-
     // -- helpers
     void log(log_level level, const std::string& text) const;
     template <class F, class... A>
@@ -213,25 +177,25 @@ private:
     std::vector<std::pair<std::string, stored_message>> inbox_records(stored_message rec,
                                                                       const std::vector<std::uint32_t>& sub_ids = {});
 
-    // -- commands (commands.cpp)
-    void register_command(const std::string& command, command_runner run, const command_options& opts);
-    void serve_invoke(const std::string& command, const command_runner& run, const message& m, effects& fx);
-    /// Runs a command's handler and adds its outcome (or the record of its cancel) to `fx`.
-    void run_call(const std::string& command, const command_handler& handler, const invocation& call,
-                  const std::shared_ptr<detail::running_call>& ctx, effects& fx);
-    /// Adds a call's outcome, `result` or `error` (or the record of its cancel), to `fx`.
-    void conclude_call(const std::string& command, const invocation& call, const std::shared_ptr<detail::running_call>& ctx,
-                       std::exception_ptr error, const std::string& result, effects& fx);
-    /// The publish of an outcome: to where the invoke asks (outcome_topic), with its correlation data.
-    stored_publish make_outcome(const std::string& command, const char* kind, wire::outgoing out,
-                                const std::string& message_id, const message_properties& invoke);
-    /// Adds a resolve or reject to `fx`: the publish, and the stored copy that answers a repeated invoke.
-    void publish_outcome(const std::string& command, const char* kind, wire::outgoing out,
-                         const std::string& message_id, const message_properties& invoke, effects& fx);
-    /// Where the outcome of an invoke goes: its Response Topic followed by `/resolve` or `/reject` if it
-    /// names a valid one, else the command's shared topic.
-    std::string outcome_topic(const std::string& command, bool rejected, const message_properties& invoke,
-                              const std::string& message_id) const;
+    // -- commands (commands.cpp: the caller; client/command_server.h: the server)
+    /// The client as the command server's host.
+    class server_link : public detail::command_server_host {
+    public:
+        explicit server_link(impl& c) : c_(c) {}
+        subscription_id subscribe(const std::string& filter, lane_handler handler, unsigned concurrency) override {
+            return c_.add_handler(filter, std::move(handler), concurrency);
+        }
+        void unsubscribe(subscription_id id) override { c_.remove_handler(id); }
+        detail::stored_publish make_publish(const std::string& topic, std::string payload, message_properties props,
+                                            const std::string& kind) override {
+            return c_.make_publish(topic, std::move(payload), std::move(props), false, kind);
+        }
+        void mark_handler_thread() override { c_.mark_handler_thread(); }
+
+    private:
+        impl& c_;
+    };
+    server_link server_link_{*this};
     /// A result on this client's own result topics (`<root>/<command>/resolve|reject`).
     void handle_routed_result(const message& m, effects& fx);
     /// @return the command of a topic of this client's own result topics, `<root>/<command>/resolve|reject`,
@@ -290,7 +254,7 @@ private:
     std::atomic<subscription_id> next_sub_{1};
 
     // commands
-    std::map<std::string, command_entry> commands_;
+    std::unique_ptr<detail::command_server> command_server_;
     std::map<std::string, std::map<subscription_id, result_handler>> result_handlers_;
     std::map<std::string, std::pair<subscription_id, subscription_id>> result_lanes_;
     std::string results_root_;     // `<prefix>/<client id>`, if this client can have per-client result topics
@@ -300,10 +264,6 @@ private:
     subscription_id results_root_sub_ = 0;  // its one lane, `<root>/#` (guarded by results_root_mu_)
     std::map<std::string, call_completion> awaiting_;
     mutable std::mutex results_mu_;
-    std::map<std::string, std::shared_ptr<detail::running_call>> running_;
-    std::vector<std::shared_ptr<detail::worker_pool>> retired_workers_;  // of unregistered commands
-    std::shared_ptr<answer_gate> answer_gate_ = std::make_shared<answer_gate>();
-    std::set<std::string> finalizing_;
 
     // timers
     std::mutex timer_mu_;
@@ -315,17 +275,9 @@ private:
     std::thread timer_thread_;
 };
 
-// In the header: client.cpp and commands.cpp fire hooks of the same types.
 template <class F, class... A>
 void client::impl::fire(const F& hook, A&&... args) const {
-    if (!hook) return;
-    try {
-        hook(std::forward<A>(args)...);
-    } catch (const std::exception& e) {
-        log(log_level::error, std::string("hook threw: ") + e.what());
-    } catch (...) {
-        log(log_level::error, "hook threw");
-    }
+    detail::fire_hook(opts_.hooks, hook, std::forward<A>(args)...);
 }
 
 }  // namespace xymqtt

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "base/hook_calls.h"
 #include "xymqtt/exception.h"
 
 namespace xymqtt::detail {
@@ -45,24 +46,11 @@ inbox::~inbox() {
     state_cv_.wait(lk, [&] { return !running(); });
 }
 
-void inbox::log(log_level level, const std::string& text) const {
-    if (!opts_.hooks.on_log) return;
-    try {
-        opts_.hooks.on_log(level, text);
-    } catch (...) {
-    }
-}
+void inbox::log(log_level level, const std::string& text) const { log_to(opts_.hooks, level, text); }
 
 template <class F, class... A>
 void inbox::fire(const F& hook, A&&... args) const {
-    if (!hook) return;
-    try {
-        hook(std::forward<A>(args)...);
-    } catch (const std::exception& e) {
-        log(log_level::error, std::string("hook threw: ") + e.what());
-    } catch (...) {
-        log(log_level::error, "hook threw");
-    }
+    fire_hook(opts_.hooks, hook, std::forward<A>(args)...);
 }
 
 std::size_t inbox::recover(store& s) {
@@ -114,7 +102,6 @@ void inbox::take(std::vector<std::pair<std::string, stored_message>> recs) {
 
 bool inbox::add_handler(subscription_id id, const std::string& filter, lane_handler handler, unsigned concurrency) {
     bool opened = false;
-    std::vector<write_op> relabel;
     {
         std::lock_guard<std::mutex> lk(mu_);
         // Lanes stopped by unsubscribe have finished (or will soon): reap the ones that have.
@@ -123,14 +110,16 @@ bool inbox::add_handler(subscription_id id, const std::string& filter, lane_hand
         if (!l) {
             auto o = routes_.open(filter, concurrency);
             l = o.first.get();
-            relabel = std::move(o.second);
+            // Recording the lane is bookkeeping (if it is lost the record is parked again and re-adopted),
+            // but it must be queued before the lane can commit the delivery's removal, which would otherwise
+            // be overtaken and the handled delivery written back. The committer commits in queue order; its
+            // completions never take this lock, so queueing under it cannot deadlock.
+            if (!o.second.empty()) host_.record(std::move(o.second));
             l->thread = std::thread([this, l] { lane_loop(l); });
             opened = true;
         }
         routes_.add_handler(id, *l, std::move(handler));
     }
-    // Recording the lane is bookkeeping: if it is lost the record is parked again and re-adopted.
-    if (!relabel.empty()) host_.record(std::move(relabel));
     return opened;
 }
 
@@ -206,9 +195,12 @@ void inbox::lane_loop(lane* l) {
         for (auto done : l->head_done)
             handlers.erase(std::remove_if(handlers.begin(), handlers.end(), [&](auto& h) { return h.first == done; }),
                            handlers.end());
+        l->running = id;
         lk.unlock();
         process(l, id, std::move(rec), std::move(handlers));
         lk.lock();
+        // Unsubscribed meanwhile and to be retried: on to the lane of its filter, or parked.
+        if (auto next = routes_.release(*l, id)) next->cv.notify_one();
     }
     l->finished = true;
     state_cv_.notify_all();  // the destructor may be waiting for a lane that join() left running

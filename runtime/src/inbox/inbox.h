@@ -38,7 +38,9 @@ public:
     /// Commits `ops` atomically; `soon`: nobody waits for more than its removal (it may join a later commit).
     /// @throw client_closed once the client closes; storage_error (and the like) if the store refuses it.
     virtual void commit(const std::vector<write_op>& ops, bool soon) = 0;
-    /// Queues a bookkeeping commit that nobody awaits (a lost one is redone at the next start).
+    /// Queues a bookkeeping commit that nobody awaits (a lost one is redone at the next start), ahead of
+    /// every commit asked for after it. Called with the inbox's lock held: must not wait for anything that
+    /// takes it.
     virtual void record(std::vector<write_op> ops) = 0;
     /// Publishes committed with a handled delivery (effects::publishes): the outbox sends them.
     virtual void publishes_stored(std::vector<std::pair<std::uint64_t, std::shared_ptr<stored_message>>>& pubs) = 0;

@@ -78,8 +78,14 @@ std::optional<routes::removed> routes::remove_handler(subscription_id id) {
     l->handlers.erase(id);
     if (!l->handlers.empty()) return out;
     l->stopping = true;
-    for (auto& [rid, rec] : l->queue) parked_.emplace(rid, std::move(rec));
-    l->queue.clear();
+    for (auto q = l->queue.begin(); q != l->queue.end();) {
+        if (q->first == l->running || l->working.count(q->first)) {
+            ++q;  // at work: stays until done or released
+        } else {
+            parked_.emplace(q->first, std::move(q->second));
+            q = l->queue.erase(q);
+        }
+    }
     out.stopped = l;
     return out;
 }
@@ -89,6 +95,16 @@ std::vector<subscription_id> routes::handlers_of(const std::string& filter) cons
     for (const auto& [id, f] : filter_of_)
         if (f == filter) out.push_back(id);
     return out;
+}
+
+std::shared_ptr<lane> routes::release(lane& l, const std::string& id) {
+    if (l.running == id) l.running.clear();
+    if (!l.stopping) return nullptr;
+    auto it = l.queue.find(id);
+    if (it == l.queue.end() || l.working.count(id)) return nullptr;
+    stored_message rec = std::move(it->second);
+    l.queue.erase(it);
+    return route(id, std::move(rec));
 }
 
 void routes::erase(const std::string& id) {

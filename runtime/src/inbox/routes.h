@@ -45,6 +45,7 @@ struct lane : std::enable_shared_from_this<lane> {
     std::string head_id;                          // delivery in progress, and the handlers done for it
     std::set<subscription_id> head_done;
     unsigned concurrency = 1;
+    std::string running;            // the delivery whose handlers run now on the lane's thread
     std::set<std::string> working;  // deliveries whose handlers finish later (effects::later)
     std::condition_variable cv;
     bool stopping = false;
@@ -62,7 +63,9 @@ std::uint32_t subscription_identifier(const std::string& filter);
 ///  - A copy that names subscriptions (MQTT 5 subscription identifiers) goes to those lanes only; one that
 ///    names none of this client's goes to every live lane whose filter matches its topic; one that no lane
 ///    takes is parked until a lane whose filter matches it opens.
-///  - A lane stops when its last handler goes; its deliveries are parked again, in order.
+///  - A lane stops when its last handler goes; its deliveries are parked again, in order, except those at
+///    work (running, or working with effects::later), which stay with it until they are done or released:
+///    a new lane of the same filter never runs a delivery that the stopped one is still running.
 ///
 /// Not thread-safe: the client guards it with its lock. The lanes' threads are the client's.
 class routes {
@@ -101,6 +104,10 @@ public:
         l.queue.erase(id);
         parked_.erase(id);
     }
+    /// The lane's handlers are no longer at work on delivery `id` (handled, or to be retried). If the lane
+    /// stopped meanwhile and still holds it (a retry), it goes to the live lane of its filter, or is parked.
+    /// @return the lane to wake, or nullptr.
+    std::shared_ptr<lane> release(lane& l, const std::string& id);
     /// Delivery `id` is dead-lettered: removed wherever it waits.
     void erase(const std::string& id);
     /// @return the filters of the live lanes.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "base/hook_calls.h"
 #include "xymqtt/exception.h"
 
 namespace xymqtt::detail {
@@ -48,13 +49,7 @@ outbox::outbox(outbox_host& host, store& s, committer& c, const client_options& 
 
 outbox::~outbox() { stop(); }
 
-void outbox::log(log_level level, const std::string& text) const {
-    if (!opts_.hooks.on_log) return;
-    try {
-        opts_.hooks.on_log(level, text);
-    } catch (...) {
-    }
-}
+void outbox::log(log_level level, const std::string& text) const { log_to(opts_.hooks, level, text); }
 
 std::shared_ptr<stored_message> outbox::read(std::uint64_t seq) const {
     const auto v = store_.get(table::outgoing, sequence_id(seq));
@@ -360,19 +355,13 @@ void outbox::refuse(std::uint64_t seq, int reason_code, const std::string& reaso
         state_cv_.notify_all();
     }
     if (then) then();
-    if (msg && opts_.hooks.on_dead_letter) {
+    if (msg) {
         message m;
         m.topic = msg->topic;
         m.payload = msg->payload;
         m.props = msg->props;
         m.id = sequence_id(seq);
-        try {
-            opts_.hooks.on_dead_letter(m, why);
-        } catch (const std::exception& e) {
-            log(log_level::error, std::string("hook threw: ") + e.what());
-        } catch (...) {
-            log(log_level::error, "hook threw");
-        }
+        fire_hook(opts_.hooks, opts_.hooks.on_dead_letter, m, why);
     }
     if (prom) prom->set_exception(std::make_exception_ptr(broker_error(why, reason_code)));
 }

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "base/hook_calls.h"
 #include "session/broker_capabilities.h"
 #include "session/ca_bundle.h"
 #include "session/nagle_governor.h"
@@ -198,24 +199,11 @@ session::~session() {
     release();
 }
 
-void session::log(log_level level, const std::string& text) const {
-    if (!opts_.hooks.on_log) return;
-    try {
-        opts_.hooks.on_log(level, text);
-    } catch (...) {
-    }
-}
+void session::log(log_level level, const std::string& text) const { log_to(opts_.hooks, level, text); }
 
 template <class F, class... A>
 void session::fire(const F& hook, A&&... args) const {
-    if (!hook) return;
-    try {
-        hook(std::forward<A>(args)...);
-    } catch (const std::exception& e) {
-        log(log_level::error, std::string("hook threw: ") + e.what());
-    } catch (...) {
-        log(log_level::error, "hook threw");
-    }
+    fire_hook(opts_.hooks, hook, std::forward<A>(args)...);
 }
 
 void session::start() {
