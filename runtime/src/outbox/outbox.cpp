@@ -466,6 +466,7 @@ void outbox::connect_failed() {
 
 void outbox::up(std::size_t window) {
     std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) return;  // a connect that completes while the client closes sends nothing more
     sendq_.set_window(window);
     connected_ = true;
     send_blocked_ = false;

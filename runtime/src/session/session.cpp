@@ -674,8 +674,14 @@ session::publish_result session::publish(const std::vector<std::pair<std::uint64
             refused_rc = e.get_return_code() ? e.get_return_code() : MQTTASYNC_FAILURE;
             log(log_level::debug, std::string("publish deferred: ") + e.what());
         } catch (const std::exception& e) {
-            // The packet mapping could not be stored: the publish is out; a crash now costs a duplicate.
-            log(log_level::error, std::string("storing the packet id of a publish failed: ") + e.what());
+            if (sent) {
+                // The packet mapping could not be stored: the publish is out; a crash now costs a duplicate.
+                log(log_level::error, std::string("storing the packet id of a publish failed: ") + e.what());
+            } else {
+                // Not handed to Paho (out of memory, say): it and the rest wait, in order, for a later try.
+                refused_rc = MQTTASYNC_FAILURE;
+                log(log_level::error, std::string("a publish could not be handed to Paho: ") + e.what());
+            }
         }
         if (sent) fire(opts_.hooks.on_packet_send, m->topic, m->payload);
         if (refused_rc) break;  // Paho refused one: the rest waits too
