@@ -1,9 +1,9 @@
-// The default logger (stderr, level from XYMQTT_LOG_LEVEL) and its parts, public in client.h.
+// The default logger (stderr, level from XYMQTT_LOG_LEVEL) and its parts, public in logging.h.
 #include <cstdlib>
 #include <ostream>
 #include <sstream>
 
-#include "xymqtt/client.h"
+#include "xymqtt/logging.h"
 #include "xymqtt/exception.h"
 
 namespace xymqtt {

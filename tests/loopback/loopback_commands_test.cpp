@@ -784,3 +784,31 @@ TEST_CASE("loopback unregister stops serving, its queued invokes wait for the ne
     CHECK(server.ran.items() == std::vector<std::string>{first.message_id(), third.message_id()});
     (void)second;
 }
+
+TEST_CASE("loopback runs the client's command protocol: an invoke naming a Response Topic is answered there, "
+          "with its correlation data",
+          "[loopback][commands]") {
+    // The loopback hosts the client's own command server (commands/), so what a server does for an MQTT 5
+    // request/response peer (a Response Topic, Correlation Data) holds in unit tests too.
+    loopback lb;
+    lb.subscribe_results(cmd, [](const command_result&) {});
+    lb.call(cmd, request(wire_format::json, 7), fmt(wire_format::json));  // nobody serves yet: not delivered
+    const auto invokes = lb.published(invoke_t);
+    REQUIRE(invokes.size() == 1);
+
+    echo_server server;
+    lb.command_register(cmd, server.handler());
+    publish_options o;
+    o.props = invokes.front().props;
+    o.props.response_topic = "app/replies/42";
+    o.props.correlation_data = "corr-1";
+    lb.publish(invoke_t, invokes.front().payload, o).get();
+    lb.run_until_idle();
+
+    REQUIRE(server.ran.size() == 1);
+    const auto answers = lb.published("app/replies/42/resolve");
+    REQUIRE(answers.size() == 1);
+    CHECK(answers.front().props.correlation_data == "corr-1");
+    CHECK(json::parse(answers.front().payload).dump().find("pong") != std::string::npos);
+    CHECK(lb.published(resolve_t).empty());
+}

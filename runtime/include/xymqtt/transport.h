@@ -368,4 +368,9 @@ inline pending_call transport::call_async(const std::string& command, std::strin
     return out;
 }
 
+/// Makes a message id, as call() does for each call.
+/// @return a new unique message id: 128 bits from a per-thread std::mt19937_64 initialised from
+///         std::random_device, as 32 lowercase hex digits.
+std::string make_message_id();
+
 }  // namespace xymqtt

@@ -3,8 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
-#include <random>
 
+#include "base/clock.h"
 #include "client/client_impl.h"
 #include "commands/wire.h"
 #include "xymqtt/exception.h"
@@ -16,24 +16,7 @@ namespace {
 
 constexpr std::size_t max_payload = 268435455 - 65536;  // MQTT's limit less room for topic and properties
 
-
 }  // namespace
-
-std::chrono::milliseconds retry_policy::delay_after(std::uint32_t attempt) const {
-    double d = double(initial.count());
-    for (std::uint32_t i = 1; i < attempt && d < double(cap.count()); ++i) d *= multiplier;
-    return std::chrono::milliseconds(std::min<std::int64_t>(std::int64_t(d), cap.count()));
-}
-
-std::string make_message_id() {
-    thread_local std::mt19937_64 rng([] {
-        std::random_device rd;
-        std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd()};
-        return std::mt19937_64(seq);
-    }());
-    const auto hi = rng();
-    return detail::format_message_id(hi, rng());
-}
 
 // ---------------------------------------------------------------------------------------------------
 // construction
@@ -55,6 +38,12 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.resend_unanswered_after && opts_.resend_unanswered_after->count() <= 0)
         throw configuration_error("resend_unanswered_after must be > 0 (or unset: never)");
     // Per-client result topics, if this client can have them: its default, or asked for by a call.
+    detail::command_caller::options co;
+    co.mqtt_version = opts_.mqtt_version;
+    co.client_id = opts_.client_id;
+    co.routing = opts_.results;
+    co.resend_after = opts_.resend_unanswered_after;
+    co.closed = "the client is closed";
     try {
         if (opts_.mqtt_version != 5) throw configuration_error("per-client result topics need MQTT 5 (the invoke's Response Topic)");
         try {
@@ -63,10 +52,10 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
         } catch (const invalid_topic& e) {
             throw configuration_error(std::string("per-client result topics: ") + e.what());
         }
-        results_root_ = opts_.results_prefix + "/" + opts_.client_id;
+        co.results_root = opts_.results_prefix + "/" + opts_.client_id;
     } catch (const configuration_error& e) {
         if (opts_.results == result_routing::per_client) throw;
-        no_results_root_ = e.what();
+        co.no_results_root = e.what();
     }
 
     if (opts_.store) {
@@ -91,13 +80,13 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     if (opts_.receive_maximum == 0) opts_.receive_maximum = store_->durability() == durability::fsync ? 1 : 8;
 
     session_ = std::make_unique<detail::session>(session_link_, opts_, *store_);
-    command_server_ = std::make_unique<detail::command_server>(server_link_, *store_, opts_);
+    command_server_ = std::make_unique<detail::command_server>(command_link_, opts_.hooks);
+    command_caller_ = std::make_unique<detail::command_caller>(command_link_, opts_.hooks, std::move(co));
 
     purge_expired_results();
     outbox_ = std::make_unique<detail::outbox>(outbox_link_, *store_, *committer_, opts_);  // recovers, starts sending
-    timer_thread_ = std::thread([this] { timer_loop(); });
     try {
-        resume_resends();
+        command_caller_->resume(stored_calls());
     } catch (const std::exception& e) {
         // The threads run already: a constructor that threw now would leave them to std::terminate.
         log(log_level::error, std::string("unanswered calls not scheduled to be sent again: ") + e.what());
@@ -112,11 +101,6 @@ client::impl::~impl() {
 }
 
 void client::impl::log(log_level level, const std::string& text) const { detail::log_to(opts_.hooks, level, text); }
-
-std::int64_t client::impl::now_ms() const {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
 
 void client::impl::require_open() const {
     if (closing_) throw client_closed("client is closed");
@@ -150,32 +134,22 @@ void client::impl::close() {
     }
     outbox_->stop();
     inbox_->halt();
-    {
-        std::lock_guard<std::mutex> lk(timer_mu_);
-        timer_cv_.notify_all();
-    }
+    command_caller_->stop();
     session_->stop();
-    if (timer_thread_.joinable()) timer_thread_.join();
+    timers_.stop();
     // Disconnect before stopping the lanes and the writer: a delivery being committed in Paho's
     // callback must finish (or be refused) before the writer goes.
     session_->disconnect();
     inbox_->join();
     command_server_->stop();  // the calls at work are answered (committed); later answers wait for a restart
     committer_->stop();
-    *alive_ = false;
-    std::map<std::string, call_completion> awaiting;
     {
         std::lock_guard<std::mutex> lk(mu_);
-        awaiting.swap(awaiting_);
         closed_ = true;
     }
     outbox_->fail_pending();
-    for (auto& [s, done] : awaiting) done(std::make_exception_ptr(client_closed("client closed before the result arrived")), {});
+    command_caller_->close(std::make_exception_ptr(client_closed("client closed before the result arrived")));
     session_->release();  // Paho must stop calling us before the members it uses go
-}
-
-void client::impl::session_link::subscription_answered(const std::string& filter, int reason_code) {
-    if (!c_.results_root_.empty() && filter == c_.results_root_ + "/#") c_.on_results_subscription(reason_code);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -189,7 +163,7 @@ client::impl::stored_publish client::impl::make_publish(const std::string& topic
     m->payload = std::move(payload);
     m->props = std::move(props);
     m->retain = retain;
-    m->created_ms = now_ms();
+    m->created_ms = detail::wall_ms();
     m->kind = kind;
     const auto seq = next_seq_++;
     return stored_publish{seq, m, write_op{table::outgoing, sequence_id(seq), encode_record(*m)}};
@@ -214,84 +188,15 @@ void client::impl::post(const std::string& topic, std::string payload, publish_o
     outbox_->submit(std::move(pub), std::move(prom));
 }
 
-detail::outbox_host::refusal client::impl::outbox_link::publish(std::vector<item>& batch, via v) {
-    std::vector<std::pair<std::uint64_t, const stored_message*>> msgs;
-    msgs.reserve(batch.size());
-    for (const auto& it : batch) msgs.emplace_back(it.seq, it.msg.get());
-    const auto r = c_.session_->publish(msgs, v);
-    for (std::size_t i = 0; i < r.taken; ++i) batch[i].sent = true;
-    switch (r.why) {
-        case detail::session::refusal::none:
-            return refusal::none;
-        case detail::session::refusal::buffer_full:
-            return refusal::buffer_full;
-        case detail::session::refusal::disconnected:
-            return refusal::disconnected;
-        case detail::session::refusal::other:
-            break;
-    }
-    return refusal::other;
-}
-
-std::function<void()> client::impl::outbox_link::refused(const stored_message& msg, int reason_code,
-                                                         const std::string& why, std::vector<write_op>& ops) {
-    std::vector<std::pair<std::string, stored_message>> local;
-    std::optional<std::string> call_id;
-    if (msg.kind == "call") call_id = wire::decode_message_id(msg.payload, msg.props);
-    if (call_id) {
-        if (auto p = c_.take_awaiting(*call_id)) {
-            // call_async: its future fails with the broker's reason.
-            ops.push_back({table::calls, *call_id, std::nullopt});
-            p(std::make_exception_ptr(broker_error(why, reason_code)), {});
-            call_id.reset();
-        }
-    }
-    if (call_id) {
-        // call(): a refused invoke never reaches a server, so its result handlers get a reject from here,
-        // through the inbox like any result.
-        const auto command = msg.topic.substr(0, msg.topic.size() - std::string("/invoke").size());
-        const int status = reason_code == 0x87 ? 403 : 502;
-        auto out = wire::encode_reject(wire::detect_format(msg.props), *call_id, status, why, "");
-        stored_message rec;
-        rec.topic = wire::reject_topic(command);
-        rec.payload = std::move(out.payload);
-        rec.props = std::move(out.props);
-        rec.created_ms = c_.now_ms();
-        local = c_.inbox_records(std::move(rec));
-        for (const auto& [rid, r] : local) ops.push_back({table::incoming, rid, encode_record(r)});
-    }
-    return [this, local = std::move(local)]() mutable {
-        c_.inbox_->count_dead(1);
-        c_.inbox_->take(std::move(local));
-    };
-}
-
 // ---------------------------------------------------------------------------------------------------
 // inbox
-
-void client::impl::inbox_link::commit(const std::vector<write_op>& ops, bool soon) {
-    // Without syncs there is nothing to share: never wait for a later commit to carry this one. With no
-    // commit running the committer makes it on this thread (no hand-off); with one running it waits, so
-    // batches queued before (a lane's relabelling, say) are not overtaken.
-    const bool share = soon && c_.store_->durability() != durability::process;
-    c_.committer_->commit(ops, share ? detail::urgency::linger : detail::urgency::now);
-}
-
-void client::impl::inbox_link::record(std::vector<write_op> ops) { c_.committer_->submit(std::move(ops), nullptr); }
-
-void client::impl::inbox_link::publishes_stored(
-    std::vector<std::pair<std::uint64_t, std::shared_ptr<stored_message>>>& pubs) {
-    c_.outbox_->stored(pubs, true);
-}
-
-void client::impl::inbox_link::storage_failed(const std::string& what) { c_.fire(c_.opts_.hooks.on_storage_error, what); }
 
 std::optional<std::string> client::impl::on_arrived(stored_message rec, const std::vector<std::uint32_t>& sub_ids,
                                                     const std::function<void()>& stored) {
     // On Paho's receive thread, before the acknowledgement leaves: the commit here is what makes it safe.
     auto recs = inbox_records(std::move(rec), sub_ids);
     std::optional<command_result> result;  // an awaited result: answered here, not through the inbox
-    if (recs.size() == 1) result = awaited_result(recs.front().second);
+    if (recs.size() == 1) result = command_caller_->awaited_result(recs.front().second);
     std::vector<write_op> ops;
     if (result)
         ops.push_back({table::calls, result->message_id, std::nullopt});  // the call is answered
@@ -302,7 +207,11 @@ std::optional<std::string> client::impl::on_arrived(stored_message rec, const st
     // Stored: from here on a failure costs at most a delay, never the message.
     if (result) {
         try {
-            on_arrived_result(recs.front().first, recs.front().second, *result);
+            // What the result lane does, without the inbox record, the hand-off to the lane and a second
+            // synced commit: the round trip of a call is shorter by all three.
+            fire(opts_.hooks.on_message, detail::message_of(recs.front().first, recs.front().second, 1));
+            command_caller_->answer(*result);
+            inbox_->handled_elsewhere();
         } catch (const std::exception& e) {
             log(log_level::error, std::string("the completion of call ") + result->message_id + " failed: " + e.what());
         } catch (...) {
@@ -358,13 +267,73 @@ subscription_id client::impl::add_handler(const std::string& filter, lane_handle
 }
 
 void client::impl::remove_handler(subscription_id id) {
-    if (remove_result_handler(id)) return;
+    if (command_caller_->remove_result_handler(id)) return;
     // The last handler of its lane: the lane stops, and the subscription goes.
     if (const auto filter = inbox_->remove_handler(id)) session_->unsubscribe(*filter);
 }
 
 void client::impl::remove_filter(const std::string& filter) {
     for (auto id : inbox_->handlers_of(filter)) remove_handler(id);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// commands
+
+void client::impl::command_register(const std::string& command, command_handler handler, command_options opts) {
+    command_server_->add(command, std::move(handler), opts);
+}
+
+void client::impl::command_register(const std::string& command, deferred_command_handler handler,
+                                    command_options opts) {
+    command_server_->add(command, std::move(handler), opts);
+}
+
+void client::impl::command_unregister(const std::string& command) { command_server_->remove(command); }
+
+subscription_id client::impl::subscribe_results(const std::string& command, result_handler handler,
+                                                std::optional<result_routing> routing) {
+    return command_caller_->subscribe_results(command, std::move(handler), routing);
+}
+
+call_handle client::impl::call(const std::string& command, std::string body, call_options opts) {
+    require_open();
+    return command_caller_->call(command, std::move(body), opts);
+}
+
+call_handle client::impl::call_async(const std::string& command, std::string body, call_options opts,
+                                     std::optional<std::chrono::milliseconds> timeout, call_completion done) {
+    require_open();
+    return command_caller_->call_async(command, std::move(body), opts, timeout, std::move(done));
+}
+
+std::vector<std::string> client::impl::stored_calls() const {
+    std::vector<std::string> ids;
+    store_->for_each(table::calls, [&](const std::string& id, const std::string&) {
+        ids.push_back(id);
+        return true;
+    });
+    return ids;
+}
+
+void client::impl::purge_expired_results() {
+    const auto cutoff = detail::wall_ms() - std::int64_t(opts_.result_retention.count()) * 1000;
+    std::vector<write_op> ops;
+    try {
+        for (auto t : {table::results, table::calls}) {
+            store_->for_each(t, [&](const std::string& id, const std::string& v) {
+                try {
+                    if (decode_record(v).created_ms < cutoff) ops.push_back({t, id, std::nullopt});
+                } catch (const storage_error&) {
+                    ops.push_back({t, id, std::nullopt});
+                }
+                return true;
+            });
+        }
+        if (!ops.empty()) committer_->commit(std::move(ops));
+    } catch (const std::exception& e) {
+        log(log_level::error, std::string("purging old command results failed: ") + e.what());
+    }
+    schedule(std::chrono::steady_clock::now() + std::chrono::hours(1), [this] { purge_expired_results(); });
 }
 
 // ---------------------------------------------------------------------------------------------------

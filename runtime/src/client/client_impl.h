@@ -1,4 +1,4 @@
-// The client's machinery: connection, outbox, inbox lanes, and (commands.cpp) the command protocol.
+// The client's machinery: it wires the session, the outbox, the inbox and the command protocol together.
 #pragma once
 
 #include <atomic>
@@ -13,9 +13,11 @@
 #include <thread>
 #include <unordered_map>
 
+#include "base/clock.h"
 #include "base/hook_calls.h"
-#include "client/command_server.h"
-#include "commands/call_core.h"
+#include "base/timers.h"
+#include "commands/command_caller.h"
+#include "commands/command_server.h"
 #include "inbox/inbox.h"
 #include "outbox/committer.h"
 #include "outbox/outbox.h"
@@ -23,10 +25,6 @@
 #include "xymqtt/client.h"
 
 namespace xymqtt {
-
-namespace wire {
-struct outgoing;
-}
 
 class client::impl {
 public:
@@ -47,9 +45,8 @@ public:
     subscription_id add_handler(const std::string& filter, lane_handler handler, unsigned concurrency = 1);
     void remove_handler(subscription_id id);
     void remove_filter(const std::string& filter);
-    bool remove_result_handler(subscription_id id);
 
-    // commands (commands.cpp)
+    // commands (commands/command_server.h, commands/command_caller.h)
     void command_register(const std::string& command, command_handler handler, command_options opts);
     void command_register(const std::string& command, deferred_command_handler handler, command_options opts);
     void command_unregister(const std::string& command);
@@ -75,7 +72,6 @@ private:
     void log(log_level level, const std::string& text) const;
     template <class F, class... A>
     void fire(const F& hook, A&&... args) const;
-    std::int64_t now_ms() const;
     void require_open() const;
 
     // -- the session (session/session.h: Paho, the connection, arrivals' acknowledgements)
@@ -146,9 +142,6 @@ private:
     using stored_publish = detail::stored_publish;
     stored_publish make_publish(const std::string& topic, std::string payload, message_properties props,
                                 bool retain, const std::string& kind);
-    void commit_publishes(std::vector<write_op> ops, std::vector<stored_publish> pubs) {
-        outbox_->commit(std::move(ops), std::move(pubs));
-    }
 
     // -- inbox (inbox/inbox.h runs the lanes; the client takes arrivals in from Paho)
     /// The client as the inbox's host: its commits, its outbox, its hooks.
@@ -177,70 +170,53 @@ private:
     std::vector<std::pair<std::string, stored_message>> inbox_records(stored_message rec,
                                                                       const std::vector<std::uint32_t>& sub_ids = {});
 
-    // -- commands (commands.cpp: the caller; client/command_server.h: the server)
-    /// The client as the command server's host.
-    class server_link : public detail::command_server_host {
+    // -- commands (commands/: the protocol, the same as the loopback's)
+    /// The client as the command protocol's host: lanes of the inbox, commits of the outbox, the store.
+    class command_link : public detail::command_host {
     public:
-        explicit server_link(impl& c) : c_(c) {}
+        explicit command_link(impl& c) : c_(c) {}
         subscription_id subscribe(const std::string& filter, lane_handler handler, unsigned concurrency) override {
             return c_.add_handler(filter, std::move(handler), concurrency);
         }
         void unsubscribe(subscription_id id) override { c_.remove_handler(id); }
+        subscription_id new_subscription_id() override { return c_.next_sub_++; }
+        std::optional<subscription_id> sole_handler(const std::string& filter) const override {
+            return c_.inbox_->sole_handler(filter);
+        }
+        std::vector<std::pair<subscription_id, std::string>> handler_filters() const override {
+            return c_.inbox_->handler_filters();
+        }
         detail::stored_publish make_publish(const std::string& topic, std::string payload, message_properties props,
                                             const std::string& kind) override {
             return c_.make_publish(topic, std::move(payload), std::move(props), false, kind);
+        }
+        void commit(std::vector<write_op> ops, std::vector<detail::stored_publish> pubs) override {
+            c_.outbox_->commit(std::move(ops), std::move(pubs));
+        }
+        void commit_later(std::vector<write_op> ops) override { c_.committer_->submit(std::move(ops), nullptr); }
+        std::optional<std::string> stored(table t, const std::string& id) const override { return c_.store_->get(t, id); }
+        std::int64_t wall_ms() const override { return detail::wall_ms(); }
+        void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn) override {
+            c_.schedule(at, std::move(fn));
         }
         void mark_handler_thread() override { c_.mark_handler_thread(); }
 
     private:
         impl& c_;
     };
-    server_link server_link_{*this};
-    /// A result on this client's own result topics (`<root>/<command>/resolve|reject`).
-    void handle_routed_result(const message& m, effects& fx);
-    /// @return the command of a topic of this client's own result topics, `<root>/<command>/resolve|reject`,
-    ///         and whether it is a reject; nothing for any other topic.
-    std::optional<std::pair<std::string, bool>> routed_result_topic(const std::string& topic) const;
-    /// The broker's answer to the SUBSCRIBE of this client's result topics: a refusal fails the calls
-    /// awaited and refuses new ones (broker_error) until a later SUBSCRIBE is granted.
-    void on_results_subscription(int reason_code);
-    void serve_cancel(const std::string& command, const message& m, effects& fx);
-    void handle_result(const std::string& command, bool rejected, const message& m, effects& fx);
-    /// @return the result in `rec`, an arrival bound for one of this client's result lanes (and no other
-    ///         lane), if a call_async of this client awaits it: on_arrived answers it at once, without the
-    ///         inbox and the lane (on_arrived_result).
-    std::optional<command_result> awaited_result(const stored_message& rec);
-    /// Hands an awaited result to its caller, once the removal of its call record is committed.
-    void on_arrived_result(const std::string& id, const stored_message& rec, const command_result& r);
-    void ensure_results_lane(const std::string& command, result_routing routing);
-    /// @return `routing`, or the client's default. @throw configuration_error if it is per_client and this
-    /// client cannot have per-client result topics (MQTT 3.1.1, a client id that is no topic level).
-    result_routing routing_of(std::optional<result_routing> routing) const;
-    bool has_result_subscription(const std::string& command, result_routing routing) const;
-    // `routing`: routing_of(opts.results), resolved once by the caller.
-    std::string start_call(const std::string& command, std::string body, const call_options& opts,
-                           result_routing routing, call_completion awaiting);
-    call_handle make_handle(const std::string& command, const std::string& id, wire_format format);
-    /// Removes and returns the completion of a call awaited by call_async, or an empty one. Takes mu_.
-    call_completion take_awaiting(const std::string& id);
-    /// @return whether call_async awaits the result of call `id`. Takes mu_.
-    bool awaits(const std::string& id) const;
-    void cancel_call(const std::string& command, const std::string& message_id, wire_format format);
-    /// Sends the invoke of call `id` again after `after` if it is still unanswered, and so on, doubling
-    /// (client_options::resend_unanswered_after).
-    void schedule_resend(const std::string& id, std::chrono::milliseconds after);
-    /// Schedules that for every call a previous run left unanswered.
-    void resume_resends();
-    void timer_loop();
-    void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn);
+    command_link command_link_{*this};
+    void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn) { timers_.schedule(at, std::move(fn)); }
+    /// Removes the results and calls past client_options::result_retention, then again in an hour.
     void purge_expired_results();
+    /// @return the ids of the calls a previous run left unanswered.
+    std::vector<std::string> stored_calls() const;
 
     // -- state
     std::shared_ptr<store> store_;
     std::unique_ptr<detail::committer> committer_;
     std::unique_ptr<detail::session> session_;
 
-    mutable std::mutex mu_;  // closed_, results_refused_, awaiting_
+    mutable std::mutex mu_;  // closed_
     std::mutex close_mu_;    // held through close()
     std::atomic<bool> closing_{false};
     bool closed_ = false;
@@ -255,24 +231,9 @@ private:
 
     // commands
     std::unique_ptr<detail::command_server> command_server_;
-    std::map<std::string, std::map<subscription_id, result_handler>> result_handlers_;
-    std::map<std::string, std::pair<subscription_id, subscription_id>> result_lanes_;
-    std::string results_root_;     // `<prefix>/<client id>`, if this client can have per-client result topics
-    std::string no_results_root_;  // else why not
-    std::mutex results_root_mu_;
-    std::string results_refused_;  // why the broker refused the result topics, "" if not (guarded by mu_)
-    subscription_id results_root_sub_ = 0;  // its one lane, `<root>/#` (guarded by results_root_mu_)
-    std::map<std::string, call_completion> awaiting_;
-    mutable std::mutex results_mu_;
+    std::unique_ptr<detail::command_caller> command_caller_;
 
-    // timers
-    std::mutex timer_mu_;
-    std::condition_variable timer_cv_;
-    std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> timers_;
-
-    std::shared_ptr<std::atomic<bool>> alive_ = std::make_shared<std::atomic<bool>>(true);
-
-    std::thread timer_thread_;
+    detail::timers timers_;  // last: its thread stops first
 };
 
 template <class F, class... A>

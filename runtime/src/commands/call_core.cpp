@@ -1,6 +1,9 @@
 #include "commands/call_core.h"
 
 #include <cstdio>
+#include <random>
+
+#include "xymqtt/transport.h"
 
 namespace xymqtt::detail {
 
@@ -65,3 +68,17 @@ std::string format_message_id(std::uint64_t hi, std::uint64_t lo) {
 }
 
 }  // namespace xymqtt::detail
+
+namespace xymqtt {
+
+std::string make_message_id() {
+    thread_local std::mt19937_64 rng([] {
+        std::random_device rd;
+        std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd()};
+        return std::mt19937_64(seq);
+    }());
+    const auto hi = rng();
+    return detail::format_message_id(hi, rng());
+}
+
+}  // namespace xymqtt

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "base/clock.h"
 #include "base/hook_calls.h"
 #include "xymqtt/exception.h"
 
@@ -13,12 +14,6 @@ namespace {
 // The inbox whose handlers run on this thread, if any: close() from a handler must not wait for a close()
 // that is joining this very thread.
 thread_local const void* handler_thread_of = nullptr;
-
-std::int64_t now_ms() {
-    // Wall-clock time, so that a stored next attempt holds across restarts (lane_loop bounds the wait).
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
 
 }  // namespace
 
@@ -175,10 +170,10 @@ void inbox::lane_loop(lane* l) {
             l->cv.wait(lk);
             continue;
         }
-        auto wait = it->second.next_attempt_ms - now_ms();
+        auto wait = it->second.next_attempt_ms - wall_ms();
         if (wait > opts_.retry.cap.count()) {
             // No delay is longer than the cap: the clock was set back. Wait one cap from now.
-            it->second.next_attempt_ms = now_ms() + opts_.retry.cap.count();
+            it->second.next_attempt_ms = wall_ms() + opts_.retry.cap.count();
             wait = opts_.retry.cap.count();
         }
         if (wait > 0) {
@@ -259,7 +254,7 @@ void inbox::process(lane* l, const std::string& id, stored_message rec,
         return dead_letter_record(id, std::move(rec),
                                   "gave up after " + std::to_string(rec.attempts) + " attempts: " + err, false);
     const auto delay = opts_.retry.delay_after(rec.attempts);
-    rec.next_attempt_ms = now_ms() + delay.count();
+    rec.next_attempt_ms = wall_ms() + delay.count();
     try {
         // The attempt count is kept so that backoff and max_attempts hold across restarts.
         commit_until_stored({{table::incoming, id, encode_record(rec)}});

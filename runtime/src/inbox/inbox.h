@@ -27,6 +27,7 @@
 
 #include "inbox/routes.h"
 #include "xymqtt/client_options.h"
+#include "xymqtt/dead_letter.h"
 #include "xymqtt/store.h"
 
 namespace xymqtt::detail {

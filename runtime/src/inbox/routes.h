@@ -15,26 +15,11 @@
 #include <utility>
 #include <vector>
 
-#include "xymqtt/client.h"
+#include "base/effects.h"
+#include "xymqtt/transport.h"
 #include "xymqtt/store.h"
 
-namespace xymqtt {
-
-/// What a lane handler wants done together with the removal of its delivery from the inbox.
-struct effects {
-    std::vector<write_op> ops;                                             ///< Committed atomically with it.
-    std::vector<std::pair<std::uint64_t, std::shared_ptr<stored_message>>> publishes;  ///< Outbox puts to send.
-    std::vector<std::function<void()>> after_commit;                       ///< Run once committed.
-    /// Set by a handler whose work finishes later, on another thread (a command served with a concurrency
-    /// above 1). The lane calls it with `finish` and goes on with its next delivery, up to its concurrency;
-    /// the delivery stays in the inbox until `finish` is called, once, with the rest of the effects.
-    std::function<void(std::function<void(effects)> finish)> later;
-};
-
-/// A handler inside the runtime: the user's handlers and the command protocol's.
-using lane_handler = std::function<void(const message&, effects&)>;
-
-namespace detail {
+namespace xymqtt::detail {
 
 /// One subscription filter's lane: its handlers, and its deliveries in arrival order. Its thread runs
 /// them one at a time (or up to `concurrency` with effects::later); the owner guards it with its lock.
@@ -125,5 +110,4 @@ private:
     std::unordered_map<subscription_id, std::string> filter_of_;
 };
 
-}  // namespace detail
-}  // namespace xymqtt
+}  // namespace xymqtt::detail

@@ -12,8 +12,6 @@ namespace {
 constexpr std::size_t ready_cap = 8192;  // publishes kept in memory beyond this wait on disk only
 constexpr std::size_t batch_max = 64;    // publishes handed to the session under one lock hand-off
 
-std::size_t varint_bytes(std::size_t n) { return n < 128 ? 1 : n < 16384 ? 2 : n < 2097152 ? 3 : 4; }
-
 // MQTT 5 reason codes that refuse a publish for now, not for good.
 bool transient_refusal(int reason_code) {
     return reason_code == 0x89     // server busy
@@ -22,27 +20,13 @@ bool transient_refusal(int reason_code) {
 
 }  // namespace
 
-std::size_t publish_packet_size(const stored_message& m, bool v5) {
-    std::size_t rest = 2 + m.topic.size() + 2 + m.payload.size();
-    if (v5) {
-        std::size_t props = 0;
-        if (!m.props.content_type.empty()) props += 3 + m.props.content_type.size();
-        if (!m.props.correlation_data.empty()) props += 3 + m.props.correlation_data.size();
-        if (!m.props.response_topic.empty()) props += 3 + m.props.response_topic.size();
-        if (m.props.expiry_seconds) props += 5;
-        for (const auto& [k, v] : m.props.user) props += 5 + k.size() + v.size();
-        rest += varint_bytes(props) + props;
-    }
-    return 1 + varint_bytes(rest) + rest;
-}
-
 outbox::outbox(outbox_host& host, store& s, committer& c, const client_options& opts)
     : host_(host), store_(s), committer_(c), opts_(opts) {
     s.for_each(table::outgoing, [&](const std::string& id, const std::string&) {
         if (auto n = parse_sequence_id(id)) sendq_.add(*n, nullptr);
         return true;
     });
-    count_ = sendq_.waiting();
+    pending_.add(sendq_.waiting());
     if (opts_.mqtt_version != 5) max_packet_size_ = opts_.broker_maximum_packet_size_311;  // a 3.1.1 broker says none
     sender_ = std::thread([this] { sender_loop(); });
 }
@@ -69,25 +53,14 @@ void outbox::check_size(const stored_message& m) const {
 }
 
 void outbox::submit(stored_publish pub, std::shared_ptr<std::promise<void>> prom) {
-    {
-        // Counted from now, so wait_empty right after a publish waits for it.
-        std::lock_guard<std::mutex> lk(mu_);
-        if (prom) promises_[pub.seq] = prom;
-        ++count_;
-    }
+    pending_.add(pub.seq, prom);  // counted from now, so wait_empty right after a publish waits for it
     std::lock_guard<std::mutex> order(seq_mu_);
     committer_.submit({std::move(pub.op)}, [this, seq = pub.seq, msg = pub.msg, prom](std::exception_ptr e) {
         if (!e) return on_stored(seq, msg, false);
-        bool ours = false;
-        {
-            std::lock_guard<std::mutex> lk(mu_);
-            --count_;
-            state_cv_.notify_all();
-            // fail_pending may have failed it already (client_closed): a promise is satisfied once.
-            if (prom) ours = promises_.erase(seq) > 0;
-        }
+        pending_.done();
         if (prom) {
-            if (ours) prom->set_exception(e);
+            // fail_pending may have failed it already (client_closed): a promise is satisfied once.
+            if (pending_.take(seq)) prom->set_exception(e);
             return;
         }
         try {
@@ -102,19 +75,13 @@ void outbox::submit(stored_publish pub, std::shared_ptr<std::promise<void>> prom
 void outbox::commit(std::vector<write_op> ops, std::vector<stored_publish> pubs) {
     for (auto& p : pubs) ops.push_back(p.op);
     committer_.commit(std::move(ops));
-    {
-        std::lock_guard<std::mutex> lk(mu_);
-        count_ += pubs.size();
-    }
+    pending_.add(pubs.size());
     for (auto& p : pubs) on_stored(p.seq, p.msg, true);
 }
 
 void outbox::stored(const std::vector<std::pair<std::uint64_t, std::shared_ptr<stored_message>>>& pubs,
                     bool send_here) {
-    {
-        std::lock_guard<std::mutex> lk(mu_);
-        count_ += pubs.size();
-    }
+    pending_.add(pubs.size());
     for (const auto& [seq, msg] : pubs) on_stored(seq, msg, send_here);
 }
 
@@ -136,8 +103,8 @@ void outbox::on_stored(std::uint64_t seq, std::shared_ptr<stored_message> msg, b
 }
 
 void outbox::replay(std::uint64_t seq, stored_message rec) {
+    pending_.add(1);
     std::lock_guard<std::mutex> lk(mu_);
-    ++count_;
     sendq_.again(seq, std::make_shared<stored_message>(std::move(rec)));
     if (has_work()) send_cv_.notify_one();
 }
@@ -243,11 +210,7 @@ void outbox::on_delivered(std::uint64_t seq, int reason_code, outbox_host::via f
         std::unique_lock<std::mutex> lk(mu_);
         if (!sendq_.finish(seq)) return;  // completed already
         buffer_full_ = false;
-        auto it = promises_.find(seq);
-        if (it != promises_.end()) {
-            prom = it->second;
-            promises_.erase(it);
-        }
+        prom = pending_.take(seq);
         if (has_work() && !dispatching_) {
             if (from && host_.is_current(from)) {
                 // The window has room: hand the session the next batch from here, on its receive thread,
@@ -275,9 +238,7 @@ void outbox::on_delivered(std::uint64_t seq, int reason_code, outbox_host::via f
                 host_.storage_failed(ex.what());
             }
         }
-        std::lock_guard<std::mutex> lk(mu_);
-        --count_;
-        state_cv_.notify_all();
+        pending_.done();
     }, urgency::background);
 }
 
@@ -307,11 +268,7 @@ void outbox::refuse(std::uint64_t seq, int reason_code, const std::string& reaso
     {
         std::lock_guard<std::mutex> lk(mu_);
         auto m = sendq_.take_back(seq);
-        auto p = promises_.find(seq);
-        if (m && p != promises_.end()) {
-            prom = p->second;
-            promises_.erase(p);
-        }
+        if (m) prom = pending_.take(seq);
         sendq_.forget_refusals(seq);
         send_cv_.notify_one();
         if (!m) return;  // completed or refused already
@@ -349,11 +306,7 @@ void outbox::refuse(std::uint64_t seq, int reason_code, const std::string& reaso
         if (prom) prom->set_exception(std::make_exception_ptr(broker_error(why, reason_code)));
         return;
     }
-    {
-        std::lock_guard<std::mutex> lk(mu_);
-        --count_;
-        state_cv_.notify_all();
-    }
+    pending_.done();
     if (then) then();
     if (msg) {
         message m;
@@ -483,15 +436,9 @@ void outbox::down() {
 // ---------------------------------------------------------------------------------------------------
 // state
 
-std::size_t outbox::size() const {
-    std::lock_guard<std::mutex> lk(mu_);
-    return count_;
-}
+std::size_t outbox::size() const { return pending_.size(); }
 
-bool outbox::wait_empty(std::chrono::milliseconds timeout) {
-    std::unique_lock<std::mutex> lk(mu_);
-    return state_cv_.wait_for(lk, timeout, [&] { return count_ == 0; });
-}
+bool outbox::wait_empty(std::chrono::milliseconds timeout) { return pending_.wait_empty(timeout); }
 
 bool outbox::drained() const {
     std::lock_guard<std::mutex> lk(mu_);
@@ -509,18 +456,12 @@ void outbox::stop() {
         stopping_ = true;
         connected_ = false;
         send_cv_.notify_all();
-        state_cv_.notify_all();
     }
     if (sender_.joinable() && sender_.get_id() != std::this_thread::get_id()) sender_.join();
 }
 
 void outbox::fail_pending() {
-    std::map<std::uint64_t, std::shared_ptr<std::promise<void>>> promises;
-    {
-        std::lock_guard<std::mutex> lk(mu_);
-        promises.swap(promises_);
-    }
-    for (auto& [s, p] : promises)
+    for (auto& [s, p] : pending_.take_all())
         p->set_exception(std::make_exception_ptr(client_closed("client closed before the publish completed (it stays in the outbox)")));
 }
 

@@ -31,23 +31,15 @@
 #include <thread>
 #include <vector>
 
+#include "base/effects.h"
 #include "outbox/committer.h"
+#include "outbox/packet_size.h"
+#include "outbox/pending.h"
 #include "outbox/send_queue.h"
 #include "xymqtt/client_options.h"
 #include "xymqtt/store.h"
 
 namespace xymqtt::detail {
-
-/// A publish made for the outbox: its sequence number, message, and the write that stores it.
-struct stored_publish {
-    std::uint64_t seq;
-    std::shared_ptr<stored_message> msg;
-    write_op op;
-};
-
-/// @return the size of the QoS 2 PUBLISH packet that carries `m` (MQTT 5 when `v5`), as a broker's Maximum
-/// Packet Size counts it: fixed header, topic, packet id, properties, payload.
-std::size_t publish_packet_size(const stored_message& m, bool v5);
 
 /// What the outbox needs from the client: the session that carries its publishes, and the rest.
 class outbox_host {
@@ -176,10 +168,8 @@ private:
 
     mutable std::mutex mu_;
     std::condition_variable send_cv_;
-    std::condition_variable state_cv_;  // the count
     send_queue sendq_;  // what waits to be sent, what is in flight, and the window
-    std::map<std::uint64_t, std::shared_ptr<std::promise<void>>> promises_;
-    std::size_t count_ = 0;
+    pending_publishes pending_;  // the count and the promises (a lock of its own, taken after mu_)
     bool connected_ = false;
     bool send_blocked_ = false;  // the session is not connected: wait for the next connection
     bool buffer_full_ = false;   // the session's queue is full: wait for a completion

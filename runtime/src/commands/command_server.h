@@ -1,5 +1,5 @@
-// The serving side of the command protocol of xy-mqtt, on the durable inbox and outbox: the commands this
-// client serves, their invokes and cancels.
+// The serving side of the command protocol of xy-mqtt: the commands a client (or the loopback) serves, their
+// invokes and cancels, on the lanes and commits of its host (commands/command_host.h).
 //
 // Guarantees:
 //  - An invoke's outcome (resolve or reject) is committed together with the removal of the invoke from the
@@ -21,32 +21,18 @@
 #include <vector>
 
 #include "commands/call_core.h"
+#include "commands/command_host.h"
 #include "commands/wire.h"
 #include "commands/worker_pool.h"
-#include "inbox/routes.h"
-#include "outbox/outbox.h"
-#include "xymqtt/client.h"
+#include "xymqtt/hooks.h"
 
 namespace xymqtt::detail {
 
-/// What the command server needs from its client.
-class command_server_host {
-public:
-    virtual ~command_server_host() = default;
-    /// Subscribes `handler` to `filter` on a lane that keeps up to `concurrency` deliveries at work.
-    virtual subscription_id subscribe(const std::string& filter, lane_handler handler, unsigned concurrency) = 0;
-    virtual void unsubscribe(subscription_id id) = 0;
-    /// @return a publish for the outbox (not yet stored).
-    virtual stored_publish make_publish(const std::string& topic, std::string payload, message_properties props,
-                                        const std::string& kind) = 0;
-    /// Marks the calling thread as one that runs the client's handlers.
-    virtual void mark_handler_thread() = 0;
-};
-
 class command_server {
 public:
-    /// @param opts the client's options (read only, outliving the server)
-    command_server(command_server_host& host, const store& s, const client_options& opts);
+    /// @param host the transport (outliving the server)
+    /// @param h the application's hooks, for logging (outliving the server)
+    command_server(command_host& host, const hooks& h);
     command_server(const command_server&) = delete;
     command_server& operator=(const command_server&) = delete;
 
@@ -99,9 +85,8 @@ private:
     void serve_cancel(const std::string& command, const message& m, effects& fx);
     void log(log_level level, const std::string& text) const;
 
-    command_server_host& host_;
-    const store& store_;
-    const client_options& opts_;
+    command_host& host_;
+    const hooks& hooks_;
     mutable std::mutex mu_;
     std::map<std::string, entry> commands_;
     std::map<std::string, std::shared_ptr<running_call>> running_;

@@ -1,54 +1,46 @@
-// The calling side of the command protocol of xy-mqtt on top of the durable inbox and outbox
-// (`<command>/invoke` and `/cancel` out, `/resolve` and `/reject` in), and the client's timers. The serving
-// side is client/command_server.h.
+#include "commands/command_caller.h"
+
 #include <algorithm>
+#include <set>
 #include <tuple>
 
-#include "client/client_impl.h"
+#include "base/hook_calls.h"
 #include "commands/wire.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/topic.h"
 
-namespace xymqtt {
+namespace xymqtt::detail {
 
 namespace {
 
-// Kinds of records in the results table.
+// The kind of a call's record in the calls table, and of its invoke in the outbox.
 constexpr const char* kind_call = "call";
 
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------------
-// server (client/command_server.cpp)
+command_caller::command_caller(command_host& host, const hooks& h, options opts)
+    : host_(host), hooks_(h), opts_(std::move(opts)) {}
 
-void client::impl::command_register(const std::string& command, command_handler handler, command_options opts) {
-    command_server_->add(command, std::move(handler), opts);
-}
+void command_caller::log(log_level level, const std::string& text) const { log_to(hooks_, level, text); }
 
-void client::impl::command_register(const std::string& command, deferred_command_handler handler,
-                                    command_options opts) {
-    command_server_->add(command, std::move(handler), opts);
-}
-
-void client::impl::command_unregister(const std::string& command) { command_server_->remove(command); }
-
-// ---------------------------------------------------------------------------------------------------
-// caller
-
-result_routing client::impl::routing_of(std::optional<result_routing> routing) const {
-    const auto r = routing.value_or(opts_.results);
-    if (r == result_routing::per_client && results_root_.empty()) throw configuration_error(no_results_root_);
+result_routing command_caller::routing_of(std::optional<result_routing> routing) const {
+    const auto r = routing.value_or(opts_.routing);
+    if (r == result_routing::per_client && opts_.results_root.empty()) throw configuration_error(opts_.no_results_root);
     return r;
 }
 
-void client::impl::ensure_results_lane(const std::string& command, result_routing routing) {
+std::string command_caller::results_filter() const {
+    return opts_.results_root.empty() ? std::string() : opts_.results_root + "/#";
+}
+
+void command_caller::ensure_results_lane(const std::string& command, result_routing routing) {
     if (routing == result_routing::per_client) {
         // Per-client result topics: one lane for the results of every command this client calls. Made
         // under a lock of its own: no call may publish its invoke before the SUBSCRIBE has gone first.
-        std::lock_guard<std::mutex> once(results_root_mu_);
-        if (!results_root_sub_)
-            results_root_sub_ = add_handler(results_root_ + "/#",
-                                            [this](const message& m, effects& fx) { handle_routed_result(m, fx); });
+        std::lock_guard<std::mutex> once(root_mu_);
+        if (!root_sub_)
+            root_sub_ = host_.subscribe(
+                results_filter(), [this](const message& m, effects& fx) { handle_routed_result(m, fx); }, 1);
         return;
     }
     {
@@ -56,38 +48,38 @@ void client::impl::ensure_results_lane(const std::string& command, result_routin
         if (result_lanes_.count(command)) return;
         result_lanes_[command] = {0, 0};
     }
-    const auto a = add_handler(wire::resolve_topic(command), [this, command](const message& m, effects& fx) {
-        handle_result(command, false, m, fx);
-    });
-    const auto b = add_handler(wire::reject_topic(command), [this, command](const message& m, effects& fx) {
-        handle_result(command, true, m, fx);
-    });
+    const auto a = host_.subscribe(
+        wire::resolve_topic(command),
+        [this, command](const message& m, effects& fx) { handle_result(command, false, m, fx); }, 1);
+    const auto b = host_.subscribe(
+        wire::reject_topic(command),
+        [this, command](const message& m, effects& fx) { handle_result(command, true, m, fx); }, 1);
     std::lock_guard<std::mutex> lk(results_mu_);
     result_lanes_[command] = {a, b};
 }
 
-void client::impl::on_results_subscription(int reason_code) {
+void command_caller::results_subscription(int reason_code) {
     std::map<std::string, call_completion> failed;
     std::string why;
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (reason_code < 0x80) {
-            results_refused_.clear();  // granted (again: the ACL may have been fixed)
+            refused_.clear();  // granted (again: the ACL may have been fixed)
             return;
         }
-        why = "the broker refused this client's result topics " + results_root_ + "/# (reason code " +
+        why = "the broker refused this client's result topics " + results_filter() + " (reason code " +
               std::to_string(reason_code) + "): results of its calls cannot reach it; a broker ACL must let " +
               opts_.client_id + " read them";
-        results_refused_ = why;
+        refused_ = why;
         failed.swap(awaiting_);
     }
     log(log_level::error, why);
     for (auto& [id, done] : failed) done(std::make_exception_ptr(broker_error(why, reason_code)), {});
 }
 
-std::optional<std::pair<std::string, bool>> client::impl::routed_result_topic(const std::string& topic) const {
+std::optional<std::pair<std::string, bool>> command_caller::routed_result_topic(const std::string& topic) const {
     // <root>/<command>/resolve or <root>/<command>/reject
-    const auto rest = topic.substr(std::min(topic.size(), results_root_.size() + 1));
+    const auto rest = topic.substr(std::min(topic.size(), opts_.results_root.size() + 1));
     const auto slash = rest.rfind('/');
     if (slash == std::string::npos || slash == 0) return std::nullopt;
     const auto kind = rest.substr(slash + 1);
@@ -95,35 +87,30 @@ std::optional<std::pair<std::string, bool>> client::impl::routed_result_topic(co
     return std::make_pair(rest.substr(0, slash), kind == "reject");
 }
 
-void client::impl::handle_routed_result(const message& m, effects& fx) {
+void command_caller::handle_routed_result(const message& m, effects& fx) {
     const auto routed = routed_result_topic(m.topic);
     if (!routed) {
         log(log_level::warning, "message on this client's result topics ignored: " + m.topic +
-                                 " is not <command>/resolve or <command>/reject");
+                                    " is not <command>/resolve or <command>/reject");
         return;
     }
     handle_result(routed->first, routed->second, m, fx);
 }
 
-std::optional<command_result> client::impl::awaited_result(const stored_message& rec) {
+std::optional<command_result> command_caller::awaited_result(const stored_message& rec) {
     // Only while a call_async waits (every other arrival leaves here, after one lock), and only on a lane
-    // with the runtime's result handler alone: a subscription of the application with the same filter
+    // with the caller's result handler alone: a subscription of the application with the same filter
     // shares the lane, and must see the message.
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (awaiting_.empty()) return std::nullopt;
     }
-    const auto sole = inbox_->sole_handler(rec.lane);
+    const auto sole = host_.sole_handler(rec.lane);
     if (!sole) return std::nullopt;
     const subscription_id only = *sole;
     std::string command;
     bool rejected = false;
-    bool per_client;
-    {
-        std::lock_guard<std::mutex> lk(results_root_mu_);
-        per_client = only == results_root_sub_ && results_root_sub_ != 0;
-    }
-    if (per_client) {
+    if (only == root_sub_ && root_sub_ != 0) {
         const auto routed = routed_result_topic(rec.topic);
         if (!routed) return std::nullopt;
         std::tie(command, rejected) = *routed;
@@ -149,35 +136,28 @@ std::optional<command_result> client::impl::awaited_result(const stored_message&
     return r;
 }
 
-void client::impl::on_arrived_result(const std::string& id, const stored_message& rec, const command_result& r) {
-    // What the lane's handle_result does for an awaited result, without the inbox record, the hand-off to the
-    // lane and a second synced commit: the round trip of a call is shorter by all three.
-    const message m = detail::message_of(id, rec, 1);
-    fire(opts_.hooks.on_message, m);
+void command_caller::answer(const command_result& r) {
     if (auto awaiting = take_awaiting(r.message_id)) awaiting(nullptr, r);
-    inbox_->handled_elsewhere();
 }
 
-void client::impl::handle_result(const std::string& command, bool rejected, const message& m, effects& fx) {
+void command_caller::handle_result(const std::string& command, bool rejected, const message& m, effects& fx) {
     command_result r = wire::decode_result(command, rejected, m.payload, m.props);
     if (!wire::valid_message_id(r.message_id)) {
         log(log_level::debug, "result with a message id this client never makes ignored");
         return;
     }
-    std::vector<result_handler> handlers;
     if (awaits(r.message_id)) {
         // Handed over once the removal is committed: a failed commit leaves the completion for the retry.
         fx.ops.push_back({table::calls, r.message_id, std::nullopt});
-        fx.after_commit.push_back([this, r] {
-            if (auto awaiting = take_awaiting(r.message_id)) awaiting(nullptr, r);
-        });
+        fx.after_commit.push_back([this, r] { answer(r); });
         return;
     }
-    if (!store_->get(table::calls, r.message_id)) {
+    if (!host_.stored(table::calls, r.message_id)) {
         // Not ours, or handed over already: the protocol says ignore it.
         log(log_level::debug, "result for unknown message id " + r.message_id + " ignored");
         return;
     }
+    std::vector<result_handler> handlers;
     {
         std::lock_guard<std::mutex> lk(results_mu_);
         auto it = result_handlers_.find(command);
@@ -189,29 +169,48 @@ void client::impl::handle_result(const std::string& command, bool rejected, cons
     fx.ops.push_back({table::calls, r.message_id, std::nullopt});
 }
 
-subscription_id client::impl::subscribe_results(const std::string& command, result_handler handler,
-                                                std::optional<result_routing> routing) {
+std::optional<stored_message> command_caller::refused(const stored_message& invoke, int reason_code,
+                                                      const std::string& why, std::vector<write_op>& ops) {
+    const auto id = wire::decode_message_id(invoke.payload, invoke.props);
+    if (!id) return std::nullopt;
+    if (auto p = take_awaiting(*id)) {
+        // call_async: its future fails with the broker's reason.
+        ops.push_back({table::calls, *id, std::nullopt});
+        p(std::make_exception_ptr(broker_error(why, reason_code)), {});
+        return std::nullopt;
+    }
+    // call(): a refused invoke never reaches a server, so its result handlers get a reject from here,
+    // through the inbox like any result.
+    const auto command = invoke.topic.substr(0, invoke.topic.size() - std::string("/invoke").size());
+    const int status = reason_code == 0x87 ? 403 : 502;
+    auto out = wire::encode_reject(wire::detect_format(invoke.props), *id, status, why, "");
+    stored_message rec;
+    rec.topic = wire::reject_topic(command);
+    rec.payload = std::move(out.payload);
+    rec.props = std::move(out.props);
+    rec.created_ms = host_.wall_ms();
+    return rec;
+}
+
+subscription_id command_caller::subscribe_results(const std::string& command, result_handler handler,
+                                                  std::optional<result_routing> routing) {
     validate_topic_name(command);
     if (!handler) throw error("subscribe_results needs a handler");
     ensure_results_lane(command, routing_of(routing));
-    subscription_id id;
-    {
-        std::lock_guard<std::mutex> lk(mu_);
-        id = next_sub_++;
-    }
+    const subscription_id id = host_.new_subscription_id();
     std::lock_guard<std::mutex> lk(results_mu_);
     result_handlers_[command][id] = std::move(handler);
     return id;
 }
 
-bool client::impl::remove_result_handler(subscription_id id) {
+bool command_caller::remove_result_handler(subscription_id id) {
     std::lock_guard<std::mutex> lk(results_mu_);
     for (auto& [cmd, hs] : result_handlers_)
         if (hs.erase(id)) return true;
     return false;
 }
 
-bool client::impl::has_result_subscription(const std::string& command, result_routing routing) const {
+bool command_caller::has_result_subscription(const std::string& command, result_routing routing) const {
     {
         std::lock_guard<std::mutex> lk(results_mu_);
         auto it = result_handlers_.find(command);
@@ -225,7 +224,7 @@ bool client::impl::has_result_subscription(const std::string& command, result_ro
     }
     const auto resolve = wire::resolve_topic(command), reject = wire::reject_topic(command);
     bool has_resolve = false, has_reject = false;
-    for (const auto& [id, f] : inbox_->handler_filters()) {
+    for (const auto& [id, f] : host_.handler_filters()) {
         if (internal.count(id)) continue;  // the awaitable form's own subscriptions do not count
         has_resolve = has_resolve || topic_matches(f, resolve);
         has_reject = has_reject || topic_matches(f, reject);
@@ -233,28 +232,28 @@ bool client::impl::has_result_subscription(const std::string& command, result_ro
     return has_resolve && has_reject;
 }
 
-std::string client::impl::start_call(const std::string& command, std::string body, const call_options& opts,
-                                     result_routing routing, call_completion awaiting) {
+std::string command_caller::start_call(const std::string& command, std::string body, const call_options& opts,
+                                       result_routing routing, call_completion awaiting) {
     if (opts.format == wire_format::binary && opts_.mqtt_version != 5)
         throw configuration_error("the binary format carries the message id in MQTT 5 properties: use MQTT 5 or JSON");
     const bool per_client = routing == result_routing::per_client;
     if (per_client) {
         // Nothing is accepted that could never be answered.
         std::lock_guard<std::mutex> lk(mu_);
-        if (!results_refused_.empty()) throw broker_error(results_refused_, 0x87);
+        if (!refused_.empty()) throw broker_error(refused_, 0x87);
     }
     const auto id = make_message_id();
     auto out = wire::encode_invoke(opts.format, id, body, opts.expiry);
     if (per_client) {
-        out.props.response_topic = results_root_ + "/" + command;
+        out.props.response_topic = opts_.results_root + "/" + command;
         out.props.correlation_data = id;
     }
-    auto pub = make_publish(wire::invoke_topic(command), std::move(out.payload), std::move(out.props), false, kind_call);
+    auto pub = host_.make_publish(wire::invoke_topic(command), std::move(out.payload), std::move(out.props), kind_call);
     stored_message c;
     c.topic = command;
     c.kind = kind_call;
-    c.created_ms = now_ms();
-    if (opts_.resend_unanswered_after) {
+    c.created_ms = host_.wall_ms();
+    if (opts_.resend_after) {
         // Kept with the call, to be sent again while it is unanswered.
         c.payload = pub.msg->payload;
         c.props = pub.msg->props;
@@ -266,22 +265,24 @@ std::string client::impl::start_call(const std::string& command, std::string bod
     }
     try {
         // The call is remembered with its invoke, atomically: a result can only match a stored call.
-        commit_publishes({{table::calls, id, encode_record(c)}}, {std::move(pub)});
+        std::vector<stored_publish> pubs;
+        pubs.push_back(std::move(pub));
+        host_.commit({write_op{table::calls, id, encode_record(c)}}, std::move(pubs));
     } catch (...) {
         std::lock_guard<std::mutex> lk(mu_);
         awaiting_.erase(id);
         throw;
     }
-    if (opts_.resend_unanswered_after) schedule_resend(id, *opts_.resend_unanswered_after);
+    if (opts_.resend_after) schedule_resend(id, *opts_.resend_after);
     return id;
 }
 
-void client::impl::schedule_resend(const std::string& id, std::chrono::milliseconds after) {
-    schedule(std::chrono::steady_clock::now() + after, [this, id, after] {
-        if (closing_) return;
+void command_caller::schedule_resend(const std::string& id, std::chrono::milliseconds after) {
+    host_.schedule(std::chrono::steady_clock::now() + after, [this, id, after] {
+        if (stopping_) return;
         std::optional<std::string> rec;
         try {
-            rec = store_->get(table::calls, id);
+            rec = host_.stored(table::calls, id);
         } catch (const std::exception& e) {
             log(log_level::warning, "call " + id + " not sent again: its record is unreadable: " + e.what());
             return;
@@ -290,7 +291,7 @@ void client::impl::schedule_resend(const std::string& id, std::chrono::milliseco
         const auto call = decode_record(*rec);
         if (call.payload.empty() && call.props == message_properties{}) return;  // stored without its invoke
         try {
-            commit_publishes({}, {make_publish(wire::invoke_topic(call.topic), call.payload, call.props, false, kind_call)});
+            host_.commit({}, {host_.make_publish(wire::invoke_topic(call.topic), call.payload, call.props, kind_call)});
             log(log_level::info, "call " + id + " of " + call.topic + " unanswered after " +
                                      std::to_string(after.count()) + " ms: its invoke is sent again");
         } catch (const std::exception& e) {
@@ -300,22 +301,17 @@ void client::impl::schedule_resend(const std::string& id, std::chrono::milliseco
     });
 }
 
-void client::impl::resume_resends() {
-    if (!opts_.resend_unanswered_after) return;
-    std::vector<std::string> ids;
-    store_->for_each(table::calls, [&](const std::string& id, const std::string&) {
-        ids.push_back(id);
-        return true;
-    });
-    for (const auto& id : ids) schedule_resend(id, *opts_.resend_unanswered_after);
+void command_caller::resume(const std::vector<std::string>& ids) {
+    if (!opts_.resend_after) return;
+    for (const auto& id : ids) schedule_resend(id, *opts_.resend_after);
 }
 
-bool client::impl::awaits(const std::string& id) const {
+bool command_caller::awaits(const std::string& id) const {
     std::lock_guard<std::mutex> lk(mu_);
     return awaiting_.count(id) > 0;
 }
 
-call_completion client::impl::take_awaiting(const std::string& id) {
+call_completion command_caller::take_awaiting(const std::string& id) {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = awaiting_.find(id);
     if (it == awaiting_.end()) return {};
@@ -324,19 +320,19 @@ call_completion client::impl::take_awaiting(const std::string& id) {
     return p;
 }
 
-call_handle client::impl::make_handle(const std::string& command, const std::string& id, wire_format format) {
-    return call_handle(command, id, [this, alive = alive_, command, id, format] {
-        if (!*alive) throw client_closed("cannot cancel: the client is closed");
+call_handle command_caller::make_handle(const std::string& command, const std::string& id, wire_format format) {
+    return call_handle(command, id, [this, alive = alive_, closed = opts_.closed, command, id, format] {
+        if (!*alive) throw client_closed("cannot cancel: " + closed);
         cancel_call(command, id, format);
     });
 }
 
-void client::impl::cancel_call(const std::string& command, const std::string& message_id, wire_format format) {
+void command_caller::cancel_call(const std::string& command, const std::string& message_id, wire_format format) {
     auto out = wire::encode_cancel(format, message_id);
     std::vector<write_op> ops;
-    if (opts_.resend_unanswered_after) {
+    if (opts_.resend_after) {
         // A cancelled call is not sent again: its record keeps no invoke.
-        if (auto rec = store_->get(table::calls, message_id)) {
+        if (auto rec = host_.stored(table::calls, message_id)) {
             auto call = decode_record(*rec);
             call.payload.clear();
             call.props = {};
@@ -344,13 +340,12 @@ void client::impl::cancel_call(const std::string& command, const std::string& me
         }
     }
     // Stored before returning, like the invoke: a cancel is not lost if the caller exits right after.
-    commit_publishes(std::move(ops), {make_publish(wire::cancel_topic(command), std::move(out.payload),
-                                                   std::move(out.props), false, "cancel")});
+    host_.commit(std::move(ops), {host_.make_publish(wire::cancel_topic(command), std::move(out.payload),
+                                                     std::move(out.props), "cancel")});
 }
 
-call_handle client::impl::call(const std::string& command, std::string body, call_options opts) {
+call_handle command_caller::call(const std::string& command, std::string body, const call_options& opts) {
     validate_topic_name(command);
-    require_open();
     const auto routing = routing_of(opts.results);
     if (routing == result_routing::per_client) ensure_results_lane(command, routing);
     if (!has_result_subscription(command, routing))
@@ -361,21 +356,20 @@ call_handle client::impl::call(const std::string& command, std::string body, cal
     return make_handle(command, id, opts.format);
 }
 
-call_handle client::impl::call_async(const std::string& command, std::string body, call_options opts,
-                                     std::optional<std::chrono::milliseconds> timeout, call_completion done) {
+call_handle command_caller::call_async(const std::string& command, std::string body, const call_options& opts,
+                                       std::optional<std::chrono::milliseconds> timeout, call_completion done) {
     if (!done) throw configuration_error("call_async of " + command + " needs a completion");
     validate_topic_name(command);
-    require_open();
     const auto routing = routing_of(opts.results);
     ensure_results_lane(command, routing);
     const auto id = start_call(command, std::move(body), opts, routing, std::move(done));
     const auto f = opts.format;
     if (timeout) {
-        schedule(std::chrono::steady_clock::now() + *timeout, [this, command, id, f, t = *timeout] {
+        host_.schedule(std::chrono::steady_clock::now() + *timeout, [this, command, id, f, t = *timeout] {
             const auto p = take_awaiting(id);
             if (!p) return;
             // Forget the call, so a late result is ignored instead of waiting for a handler forever.
-            committer_->submit({{table::calls, id, std::nullopt}}, nullptr);
+            host_.commit_later({{table::calls, id, std::nullopt}});
             p(std::make_exception_ptr(
                   timeout_error("no result for " + command + " call " + id + " within " + std::to_string(t.count()) + " ms")),
               {});
@@ -389,57 +383,17 @@ call_handle client::impl::call_async(const std::string& command, std::string bod
     return make_handle(command, id, f);
 }
 
-// ---------------------------------------------------------------------------------------------------
-// timers and retention
+void command_caller::stop() { stopping_ = true; }
 
-void client::impl::schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn) {
-    std::lock_guard<std::mutex> lk(timer_mu_);
-    timers_.emplace(at, std::move(fn));
-    timer_cv_.notify_one();
+void command_caller::close(std::exception_ptr why) {
+    stopping_ = true;
+    *alive_ = false;
+    std::map<std::string, call_completion> awaiting;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        awaiting.swap(awaiting_);
+    }
+    for (auto& [id, done] : awaiting) done(why, {});
 }
 
-void client::impl::timer_loop() {
-    auto next_purge = std::chrono::steady_clock::now() + std::chrono::hours(1);
-    std::unique_lock<std::mutex> lk(timer_mu_);
-    while (!closing_) {
-        auto until = next_purge;
-        if (!timers_.empty()) until = std::min(until, timers_.begin()->first);
-        timer_cv_.wait_until(lk, until);
-        if (closing_) break;
-        const auto now = std::chrono::steady_clock::now();
-        std::vector<std::function<void()>> due;
-        while (!timers_.empty() && timers_.begin()->first <= now) {
-            due.push_back(std::move(timers_.begin()->second));
-            timers_.erase(timers_.begin());
-        }
-        const bool purge = now >= next_purge;
-        if (purge) next_purge = now + std::chrono::hours(1);
-        lk.unlock();
-        for (auto& f : due) f();
-        if (purge) purge_expired_results();
-        lk.lock();
-    }
-}
-
-void client::impl::purge_expired_results() {
-    const auto cutoff = now_ms() - std::int64_t(opts_.result_retention.count()) * 1000;
-    std::vector<write_op> ops;
-    for (auto t : {table::results, table::calls}) {
-        store_->for_each(t, [&](const std::string& id, const std::string& v) {
-            try {
-                if (decode_record(v).created_ms < cutoff) ops.push_back({t, id, std::nullopt});
-            } catch (const storage_error&) {
-                ops.push_back({t, id, std::nullopt});
-            }
-            return true;
-        });
-    }
-    if (ops.empty()) return;
-    try {
-        committer_->commit(std::move(ops));
-    } catch (const std::exception& e) {
-        log(log_level::error, std::string("purging old command results failed: ") + e.what());
-    }
-}
-
-}  // namespace xymqtt
+}  // namespace xymqtt::detail

@@ -1,4 +1,4 @@
-#include "client/command_server.h"
+#include "commands/command_server.h"
 
 #include <algorithm>
 #include <chrono>
@@ -16,11 +16,6 @@ namespace {
 constexpr const char* kind_resolve = "resolve";
 constexpr const char* kind_reject = "reject";
 constexpr const char* kind_cancelled = "cancelled";
-
-std::int64_t now_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
 
 }  // namespace
 
@@ -50,10 +45,10 @@ private:
     int inside_ = 0;
 };
 
-command_server::command_server(command_server_host& host, const store& s, const client_options& opts)
-    : host_(host), store_(s), opts_(opts), answer_gate_(std::make_shared<answer_gate>()) {}
+command_server::command_server(command_host& host, const hooks& h)
+    : host_(host), hooks_(h), answer_gate_(std::make_shared<answer_gate>()) {}
 
-void command_server::log(log_level level, const std::string& text) const { log_to(opts_.hooks, level, text); }
+void command_server::log(log_level level, const std::string& text) const { log_to(hooks_, level, text); }
 
 void command_server::add(const std::string& command, command_handler handler, const command_options& opts) {
     if (!handler) throw error("command_register needs a handler");
@@ -128,7 +123,7 @@ void command_server::serve_invoke(const std::string& command, const runner& run,
     }
 
     // Durable dedupe: a repeated invoke gets the stored outcome again.
-    if (auto prior = store_.get(table::results, inv.message_id)) {
+    if (auto prior = host_.stored(table::results, inv.message_id)) {
         stored_message r = decode_record(*prior);
         if (r.kind == kind_resolve || r.kind == kind_reject) {
             auto pub = host_.make_publish(r.topic, r.payload, r.props, r.kind);
@@ -137,7 +132,8 @@ void command_server::serve_invoke(const std::string& command, const runner& run,
         }
         return;  // cancelled: nothing is published for it
     }
-    if (invoke_expired(m, now_ms())) {
+    if (invoke_expired(m, host_.wall_ms())) {
+        host_.invoke_expired();
         publish_outcome(command, kind_reject, expired_reject(inv.format, inv.message_id), inv.message_id,
                         m.props, fx);
         return;
@@ -249,7 +245,7 @@ void command_server::conclude_call(const std::string& command, const invocation&
     if (ctx->cancelled()) {
         stored_message r;
         r.kind = kind_cancelled;
-        r.created_ms = now_ms();
+        r.created_ms = host_.wall_ms();
         fx.ops.push_back({table::results, call.message_id, encode_record(r)});
         return;
     }
@@ -278,11 +274,11 @@ void command_server::serve_cancel(const std::string& command, const message& m, 
         ctx->cancel();  // the invoke's own lane records the cancel when its handler returns
         return;
     }
-    if (store_.get(table::results, *id)) return;
+    if (host_.stored(table::results, *id)) return;
     // Not started (or not yet arrived): remember, so the invoke is skipped when it comes.
     stored_message r;
     r.kind = kind_cancelled;
-    r.created_ms = now_ms();
+    r.created_ms = host_.wall_ms();
     fx.ops.push_back({table::results, *id, encode_record(r)});
 }
 

@@ -1,0 +1,52 @@
+// Messages Paho receives, taken in before their acknowledgement leaves.
+//
+// Guarantees:
+//  - A message is handed to the host (session_host::arrived) once per flow: the broker's resend of a QoS 2
+//    message whose first copy an earlier connection stored is dropped here (paho_persistence::take_resend),
+//    and Paho acknowledges it.
+//  - When the host has not stored a message (or taking it in failed in any way), `refused` is told before
+//    Paho's callback returns, so that the session can cut the connection before the acknowledgement
+//    leaves; its QoS 2 record is left for the broker's resend (paho_persistence::refuse_inbound).
+//  - Nothing escapes into Paho, which does not catch.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "session/session_host.h"
+#include "xymqtt/client_options.h"
+
+namespace mqtt {
+class message;
+}  // namespace mqtt
+
+namespace xymqtt::detail {
+
+class paho_persistence;
+
+class arrivals {
+public:
+    /// @param stored told after each message the host has stored
+    /// @param refused told why a message was not stored (its acknowledgement must not leave)
+    arrivals(session_host& host, paho_persistence& persistence, const client_options& opts,
+             std::function<void()> stored, std::function<void(const std::string& why)> refused);
+
+    /// Takes `msg` in: on Paho's receive thread, with Paho's process-wide lock held.
+    void take(const mqtt::message& msg);
+    /// @return the messages the host has stored so far.
+    std::uint64_t delivered() const { return delivered_; }
+
+private:
+    void refuse(int packet_id, int qos, const std::string& why);
+
+    session_host& host_;
+    paho_persistence& persistence_;
+    const client_options& opts_;
+    std::function<void()> stored_;
+    std::function<void(const std::string&)> refused_;
+    std::atomic<std::uint64_t> delivered_{0};
+};
+
+}  // namespace xymqtt::detail
