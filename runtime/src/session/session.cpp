@@ -10,6 +10,7 @@
 #include "session/paho_listeners.h"
 #include "session/paho_message.h"
 #include "session/paho_persistence.h"
+#include "session/paho_waker.h"
 #include "xymqtt/exception.h"
 
 namespace xymqtt::detail {
@@ -73,6 +74,7 @@ void session::fire(const F& hook, A&&... args) const {
 
 void session::start() {
     connect_gate::process().join(&gate_member_);
+    paho_waker::process().join(&clients_);
     thread_ = std::thread([this] { connection_loop(); });
 }
 
@@ -125,7 +127,10 @@ void session::disconnect() {
     connected_ = false;
 }
 
-void session::release() { clients_.release(); }
+void session::release() {
+    paho_waker::process().leave(&clients_);
+    clients_.release();
+}
 
 // ---------------------------------------------------------------------------------------------------
 // connecting
@@ -217,6 +222,15 @@ bool session::connect_once() {
         const bool shared = std::any_of(filters.begin(), filters.end(), [](const std::string& f) { return f.rfind("$share/", 0) == 0; });
         const auto cli = clients_.current();
         if (!cli) throw mqtt::exception(MQTTASYNC_DISCONNECTED);
+        // Another client of the process keeps Paho's receive thread from sleeping through this connect.
+        struct waking {
+            session& s;
+            explicit waking(session& s) : s(s) {
+                s.waking_ = true;
+                s.wake_paho_soon();
+            }
+            ~waking() { s.waking_ = false; }
+        } wake(*this);
         granted = connector_.connect(*cli, shared);
         host_.connect_returned(granted.session_present);
         subscription_ids_ = granted.subscription_ids;
@@ -245,6 +259,14 @@ bool session::connect_once() {
                  std::max<std::size_t>(1, std::min(opts_.max_inflight, granted.receive_maximum / 2)),
                  granted.max_packet_size);
     return true;
+}
+
+void session::wake_paho_soon() {
+    host_.schedule(std::chrono::steady_clock::now() + std::chrono::milliseconds(10), [this] {
+        if (!waking_ || stopping_) return;
+        paho_waker::process().wake(&clients_);  // with none connected now, one that connects may at the next tick
+        wake_paho_soon();
+    });
 }
 
 void session::note_connect_failure(const std::string& line, log_level level) {

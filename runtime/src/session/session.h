@@ -121,6 +121,8 @@ private:
     void fresh_paho();
     /// One connect attempt to the current server. @return whether it is connected.
     bool connect_once();
+    /// While a connect is in progress, every 10 ms: another client of the process wakes Paho (paho_waker.h).
+    void wake_paho_soon();
     void note_connect_failure(const std::string& line, log_level level);
     void on_connected(bool session_present, std::size_t window, std::uint32_t max_packet_size);
     void on_connection_lost(const std::string& cause);
@@ -156,6 +158,7 @@ private:
     std::string last_error_;
     std::set<std::string> pending_unsubscribes_;  // filters removed while offline
     std::atomic<bool> stopping_{false};
+    std::atomic<bool> waking_{false};  // a connect is in progress: wake_paho_soon goes on
     std::atomic<bool> subscription_ids_{false};  // the broker takes MQTT 5 subscription identifiers
     std::thread thread_;
 };
