@@ -318,6 +318,23 @@ struct inbox_rig {
 };
 
 // A store and the queued host over it, and an inbox, halted and joined at the end, then the committer stopped.
+/// Checks that delivery `id` was given up after `attempts` attempts, the last failing with `error`: the
+/// dead-letter hook saw it once, and it moved from the incoming table to the dead letters.
+void check_gave_up(journal& j, const inbox_rig& r, const std::string& id, std::uint32_t attempts,
+                   const std::string& error) {
+    const std::string why = "gave up after " + std::to_string(attempts) + " attempts: " + error;
+    const auto dead = j.copy(j.dead);
+    REQUIRE(dead.size() == 1);
+    CHECK(dead[0].id == id);
+    CHECK(dead[0].attempt == attempts);
+    CHECK(dead[0].text == why);
+    CHECK_FALSE(r.incoming(id));
+    const auto dl = r.dead_letter(id);
+    REQUIRE(dl);
+    CHECK(dl->attempts == attempts);
+    CHECK(dl->error == why);
+}
+
 struct queued_rig {
     temp_dir tmp;
     std::unique_ptr<store> s;
@@ -498,21 +515,14 @@ TEST_CASE("inbox: a delivery that uses up max_attempts becomes a dead letter, an
 
     CHECK(j.ids() == std::vector<std::string>{id_of(1), id_of(1), id_of(1), id_of(2)});
     CHECK(j.copy(j.retries).size() == 2);
-    const auto dead = j.copy(j.dead);
-    REQUIRE(dead.size() == 1);
-    CHECK(dead[0].id == id_of(1));
-    CHECK(dead[0].attempt == 3);
-    CHECK(dead[0].text == "gave up after 3 attempts: boom");
     CHECK(j.copy(j.parse_errors).empty());
     CHECK(in.dead() == 1);
     CHECK(in.retries() == 3);
     CHECK(in.handled() == 1);
 
-    CHECK_FALSE(r.incoming(id_of(1)));
+    check_gave_up(j, r, id_of(1), 3, "boom");
     const auto dl = r.dead_letter(id_of(1));
     REQUIRE(dl);
-    CHECK(dl->attempts == 3);
-    CHECK(dl->error == "gave up after 3 attempts: boom");
     CHECK(dl->topic == "a/1");
     CHECK(dl->payload == "poisoned");
     CHECK_FALSE(dl->outgoing);
@@ -882,19 +892,10 @@ TEST_CASE("inbox: a retry on a lane unsubscribed meanwhile keeps its attempt cou
     REQUIRE(retries.size() == 1);
     CHECK(retries[0].attempt == 1);
     CHECK(retries[0].text == "first failed");
-    const auto dead = j.copy(j.dead);
-    REQUIRE(dead.size() == 1);
-    CHECK(dead[0].id == id_of(1));
-    CHECK(dead[0].attempt == 2);
-    CHECK(dead[0].text == "gave up after 2 attempts: second failed");
     CHECK(in.retries() == 2);
     CHECK(in.dead() == 1);
     CHECK(in.handled() == 0);
-    CHECK_FALSE(r.incoming(id_of(1)));
-    const auto dl = r.dead_letter(id_of(1));
-    REQUIRE(dl);
-    CHECK(dl->attempts == 2);
-    CHECK(dl->error == "gave up after 2 attempts: second failed");
+    check_gave_up(j, r, id_of(1), 2, "second failed");
 }
 
 TEST_CASE("inbox: halt lets the delivery at work finish and starts no other; join ends the lanes", "[inbox]") {

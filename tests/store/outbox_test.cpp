@@ -251,7 +251,18 @@ struct outbox_rig {
     bool handed(std::size_t n) {
         return host.await([&] { return host.handed_count() >= n; });
     }
+    /// Checks that `ob` emptied and its records are gone from the store.
+    void drained(outbox& ob) {
+        REQUIRE(ob.wait_empty(patience));
+        CHECK(s->count(table::outgoing) == 0);
+    }
 };
+
+/// Checks that a publish's future completed without an error.
+void completed(std::future<void>& f) {
+    REQUIRE(f.wait_for(patience) == std::future_status::ready);
+    CHECK_NOTHROW(f.get());
+}
 
 /// @return the broker_error reason code a future failed with, or -1.
 int broker_reason(std::future<void>& f) {
@@ -311,8 +322,7 @@ TEST_CASE("outbox: publishes go out in sequence order after up, within the windo
         CHECK(h.payload == "payload " + std::to_string(h.seq));
     }
     for (auto& f : futures) {
-        REQUIRE(f.wait_for(patience) == std::future_status::ready);
-        CHECK_NOTHROW(f.get());
+        completed(f);
     }
     REQUIRE(ob.wait_empty(patience));
     CHECK(ob.size() == 0);
@@ -348,11 +358,9 @@ TEST_CASE("outbox: nothing is handed over before up, nor after down until the ne
     CHECK(r.host.handed_seqs() == std::vector<std::uint64_t>{1, 2, 3, 4});
     r.host.deliver(ob, 3);
     r.host.deliver(ob, 4);
-    REQUIRE(f.wait_for(patience) == std::future_status::ready);
-    CHECK_NOTHROW(f.get());
-    REQUIRE(ob.wait_empty(patience));
+    completed(f);
+    r.drained(ob);
     CHECK(r.host.while_down() == 0);
-    CHECK(r.s->count(table::outgoing) == 0);
 }
 
 TEST_CASE("outbox: a publish lost with the current connection is sent again first; a stale connection's loss is not",
@@ -441,8 +449,7 @@ TEST_CASE("outbox: a refusal for good makes a dead letter, fails the promise and
     CHECK(r.host.handed().back().seq == 1);
     CHECK(r.host.handed().back().payload == "secret");
     r.host.deliver(ob, 1);
-    REQUIRE(ob.wait_empty(patience));
-    CHECK(r.s->count(table::outgoing) == 0);
+    r.drained(ob);
     CHECK(r.s->count(table::dead_letters) == 0);
 }
 
@@ -476,10 +483,8 @@ TEST_CASE("outbox: a refusal for now sends the publish again after a growing bac
         CHECK(r.host.handed_seqs().back() == 1);
     }
     r.host.deliver(ob, 1);
-    REQUIRE(f.wait_for(patience) == std::future_status::ready);
-    CHECK_NOTHROW(f.get());
-    REQUIRE(ob.wait_empty(patience));
-    CHECK(r.s->count(table::outgoing) == 0);
+    completed(f);
+    r.drained(ob);
     CHECK(r.s->count(table::dead_letters) == 0);
 }
 
@@ -588,8 +593,7 @@ TEST_CASE("outbox: fail_pending fails waiting promises with client_closed; their
     REQUIRE(r.handed(3));
     CHECK(r.host.handed_seqs() == std::vector<std::uint64_t>{1, 2, 2});
     r.host.deliver(next, 2);
-    REQUIRE(next.wait_empty(patience));
-    CHECK(r.s->count(table::outgoing) == 0);
+    r.drained(next);
 }
 
 TEST_CASE("outbox: what the session does not take waits: for the next connection, a completion, or a pause",

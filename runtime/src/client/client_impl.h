@@ -2,16 +2,11 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
-#include <thread>
-#include <unordered_map>
 
 #include "base/clock.h"
 #include "base/hook_calls.h"

@@ -355,6 +355,10 @@ private:
         std::lock_guard<std::mutex> lk(m_);
         return offset_;
     }
+    std::int64_t wall_ms() const override {
+        std::lock_guard<std::mutex> lk(m_);
+        return wall_ms_locked();
+    }
     void timers_changed() override {
         { std::lock_guard<std::mutex> lk(m_); }  // a worker is either before its look at the timers or waiting
         cv_.notify_all();

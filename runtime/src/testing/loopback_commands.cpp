@@ -108,12 +108,6 @@ std::optional<std::string> loopback_commands::stored(table t, const std::string&
     return it->second;
 }
 
-std::int64_t loopback_commands::wall_ms() const {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               (std::chrono::system_clock::now() + port_.clock_offset()).time_since_epoch())
-        .count();
-}
-
 void loopback_commands::schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn) {
     const auto offset = port_.clock_offset();
     {

@@ -43,6 +43,8 @@ public:
     virtual std::exception_ptr take_failure_for_call() = 0;
     /// @return how far the loopback's clock is ahead of the real one (advance_clock).
     virtual std::chrono::milliseconds clock_offset() const = 0;
+    /// @return the loopback's wall clock, milliseconds since the epoch.
+    virtual std::int64_t wall_ms() const = 0;
     /// A timer was added: a worker waiting for the next one must look again.
     virtual void timers_changed() = 0;
     virtual void invoke_expired() = 0;
@@ -87,7 +89,7 @@ public:
     void commit(std::vector<write_op> ops, std::vector<stored_publish> pubs) override;
     void commit_later(std::vector<write_op> ops) override;
     std::optional<std::string> stored(table t, const std::string& id) const override;
-    std::int64_t wall_ms() const override;
+    std::int64_t wall_ms() const override { return port_.wall_ms(); }
     void schedule(std::chrono::steady_clock::time_point at, std::function<void()> fn) override;
     void mark_handler_thread() override {}
     void invoke_expired() override { port_.invoke_expired(); }
