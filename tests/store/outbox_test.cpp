@@ -282,6 +282,13 @@ struct hook_log {
         std::lock_guard<std::mutex> lk(mu);
         return dead;
     }
+    /// Records the dead-letter hook of `o`.
+    void watch(client_options& o) {
+        o.hooks.on_dead_letter = [this](const message& m, const std::string& reason) {
+            std::lock_guard<std::mutex> lk(mu);
+            dead.emplace_back(m.id, reason);
+        };
+    }
 };
 
 }  // namespace
@@ -398,10 +405,7 @@ TEST_CASE("outbox: a publish lost with the current connection is sent again firs
 TEST_CASE("outbox: a refusal for good makes a dead letter, fails the promise and tells the host", "[outbox]") {
     hook_log hooks;
     outbox_rig r;
-    r.opts.hooks.on_dead_letter = [&](const message& m, const std::string& reason) {
-        std::lock_guard<std::mutex> lk(hooks.mu);
-        hooks.dead.emplace_back(m.id, reason);
-    };
+    hooks.watch(r.opts);
     auto& ob = r.start();
     r.up(4);
     auto p = std::make_shared<std::promise<void>>();
@@ -492,10 +496,7 @@ TEST_CASE("outbox: a message over the broker's maximum packet size is refused be
           "[outbox]") {
     hook_log hooks;
     outbox_rig r;
-    r.opts.hooks.on_dead_letter = [&](const message& m, const std::string& reason) {
-        std::lock_guard<std::mutex> lk(hooks.mu);
-        hooks.dead.emplace_back(m.id, reason);
-    };
+    hooks.watch(r.opts);
     auto& ob = r.start();
     const auto big = pub(1, std::string(300, 'x'));
     const auto small = pub(2, "small");
