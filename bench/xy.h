@@ -20,6 +20,7 @@ inline xymqtt::client_options xy_options(const args& a) {
     if (a.has("nodelay")) o.tcp_nodelay = a.num("nodelay") != 0;
     if (a.has("adaptive-nagle")) o.adaptive_nagle = a.num("adaptive-nagle") != 0;
     if (a.has("receive-max")) o.receive_maximum = std::uint16_t(a.num("receive-max"));
+    if (a.has("group-arrivals")) o.group_arrivals = a.num("group-arrivals") != 0;
     if (a.str("results", "shared") == "per-client") o.results = xymqtt::result_routing::per_client;
     if (a.has("journal-bytes") && o.store_type == xymqtt::store_kind::lmdb) {
         // A/B of the LMDB store's write-ahead journal (0: every commit straight to LMDB).

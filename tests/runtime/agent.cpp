@@ -1,6 +1,8 @@
 // A small process the integration tests start, kill with SIGKILL and restart on the same store.
 //   xy_agent publish   --broker U --id ID --store DIR --topic T --from N --count N
 //   xy_agent subscribe --broker U --id ID --store DIR --filter F --log FILE [--slow-ms N] [--expect N]
+//                      [--stall-arrivals 1] (the commit of the first arriving message never ends: says
+//                      "stalled" and waits to be killed; says "arrived X" as each message comes)
 //   xy_agent serve     --broker U --id ID --store DIR --command C --log FILE [--slow-ms N] [--group G]
 //                      [--concurrency N]
 // Every handler writes "start X" and "done X" lines (flushed) so the test can count re-handling.
@@ -15,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "forwarding_store.h"
 #include "xymqtt/client.h"
 #include "xymqtt/exception.h"
 
@@ -41,6 +44,22 @@ private:
     std::string path_;
 };
 
+void say(const std::string& s);
+
+// A store whose commit of an arriving message never ends: the process is killed meanwhile.
+class stalling_store : public xymqtt::test::forwarding_store {
+public:
+    using forwarding_store::forwarding_store;
+    void commit(const std::vector<xymqtt::write_op>& batch) override {
+        for (const auto& op : batch)
+            if (op.tbl == xymqtt::table::incoming && op.value) {
+                say("stalled");
+                for (;;) std::this_thread::sleep_for(std::chrono::hours(1));  // until SIGKILL
+            }
+        forwarding_store::commit(batch);
+    }
+};
+
 xymqtt::client_options options(std::map<std::string, std::string>& a) {
     xymqtt::client_options o;
     o.server_uri = a["broker"];
@@ -50,6 +69,12 @@ xymqtt::client_options options(std::map<std::string, std::string>& a) {
     o.reconnect_max = std::chrono::milliseconds(300);
     o.retry.initial = std::chrono::milliseconds(20);
     o.retry.cap = std::chrono::milliseconds(200);
+    if (a.count("stall-arrivals")) {
+        xymqtt::store_options so;
+        so.durability = o.durability;
+        o.store = std::make_shared<stalling_store>(std::shared_ptr<xymqtt::store>(xymqtt::open_lmdb_store(o.store_dir, so)));
+        o.hooks.on_packet_receive = [](const std::string&, const std::string& payload) { say("arrived " + payload); };
+    }
     return o;
 }
 

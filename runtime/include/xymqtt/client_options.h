@@ -77,9 +77,15 @@ struct client_options {
     /// arriving message is committed before it is acknowledged, so a deep window buys little, and Paho
     /// searches its list of unreleased messages linearly for every packet, a list Mosquitto 2.0.11 lets
     /// grow past the window while it holds a backlog for this client.
-    /// 0 (default): 1 with durability::fsync (a synced commit per message leaves nothing to pipeline)
-    /// and 8 with durability::process (more calls per second).
+    /// 0 (default): 8, or 1 with durability::fsync when arrivals are not grouped (group_arrivals: a synced
+    /// commit per message in Paho's callback leaves nothing to pipeline).
     std::uint16_t receive_maximum = 0;
+    /// MQTT 5 over plain TCP with durability::fsync: arriving messages are committed in groups, one sync
+    /// for all that arrived meanwhile. Paho's connection then runs through an in-process relay on
+    /// 127.0.0.1 that holds each message's acknowledgement (PUBACK, PUBREC, PUBCOMP) until its commit is
+    /// durable, and everything Paho sends after it. false, and always over TLS or MQTT 3.1.1: each message
+    /// is committed in Paho's callback, one synced commit and one broker round trip per message.
+    bool group_arrivals = true;
     /// How long a command server keeps each call's outcome to answer repeated invokes.
     std::chrono::seconds result_retention{7 * 24 * 3600};
     /// Where the results of this client's calls are sent (see result_routing); a call's own

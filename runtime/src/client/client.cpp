@@ -77,7 +77,8 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     inbox_ = std::make_unique<detail::inbox>(inbox_link_, opts_);
     inbox_->recover(*store_);
 
-    if (opts_.receive_maximum == 0) opts_.receive_maximum = store_->durability() == durability::fsync ? 1 : 8;
+    if (opts_.receive_maximum == 0)
+        opts_.receive_maximum = store_->durability() == durability::fsync && !detail::session::groups_arrivals(opts_, *store_) ? 1 : 8;
 
     session_ = std::make_unique<detail::session>(session_link_, opts_, *store_);
     command_server_ = std::make_unique<detail::command_server>(command_link_, opts_.hooks);
@@ -194,37 +195,75 @@ void client::impl::post(const std::string& topic, std::string payload, publish_o
 std::optional<std::string> client::impl::on_arrived(stored_message rec, const std::vector<std::uint32_t>& sub_ids,
                                                     const std::function<void()>& stored) {
     // On Paho's receive thread, before the acknowledgement leaves: the commit here is what makes it safe.
-    auto recs = inbox_records(std::move(rec), sub_ids);
-    std::optional<command_result> result;  // an awaited result: answered here, not through the inbox
-    if (recs.size() == 1) result = command_caller_->awaited_result(recs.front().second);
-    std::vector<write_op> ops;
-    if (result)
-        ops.push_back({table::calls, result->message_id, std::nullopt});  // the call is answered
-    else
-        for (const auto& [id, r] : recs) ops.push_back({table::incoming, id, encode_record(r)});
-    if (!commit_arrival(ops)) return std::string("the message could not be stored");
+    arrival a = take_arrival(std::move(rec), sub_ids);
+    if (!commit_arrival(a.ops)) return std::string("the message could not be stored");
     stored();
+    hand_on(a);
+    return std::nullopt;
+}
+
+void client::impl::on_arrived_later(stored_message rec, const std::vector<std::uint32_t>& sub_ids,
+                                    std::function<void(const std::optional<std::string>&)> done) {
+    // The acknowledgement waits in the session's gate until the commit is durable; the commit joins the
+    // others queued meanwhile.
+    auto a = std::make_shared<arrival>(take_arrival(std::move(rec), sub_ids));
+    // An awaited result completes its call at once, while its commit (the call record's removal) syncs:
+    // until the acknowledgement leaves, a crash or a failed commit only has the broker send it again, and
+    // a call completes once. A delivery for a lane waits for the sync, so that its handler runs once
+    // however often the commit fails.
+    const bool early = a->result.has_value();
+    committer_->submit(a->ops, [this, a, early, done = std::move(done)](std::exception_ptr e) {
+        if (!e) {
+            if (!early) hand_on(*a);
+            return done(std::nullopt);
+        }
+        std::string why = "the message could not be stored";
+        try {
+            std::rethrow_exception(e);
+        } catch (const client_closed&) {
+        } catch (const std::exception& x) {
+            log(log_level::error, std::string("cannot store an arriving message: ") + x.what());
+            fire(opts_.hooks.on_storage_error, std::string(x.what()));
+            why += std::string(": ") + x.what();
+        } catch (...) {
+        }
+        done(why);
+    });
+    if (early) hand_on(*a);
+}
+
+client::impl::arrival client::impl::take_arrival(stored_message rec, const std::vector<std::uint32_t>& sub_ids) {
+    arrival a;
+    a.recs = inbox_records(std::move(rec), sub_ids);
+    if (a.recs.size() == 1) a.result = command_caller_->awaited_result(a.recs.front().second);
+    if (a.result)
+        a.ops.push_back({table::calls, a.result->message_id, std::nullopt});  // the call is answered
+    else
+        for (const auto& [id, r] : a.recs) a.ops.push_back({table::incoming, id, encode_record(r)});
+    return a;
+}
+
+void client::impl::hand_on(arrival& a) {
     // Stored: from here on a failure costs at most a delay, never the message.
-    if (result) {
+    if (a.result) {
         try {
             // What the result lane does, without the inbox record, the hand-off to the lane and a second
             // synced commit: the round trip of a call is shorter by all three.
-            fire(opts_.hooks.on_message, detail::message_of(recs.front().first, recs.front().second, 1));
-            command_caller_->answer(*result);
+            fire(opts_.hooks.on_message, detail::message_of(a.recs.front().first, a.recs.front().second, 1));
+            command_caller_->answer(*a.result);
             inbox_->handled_elsewhere();
         } catch (const std::exception& e) {
-            log(log_level::error, std::string("the completion of call ") + result->message_id + " failed: " + e.what());
+            log(log_level::error, std::string("the completion of call ") + a.result->message_id + " failed: " + e.what());
         } catch (...) {
-            log(log_level::error, "the completion of call " + result->message_id + " failed");
+            log(log_level::error, "the completion of call " + a.result->message_id + " failed");
         }
-        return std::nullopt;
+        return;
     }
     try {
-        inbox_->take(std::move(recs));
+        inbox_->take(std::move(a.recs));
     } catch (const std::exception& e) {
         log(log_level::error, std::string("a stored message could not be queued (it is handled after a restart): ") + e.what());
     }
-    return std::nullopt;
 }
 
 bool client::impl::commit_arrival(const std::vector<write_op>& ops) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -101,6 +102,10 @@ private:
                                            const std::function<void()>& stored) override {
             return c_.on_arrived(std::move(rec), sub_ids, stored);
         }
+        void arrived_later(stored_message rec, const std::vector<std::uint32_t>& sub_ids,
+                           std::function<void(const std::optional<std::string>&)> done) override {
+            c_.on_arrived_later(std::move(rec), sub_ids, std::move(done));
+        }
         std::uint32_t subscription_identifier(const std::string& filter) const override {
             return detail::subscription_identifier(filter);
         }
@@ -150,11 +155,26 @@ private:
 
     private:
         impl& c_;
+        std::mutex removals_mu_;
+        std::condition_variable removals_cv_;
+        std::size_t unsynced_removals_ = 0;
     };
     inbox_link inbox_link_{*this};
     /// A message arrived (session_host::arrived): stored in the inbox, or answers an awaited call.
     std::optional<std::string> on_arrived(stored_message rec, const std::vector<std::uint32_t>& sub_ids,
                                           const std::function<void()>& stored);
+    /// As on_arrived, with the commit queued (session_host::arrived_later).
+    void on_arrived_later(stored_message rec, const std::vector<std::uint32_t>& sub_ids,
+                          std::function<void(const std::optional<std::string>&)> done);
+    /// An arrival's inbox records (or the call it answers) and the writes that store it.
+    struct arrival {
+        std::vector<std::pair<std::string, stored_message>> recs;
+        std::optional<command_result> result;  // an awaited result: answered here, not through the inbox
+        std::vector<write_op> ops;
+    };
+    arrival take_arrival(stored_message rec, const std::vector<std::uint32_t>& sub_ids);
+    /// After an arrival is stored: the inbox takes it, or its call is answered.
+    void hand_on(arrival& a);
     /// Commits an arrival inside Paho's callback: a few quick tries, since Paho holds its process-wide
     /// lock meanwhile. @return false if it was not stored.
     bool commit_arrival(const std::vector<write_op>& ops);

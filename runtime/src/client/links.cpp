@@ -2,6 +2,7 @@
 // it takes each request (client_impl.h declares them; the one-line ones are there).
 #include "client/client_impl.h"
 #include "commands/wire.h"
+#include "xymqtt/exception.h"
 
 namespace xymqtt {
 
@@ -46,11 +47,34 @@ std::function<void()> client::impl::outbox_link::refused(const stored_message& m
 }
 
 void client::impl::inbox_link::commit(const std::vector<write_op>& ops, bool soon) {
-    // Without syncs there is nothing to share: never wait for a later commit to carry this one. With no
-    // commit running the committer makes it on this thread (no hand-off); with one running it waits, so
-    // batches queued before (a lane's relabelling, say) are not overtaken.
-    const bool share = soon && c_.store_->durability() != durability::process;
-    c_.committer_->commit(ops, share ? detail::urgency::linger : detail::urgency::now);
+    // Without syncs there is nothing to share, and no sync to wait for: the committer makes it on this
+    // thread when no commit runs (no hand-off), and waits for one that runs, so that batches queued before
+    // (a lane's relabelling, say) are not overtaken.
+    if (!soon || c_.store_->durability() == durability::process) return c_.committer_->commit(ops, detail::urgency::now);
+    // A plain removal: the lane goes on while it joins the next commit, at most max_unsynced_removals at a
+    // time. Not stored, it costs a redelivery after a restart, never the message.
+    {
+        std::unique_lock<std::mutex> lk(removals_mu_);
+        removals_cv_.wait(lk, [&] { return unsynced_removals_ < detail::inbox_host::max_unsynced_removals; });
+        ++unsynced_removals_;
+    }
+    c_.committer_->submit(ops, [this](std::exception_ptr e) {
+        if (e) {
+            try {
+                std::rethrow_exception(e);
+            } catch (const client_closed&) {
+            } catch (const std::exception& x) {
+                c_.log(log_level::error, std::string("cannot store a handled delivery's removal (it is handled again after a restart): ") + x.what());
+                storage_failed(x.what());
+            } catch (...) {
+            }
+        }
+        {
+            std::lock_guard<std::mutex> lk(removals_mu_);
+            --unsynced_removals_;
+        }
+        removals_cv_.notify_all();
+    }, detail::urgency::linger);
 }
 
 void client::impl::inbox_link::record(std::vector<write_op> ops) { c_.committer_->submit(std::move(ops), nullptr); }

@@ -269,9 +269,10 @@ void inbox::process(lane* l, const std::string& id, stored_message rec,
 
 void inbox::complete(lane* l, const std::string& id, effects fx) {
     // A plain removal does not need a sync of its own: it rides with the next arriving message's commit
-    // (or goes alone when the inbox is idle). Outcomes of commands do, they are sent next. The lane waits
-    // for it either way, so a crash hands over again at most the deliveries at work.
-    const bool soon = fx.ops.empty() && fx.publishes.empty();
+    // (or goes alone when the inbox is idle), and the host may let the lane go on meanwhile, so a crash
+    // hands over again the deliveries at work and at most inbox_host::max_unsynced_removals handled ones.
+    // Outcomes of commands are waited for: they are sent next.
+    const bool soon = fx.ops.empty() && fx.publishes.empty() && fx.after_commit.empty();
     fx.ops.push_back({table::incoming, id, std::nullopt});
     try {
         for (auto& [seq, msg] : fx.publishes) fx.ops.push_back({table::outgoing, sequence_id(seq), encode_record(*msg)});

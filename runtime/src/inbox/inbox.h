@@ -3,7 +3,8 @@
 // Guarantees:
 //  - A delivery taken in (`take`) stays in the store's incoming table until its handlers have all returned
 //    and its removal is committed, together with the effects they asked for (effects): a crash at any point
-//    hands it to the handlers again, never loses it.
+//    hands it to the handlers again, never loses it. A crash hands again at most the deliveries at work and
+//    inbox_host::max_unsynced_removals handled ones whose removal was not yet durable.
 //  - A lane runs its deliveries in arrival order, one at a time (or up to its concurrency with
 //    effects::later). A handler that throws is retried after the retry policy's delay, with the attempt
 //    count stored, so that the backoff and `max_attempts` hold across restarts; a delivery that cannot be
@@ -36,7 +37,11 @@ namespace xymqtt::detail {
 class inbox_host {
 public:
     virtual ~inbox_host() = default;
-    /// Commits `ops` atomically; `soon`: nobody waits for more than its removal (it may join a later commit).
+    /// Most plain removals a host may have returned from `commit` before they are durable.
+    static constexpr std::size_t max_unsynced_removals = 64;
+    /// Commits `ops` atomically. `soon`: a plain removal (a handled delivery without effects), which the
+    /// host may join to a later commit and return before it is durable, at most max_unsynced_removals at a
+    /// time: one that is never stored costs a redelivery after a restart, never the message.
     /// @throw client_closed once the client closes; storage_error (and the like) if the store refuses it.
     virtual void commit(const std::vector<write_op>& ops, bool soon) = 0;
     /// Queues a bookkeeping commit that nobody awaits (a lost one is redone at the next start), ahead of

@@ -9,14 +9,20 @@
 
 #include "base/clock.h"
 #include "base/hook_calls.h"
+#include "session/ack_gate.h"
 #include "session/paho_message.h"
 #include "session/paho_persistence.h"
 
 namespace xymqtt::detail {
 
-arrivals::arrivals(session_host& host, paho_persistence& persistence, const client_options& opts,
+arrivals::arrivals(session_host& host, paho_persistence& persistence, ack_gate* gate, const client_options& opts,
                    std::function<void()> stored, std::function<void(const std::string&)> refused)
-    : host_(host), persistence_(persistence), opts_(opts), stored_(std::move(stored)), refused_(std::move(refused)) {}
+    : host_(host),
+      persistence_(persistence),
+      gate_(gate),
+      opts_(opts),
+      stored_(std::move(stored)),
+      refused_(std::move(refused)) {}
 
 void arrivals::take(const mqtt::message& msg) {
     // Before the acknowledgement leaves (MQTT 5: PUBREC, at PUBLISH; 3.1.1: PUBCOMP, at PUBREL): the
@@ -45,22 +51,34 @@ void arrivals::take(const mqtt::message& msg) {
         rec.props = from_paho(props);
         rec.retain = msg.is_retained();
         rec.created_ms = wall_ms();
-        refused = host_.arrived(std::move(rec), sub_ids, [this, packet_id, qos] {
-            // Stored: from here on a failure costs at most a delay, never the message.
-            ++delivered_;
-            try {
-                if (qos == 2) persistence_.release_inbound(packet_id);
-            } catch (const std::exception&) {
-                // Reported by the persistence; without the record a crash only costs a redelivery.
-            }
-            stored_();
-        });
+        if (gate_ && qos > 0) {
+            // The acknowledgement waits in the gate, so the commit can join others: Paho goes on meanwhile.
+            const auto connection = gate_->hold(packet_id);
+            host_.arrived_later(std::move(rec), sub_ids, [this, packet_id, qos, connection](const std::optional<std::string>& why) {
+                if (why) return refuse(packet_id, qos, *why);  // the acknowledgement stays in the gate
+                stored(packet_id, qos);
+                gate_->release(connection, packet_id);
+            });
+            return;
+        }
+        refused = host_.arrived(std::move(rec), sub_ids, [this, packet_id, qos] { stored(packet_id, qos); });
     } catch (const std::exception& e) {
         refused = std::string("the message could not be taken in: ") + e.what();
     } catch (...) {
         refused = "the message could not be taken in";
     }
     if (refused) refuse(packet_id, qos, *refused);
+}
+
+void arrivals::stored(int packet_id, int qos) {
+    // Stored: from here on a failure costs at most a delay, never the message.
+    ++delivered_;
+    try {
+        if (qos == 2) persistence_.release_inbound(packet_id);
+    } catch (const std::exception&) {
+        // Reported by the persistence; without the record a crash only costs a redelivery.
+    }
+    stored_();
 }
 
 void arrivals::refuse(int packet_id, int qos, const std::string& why) {

@@ -7,6 +7,10 @@
 //  - When the host has not stored a message (or taking it in failed in any way), `refused` is told before
 //    Paho's callback returns, so that the session can cut the connection before the acknowledgement
 //    leaves; its QoS 2 record is left for the broker's resend (paho_persistence::refuse_inbound).
+//  - With an acknowledgement gate (ack_gate.h), a QoS 1 or 2 message's acknowledgement is held there until
+//    the host has stored it, and the host commits it later (session_host::arrived_later): Paho goes on
+//    meanwhile, and the host may hand the message on before the commit is durable. A message the host could not store is refused as above, and its acknowledgement never
+//    leaves the gate.
 //  - Nothing escapes into Paho, which does not catch.
 #pragma once
 
@@ -24,13 +28,16 @@ class message;
 
 namespace xymqtt::detail {
 
+class ack_gate;
 class paho_persistence;
 
 class arrivals {
 public:
+    /// @param gate where acknowledgements wait for their message's commit (nullptr: the commit is made in
+    ///        Paho's callback)
     /// @param stored told after each message the host has stored
     /// @param refused told why a message was not stored (its acknowledgement must not leave)
-    arrivals(session_host& host, paho_persistence& persistence, const client_options& opts,
+    arrivals(session_host& host, paho_persistence& persistence, ack_gate* gate, const client_options& opts,
              std::function<void()> stored, std::function<void(const std::string& why)> refused);
 
     /// Takes `msg` in: on Paho's receive thread, with Paho's process-wide lock held.
@@ -39,10 +46,12 @@ public:
     std::uint64_t delivered() const { return delivered_; }
 
 private:
+    void stored(int packet_id, int qos);
     void refuse(int packet_id, int qos, const std::string& why);
 
     session_host& host_;
     paho_persistence& persistence_;
+    ack_gate* gate_;
     const client_options& opts_;
     std::function<void()> stored_;
     std::function<void(const std::string&)> refused_;

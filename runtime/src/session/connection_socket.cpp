@@ -11,7 +11,7 @@ connection_socket::connection_socket(const client_options& opts, std::function<v
 
 connection_socket::~connection_socket() = default;
 
-void connection_socket::claim(const std::string& host, int port) {
+void connection_socket::claim(const std::string& host, int port, bool adaptive_nagle) {
     peer_socket own;
     {
         std::lock_guard<std::mutex> lk(mu_);
@@ -20,7 +20,7 @@ void connection_socket::claim(const std::string& host, int port) {
     }
     if (!opts_.tcp_nodelay) return;
     if (own) {
-        if (nagle_) nagle_->attach(std::move(own));  // sets TCP_NODELAY
+        if (nagle_ && adaptive_nagle) nagle_->attach(std::move(own));  // sets TCP_NODELAY
         else own.set_nodelay(true);
         return;
     }

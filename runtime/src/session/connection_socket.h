@@ -27,7 +27,8 @@ public:
     ~connection_socket();
 
     /// Claims the socket of the connection just made to `host`:`port`, and tunes it.
-    void claim(const std::string& host, int port);
+    /// @param adaptive_nagle false: TCP_NODELAY throughout (a relay in between coalesces already)
+    void claim(const std::string& host, int port, bool adaptive_nagle = true);
     /// Lets go of the claim (a new connection is being made, or this one is lost).
     void release();
     /// Shuts the connection to `host`:`port` down. @return whether a socket was found.

@@ -7,6 +7,7 @@
 
 #include "base/clock.h"
 #include "base/hook_calls.h"
+#include "session/ack_gate.h"
 #include "session/paho_listeners.h"
 #include "session/paho_message.h"
 #include "session/paho_persistence.h"
@@ -28,8 +29,10 @@ session::session(session_host& host, const client_options& opts, store& s)
               log(log_level::error, e);
               fire(opts_.hooks.on_storage_error, e);
           })),
+      gate_(groups_arrivals(opts, s) ? std::make_unique<ack_gate>([this](log_level level, const std::string& text) { log(level, text); })
+                                     : nullptr),
       arrivals_(
-          host_, *persistence_, opts_,
+          host_, *persistence_, gate_.get(), opts_,
           [this] {
               std::lock_guard<std::mutex> lk(mu_);
               hold_off_ = std::chrono::milliseconds(0);
@@ -99,6 +102,12 @@ std::string session::last_error() const {
     return last_error_;
 }
 
+bool session::groups_arrivals(const client_options& opts, const store& s) {
+    if (!opts.group_arrivals || opts.mqtt_version != 5 || s.durability() != durability::fsync) return false;
+    const auto servers = connector::servers_of(opts);
+    return std::none_of(servers.begin(), servers.end(), [](const connector::server& v) { return v.tls; });
+}
+
 std::size_t session::nagle_streams() const { return socket_.nagle_streams(); }
 
 void session::stop() {
@@ -148,7 +157,8 @@ void session::fresh_paho() {
     co.set_send_while_disconnected(false);  // the outbox holds what waits, on disk
     // Paho refuses publishes (-12) once this many wait in its command queue, connected or not.
     co.set_max_buffered_messages(static_cast<int>(std::min<std::size_t>(opts_.max_inflight, 65000)) + 64);
-    auto cli = std::make_shared<mqtt::async_client>(connector_.servers()[server_].uri, opts_.client_id, co, persistence_.get());
+    const std::string uri = gate_ ? gate_->uri() : connector_.servers()[server_].uri;
+    auto cli = std::make_shared<mqtt::async_client>(uri, opts_.client_id, co, persistence_.get());
     cli->set_message_callback([this](mqtt::const_message_ptr m) {
         // Paho's receive thread, with Paho's process-wide lock held (arrivals.h).
         socket_.on_message();
@@ -231,6 +241,16 @@ bool session::connect_once() {
             }
             ~waking() { s.waking_ = false; }
         } wake(*this);
+        if (gate_) {
+            const auto& srv = connector_.servers()[server_.load()];
+            try {
+                gate_->prepare(srv.host, srv.port, opts_.connect_timeout);
+            } catch (const std::exception& e) {
+                host_.connect_failed();
+                note_connect_failure("connect to " + server_uri() + " failed: " + e.what(), log_level::warning);
+                return false;
+            }
+        }
         granted = connector_.connect(*cli, shared);
         host_.connect_returned(granted.session_present);
         subscription_ids_ = granted.subscription_ids;
@@ -282,7 +302,9 @@ void session::note_connect_failure(const std::string& line, log_level level) {
 
 void session::on_connected(bool session_present, std::size_t window, std::uint32_t max_packet_size) {
     const auto& srv = connector_.servers()[server_.load()];
-    socket_.claim(srv.host, srv.port);  // to cut this connection alone if an arrival cannot be stored
+    // To cut this connection alone if an arrival cannot be stored (with a gate, Paho's peer is the gate).
+    if (gate_) socket_.claim("127.0.0.1", gate_->port(), false);
+    else socket_.claim(srv.host, srv.port);
     std::vector<std::string> filters, stale;
     bool reconnect;
     {
@@ -476,7 +498,13 @@ void session::refuse_arrival(const std::string& why) {
 
 void session::cut_connection(const std::string& why) {
     const auto& srv = connector_.servers()[server_.load()];
-    const bool cut = socket_.cut(srv.host, srv.port);
+    bool cut = true;
+    if (gate_) {
+        gate_->cut();  // what it holds never leaves
+        socket_.cut("127.0.0.1", gate_->port());  // Paho sees the loss at once
+    } else {
+        cut = socket_.cut(srv.host, srv.port);
+    }
     log(stopping_ ? log_level::debug : log_level::warning,
         "connection cut so that no acknowledgement leaves: " + why + (cut ? "" : " (no socket found)"));
 }

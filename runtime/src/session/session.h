@@ -7,6 +7,8 @@
 //  - An arrival is acknowledged only if the host has stored it: when `session_host::arrived` says it is
 //    not stored, the connection is cut before the acknowledgement can leave (Paho sends it whatever its
 //    callback does), and the broker sends the message again on the next connection, after a hold-off.
+//    With grouped arrivals (groups_arrivals), the acknowledgement waits in the session's ack_gate until
+//    the host's queued commit is durable (session_host::arrived_later), and a refusal cuts it there.
 //  - A QoS 2 message the broker sends again, whose first copy an earlier connection stored, is
 //    acknowledged without reaching the host twice (paho_persistence.h).
 //  - Every filter the host names is subscribed again on every connection, before any publish goes out on
@@ -41,6 +43,7 @@
 
 namespace xymqtt::detail {
 
+class ack_gate;
 class publish_listener;
 class paho_persistence;
 
@@ -55,6 +58,9 @@ public:
 
     /// Checks the options that concern the connection (server URIs, TLS). @throw configuration_error.
     static void check(const client_options& opts) { connector::servers_of(opts); }
+    /// @return whether arrivals are committed in groups, their acknowledgements held in an ack_gate: MQTT 5,
+    ///         durability fsync, plain TCP, and client_options::group_arrivals.
+    static bool groups_arrivals(const client_options& opts, const store& s);
     /// Checks the options (as `check`) and prepares the connection; nothing connects yet.
     /// @throw configuration_error for options that cannot work.
     /// @param opts the client's options (read only, outliving the session)
@@ -138,6 +144,7 @@ private:
     const client_options& opts_;
     store& store_;
     std::unique_ptr<paho_persistence> persistence_;
+    std::unique_ptr<ack_gate> gate_;  // with groups_arrivals: Paho's connection runs through it
     arrivals arrivals_;
     connector connector_;                    // the servers, the CONNECT, the CONNACK
     std::unique_ptr<publish_listener> listener_;

@@ -46,6 +46,12 @@ public:
     /// it could not be (its acknowledgement must not leave).
     virtual std::optional<std::string> arrived(stored_message rec, const std::vector<std::uint32_t>& sub_ids,
                                                const std::function<void()>& stored) = 0;
+    /// As `arrived`, but the commit is queued and Paho goes on (the acknowledgement waits in the session's
+    /// gate). `done` is told once, on the thread that ends the commit: nothing once the message is stored,
+    /// else why it could not be. The host may hand the message on before: until the acknowledgement
+    /// leaves, a crash or a refusal only has the broker send it again.
+    virtual void arrived_later(stored_message rec, const std::vector<std::uint32_t>& sub_ids,
+                               std::function<void(const std::optional<std::string>& refused)> done) = 0;
     /// @return the MQTT 5 subscription identifier of `filter` (the same the inbox routes by).
     virtual std::uint32_t subscription_identifier(const std::string& filter) const = 0;
     /// The broker answered the SUBSCRIBE of `filter` with `reason_code` (refused from 0x80).
