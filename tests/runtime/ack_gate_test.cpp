@@ -48,7 +48,9 @@ int connect_loopback(int port) {
     return s;
 }
 
-void send_all(int fd, const std::string& bytes) { REQUIRE(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == ssize_t(bytes.size())); }
+void send_all(int fd, const std::string& bytes) {
+    REQUIRE(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == ssize_t(bytes.size()));
+}
 
 // Reads what arrives within `wait` (returns early once `want` bytes came). "" and closed: end of stream.
 std::string read_some(int fd, std::size_t want, std::chrono::milliseconds wait, bool* closed = nullptr) {

@@ -369,6 +369,20 @@ TEST_CASE("hooks report connection and packets", "[events]") {
     CHECK(receives >= 1);
 }
 
+namespace {
+
+// Publishes "warmup" until an xy_agent subscriber's log shows it handled: its subscription exists.
+bool agent_subscribed(client& pub, const std::string& topic, const std::string& log) {
+    return eventually([&] {
+        pub.publish(topic, "warmup").get();
+        for (auto& l : read_lines(log))
+            if (l == "done warmup") return true;
+        return false;
+    }, 10s);
+}
+
+}  // namespace
+
 TEST_CASE("a subscriber killed with SIGKILL while handling loses nothing", "[events][crash]") {
     temp_dir dir("sigkill");
     const std::string id = unique_id("killed-sub");
@@ -383,12 +397,7 @@ TEST_CASE("a subscriber killed with SIGKILL while handling loses nothing", "[eve
     REQUIRE(sub->wait_for_line("ready"));
     auto pub = connected(options_for(dir, "pub"));
     // Make sure the subscription exists before the run starts.
-    REQUIRE(eventually([&] {
-        pub->publish(topic, "warmup").get();
-        for (auto& l : read_lines(log))
-            if (l == "done warmup") return true;
-        return false;
-    }, 10s));
+    REQUIRE(agent_subscribed(*pub, topic, log));
     const int n = 60;
     for (int i = 0; i < n; ++i) pub->publish(topic, std::to_string(i)).get();
     // Kill it in the middle of a handler: after some are done and one has started.
@@ -433,12 +442,7 @@ TEST_CASE("a subscriber killed while an arrival's commit stalls gets the message
         // The session and its subscription, made by a first run that handles one message.
         auto sub = run_sub(false, true);
         REQUIRE(sub->wait_for_line("ready"));
-        REQUIRE(eventually([&] {
-            pub->publish(topic, "warmup").get();
-            for (auto& l : read_lines(log))
-                if (l == "done warmup") return true;
-            return false;
-        }, 10s));
+        REQUIRE(agent_subscribed(*pub, topic, log));
         REQUIRE(sub->wait_for_line("expected reached"));
         sub->wait();
     }

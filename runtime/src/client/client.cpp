@@ -77,8 +77,10 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     inbox_ = std::make_unique<detail::inbox>(inbox_link_, opts_);
     inbox_->recover(*store_);
 
-    if (opts_.receive_maximum == 0)
-        opts_.receive_maximum = store_->durability() == durability::fsync && !detail::session::groups_arrivals(opts_, *store_) ? 1 : 8;
+    if (opts_.receive_maximum == 0) {
+        const bool one_by_one = store_->durability() == durability::fsync && !detail::session::groups_arrivals(opts_, *store_);
+        opts_.receive_maximum = one_by_one ? 1 : 8;
+    }
 
     session_ = std::make_unique<detail::session>(session_link_, opts_, *store_);
     command_server_ = std::make_unique<detail::command_server>(command_link_, opts_.hooks);

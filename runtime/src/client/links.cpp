@@ -50,7 +50,8 @@ void client::impl::inbox_link::commit(const std::vector<write_op>& ops, bool soo
     // Without syncs there is nothing to share, and no sync to wait for: the committer makes it on this
     // thread when no commit runs (no hand-off), and waits for one that runs, so that batches queued before
     // (a lane's relabelling, say) are not overtaken.
-    if (!soon || c_.store_->durability() == durability::process) return c_.committer_->commit(ops, detail::urgency::now);
+    if (!soon || c_.store_->durability() == durability::process)
+        return c_.committer_->commit(ops, detail::urgency::now);
     // A plain removal: the lane goes on while it joins the next commit, at most max_unsynced_removals at a
     // time. Not stored, it costs a redelivery after a restart, never the message.
     {
@@ -64,7 +65,9 @@ void client::impl::inbox_link::commit(const std::vector<write_op>& ops, bool soo
                 std::rethrow_exception(e);
             } catch (const client_closed&) {
             } catch (const std::exception& x) {
-                c_.log(log_level::error, std::string("cannot store a handled delivery's removal (it is handled again after a restart): ") + x.what());
+                c_.log(log_level::error,
+                       std::string("cannot store a handled delivery's removal (it is handled again after a restart): ") +
+                           x.what());
                 storage_failed(x.what());
             } catch (...) {
             }

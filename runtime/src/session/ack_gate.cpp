@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -325,9 +324,12 @@ void ack_gate::run() {
             const ssize_t got = ::recv(p.broker, chunk.data(), chunk.size(), 0);
             if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) {
                 // What the broker said last (a DISCONNECT with its reason) still reaches Paho if it fits.
+                const std::string why =
+                    got == 0 ? "the broker closed the connection" : std::string("broker connection: ") + std::strerror(errno);
                 if (p.down_sent < p.down.size())
-                    [[maybe_unused]] auto w = ::send(p.paho, p.down.data() + p.down_sent, p.down.size() - p.down_sent, MSG_NOSIGNAL);
-                drop(p, got == 0 ? "the broker closed the connection" : std::string("broker connection: ") + std::strerror(errno));
+                    [[maybe_unused]] auto w =
+                        ::send(p.paho, p.down.data() + p.down_sent, p.down.size() - p.down_sent, MSG_NOSIGNAL);
+                drop(p, why);
                 continue;
             }
             if (got > 0) p.down.insert(p.down.end(), chunk.data(), chunk.data() + got);
@@ -344,7 +346,8 @@ void ack_gate::run() {
             }
         }
         if (p.down_sent < p.down.size()) {
-            const ssize_t w = ::send(p.paho, p.down.data() + p.down_sent, p.down.size() - p.down_sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+            const ssize_t w =
+                ::send(p.paho, p.down.data() + p.down_sent, p.down.size() - p.down_sent, MSG_NOSIGNAL | MSG_DONTWAIT);
             if (w > 0) p.down_sent += static_cast<std::size_t>(w);
             else if (w < 0 && errno != EAGAIN && errno != EINTR) {
                 drop(p, "Paho's connection failed");

@@ -54,11 +54,12 @@ void arrivals::take(const mqtt::message& msg) {
         if (gate_ && qos > 0) {
             // The acknowledgement waits in the gate, so the commit can join others: Paho goes on meanwhile.
             const auto connection = gate_->hold(packet_id);
-            host_.arrived_later(std::move(rec), sub_ids, [this, packet_id, qos, connection](const std::optional<std::string>& why) {
+            auto done = [this, packet_id, qos, connection](const std::optional<std::string>& why) {
                 if (why) return refuse(packet_id, qos, *why);  // the acknowledgement stays in the gate
                 stored(packet_id, qos);
                 gate_->release(connection, packet_id);
-            });
+            };
+            host_.arrived_later(std::move(rec), sub_ids, std::move(done));
             return;
         }
         refused = host_.arrived(std::move(rec), sub_ids, [this, packet_id, qos] { stored(packet_id, qos); });

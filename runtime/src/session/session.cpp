@@ -29,8 +29,9 @@ session::session(session_host& host, const client_options& opts, store& s)
               log(log_level::error, e);
               fire(opts_.hooks.on_storage_error, e);
           })),
-      gate_(groups_arrivals(opts, s) ? std::make_unique<ack_gate>([this](log_level level, const std::string& text) { log(level, text); })
-                                     : nullptr),
+      gate_(groups_arrivals(opts, s)
+                ? std::make_unique<ack_gate>([this](log_level level, const std::string& text) { log(level, text); })
+                : nullptr),
       arrivals_(
           host_, *persistence_, gate_.get(), opts_,
           [this] {
