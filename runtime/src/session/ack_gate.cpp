@@ -1,7 +1,6 @@
 #include "session/ack_gate.h"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -11,10 +10,11 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <system_error>
+
+#include "session/tcp_nodelay.h"
 
 namespace xymqtt::detail {
 
@@ -27,10 +27,6 @@ constexpr std::size_t buffer_limit = std::size_t(4) << 20;
 void close_fd(int& fd) {
     if (fd >= 0) ::close(fd);
     fd = -1;
-}
-
-bool same_endpoint(const sockaddr_in& a, const sockaddr_in& b) {
-    return a.sin_family == b.sin_family && a.sin_port == b.sin_port && a.sin_addr.s_addr == b.sin_addr.s_addr;
 }
 
 // MQTT control packet types that acknowledge a flow the broker started: what the gate holds.
@@ -163,28 +159,10 @@ std::size_t ack_gate::held() const {
 bool ack_gate::own_socket(int accepted) const {
     // The peer of the accepted socket must be the local end of a socket of this process connected to the
     // gate: Paho's. Another local user could otherwise borrow the prepared broker connection.
-    sockaddr_in peer{}, gate{};
+    sockaddr_in peer{};
     socklen_t len = sizeof peer;
     if (::getpeername(accepted, reinterpret_cast<sockaddr*>(&peer), &len) != 0 || peer.sin_family != AF_INET) return false;
-    len = sizeof gate;
-    if (::getsockname(accepted, reinterpret_cast<sockaddr*>(&gate), &len) != 0) return false;
-    DIR* d = ::opendir("/proc/self/fd");
-    if (!d) return false;
-    bool found = false;
-    while (dirent* e = ::readdir(d)) {
-        const int fd = std::atoi(e->d_name);
-        if (fd <= 2 || fd == accepted || fd == ::dirfd(d)) continue;
-        sockaddr_in local{}, remote{};
-        socklen_t l1 = sizeof local, l2 = sizeof remote;
-        if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &l1) != 0 || local.sin_family != AF_INET) continue;
-        if (!same_endpoint(local, peer)) continue;
-        if (::getpeername(fd, reinterpret_cast<sockaddr*>(&remote), &l2) == 0 && same_endpoint(remote, gate)) {
-            found = true;
-            break;
-        }
-    }
-    ::closedir(d);
-    return found;
+    return has_socket_to_peer_from("127.0.0.1", port_, ntohs(peer.sin_port));
 }
 
 void ack_gate::drop(pair& p, const std::string& why) {
@@ -254,7 +232,6 @@ void ack_gate::run() {
         }
         if (cut) drop(p, "cut");
         clear(p);
-        if (!p.live() && p.broker >= 0) close_fd(p.broker);
 
         pollfd fds[4];
         nfds_t n = 0;
@@ -304,7 +281,7 @@ void ack_gate::run() {
             }
             continue;  // scan the new pair before polling it
         }
-        if (!p.live() || n < 4) continue;
+        if (!p.live()) continue;
         const short pr = fds[paho_at].revents, br = fds[broker_at].revents;
         if (pr & POLLIN) {
             const ssize_t got = ::recv(p.paho, chunk.data(), chunk.size(), 0);

@@ -135,6 +135,14 @@ bool set_nodelay(int fd, bool on) {
 
 }  // namespace
 
+bool has_socket_to_peer_from(const std::string& host, int port, int local_port) {
+    return for_each_socket_to_peer(host, port, [local_port](int fd, const struct stat&) {
+               sockaddr_storage local{};
+               socklen_t len = sizeof(local);
+               return getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 && port_of(local) == local_port;
+           }) > 0;
+}
+
 int set_tcp_nodelay_to_peer(const std::string& host, int port) {
     return for_each_socket_to_peer(host, port, [](int fd, const struct stat&) { return set_nodelay(fd, true); });
 }

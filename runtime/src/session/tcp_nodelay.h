@@ -48,6 +48,10 @@ private:
 /// @return the number of sockets set (0 if none was found).
 int set_tcp_nodelay_to_peer(const std::string& host, int port);
 
+/// @return whether a TCP socket of this process connected to `host`:`port` has local port `local_port`:
+///         whether the other end of a connection accepted on `host`:`port` is in this process.
+bool has_socket_to_peer_from(const std::string& host, int port, int local_port);
+
 /// Shuts down (both directions) every TCP socket of this process connected to `host`:`port` that no
 /// peer_socket claims, so that nothing more, such as an acknowledgement for a message that could not be
 /// stored, can leave. For a connection whose socket has not been claimed yet: the connections of other
