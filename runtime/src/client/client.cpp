@@ -214,7 +214,8 @@ void client::impl::on_arrived_later(stored_message rec, const std::vector<std::u
     // a call completes once. A delivery for a lane waits for the sync, so that its handler runs once
     // however often the commit fails.
     const bool early = a->result.has_value();
-    committer_->submit(a->ops, [this, a, early, done = std::move(done)](std::exception_ptr e) {
+    auto ops = std::move(a->ops);  // the records, payloads included: the commit needs them, nothing after it
+    committer_->submit(std::move(ops), [this, a, early, done = std::move(done)](std::exception_ptr e) {
         if (!e) {
             if (!early) hand_on(*a);
             return done(std::nullopt);
