@@ -11,10 +11,13 @@
 #include <chrono>
 #include <string>
 
+#include "loopback_socket.h"
 #include "session/ack_gate.h"
 
 using namespace std::chrono_literals;
 using xymqtt::detail::ack_gate;
+using xymqtt::test::connect_loopback;
+using xymqtt::test::listener;
 
 namespace {
 
@@ -24,29 +27,6 @@ struct fd_guard {
         if (fd >= 0) ::close(fd);
     }
 };
-
-int listen_loopback(int& port) {
-    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    REQUIRE(::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    REQUIRE(::listen(s, 4) == 0);
-    REQUIRE(::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-    port = ntohs(a.sin_port);
-    return s;
-}
-
-int connect_loopback(int port) {
-    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(static_cast<std::uint16_t>(port));
-    REQUIRE(::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    return s;
-}
 
 void send_all(int fd, const std::string& bytes) {
     REQUIRE(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == ssize_t(bytes.size()));
@@ -85,16 +65,13 @@ const std::string pingreq = packet(0xc0, "");
 
 // A gate joined to a listener of the test (the broker's part) and a socket of the test (Paho's part).
 struct rig {
-    int broker_port = 0;
-    fd_guard listener, paho, broker;
+    listener broker_side;
+    fd_guard paho, broker;
     ack_gate gate{[](xymqtt::log_level, const std::string&) {}};
-    rig() {
-        listener.fd = listen_loopback(broker_port);
-        join();
-    }
+    rig() { join(); }
     void join() {
-        gate.prepare("127.0.0.1", broker_port, 2000ms);
-        const int b = ::accept(listener.fd, nullptr, nullptr);
+        gate.prepare("127.0.0.1", broker_side.port, 2000ms);
+        const int b = ::accept(broker_side.fd, nullptr, nullptr);
         REQUIRE(b >= 0);
         if (broker.fd >= 0) ::close(broker.fd);
         broker.fd = b;
@@ -188,13 +165,11 @@ TEST_CASE("ack gate: Paho closing its socket drops what is held", "[ack_gate]") 
 }
 
 TEST_CASE("ack gate: a connection from another process is closed, and the prepared one stays for this process", "[ack_gate]") {
-    int broker_port = 0;
-    fd_guard listener;
-    listener.fd = listen_loopback(broker_port);
+    listener broker_side;
     ack_gate gate{[](xymqtt::log_level, const std::string&) {}};
-    gate.prepare("127.0.0.1", broker_port, 2000ms);
+    gate.prepare("127.0.0.1", broker_side.port, 2000ms);
     fd_guard broker;
-    broker.fd = ::accept(listener.fd, nullptr, nullptr);
+    broker.fd = ::accept(broker_side.fd, nullptr, nullptr);
     REQUIRE(broker.fd >= 0);
     const pid_t child = ::fork();
     REQUIRE(child >= 0);
@@ -226,8 +201,8 @@ TEST_CASE("ack gate: a connection from another process is closed, and the prepar
 TEST_CASE("ack gate: a broker that refuses is reported in words", "[ack_gate]") {
     int port = 0;
     {
-        fd_guard l;
-        l.fd = listen_loopback(port);  // a port that was free a moment ago, closed again
+        listener l;  // a port that was free a moment ago, closed again
+        port = l.port;
     }
     ack_gate gate{[](xymqtt::log_level, const std::string&) {}};
     bool threw = false;

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "loopback_socket.h"
 #include "session/nagle_governor.h"
 #include "support/eventually.h"
 #include "session/tcp_nodelay.h"
@@ -21,35 +22,10 @@ using namespace std::chrono_literals;
 using xymqtt::detail::nagle_governor;
 using xymqtt::detail::parse_server_uri;
 using xymqtt::detail::peer_socket;
+using xymqtt::test::listener;
 using xymqtt::test::eventually;
 
 namespace {
-
-// A listening socket on 127.0.0.1 standing in for the broker's port, and connections to it.
-struct listener {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int port = 0;
-    listener() {
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
-        REQUIRE(listen(fd, 16) == 0);
-        socklen_t len = sizeof(a);
-        REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-        port = ntohs(a.sin_port);
-    }
-    ~listener() { close(fd); }
-    int connect_one() const {
-        const int c = socket(AF_INET, SOCK_STREAM, 0);
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        a.sin_port = htons(static_cast<std::uint16_t>(port));
-        REQUIRE(connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
-        return c;
-    }
-};
 
 int nodelay_of(int fd) {
     int v = -1;
