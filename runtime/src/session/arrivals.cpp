@@ -7,6 +7,8 @@
 
 #include "session/arrivals.h"
 
+#include <memory>
+
 #include "base/clock.h"
 #include "base/hook_calls.h"
 #include "session/ack_gate.h"
@@ -54,12 +56,29 @@ void arrivals::take(const mqtt::message& msg) {
         if (gate_ && qos > 0) {
             // The acknowledgement waits in the gate, so the commit can join others: Paho goes on meanwhile.
             const auto connection = gate_->hold(packet_id);
-            auto done = [this, packet_id, qos, connection](const std::optional<std::string>& why) {
-                if (why) return refuse(packet_id, qos, *why);  // the acknowledgement stays in the gate
-                stored(packet_id, qos);
-                gate_->release(connection, packet_id);
+            {
+                std::lock_guard<std::mutex> lk(undecided_mu_);
+                ++undecided_;
+            }
+            auto once = std::make_shared<std::atomic<bool>>(false);
+            auto done = [this, packet_id, qos, connection, once](const std::optional<std::string>& why) {
+                if (once->exchange(true)) return;
+                if (why) {
+                    refuse(packet_id, qos, *why);  // the acknowledgement stays in the gate
+                } else {
+                    stored(packet_id, qos);
+                    gate_->release(connection, packet_id);
+                }
+                std::lock_guard<std::mutex> lk(undecided_mu_);
+                if (--undecided_ == 0) decided_.notify_all();
             };
-            host_.arrived_later(std::move(rec), sub_ids, std::move(done));
+            try {
+                host_.arrived_later(std::move(rec), sub_ids, done);
+            } catch (const std::exception& e) {
+                done(std::string("the message could not be taken in: ") + e.what());
+            } catch (...) {
+                done(std::string("the message could not be taken in"));
+            }
             return;
         }
         refused = host_.arrived(std::move(rec), sub_ids, [this, packet_id, qos] { stored(packet_id, qos); });
@@ -69,6 +88,11 @@ void arrivals::take(const mqtt::message& msg) {
         refused = "the message could not be taken in";
     }
     if (refused) refuse(packet_id, qos, *refused);
+}
+
+bool arrivals::wait_decided(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lk(undecided_mu_);
+    return decided_.wait_for(lk, timeout, [&] { return undecided_ == 0; });
 }
 
 void arrivals::stored(int packet_id, int qos) {

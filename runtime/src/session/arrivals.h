@@ -11,12 +11,18 @@
 //    the host has stored it, and the host commits it later (session_host::arrived_later): Paho goes on
 //    meanwhile, and the host may hand the message on before the commit is durable. A message the host could not store is refused as above, and its acknowledgement never
 //    leaves the gate.
+//  - A message held in the gate is decided (stored or refused) before the next connection starts
+//    (wait_decided): its flow's record, which recognises the broker's resend, belongs to the connection
+//    it came on.
 //  - Nothing escapes into Paho, which does not catch.
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <string>
 
 #include "session/session_host.h"
@@ -44,6 +50,9 @@ public:
     void take(const mqtt::message& msg);
     /// @return the messages the host has stored so far.
     std::uint64_t delivered() const { return delivered_; }
+    /// Waits until every message whose acknowledgement waits in the gate is stored or refused.
+    /// @return false if some were still undecided after `timeout`.
+    bool wait_decided(std::chrono::milliseconds timeout);
 
 private:
     void stored(int packet_id, int qos);
@@ -56,6 +65,9 @@ private:
     std::function<void()> stored_;
     std::function<void(const std::string&)> refused_;
     std::atomic<std::uint64_t> delivered_{0};
+    std::mutex undecided_mu_;
+    std::condition_variable decided_;
+    std::size_t undecided_ = 0;  // held in the gate, their commit not yet done
 };
 
 }  // namespace xymqtt::detail

@@ -211,6 +211,16 @@ void session::connection_loop() {
 }
 
 bool session::connect_once() {
+    // A message of the last connection whose commit is still running: its flow's record must be in place
+    // before the next connection brings the broker's resend of it, or that resend passes for a new message.
+    const auto since = std::chrono::steady_clock::now();
+    for (bool told = false; !arrivals_.wait_decided(std::chrono::milliseconds(100));) {
+        if (stopping_) return false;
+        if (!told && std::chrono::steady_clock::now() - since > std::chrono::seconds(5)) {
+            log(log_level::warning, "reconnecting waits for the commit of messages that arrived before the loss");
+            told = true;
+        }
+    }
     connector::connack granted;
     try {
         fresh_paho();
