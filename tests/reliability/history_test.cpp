@@ -551,11 +551,16 @@ run_result run_scenario(const scenario& s) {
                 restarted = &caller;
                 bound = sub_window + 1;
                 break;
-            case fault_kind::broker_restart:
-                b.stop();  // graceful: Mosquitto saves its database
+            case fault_kind::broker_restart: {
+                const auto snapshot = saves.last_snapshot();
+                const bool graceful = b.stop();  // Mosquitto saves its database
+                std::printf("broker restart: stopped in %.3f s%s\n", double(mono_us() - start) / 1e6,
+                            graceful ? "" : ", killed: it had not exited 10 s after SIGTERM");
+                if (!graceful) forget = std::max<std::int64_t>(2000000, snapshot ? start - snapshot + 200000 : 0);
                 b.start();
                 bound = per_reconnect;
                 break;
+            }
             case fault_kind::broker_kill: {
                 // Only what its last completed save took survives. Since that save began, or 2 s (the
                 // autosave interval of 1 s plus a save) when no save was seen; plus the time the watch

@@ -141,14 +141,17 @@ void broker::start() {
   }
 }
 
-void broker::stop() {
-  if (!process_) return;
+bool broker::stop() {
+  if (!process_) return true;
   process_->kill(SIGTERM);
+  bool graceful = true;
   if (!process_->wait(std::chrono::seconds(10))) {
+    graceful = false;
     process_->kill(SIGKILL);
     process_->wait();
   }
   process_.reset();
+  return graceful;
 }
 
 void broker::kill() {

@@ -43,8 +43,10 @@ class broker {
   // Starts again on the SAME port with the same persistence directory (a
   // restart). No-op if running.
   void start();
-  // SIGTERM and wait: Mosquitto saves its database before it exits.
-  void stop();
+  // SIGTERM and wait: Mosquitto saves its database before it exits. Killed
+  // (SIGKILL) if it has not exited within 10 s: returns false then, and only
+  // what autosave wrote survives.
+  bool stop();
   // SIGKILL and wait: a crash; only what autosave wrote survives.
   void kill();
   bool running();
