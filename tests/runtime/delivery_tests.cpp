@@ -136,6 +136,7 @@ TEST_CASE("an arrival that cannot be taken in is not acknowledged: it comes agai
     temp_dir dir("refused");
     const auto version = GENERATE(5, 4);
     const auto dur = GENERATE(durability::process, durability::fsync);
+    INFO("MQTT version " << version << ", durability " << (dur == durability::fsync ? "fsync" : "process"));
     store_options sto;
     sto.durability = dur;
     std::shared_ptr<store> inner(open_lmdb_store(dir / ("sub" + std::to_string(version)), sto));
@@ -177,10 +178,13 @@ TEST_CASE("an arrival that cannot be taken in is not acknowledged: it comes agai
     pub->publish(topic, "before").get();
     pub->publish(topic, "boom").get();
     pub->publish(topic, "after").get();
-    REQUIRE(eventually([&] {
+    const bool all = eventually([&] {
         std::lock_guard<std::mutex> lk(mu);
         return got.size() == 3;
-    }, 30s));
+    }, 30s);
+    INFO("failed commits " << s->failures.load() << ", connection losses " << losses.load() << ", handled "
+                           << got.size() << " of 3, inbox " << sub.stats().inbox);
+    REQUIRE(all);
     REQUIRE(sub.wait_inbox_empty(10s));
     CHECK(s->failures.load() >= 6);
     CHECK(losses.load() >= 1);  // cut, so that no acknowledgement left
