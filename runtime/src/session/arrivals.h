@@ -9,8 +9,8 @@
 //    leaves; its QoS 2 record is left for the broker's resend (paho_persistence::refuse_inbound).
 //  - With an acknowledgement gate (ack_gate.h), a QoS 1 or 2 message's acknowledgement is held there until
 //    the host has stored it, and the host commits it later (session_host::arrived_later): Paho goes on
-//    meanwhile, and the host may hand the message on before the commit is durable. A message the host could not store is refused as above, and its acknowledgement never
-//    leaves the gate.
+//    meanwhile, and the host may hand the message on before the commit is durable. A message the host
+//    could not store is refused as above, and its acknowledgement never leaves the gate.
 //  - A message held in the gate is decided (stored or refused) before the next connection starts
 //    (wait_decided): its flow's record, which recognises the broker's resend, belongs to the connection
 //    it came on.
