@@ -26,6 +26,33 @@ void await_subscribed(client& pub, const std::string& topic, recorder& probes) {
     }, 20s));
 }
 
+// A connecting subscriber on `test/<client id>/x` that counts how often each payload was handled; "probe"
+// goes to `probes` (await_subscribed).
+struct counting_subscriber {
+    explicit counting_subscriber(const client_options& so) : topic("test/" + so.client_id + "/x"), sub(so) {
+        sub.subscribe(topic, [this](const message& m) {
+            if (m.payload == "probe") return probes.add(m.payload);
+            std::lock_guard<std::mutex> lk(mu);
+            ++got[m.payload];
+        });
+        sub.connect();
+    }
+    std::size_t distinct() {
+        std::lock_guard<std::mutex> lk(mu);
+        return got.size();
+    }
+    int handled(const std::string& payload) {
+        std::lock_guard<std::mutex> lk(mu);
+        return got[payload];
+    }
+
+    const std::string topic;
+    recorder probes;
+    std::mutex mu;
+    std::map<std::string, int> got;
+    client sub;  // last: destroyed first, while what its handler uses is still there
+};
+
 }  // namespace
 
 TEST_CASE("overlapping subscriptions: each handler runs once per message", "[events][overlap]") {
@@ -159,39 +186,25 @@ TEST_CASE("an arrival that cannot be taken in is not acknowledged: it comes agai
     so.reconnect_min = 20ms;
     std::atomic<int> losses{0};
     so.hooks.on_connection_lost = [&](const std::string&) { ++losses; };
-    const std::string topic = "test/" + so.client_id + "/x";
-    std::mutex mu;
-    std::map<std::string, int> got;
-    recorder probes;
-    client sub(so);
-    sub.subscribe(topic, [&](const message& m) {
-        if (m.payload == "probe") return probes.add(m.payload);
-        std::lock_guard<std::mutex> lk(mu);
-        ++got[m.payload];
-    });
-    sub.connect();
-    REQUIRE(sub.wait_connected(10s));
+    counting_subscriber c(so);
+    REQUIRE(c.sub.wait_connected(10s));
     auto po = options_for(dir, "pub");
     po.mqtt_version = version;
     auto pub = connected(po);
-    await_subscribed(*pub, topic, probes);
-    pub->publish(topic, "before").get();
-    pub->publish(topic, "boom").get();
-    pub->publish(topic, "after").get();
-    const bool all = eventually([&] {
-        std::lock_guard<std::mutex> lk(mu);
-        return got.size() == 3;
-    }, 30s);
+    await_subscribed(*pub, c.topic, c.probes);
+    pub->publish(c.topic, "before").get();
+    pub->publish(c.topic, "boom").get();
+    pub->publish(c.topic, "after").get();
+    const bool all = eventually([&] { return c.distinct() == 3; }, 30s);
     INFO("failed commits " << s->failures.load() << ", connection losses " << losses.load() << ", handled "
-                           << got.size() << " of 3, inbox " << sub.stats().inbox);
+                           << c.distinct() << " of 3, inbox " << c.sub.stats().inbox);
     REQUIRE(all);
-    REQUIRE(sub.wait_inbox_empty(10s));
+    REQUIRE(c.sub.wait_inbox_empty(10s));
     CHECK(s->failures.load() >= 6);
     CHECK(losses.load() >= 1);  // cut, so that no acknowledgement left
-    std::lock_guard<std::mutex> lk(mu);
-    CHECK(got["before"] == 1);
-    CHECK(got["boom"] == 1);
-    CHECK(got["after"] == 1);
+    CHECK(c.handled("before") == 1);
+    CHECK(c.handled("boom") == 1);
+    CHECK(c.handled("after") == 1);
 }
 
 TEST_CASE("a message whose commit outlasts its connection is handled once after the reconnect", "[events][storage]") {
@@ -239,36 +252,22 @@ TEST_CASE("a message whose commit outlasts its connection is handled once after 
     so.hooks.on_packet_receive = [&](const std::string&, const std::string& payload) {
         if (payload == "after") after_received = true;
     };
-    const std::string topic = "test/" + so.client_id + "/x";
-    std::mutex mu;
-    std::map<std::string, int> got;
-    recorder probes;
-    client sub(so);
-    sub.subscribe(topic, [&](const message& m) {
-        if (m.payload == "probe") return probes.add(m.payload);
-        std::lock_guard<std::mutex> lk(mu);
-        ++got[m.payload];
-    });
-    sub.connect();
-    REQUIRE(sub.wait_connected(10s));
+    counting_subscriber c(so);
+    REQUIRE(c.sub.wait_connected(10s));
     auto pub = connected(options_for(dir, "pub"));
-    await_subscribed(*pub, topic, probes);
-    pub->publish(topic, "boom").get();
-    pub->publish(topic, "after").get();
-    REQUIRE(eventually([&] {
-        std::lock_guard<std::mutex> lk(mu);
-        return got.size() == 2;
-    }, 30s));
+    await_subscribed(*pub, c.topic, c.probes);
+    pub->publish(c.topic, "boom").get();
+    pub->publish(c.topic, "after").get();
+    REQUIRE(eventually([&] { return c.distinct() == 2; }, 30s));
     // A second copy would come before a message published later, on the same connection.
-    const auto probed = probes.size();
-    pub->publish(topic, "probe").get();
-    REQUIRE(probes.wait_size(probed + 1, 10s));
-    REQUIRE(sub.wait_inbox_empty(10s));
+    const auto probed = c.probes.size();
+    pub->publish(c.topic, "probe").get();
+    REQUIRE(c.probes.wait_size(probed + 1, 10s));
+    REQUIRE(c.sub.wait_inbox_empty(10s));
     CHECK(failures.load() >= 1);
     CHECK(connections.load() >= 2);
-    std::lock_guard<std::mutex> lk(mu);
-    CHECK(got["boom"] == 1);
-    CHECK(got["after"] == 1);
+    CHECK(c.handled("boom") == 1);
+    CHECK(c.handled("after") == 1);
 }
 
 namespace {
