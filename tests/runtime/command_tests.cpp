@@ -576,3 +576,75 @@ TEST_CASE("a result that a subscription of the caller matches too goes through t
     }
     CHECK(both);
 }
+
+TEST_CASE("with fsync an awaited result answers its call before its commit, and a failed commit loses nothing",
+          "[commands][results][storage]") {
+    // The result completes its call while the removal of the call record syncs (grouped arrivals) or before
+    // that commit in Paho's callback (not grouped: over TLS, under MQTT 3.1.1, or group_arrivals = false).
+    // A removal that fails refuses the result: the broker sends it again, the call has been answered
+    // once, and the record goes with the resend, through the caller's result handler.
+    const auto cfg = GENERATE(std::make_pair(5, true), std::make_pair(5, false), std::make_pair(4, false));
+    INFO("MQTT version " << cfg.first << (cfg.second ? ", arrivals grouped" : ", arrivals not grouped"));
+    pair_of_clients p;
+    auto co = options_for(p.dir, "early" + std::to_string(cfg.first) + (cfg.second ? "g" : "u"));
+    co.mqtt_version = cfg.first;
+    co.group_arrivals = cfg.second;
+    co.reconnect_min = 20ms;
+    store_options sto;
+    sto.durability = durability::fsync;
+    std::shared_ptr<store> inner(open_lmdb_store(p.dir / (co.client_id + "-store"), sto));
+    struct failing_removals : forwarding_store {
+        std::atomic<bool> armed{false}, holding{false}, answered{false}, answered_first{false};
+        std::atomic<int> failures{0};
+        using forwarding_store::forwarding_store;
+        void commit(const std::vector<write_op>& b) override {
+            const bool removes_call = std::any_of(b.begin(), b.end(), [](const write_op& op) {
+                return op.tbl == table::calls && !op.value;
+            });
+            if (armed && removes_call && failures.fetch_add(1) < 8) throw storage_error("disk said no");
+            if (holding && removes_call) {
+                // Held until the call is answered (or 2 s): it is answered first only if it does not wait.
+                answered_first = eventually([&] { return answered.load(); }, 2s);
+                holding = false;
+            }
+            forwarding_store::commit(b);
+        }
+    };
+    auto s = std::make_shared<failing_removals>(inner);
+    co.store = s;
+    std::atomic<int> losses{0};
+    co.hooks.on_connection_lost = [&](const std::string&) { ++losses; };
+    call_options json_call;
+    json_call.format = wire_format::json;  // MQTT 3.1.1 has no properties for the binary format's id
+    recorder again;
+    client caller(co);
+    caller.subscribe_results(p.command, [&](const command_result& r) { again.add(r.message_id); });
+    caller.connect();
+    REQUIRE(caller.wait_connected(10s));
+    for (int i = 0; i < 50; ++i) {
+        try {
+            caller.call_async(p.command, R"({"n":"warm"})", json_call, 500ms).result.get();
+            break;
+        } catch (const timeout_error&) {
+        }
+    }
+    REQUIRE(eventually([&] { return inner->count(table::calls) == 0; }, 10s));
+    s->armed = true;
+    auto call = caller.call_async(p.command, R"({"n":"one"})", json_call, 20s);
+    CHECK(json::parse(call.result.get().body).value("echo", "") == "one");
+    // Refused, sent again, and stored with the resend: the record goes.
+    REQUIRE(eventually([&] { return inner->count(table::calls) == 0; }, 20s));
+    CHECK(s->failures.load() >= 8);
+    CHECK(losses.load() >= 1);
+    REQUIRE(caller.wait_inbox_empty(10s));
+    // The resend reached the result handler at most once.
+    CHECK(again.size() <= 1);
+    // The next call is answered while the removal of its record is held.
+    s->armed = false;
+    s->holding = true;
+    auto two = caller.call_async(p.command, R"({"n":"two"})", json_call, 20s);
+    CHECK(json::parse(two.result.get().body).value("echo", "") == "two");
+    s->answered = true;
+    REQUIRE(eventually([&] { return inner->count(table::calls) == 0; }, 10s));
+    CHECK(s->answered_first.load());
+}

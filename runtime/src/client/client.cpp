@@ -198,9 +198,14 @@ std::optional<std::string> client::impl::on_arrived(stored_message rec, const st
                                                     const std::function<void()>& stored) {
     // On Paho's receive thread, before the acknowledgement leaves: the commit here is what makes it safe.
     arrival a = take_arrival(std::move(rec), sub_ids);
+    // With fsync, an awaited result completes its call before its commit (the call record's removal)
+    // syncs, as with grouped arrivals: until the acknowledgement leaves, a crash or a failed commit only
+    // has the broker send it again, and a call completes once. That keeps the sync off the round trip.
+    const bool early = a.result && store_->durability() == durability::fsync;
+    if (early) hand_on(a);
     if (!commit_arrival(a.ops)) return std::string("the message could not be stored");
     stored();
-    hand_on(a);
+    if (!early) hand_on(a);
     return std::nullopt;
 }
 
