@@ -78,7 +78,8 @@ client::impl::impl(client_options opts) : opts_(std::move(opts)) {
     inbox_->recover(*store_);
 
     if (opts_.receive_maximum == 0) {
-        const bool one_by_one = store_->durability() == durability::fsync && !detail::session::groups_arrivals(opts_, *store_);
+        const bool one_by_one =
+            store_->durability() == durability::fsync && !detail::session::groups_arrivals(opts_, *store_);
         opts_.receive_maximum = one_by_one ? 1 : 8;
     }
 
@@ -198,10 +199,7 @@ std::optional<std::string> client::impl::on_arrived(stored_message rec, const st
                                                     const std::function<void()>& stored) {
     // On Paho's receive thread, before the acknowledgement leaves: the commit here is what makes it safe.
     arrival a = take_arrival(std::move(rec), sub_ids);
-    // With fsync, an awaited result completes its call before its commit (the call record's removal)
-    // syncs, as with grouped arrivals: until the acknowledgement leaves, a crash or a failed commit only
-    // has the broker send it again, and a call completes once. That keeps the sync off the round trip.
-    const bool early = a.result && store_->durability() == durability::fsync;
+    const bool early = answers_early(a);
     if (early) hand_on(a);
     if (!commit_arrival(a.ops)) return std::string("the message could not be stored");
     stored();
@@ -214,11 +212,8 @@ void client::impl::on_arrived_later(stored_message rec, const std::vector<std::u
     // The acknowledgement waits in the session's gate until the commit is durable; the commit joins the
     // others queued meanwhile.
     auto a = std::make_shared<arrival>(take_arrival(std::move(rec), sub_ids));
-    // An awaited result completes its call at once, while its commit (the call record's removal) syncs:
-    // until the acknowledgement leaves, a crash or a failed commit only has the broker send it again, and
-    // a call completes once. A delivery for a lane waits for the sync, so that its handler runs once
-    // however often the commit fails.
-    const bool early = a->result.has_value();
+    // A delivery for a lane waits for the sync, so that its handler runs once however often the commit fails.
+    const bool early = answers_early(*a);
     auto ops = std::move(a->ops);  // the records, payloads included: the commit needs them, nothing after it
     committer_->submit(std::move(ops), [this, a, early, done = std::move(done)](std::exception_ptr e) {
         if (!e) {
@@ -238,6 +233,13 @@ void client::impl::on_arrived_later(stored_message rec, const std::vector<std::u
         done(why);
     });
     if (early) hand_on(*a);
+}
+
+bool client::impl::answers_early(const arrival& a) const {
+    // With fsync, an awaited result completes its call before its commit (the call record's removal) has
+    // synced: until the acknowledgement leaves, a crash or a failed commit only has the broker send it
+    // again, and a call completes once. That keeps the sync off the call's round trip.
+    return a.result && store_->durability() == durability::fsync;
 }
 
 client::impl::arrival client::impl::take_arrival(stored_message rec, const std::vector<std::uint32_t>& sub_ids) {

@@ -173,6 +173,8 @@ private:
         std::vector<write_op> ops;
     };
     arrival take_arrival(stored_message rec, const std::vector<std::uint32_t>& sub_ids);
+    /// @return whether `a` (an awaited result, with fsync) is handed on before its commit, not after.
+    bool answers_early(const arrival& a) const;
     /// After an arrival is stored: the inbox takes it, or its call is answered.
     void hand_on(arrival& a);
     /// Commits an arrival inside Paho's callback: a few quick tries, since Paho holds its process-wide
