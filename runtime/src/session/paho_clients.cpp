@@ -2,7 +2,47 @@
 
 #include <mqtt/async_client.h>
 
+#include <algorithm>
+#include <thread>
+
 namespace xymqtt::detail {
+
+tainted_clients& tainted_clients::process() {
+    static auto* registry = new tainted_clients;  // never destroyed: kept clients outlive static destruction
+    return *registry;
+}
+
+void tainted_clients::add(mqtt::iasync_client* c) {
+    std::lock_guard<std::mutex> lk(mu_);
+    live_.push_back(c);
+}
+
+void tainted_clients::forget(const void* c) {
+    std::lock_guard<std::mutex> lk(mu_);
+    live_.erase(std::remove(live_.begin(), live_.end(), c), live_.end());
+}
+
+std::size_t tainted_clients::await_disconnected(std::chrono::steady_clock::time_point deadline) {
+    for (;;) {
+        std::vector<mqtt::iasync_client*> check;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            check = live_;
+        }
+        std::vector<const void*> gone;
+        std::size_t connected = 0;
+        for (auto* c : check) {
+            // Paho's own mutex is taken here, so no lock of ours is held.
+            if (c->is_connected()) ++connected;
+            else gone.push_back(c);
+        }
+        for (auto* c : gone) forget(c);
+        if (connected == 0 || std::chrono::steady_clock::now() >= deadline) return connected;
+        // Paho processes the queued disconnect on its next command cycle and reports it nowhere the
+        // session hears of (the client's callbacks are a retired connection's): look again shortly.
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
 
 std::shared_ptr<mqtt::async_client> paho_clients::current() const {
     std::lock_guard<std::mutex> lk(mu_);
@@ -21,9 +61,12 @@ void paho_clients::install(std::shared_ptr<mqtt::async_client> cli) {
     cli_ = std::move(cli);
 }
 
-void paho_clients::taint(const void* via) {
-    std::lock_guard<std::mutex> lk(taint_mu_);
-    tainted_.insert(via);
+void paho_clients::taint(mqtt::iasync_client* via) {
+    {
+        std::lock_guard<std::mutex> lk(taint_mu_);
+        tainted_.insert(via);
+    }
+    tainted_clients::process().add(via);
 }
 
 void paho_clients::release() {
@@ -59,6 +102,10 @@ void paho_clients::keep_tainted() {
     };
     keep(cli_);
     for (auto& c : retired_) keep(c);
+    // What is destroyed now must not be asked later, should a late taint have listed it.
+    if (cli_) tainted_clients::process().forget(cli_.get());
+    for (auto& c : retired_)
+        if (c) tainted_clients::process().forget(c.get());
     if (!tainted.empty() && log_) log_(tainted.size());
 }
 

@@ -235,9 +235,18 @@ bool session::connect_once() {
         } gate;
         if (persistence_->has_outbound()) {
             gate.m = &gate_member_;
+            const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
             if (const auto left = connect_gate::process().close(gate.m, std::chrono::seconds(5)))
                 log(log_level::warning, std::to_string(left) + " other client(s) of this process still have publishes "
                                         "in flight: Paho will re-send them when this client connects");
+            // A client whose publish failed holds it freed until Paho has disconnected it (paho_clients.h).
+            auto& tainted = tainted_clients::process();
+            if (tainted.await_disconnected(std::chrono::steady_clock::now()) > 0) {
+                log(log_level::info, "waiting until Paho has disconnected its client(s) with a failed publish");
+                if (const auto left = tainted.await_disconnected(deadline))
+                    log(log_level::warning, std::to_string(left) + " Paho client(s) of this process with a failed publish "
+                                            "are still connected: Paho may re-send that publish from freed memory");
+            }
         }
         const auto filters = host_.filters();
         const bool shared = std::any_of(filters.begin(), filters.end(), [](const std::string& f) { return f.rfind("$share/", 0) == 0; });
