@@ -222,17 +222,19 @@ bool session::connect_once() {
         }
     }
     connector::connack granted;
+    // With flows to resume, Paho re-sends every connected client's in-flight packets at the CONNACK: the
+    // other clients of the process drain first (connect_gate.h). On success on_connected() opens the gate,
+    // once it has shown the outbox its connection: before that the flows Paho resumes for this client are
+    // in flight, but the outbox, not connected yet, would call itself drained to the next client.
+    struct gate_guard {
+        gate_member* m = nullptr;
+        ~gate_guard() {
+            if (m) connect_gate::process().open(m);
+        }
+    } gate;
     try {
         fresh_paho();
         host_.connecting();
-        // With flows to resume, Paho re-sends every connected client's in-flight packets at the CONNACK:
-        // the other clients of the process drain first (connect_gate.h).
-        struct gate_guard {
-            gate_member* m = nullptr;
-            ~gate_guard() {
-                if (m) connect_gate::process().open(m);
-            }
-        } gate;
         if (persistence_->has_outbound()) {
             gate.m = &gate_member_;
             const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
@@ -351,6 +353,7 @@ void session::on_connected(bool session_present, std::size_t window, std::uint32
         for (const auto& f : host_.filters())  // added while the ones above were being sent
             if (std::find(filters.begin(), filters.end(), f) == filters.end()) late.push_back(f);
     }
+    connect_gate::process().open(&gate_member_);  // if held (connect_once): the outbox now counts its flows
     for (const auto& f : late) subscribe_now(f);
     fire(opts_.hooks.on_connect, session_present);
     if (reconnect) fire(opts_.hooks.on_reconnect);
