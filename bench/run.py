@@ -276,21 +276,21 @@ def scenario_disk(plan, res):
     res["disk"] = runs
 
 
-def start_server(broker, command, durability, group="", delay_ms=0, concurrency=1):
+def start_server(broker, command, durability, group="", delay_ms=0, concurrency=1, extra=()):
     sid = uid("srv")
     args = [BIN, "serve", "--broker", broker.uri, "--id", sid, "--dir", store_dir(sid), "--command", command,
-            "--durability", durability, "--delay-ms", str(delay_ms), "--concurrency", str(concurrency)]
+            "--durability", durability, "--delay-ms", str(delay_ms), "--concurrency", str(concurrency)] + list(extra)
     if group:
         args += ["--group", group]
     p = Proc(args, sid)
     return p, sid
 
 
-def call_run(broker, command, durability, outstanding, count, warmup=50, results="shared"):
+def call_run(broker, command, durability, outstanding, count, warmup=50, results="shared", extra=()):
     cid = uid("call")
     p = Proc([BIN, "call", "--broker", broker.uri, "--id", cid, "--dir", store_dir(cid), "--command", command,
               "--durability", durability, "--outstanding", str(outstanding), "--count", str(count),
-              "--warmup", str(warmup), "--results", results], cid)
+              "--warmup", str(warmup), "--results", results] + list(extra), cid)
     r = p.result(1800)
     shutil.rmtree(store_dir(cid), ignore_errors=True)
     return r
@@ -299,14 +299,18 @@ def call_run(broker, command, durability, outstanding, count, warmup=50, results
 def scenario_rtt(broker, plan, res):
     runs = []
     for rep in range(plan["repeat"]):
-        for durability in ("fsync", "process"):
+        # "fsync-ungrouped": caller and server with group_arrivals = false (one at a time only).
+        for variant in ("fsync", "fsync-ungrouped", "process"):
+            durability = variant.split("-")[0]
+            extra = ["--group-arrivals", "0"] if variant.endswith("ungrouped") else []
             command = "bench/" + uid("cmd")
-            srv, sid = start_server(broker, command, durability)
+            srv, sid = start_server(broker, command, durability, extra=extra)
             srv.wait_line("ready", 60)
-            for outstanding, count in ((1, plan["rtt"]), (16, plan["rtt_many"]), (256, plan["rtt_many"])):
-                log("commands %s, %d outstanding x %d (run %d)" % (durability, outstanding, count, rep + 1))
-                r = call_run(broker, command, durability, outstanding, count)
-                r.update(durability=durability)
+            loads = ((1, plan["rtt"]),) if extra else ((1, plan["rtt"]), (16, plan["rtt_many"]), (256, plan["rtt_many"]))
+            for outstanding, count in loads:
+                log("commands %s, %d outstanding x %d (run %d)" % (variant, outstanding, count, rep + 1))
+                r = call_run(broker, command, durability, outstanding, count, extra=extra)
+                r.update(durability=variant)
                 log("   %.0f calls/s, p50 %.2f ms, p99 %.2f ms" % (r["calls_per_s"], r["p50_ms"], r["p99_ms"]))
                 runs.append(r)
             srv.stop()
@@ -644,6 +648,9 @@ def targets(s):
         if r["durability"] == "fsync":
             add("RTT fsync p50 <= 1 ms", "%.2f ms" % r["p50_ms"], "<= 1 ms", r["p50_ms"] <= 1, "sequential call_async, binary")
             add("RTT fsync p99 <= 3 ms", "%.2f ms" % r["p99_ms"], "<= 3 ms", r["p99_ms"] <= 3, "sequential call_async, binary")
+        if r["durability"] == "fsync-ungrouped":
+            add("RTT fsync p50, arrivals not grouped (group_arrivals = false on both sides)", "%.2f ms" % r["p50_ms"], "-",
+                None, "sequential call_async, binary")
         if r["durability"] == "process":
             add("RTT process p50 <= 1 ms", "%.2f ms" % r["p50_ms"], "<= 1 ms", r["p50_ms"] <= 1, "sequential call_async, binary")
     for c in s.get("calls", []):
@@ -884,7 +891,8 @@ def render_md(res, s, charts, path, findings_path):
     L.append("| durability | outstanding | calls | calls/s | p50 | p99 |")
     L.append("|---|---|---|---|---|---|")
     for r in sorted(s["rtt"], key=lambda r: (r["durability"], r["outstanding"])):
-        name = {"paho": "raw Paho QoS 2 ping-pong (no TCP_NODELAY)"}.get(r["durability"], "xymqtt " + r["durability"])
+        name = {"paho": "raw Paho QoS 2 ping-pong (no TCP_NODELAY)",
+                "fsync-ungrouped": "xymqtt fsync, arrivals not grouped"}.get(r["durability"], "xymqtt " + r["durability"])
         L.append("| %s | %d | %s | %s | %.2f ms | %.2f ms |" % (name, r["outstanding"], fmt(r["count"]),
                                                               fmt(r["calls_per_s"]) if r["durability"] != "paho" else "%.1f" % (1000 / r["p50_ms"]),
                                                               r["p50_ms"], r["p99_ms"]))

@@ -94,10 +94,10 @@ struct system_under_test {
 // Finding F7 (docs/reliability.md), a Paho C 1.3 bug: with several clients in ONE process, a client that
 // reconnects with restored outbound flows makes Paho re-send the in-flight packets of every other connected
 // client on their live connections; Mosquitto drops those for a protocol error, and the reconnects feed a
-// storm that can delay results past the calls' timeout and has crashed Paho (heap corruption). Hidden from
-// CTest (a crash cannot be reported as [!mayfail]); scripts/reliability runs it. The supported form, one
-// client per process, is "broker restarted gracefully again and again..." in crash_matrix_test.cpp.
-TEST_CASE("graceful broker restart mid-stream, four clients in one process (Paho bug F7)", "[.][broker][paho-f7]") {
+// storm that delayed results past the calls' timeout and crashed Paho (heap corruption). The runtime's
+// connect gate (runtime/src/session/connect_gate.h) keeps the other clients drained through such a connect;
+// this test checks the storm's signature in the broker's log as well as the deliveries.
+TEST_CASE("graceful broker restart mid-stream, four clients in one process", "[broker][paho-f7]") {
     system_under_test s;
     std::vector<std::future<void>> fs;
     std::vector<pending_call> ps;
