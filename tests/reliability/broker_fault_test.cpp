@@ -16,9 +16,13 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// XYMQTT_REL_BROKER_DEBUG=<file>: the broker logs every packet, and a test that finds a protocol error keeps
+// the whole log in <file>.
+std::string broker_debug_config() { return std::getenv("XYMQTT_REL_BROKER_DEBUG") ? "log_type all" : ""; }
+
 struct system_under_test {
     temp_dir dir{"brokerfault"};
-    broker b{std::getenv("XYMQTT_REL_BROKER_DEBUG") ? "log_type all" : ""};
+    broker b{broker_debug_config()};
     // The publisher and the caller reach the broker through a proxy, so a test can keep them away
     // until the subscriber and the server are back (the broker has no subscriptions before that).
     tcp_proxy proxy{b.port()};
@@ -126,7 +130,7 @@ TEST_CASE("graceful broker restart mid-stream, four clients in one process", "[b
     // The storm's signature: a client re-sending in-flight packets on a live connection.
     const auto log = s.b.log();
     const auto at = log.find("disconnected due to protocol error");
-    // Connects, disconnects and re-sent packets (with XYMQTT_REL_BROKER_DEBUG=1 the broker logs every packet).
+    // Connects, disconnects and re-sent packets (every packet with XYMQTT_REL_BROKER_DEBUG).
     std::string story;
     if (at != std::string::npos) {
         std::istringstream lines(log);
@@ -229,7 +233,7 @@ TEST_CASE("overlapping subscriptions of a client not yet back after a broker res
     // allow_duplicate_messages is on (config/mosquitto/mosquitto.conf): one subscription's handler never
     // saw the message.
     temp_dir dir("overlap-restart");
-    broker b{std::getenv("XYMQTT_REL_BROKER_DEBUG") ? "log_type all" : ""};
+    broker b{broker_debug_config()};
     const std::string base = "rel/" + unique_id("ovr");
     std::mutex mu;
     std::map<std::string, int> wide, narrow;

@@ -9,7 +9,8 @@
 /// sets off the others again, and Paho has been seen to crash in these storms (docs/reliability.md, F7).
 /// So a client about to connect with flows to resume closes the gate: every other client stops handing
 /// Paho publishes, and the connect waits until none of them has one in flight (or until a timeout, for a
-/// client whose connection hangs). The gate opens once the CONNACK has been handled.
+/// client whose connection hangs). The gate opens once the connecting client's outbox counts the flows
+/// Paho resumed for it (after the CONNACK): until then that client would pass for drained.
 ///
 /// Guarantees: while a member holds the gate, closed_to() is true for every other member; members are
 /// asked whether they are drained with the gate's mutex held (lock order: gate, then member).

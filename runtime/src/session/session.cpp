@@ -237,8 +237,9 @@ bool session::connect_once() {
         host_.connecting();
         if (persistence_->has_outbound()) {
             gate.m = &gate_member_;
-            const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-            if (const auto left = connect_gate::process().close(gate.m, std::chrono::seconds(5)))
+            constexpr auto drain_limit = std::chrono::seconds(5);  // for both waits below together
+            const auto deadline = std::chrono::steady_clock::now() + drain_limit;
+            if (const auto left = connect_gate::process().close(gate.m, drain_limit))
                 log(log_level::warning, std::to_string(left) + " other client(s) of this process still have publishes "
                                         "in flight: Paho will re-send them when this client connects");
             // A client whose publish failed holds it freed until Paho has disconnected it (paho_clients.h).
