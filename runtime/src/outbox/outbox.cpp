@@ -135,6 +135,7 @@ void outbox::sender_loop() {
 
 outbox::outcome outbox::dispatch(std::unique_lock<std::mutex>& lk, outbox_host::via from) {
     const auto gen = gen_;
+    const auto freed = freed_;
     dispatching_ = true;
     // What the window allows, in one go: one lock hand-off per batch, not per message.
     std::vector<outbox_host::item> batch;
@@ -189,6 +190,9 @@ outbox::outcome outbox::dispatch(std::unique_lock<std::mutex>& lk, outbox_host::
             // A refusal by the client of a connection that has been replaced since says nothing about the
             // new one: blocking on it would stall the outbox until the next reconnect.
             if (gen != gen_) return outcome::held;
+            // A publish that completed or failed while the lock was let go made room, and its wake-up found
+            // this dispatch under way: waiting for the next one could wait for ever.
+            if (refused == outbox_host::refusal::buffer_full && freed != freed_) return outcome::held;
             (refused == outbox_host::refusal::buffer_full ? buffer_full_ : send_blocked_) = true;
             return outcome::held;
         case outbox_host::refusal::other:
@@ -210,6 +214,7 @@ void outbox::on_delivered(std::uint64_t seq, int reason_code, outbox_host::via f
         std::unique_lock<std::mutex> lk(mu_);
         if (!sendq_.finish(seq)) return;  // completed already
         buffer_full_ = false;
+        ++freed_;
         prom = pending_.take(seq);
         if (has_work() && !dispatching_) {
             if (from && host_.is_current(from)) {
@@ -255,6 +260,7 @@ void outbox::on_send_failed(std::uint64_t seq, int rc, int reason_code, outbox_h
         // Lost with the connection or the session: it is sent again, as the outbox promises.
         sendq_.again(seq, std::move(*msg));
         buffer_full_ = false;
+        ++freed_;
         send_cv_.notify_one();
     }
     log(log_level::debug, "publish " + sequence_id(seq) + " interrupted (rc " + std::to_string(rc) + "), will resend");

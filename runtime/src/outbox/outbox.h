@@ -173,6 +173,7 @@ private:
     bool connected_ = false;
     bool send_blocked_ = false;  // the session is not connected: wait for the next connection
     bool buffer_full_ = false;   // the session's queue is full: wait for a completion
+    std::uint64_t freed_ = 0;    // completions and failures so far: each may make room in the session's queue
     bool dispatching_ = false;   // a thread is in dispatch(), handing the session a batch
     std::uint64_t gen_ = 0;      // counts connections: a refusal seen by the sender is for one of them
     bool connecting_ = false;
