@@ -638,3 +638,34 @@ TEST_CASE("outbox: what the session does not take waits: for the next connection
     CHECK(ob.published() == 5);
     CHECK(r.s->count(table::outgoing) == 0);
 }
+
+TEST_CASE("outbox: a publish the broker refuses makes room in the session's queue, as a completion does",
+          "[outbox]") {
+    outbox_rig r;
+    auto& ob = r.start();
+    r.up(4);
+
+    // The session's queue is full after 1: 2 waits. The broker refuses 1 for good (a dead letter): the
+    // slot it held is free, and 2 goes without waiting for another completion or a reconnect.
+    r.host.script({refusal::none, refusal::buffer_full});
+    ob.commit({}, {pub(1), pub(2)});
+    REQUIRE(r.host.await([&] { return r.host.refusal_count() == 1; }));
+    REQUIRE(r.handed(1));
+    r.host.deliver(ob, 1, 0x87);
+    REQUIRE(r.handed(2));
+    CHECK(r.host.refused_items().size() == 1);
+    CHECK(r.dead_letter(1).has_value());
+
+    // Full again after 2; 2 is refused for now (quota exceeded): its slot is free too, and 3 goes.
+    r.host.script({refusal::buffer_full});
+    ob.commit({}, {pub(3)});
+    REQUIRE(r.host.await([&] { return r.host.refusal_count() == 2; }));
+    r.host.deliver(ob, 2, 0x97);
+    REQUIRE(r.handed(3));
+    r.host.deliver(ob, 3);
+    CHECK(r.host.run_timers() == 1);  // 2, sent again after its pause
+    REQUIRE(r.handed(4));
+    CHECK(r.host.handed_seqs() == std::vector<std::uint64_t>{1, 2, 3, 2});
+    r.host.deliver(ob, 2);
+    REQUIRE(ob.wait_empty(patience));
+}

@@ -213,8 +213,7 @@ void outbox::on_delivered(std::uint64_t seq, int reason_code, outbox_host::via f
     {
         std::unique_lock<std::mutex> lk(mu_);
         if (!sendq_.finish(seq)) return;  // completed already
-        buffer_full_ = false;
-        ++freed_;
+        made_room();
         prom = pending_.take(seq);
         if (has_work() && !dispatching_) {
             if (from && host_.is_current(from)) {
@@ -259,8 +258,7 @@ void outbox::on_send_failed(std::uint64_t seq, int rc, int reason_code, outbox_h
         if (!msg) return;
         // Lost with the connection or the session: it is sent again, as the outbox promises.
         sendq_.again(seq, std::move(*msg));
-        buffer_full_ = false;
-        ++freed_;
+        made_room();
         send_cv_.notify_one();
     }
     log(log_level::debug, "publish " + sequence_id(seq) + " interrupted (rc " + std::to_string(rc) + "), will resend");
@@ -276,6 +274,7 @@ void outbox::refuse(std::uint64_t seq, int reason_code, const std::string& reaso
         auto m = sendq_.take_back(seq);
         if (m) prom = pending_.take(seq);
         sendq_.forget_refusals(seq);
+        if (m) made_room();
         send_cv_.notify_one();
         if (!m) return;  // completed or refused already
         msg = std::move(*m);
@@ -333,6 +332,7 @@ void outbox::refuse_for_now(std::uint64_t seq, int reason_code) {
         auto m = sendq_.take_back(seq);
         if (!m) return;
         msg = std::move(*m);
+        made_room();
         const auto n = std::min<std::uint32_t>(sendq_.count_refusal(seq), 16);
         delay = std::min(opts_.reconnect_min * (1 << n), opts_.reconnect_max);
         send_cv_.notify_one();

@@ -158,6 +158,12 @@ private:
     void refuse(std::uint64_t seq, int reason_code, const std::string& why = {});
     /// The broker refused `seq` for now: sent again after a backoff.
     void refuse_for_now(std::uint64_t seq, int reason_code);
+    /// A flow left the session's queue (completed, failed or refused): a publish refused as full may go.
+    /// mu_ held.
+    void made_room() {
+        buffer_full_ = false;
+        ++freed_;
+    }
     std::shared_ptr<stored_message> read(std::uint64_t seq) const;
     void log(log_level level, const std::string& text) const;
 
@@ -173,7 +179,7 @@ private:
     bool connected_ = false;
     bool send_blocked_ = false;  // the session is not connected: wait for the next connection
     bool buffer_full_ = false;   // the session's queue is full: wait for a completion
-    std::uint64_t freed_ = 0;    // completions and failures so far: each may make room in the session's queue
+    std::uint64_t freed_ = 0;    // flows that left the session's queue so far (made_room)
     bool dispatching_ = false;   // a thread is in dispatch(), handing the session a batch
     std::uint64_t gen_ = 0;      // counts connections: a refusal seen by the sender is for one of them
     bool connecting_ = false;
