@@ -67,12 +67,14 @@ public:
         std::int64_t forget_window = 0;   ///< > 0: a hard broker kill that forgets this much before start
         std::uint64_t duplicates = 0;     ///< filled in by check()
         std::uint64_t window_bound = 0;   ///< filled in by check(): messages handled in the forget window
+        std::string note;                 ///< what the test observed of it (shown when it is over its bound)
     };
 
     struct duplicate {
         std::string subscription, stream;
         std::uint64_t n = 0;
         std::int64_t time = 0;
+        std::int64_t first = never;  ///< when the message was first handled
         int fault = -1;  ///< index in faults, -1: none before it
         bool unexpected = false;
     };
@@ -129,14 +131,19 @@ public:
             h.first[n] = t;
             ++h.distinct;
         } else {
-            s.dups.push_back({subscription, stream, n, t, -1, false});
+            s.dups.push_back({subscription, stream, n, t, h.first[n], -1, false});
         }
     }
     /// @return the fault's index (its bound can be set later, e.g. from a restarted publisher's outbox).
     std::size_t fault(const std::string& kind, std::int64_t start, std::int64_t end, std::uint64_t bound,
                       std::int64_t forget_window = 0) {
-        faults_.push_back({kind, start, end, bound, forget_window, 0, 0});
+        faults_.push_back({kind, start, end, bound, forget_window, 0, 0, {}});
         return faults_.size() - 1;
+    }
+    /// Adds what the test observed of fault `fault` (e.g. whether the broker's exit save was seen).
+    void note(std::size_t fault, const std::string& text) {
+        auto& n = faults_.at(fault).note;
+        n += (n.empty() ? "" : "; ") + text;
     }
     void add_bound(std::size_t fault, std::uint64_t extra) { faults_.at(fault).bound += extra; }
     std::size_t fault_count() const { return faults_.size(); }
@@ -419,6 +426,31 @@ inline std::string history::report::text() const {
             if (d.fault == int(i) && listed++ < 12)
                 o << " " << d.subscription << ":" << d.stream << "#" << d.n << "@+" << (d.time - f.start) / 1000 << "ms";
         o << "\n";
+        if (!f.note.empty()) o << "    observed: " << f.note << "\n";
+        // Where its copies come from: when their messages were first handled, against this fault and the
+        // one before it (a broker that restored an older snapshot re-delivers what was handled just before).
+        std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> seqs;  // per subscription:stream
+        std::int64_t lo = 0, hi = 0;
+        std::uint64_t count = 0;
+        for (const auto& d : duplicates) {
+            if (d.fault != int(i) || d.first == never) continue;
+            const auto rel = d.first - f.start;
+            lo = count ? std::min(lo, rel) : rel;
+            hi = count ? std::max(hi, rel) : rel;
+            ++count;
+            const auto key = d.subscription + ":" + d.stream;
+            auto it = seqs.find(key);
+            if (it == seqs.end()) seqs[key] = {d.n, d.n};
+            else it->second = {std::min(it->second.first, d.n), std::max(it->second.second, d.n)};
+        }
+        if (count) {
+            o << "    first handled from " << lo / 1000 << " ms to " << hi / 1000 << " ms after the fault's start";
+            if (i > 0) o << " (the fault before it, " << faults[i - 1].kind << ", started " << (faults[i - 1].start - f.start) / 1000
+                         << " ms)";
+            o << "; messages";
+            for (const auto& [key, range] : seqs) o << " " << key << "#" << range.first << "-" << range.second;
+            o << "\n";
+        }
     }
     int shown = 0;
     for (const auto& d : duplicates)

@@ -128,6 +128,28 @@ TEST_CASE("history: duplicates are charged to the faults that explain them and b
     CHECK(r.ok());
 }
 
+TEST_CASE("history: a fault over its bound says when its copies were first handled, and what was observed of it",
+          "[history][checker]") {
+    history h;
+    h.expect("sub/0", "ev");
+    for (std::uint64_t n = 0; n < 100; ++n) {  // sent long before, handled in the second before the restart
+        h.accepted("ev", n, 1000);
+        h.acked("ev", n, 2000);
+        h.handled("sub/0", "ev", n, 9000000 + std::int64_t(n) * 10000);
+    }
+    const auto restart = h.fault("broker-restart", 10000000, 10100000, 5);
+    h.note(restart, "NO exit save seen");
+    for (std::uint64_t n = 40; n < 100; ++n) h.handled("sub/0", "ev", n, 10200000);  // handled again: 60 copies
+    const auto r = h.check();
+    CHECK(r.faults[restart].duplicates == 60);
+    const auto text = r.text();
+    INFO(text);
+    CHECK(text.find("(broker-restart) caused 60 duplicates, bound 5") != std::string::npos);
+    CHECK(text.find("observed: NO exit save seen") != std::string::npos);
+    CHECK(text.find("first handled from -600 ms to -10 ms after the fault's start") != std::string::npos);
+    CHECK(text.find("sub/0:ev#40-99") != std::string::npos);
+}
+
 TEST_CASE("history: a lagging subscriber's copies of an earlier cut are the cut's, not those of a later kill",
           "[history][checker]") {
     // The subscriber runs far behind: the copies the publisher's cut made reach it only after its own
@@ -516,6 +538,7 @@ run_result run_scenario(const scenario& s) {
         std::int64_t forget = 0;
         role* restarted = nullptr;
         std::uint64_t outbox_before = 0, inbox_before = 0;
+        std::string note;
         switch (kind) {
             case fault_kind::cut:
                 proxy.cut_all_and_wait();
@@ -554,7 +577,16 @@ run_result run_scenario(const scenario& s) {
             case fault_kind::broker_restart: {
                 const auto snapshot = saves.last_snapshot();
                 const bool graceful = b.stop();  // Mosquitto saves its database
-                std::printf("broker restart: stopped in %.3f s%s\n", double(mono_us() - start) / 1e6,
+                const auto stopped = mono_us() - start;
+                // The save Mosquitto makes as it exits began after the SIGTERM: seen by the watch (which
+                // polls), or the broker restarts from an older snapshot.
+                const bool exit_save = graceful && eventually([&] { return saves.last_snapshot() >= start; }, 1s);
+                note = "stopped in " + std::to_string(stopped / 1000) + " ms, " +
+                       (!saves.watching() ? std::string("saves not watched")
+                        : exit_save ? "exit save seen"
+                                    : "NO exit save seen (last save began " +
+                                          std::to_string((start - saves.last_snapshot()) / 1000) + " ms before the stop)");
+                std::printf("broker restart: %s%s\n", note.c_str(),
                             graceful ? "" : ", killed: it had not exited 10 s after SIGTERM");
                 if (!graceful) forget = std::max<std::int64_t>(2000000, snapshot ? start - snapshot + 200000 : 0);
                 b.start();
@@ -577,6 +609,7 @@ run_result run_scenario(const scenario& s) {
         }
         const auto end = mono_us();
         const auto index = h.fault(name_of(kind), start, end, bound, forget);
+        if (!note.empty()) h.note(index, note);
         if (restarted) {
             poll();  // the restarted role's boot records were written before it said "ready"
             // What the restarted client's outbox held can arrive again, per matching lane, and twice: Paho
@@ -585,6 +618,8 @@ run_result run_scenario(const scenario& s) {
             // the next commit) is handled once more.
             h.add_bound(index, 2 * (restarted->boot_outbox - outbox_before) * std::uint64_t(lanes) +
                                    (restarted->boot_inbox - inbox_before));
+            h.note(index, "restarted with " + std::to_string(restarted->boot_outbox - outbox_before) + " in its outbox, " +
+                              std::to_string(restarted->boot_inbox - inbox_before) + " in its inbox");
         }
         ++done_by_kind[name_of(kind)];
         schedule += std::string(name_of(kind)) + "@" + std::to_string(points[i]) + " ";
