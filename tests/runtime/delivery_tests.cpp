@@ -457,3 +457,45 @@ TEST_CASE("MQTT 3.1.1: with the broker's packet limit configured, a message over
     REQUIRE(got.wait_size(3, 10s));
     CHECK(seen.losses.load() == 0);
 }
+
+TEST_CASE("MQTT 3.1.1: a message the broker drops every connection at becomes a dead letter, and the rest goes",
+          "[errors][too-large]") {
+    // A 3.1.1 broker announces no packet limit, and this client was not told one: Mosquitto drops the
+    // connection at a packet over its max_packet_size, with no reason code. The record was sent first again
+    // on every connection, for ever, and nothing behind it left.
+    broker b("max_packet_size 2048\n");
+    temp_dir dir("too-large-311-unknown");
+    auto po = options_for(dir, "pub", b.uri());
+    po.mqtt_version = 4;
+    po.reconnect_min = 20ms;
+    const std::string topic = "test/" + po.client_id + "/x";
+    recorder got;
+    auto sub = recording_subscriber(dir, b, topic, got);
+    refusals seen;
+    seen.watch(po);
+    if (std::getenv("XYMQTT_TEST_LOG"))
+        po.hooks.on_log = [](log_level, const std::string& s) { std::fprintf(stderr, "[pub] %s\n", s.c_str()); };
+    client pub(po);
+    pub.connect();
+    REQUIRE(pub.wait_connected(10s));
+    auto one = pub.publish(topic, "one");
+    auto big = pub.publish(topic, "big" + std::string(4000, 'x'));
+    auto two = pub.publish(topic, "two");
+    REQUIRE(big.wait_for(30s) == std::future_status::ready);
+    CHECK_THROWS_AS(big.get(), broker_error);
+    REQUIRE(got.wait_size(2, 10s));
+    CHECK(got.items() == std::vector<std::string>{"one", "two"});
+    CHECK(one.wait_for(10s) == std::future_status::ready);
+    CHECK(two.wait_for(10s) == std::future_status::ready);
+    {
+        std::lock_guard<std::mutex> lk(seen.mu);
+        REQUIRE(seen.dead.size() == 1);
+        CHECK(seen.dead[0].rfind("big: ", 0) == 0);
+        CHECK(seen.dead[0].find("broker_maximum_packet_size_311") != std::string::npos);
+    }
+    const auto letters = pub.dead_letters();
+    REQUIRE(letters.size() == 1);
+    CHECK(letters[0].record.outgoing);
+    pub.publish(topic, "three").get();
+    REQUIRE(got.wait_size(3, 10s));
+}

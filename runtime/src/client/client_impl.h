@@ -94,6 +94,9 @@ private:
             c_.outbox_->on_send_failed(seq, rc, reason_code, via);
         }
         void resumed_complete(int packet_id) override { c_.outbox_->on_resumed_complete(packet_id); }
+        bool give_up_resumed(int packet_id, const std::string& why) override {
+            return c_.outbox_->give_up_resumed(packet_id, why);
+        }
         bool drained() const override { return c_.outbox_->drained(); }
         void resume() override { c_.outbox_->wake(); }
         std::vector<std::string> filters() const override { return c_.inbox_->live_filters(); }

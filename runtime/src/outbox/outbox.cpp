@@ -374,6 +374,17 @@ void outbox::on_resumed_complete(int packet_id) {
     on_delivered(seq, 0);
 }
 
+bool outbox::give_up_resumed(int packet_id, const std::string& why) {
+    std::optional<std::uint64_t> seq;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        seq = sendq_.end_resumed(packet_id);  // in flight now, where refuse() takes it from
+    }
+    if (!seq) return false;
+    refuse(*seq, 0x80, why);
+    return true;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // connections
 

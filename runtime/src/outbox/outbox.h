@@ -113,6 +113,9 @@ public:
     void on_send_failed(std::uint64_t seq, int rc, int reason_code, outbox_host::via from);
     /// The flow the session resumed under `packet_id` ended.
     void on_resumed_complete(int packet_id);
+    /// The session gives up the flow it resumed under `packet_id` (the broker ends every connection at
+    /// it): its publish becomes a dead letter, for `why`. @return false if no resumed flow has that id.
+    bool give_up_resumed(int packet_id, const std::string& why);
 
     // -- connections
     /// A new session client replaces the last: see send_queue::new_client. `carries(packet id, message)`

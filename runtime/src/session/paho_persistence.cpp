@@ -239,6 +239,22 @@ std::map<int, std::uint64_t> paho_persistence::resumable() const {
     return out;
 }
 
+std::map<int, std::size_t> paho_persistence::outbound_publishes() const {
+    std::map<int, std::size_t> out;
+    for (const auto& k : records_.keys()) {
+        const int id = outbound_packet_id(k, true);
+        if (id < 0) continue;
+        if (auto v = records_.get(k)) out[id] = v->size();
+    }
+    return out;
+}
+
+void paho_persistence::drop_outbound(int packet_id) {
+    const auto id = std::to_string(packet_id);
+    for (const char* p : {"s-", "s5-", "sc-", "sc5-", "x-"})
+        guarded("remove", p + id, [&] { records_.remove(p + id); });
+}
+
 template <class F>
 auto paho_persistence::guarded(const char* what, const std::string& key, F&& f) const -> decltype(f()) {
     try {

@@ -101,6 +101,12 @@ public:
     /// Called (on Paho's receive thread, before Paho handles the PUBLISH) when the broker sent a new
     /// message under the packet id of an open flow of this connection: the connection must be cut now.
     void on_stale(std::function<void(int packet_id)> fn) { on_stale_ = std::move(fn); }
+    /// @return the outbound flows whose PUBLISH Paho will re-send (`s-`, `s5-` records): packet id -> size of
+    ///         the record (about the packet's).
+    std::map<int, std::size_t> outbound_publishes() const;
+    /// Forgets the outbound flow under `packet_id` (Paho's records and the mapping), so that the next Paho
+    /// client does not resume it. Call between Paho clients only.
+    void drop_outbound(int packet_id);
     /// @return true if Paho has outbound flows (`s-`, `s5-`, `sc-`, `sc5-` records) to resume.
     bool has_outbound() const;
 

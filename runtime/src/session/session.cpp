@@ -52,7 +52,10 @@ session::session(session_host& host, const client_options& opts, store& s)
         MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
     }
 
-    persistence_->on_complete([this](int packet_id) { host_.resumed_complete(packet_id); });
+    persistence_->on_complete([this](int packet_id) {
+        ++completed_;
+        host_.resumed_complete(packet_id);
+    });
     persistence_->on_stale([this](int packet_id) {
         cut_connection("the broker sent a new message under packet id " + std::to_string(packet_id) +
                        ", whose earlier flow it has forgotten (restarted from an older state?)");
@@ -60,7 +63,10 @@ session::session(session_host& host, const client_options& opts, store& s)
 
     listener_ = std::make_unique<publish_listener>(
         opts_.mqtt_version == 5, clients_,
-        [this](std::uint64_t seq, int reason_code, const void* via) { host_.delivered(seq, reason_code, via); },
+        [this](std::uint64_t seq, int reason_code, const void* via) {
+            ++completed_;
+            host_.delivered(seq, reason_code, via);
+        },
         [this](std::uint64_t seq, int rc, int reason_code, const void* via) { host_.send_failed(seq, rc, reason_code, via); });
 }
 
@@ -154,6 +160,12 @@ void session::fresh_paho() {
     socket_.release();
     paho_persistence::purge_commands(store_.session());
     persistence_->new_connection();
+    give_up_stuck_flow();
+    {
+        auto flows = persistence_->outbound_publishes();
+        std::lock_guard<std::mutex> lk(mu_);
+        resuming_ = std::move(flows);
+    }
     mqtt::create_options co(opts_.mqtt_version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1);
     co.set_send_while_disconnected(false);  // the outbox holds what waits, on disk
     // Paho refuses publishes (-12) once this many wait in its command queue, connected or not.
@@ -332,6 +344,7 @@ void session::on_connected(bool session_present, std::size_t window, std::uint32
     bool reconnect;
     {
         std::lock_guard<std::mutex> lk(mu_);
+        stuck_.connected(resuming_, completed_, std::chrono::steady_clock::now());
         reconnect = ever_connected_;
         ever_connected_ = true;
         last_error_.clear();
@@ -376,6 +389,7 @@ void session::on_connection_lost(const std::string& cause) {
         std::lock_guard<std::mutex> lk(mu_);
         if (!connected_) return;
         connected_ = false;
+        stuck_.lost(completed_, std::chrono::steady_clock::now());
         last_error_ = "connection lost: " + cause;
         host_.lost();
         conn_cv_.notify_all();
@@ -384,6 +398,34 @@ void session::on_connection_lost(const std::string& cause) {
     maybe_drained();  // not connected: drained
     log(log_level::warning, "connection lost: " + cause);
     fire(opts_.hooks.on_connection_lost, cause);
+}
+
+void session::give_up_stuck_flow() {
+    std::optional<int> id;
+    unsigned strikes = 0;
+    std::size_t size = 0;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        strikes = stuck_.strikes();
+        id = stuck_.take();
+        if (id) size = resuming_[*id];
+    }
+    if (!id) return;
+    // The broker has no other way to refuse it (stuck_flows.h); kept as a dead letter, nothing is lost, and
+    // what waits behind it goes.
+    const std::string why =
+        "the broker closed the connection right after this message (" + std::to_string(size) + " bytes) was sent, " +
+        std::to_string(strikes) + " connections in a row, with nothing else completing: it is likely over a " +
+        "maximum packet size the broker did not announce (MQTT 3.1.1: set " +
+        "client_options::broker_maximum_packet_size_311), or refused by a broker that cannot say so";
+    if (!host_.give_up_resumed(*id, why))
+        log(log_level::error, "giving up the flow of packet id " + std::to_string(*id) + ", which has no outbox record: " + why);
+    // After the outbox's dead letter: a crash in between leaves the flow to be found and given up again.
+    try {
+        persistence_->drop_outbound(*id);
+    } catch (const std::exception&) {
+        // Reported by the persistence (on_error); the next connection resumes it, and it is found again.
+    }
 }
 
 void session::maybe_drained() {

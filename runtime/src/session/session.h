@@ -25,6 +25,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -38,6 +39,7 @@
 #include "session/connector.h"
 #include "session/paho_clients.h"
 #include "session/session_host.h"
+#include "session/stuck_flows.h"
 #include "xymqtt/client_options.h"
 #include "xymqtt/store.h"
 
@@ -130,6 +132,8 @@ private:
     void note_connect_failure(const std::string& line, log_level level);
     void on_connected(bool session_present, std::size_t window, std::uint32_t max_packet_size);
     void on_connection_lost(const std::string& cause);
+    /// Between Paho clients: gives up a resumed flow that the broker ended every recent connection at.
+    void give_up_stuck_flow();
     /// An arrival could not be stored: its acknowledgement must not leave.
     void refuse_arrival(const std::string& why);
     /// Cuts the current connection so that nothing more, such as an acknowledgement, leaves on it.
@@ -162,6 +166,9 @@ private:
     std::chrono::milliseconds hold_off_{0};  // before the next connect: arrivals are being refused
     std::string last_error_;
     std::set<std::string> pending_unsubscribes_;  // filters removed while offline
+    stuck_flows stuck_{stuck_flows::settings{}};
+    std::map<int, std::size_t> resuming_;          // the current Paho client's resumed publishes, by packet id
+    std::atomic<std::uint64_t> completed_{0};      // publishes completed (progress, for stuck_)
     std::atomic<bool> stopping_{false};
     std::atomic<bool> waking_{false};  // a connect is in progress: wake_paho_soon goes on
     std::atomic<bool> subscription_ids_{false};  // the broker takes MQTT 5 subscription identifiers

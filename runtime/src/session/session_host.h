@@ -32,6 +32,8 @@ public:
     virtual void send_failed(std::uint64_t seq, int rc, int reason_code, const void* via) = 0;
     /// A flow the new Paho client resumed from the store ended.
     virtual void resumed_complete(int packet_id) = 0;
+    /// The session gives up the flow it resumed under `packet_id`: see outbox::give_up_resumed.
+    virtual bool give_up_resumed(int packet_id, const std::string& why) = 0;
     /// @return whether nothing of the client is in flight (for the process's connect gate).
     virtual bool drained() const = 0;
     /// Another client's connect is over: the outbox may send again.
