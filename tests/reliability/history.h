@@ -42,6 +42,7 @@
 #include <cstdio>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
@@ -68,6 +69,8 @@ public:
         std::uint64_t duplicates = 0;     ///< filled in by check()
         std::uint64_t window_bound = 0;   ///< filled in by check(): messages handled in the forget window
         std::string note;                 ///< what the test observed of it (shown when it is over its bound)
+        /// If set, the only messages (stream, n) whose duplicates it can explain.
+        std::shared_ptr<const std::set<std::pair<std::string, std::uint64_t>>> only;
     };
 
     struct duplicate {
@@ -137,8 +140,12 @@ public:
     /// @return the fault's index (its bound can be set later, e.g. from a restarted publisher's outbox).
     std::size_t fault(const std::string& kind, std::int64_t start, std::int64_t end, std::uint64_t bound,
                       std::int64_t forget_window = 0) {
-        faults_.push_back({kind, start, end, bound, forget_window, 0, 0, {}});
+        faults_.push_back({kind, start, end, bound, forget_window, 0, 0, {}, nullptr});
         return faults_.size() - 1;
+    }
+    /// Fault `fault` can explain duplicates of these messages (stream, n) only.
+    void only(std::size_t fault, std::set<std::pair<std::string, std::uint64_t>> messages) {
+        faults_.at(fault).only = std::make_shared<const std::set<std::pair<std::string, std::uint64_t>>>(std::move(messages));
     }
     /// Adds what the test observed of fault `fault` (e.g. whether the broker's exit save was seen).
     void note(std::size_t fault, const std::string& text) {
@@ -290,8 +297,11 @@ inline history::report history::check() const {
             if (since == never) since = at(st.accepted, d.n);
             if (since == never) since = s.handled.at(d.stream).first[d.n];
             std::vector<std::size_t> explaining;  // most recent first: the greedy pass tries them in this order
-            for (auto it = order.rbegin(); it != order.rend(); ++it)
-                if (faults_[*it].start <= d.time && faults_[*it].end >= since) explaining.push_back(*it);
+            for (auto it = order.rbegin(); it != order.rend(); ++it) {
+                const auto& f = faults_[*it];
+                if (f.start <= d.time && f.end >= since && (!f.only || f.only->count({d.stream, d.n})))
+                    explaining.push_back(*it);
+            }
             d.unexpected = explaining.empty();
             ++sr.duplicates;
             sr.unexpected += d.unexpected;
@@ -365,12 +375,13 @@ inline void history::charge(report& r, const std::vector<std::vector<std::size_t
         std::fill(seen.begin(), seen.end(), 0);
         place(d);
     }
-    // What fits nowhere goes to the most recent fault before it (over its bound, or unexpected if none).
+    // What fits nowhere goes to the most recent fault before it that could explain it (over its bound, or
+    // unexpected if none).
     for (std::size_t d = 0; d < r.duplicates.size(); ++d) {
         auto& dup = r.duplicates[d];
         if (owner[d] < 0)
             for (auto it = order.rbegin(); it != order.rend(); ++it)
-                if (r.faults[*it].start <= dup.time) {
+                if (const auto& f = r.faults[*it]; f.start <= dup.time && (!f.only || f.only->count({dup.stream, dup.n}))) {
                     owner[d] = int(*it);
                     break;
                 }
