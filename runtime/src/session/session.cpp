@@ -414,9 +414,9 @@ void session::give_up_stuck_flow() {
     // The broker has no other way to refuse it (stuck_flows.h); kept as a dead letter, nothing is lost, and
     // what waits behind it goes.
     const std::string why =
-        "the broker closed the connection right after this message (" + std::to_string(size) + " bytes) was sent, " +
-        std::to_string(strikes) + " connections in a row, with nothing else completing: it is likely over a " +
-        "maximum packet size the broker did not announce (MQTT 3.1.1: set " +
+        "the broker ended " + std::to_string(strikes) + " connections in a row soon after their CONNACK while this " +
+        "message (" + std::to_string(size) + " bytes) was being sent again, and nothing else completed: it is " +
+        "likely over a maximum packet size the broker did not announce (MQTT 3.1.1: set " +
         "client_options::broker_maximum_packet_size_311), or refused by a broker that cannot say so";
     if (!host_.give_up_resumed(*id, why))
         log(log_level::error, "giving up the flow of packet id " + std::to_string(*id) + ", which has no outbox record: " + why);

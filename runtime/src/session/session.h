@@ -14,6 +14,8 @@
 //  - Every filter the host names is subscribed again on every connection, before any publish goes out on
 //    it; a SUBSCRIBE that fails on a live connection is retried with backoff; a refused connect or a lost
 //    connection is retried for as long as the client is open. None of these ever stops the client.
+//  - A resumed publish that the broker ends every connection at (stuck_flows.h) is given up to the host
+//    (a dead letter), so that what waits behind it goes.
 //  - Completions of publishes are reported once, for the connection they were made on (`via`): a report of
 //    an earlier connection's Paho client can be told apart (`is_current`).
 //  - A Paho client whose memory Paho corrupted (a failed publish) is never destroyed.
