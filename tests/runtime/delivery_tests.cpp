@@ -377,6 +377,24 @@ std::unique_ptr<client> recording_subscriber(const temp_dir& dir, const broker& 
     return sub;
 }
 
+// A broker that drops the connection at a packet over 2,048 bytes, the options of an MQTT 3.1.1 publisher
+// of `topic` there, and a subscriber recording what arrives in `got`.
+struct limited_broker_311 {
+    broker b{"max_packet_size 2048\n"};
+    temp_dir dir;
+    client_options po;
+    std::string topic;
+    recorder got;
+    std::unique_ptr<client> sub;
+
+    explicit limited_broker_311(const std::string& name) : dir(name), po(options_for(dir, "pub", b.uri())) {
+        po.mqtt_version = 4;
+        po.reconnect_min = 20ms;
+        topic = "test/" + po.client_id + "/x";
+        sub = recording_subscriber(dir, b, topic, got);
+    }
+};
+
 }  // namespace
 
 TEST_CASE("a message over the broker's maximum packet size is refused, or dead-lettered if stored before",
@@ -425,14 +443,10 @@ TEST_CASE("MQTT 3.1.1: with the broker's packet limit configured, a message over
     // A 3.1.1 broker announces no limit. Mosquitto drops the connection of a client whose packet is over
     // its max_packet_size, and without a limit the outbox sent that record first again on every connection:
     // nothing behind it ever left.
-    broker b("max_packet_size 2048\n");
-    temp_dir dir("too-large-311");
-    auto po = options_for(dir, "pub", b.uri());
-    po.mqtt_version = 4;
-    po.reconnect_min = 20ms;
-    const std::string topic = "test/" + po.client_id + "/x";
-    recorder got;
-    auto sub = recording_subscriber(dir, b, topic, got);
+    limited_broker_311 t("too-large-311");
+    auto& po = t.po;
+    const auto& topic = t.topic;
+    auto& got = t.got;
     {
         // A run that did not know the limit stored these, and stopped before sending them.
         client earlier(po);
@@ -463,14 +477,10 @@ TEST_CASE("MQTT 3.1.1: a message the broker drops every connection at becomes a 
     // A 3.1.1 broker announces no packet limit, and this client was not told one: Mosquitto drops the
     // connection at a packet over its max_packet_size, with no reason code. The record was sent first again
     // on every connection, for ever, and nothing behind it left.
-    broker b("max_packet_size 2048\n");
-    temp_dir dir("too-large-311-unknown");
-    auto po = options_for(dir, "pub", b.uri());
-    po.mqtt_version = 4;
-    po.reconnect_min = 20ms;
-    const std::string topic = "test/" + po.client_id + "/x";
-    recorder got;
-    auto sub = recording_subscriber(dir, b, topic, got);
+    limited_broker_311 t("too-large-311-unknown");
+    auto& po = t.po;
+    const auto& topic = t.topic;
+    auto& got = t.got;
     refusals seen;
     seen.watch(po);
     if (std::getenv("XYMQTT_TEST_LOG"))
