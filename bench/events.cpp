@@ -6,6 +6,7 @@
 
 #include <condition_variable>
 #include <filesystem>
+#include <unordered_map>
 
 #include "xy.h"
 
@@ -130,11 +131,56 @@ int xy_pub(const args& a) {
     return done ? 0 : 3;
 }
 
+// Paho's records kept in a map (--paho-persistence memory): not crash-safe, but Paho does all its own work of
+// a persistent client (serializing each packet state, reading a queued publish back before sending it), at
+// the cost of a map update per record. The least a crash-safe client on Paho pays, whatever its store.
+class memory_persistence : public mqtt::iclient_persistence {
+public:
+    void open(const mqtt::string&, const mqtt::string&) override {}
+    void close() override {}
+    void clear() override {
+        std::lock_guard<std::mutex> lk(mu_);
+        records_.clear();
+    }
+    bool contains_key(const mqtt::string& key) override {
+        std::lock_guard<std::mutex> lk(mu_);
+        return records_.count(key) != 0;
+    }
+    mqtt::string_collection keys() const override {
+        std::lock_guard<std::mutex> lk(mu_);
+        mqtt::string_collection out;
+        for (const auto& kv : records_) out.push_back(kv.first);
+        return out;
+    }
+    void put(const mqtt::string& key, const std::vector<mqtt::string_view>& bufs) override {
+        std::string v;
+        for (const auto& b : bufs) v.append(b.data(), b.size());
+        std::lock_guard<std::mutex> lk(mu_);
+        records_[key] = std::move(v);
+    }
+    mqtt::string get(const mqtt::string& key) const override {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = records_.find(key);
+        if (it == records_.end()) throw mqtt::persistence_exception();
+        return it->second;
+    }
+    void remove(const mqtt::string& key) override {
+        std::lock_guard<std::mutex> lk(mu_);
+        records_.erase(key);
+    }
+
+private:
+    mutable std::mutex mu_;
+    std::unordered_map<std::string, std::string> records_;
+};
+
 std::shared_ptr<mqtt::async_client> paho_connect(const args& a, const std::string& suffix, std::size_t* receive_max) {
+    static memory_persistence records;  // one client per process
+    const bool persist = a.str("paho-persistence", "none") == "memory";
     // Paho refuses a publish (-12) once more than max_buffered_messages (default 100) wait in its queue.
     auto cli = std::make_shared<mqtt::async_client>(a.str("broker", "tcp://127.0.0.1:1883"), a.str("id", "paho") + suffix,
                                                     mqtt::create_options(MQTTVERSION_5, int(a.num("buffered", 65535))),
-                                                    nullptr);
+                                                    persist ? &records : nullptr);
     auto co = mqtt::connect_options_builder().mqtt_version(MQTTVERSION_5).clean_start(true).max_inflight(65535).finalize();
     if (a.has("receive-max"))
         co.set_properties({{mqtt::property::RECEIVE_MAXIMUM, std::uint16_t(a.num("receive-max"))}});

@@ -107,6 +107,12 @@ class Broker:
                 self.proc.wait()
         self.proc = None
 
+    def cpu_s(self):
+        """CPU seconds (user and system) the broker has used so far."""
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def errors(self):
         try:
             with open(os.path.join(self.dir, "log", "mosquitto.log")) as f:
@@ -120,6 +126,7 @@ class Proc:
 
     def __init__(self, args, name):
         self.name = name
+        self.usage = None  # its resource usage (os.wait4), once `result` has reaped it
         self.lines = []
         self.cv = threading.Condition()
         self.err = open(os.path.join(OUT_TMP, name + ".stderr"), "w")
@@ -144,12 +151,19 @@ class Proc:
         raise RuntimeError("%s: no '%s' (exit %s); stderr in %s" % (self.name, text, self.p.poll(), self.err.name))
 
     def result(self, timeout):
-        try:
-            self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-            raise RuntimeError("%s timed out; stderr in %s" % (self.name, self.err.name))
+        # Reaped with wait4 for the process's own resource usage (CPU, context switches): where the time goes.
+        deadline = time.time() + timeout
+        while True:
+            pid, status, usage = os.wait4(self.p.pid, os.WNOHANG)
+            if pid == self.p.pid:
+                self.p.returncode = os.waitstatus_to_exitcode(status)
+                self.usage = usage
+                break
+            if time.time() > deadline:
+                self.p.kill()
+                self.p.wait()
+                raise RuntimeError("%s timed out; stderr in %s" % (self.name, self.err.name))
+            time.sleep(0.01)
         self.t.join(5)
         for l in self.lines:
             if l.startswith("RESULT "):
@@ -187,6 +201,10 @@ EVENT_CONFIGS = [
     ("paho_qos2", "raw Paho QoS 2", "paho", ["--qos", "2"]),
     ("paho_qos2_quiet", "raw Paho QoS 2, Paho's trace at errors (as xymqtt sets it, F19)", "paho",
      ["--qos", "2", "--paho-trace-errors", "1"]),
+    # Paho's own work of a persistent client (each packet state serialized, a queued publish read back before it
+    # is sent) with its records in a map: not crash-safe, the least any crash-safe client on Paho pays.
+    ("paho_qos2_records", "raw Paho QoS 2, trace at errors, Paho's records kept in memory (its persistence work, no store)",
+     "paho", ["--qos", "2", "--paho-trace-errors", "1", "--paho-persistence", "memory"]),
     ("paho_qos1", "raw Paho QoS 1", "paho", ["--qos", "1"]),
     # The bounds of fsync events on Paho's receive path: raw Paho that writes each message to a file on the
     # stores' filesystem and syncs it (fdatasync) in its receive callback, before Paho acknowledges it, and
@@ -208,17 +226,27 @@ def event_run(broker, key, kind, flags, size, count):
     else:
         sub = Proc([BIN, "paho-sub", "--id", sid] + common, sid)
     sub.wait_line("ready", 60)
+    broker_cpu = broker.cpu_s()
     if kind == "xy":
         pub = Proc([BIN, "xy-pub", "--id", pid, "--dir", store_dir(pid)] + common, pid)
     else:
         pub = Proc([BIN, "paho-pub", "--id", pid] + common, pid)
     pr = pub.result(1800)
     sr = sub.result(1800)
+    broker_cpu = broker.cpu_s() - broker_cpu
     for d in (store_dir(sid), store_dir(pid)):
         shutil.rmtree(d, ignore_errors=True)
-    return {"config": key, "size": size, "count": count, "e2e_msgs_per_s": sr["msgs_per_s"],
-            "pub_msgs_per_s": pr["pub_msgs_per_s"], "lat_p50_ms": sr["lat_p50_ms"], "lat_p99_ms": sr["lat_p99_ms"],
-            "complete": sr["complete"], "duplicates": sr["duplicates"]}
+    r = {"config": key, "size": size, "count": count, "e2e_msgs_per_s": sr["msgs_per_s"],
+         "pub_msgs_per_s": pr["pub_msgs_per_s"], "lat_p50_ms": sr["lat_p50_ms"], "lat_p99_ms": sr["lat_p99_ms"],
+         "complete": sr["complete"], "duplicates": sr["duplicates"]}
+    # Where the time goes: each process's CPU per message, from its start to its exit (setup included, a few
+    # ms), and the broker's over the same run; context switches per message, voluntary and not.
+    for side, p in (("pub", pub), ("sub", sub)):
+        u = p.usage
+        r[side + "_cpu_us"] = (u.ru_utime + u.ru_stime) * 1e6 / count
+        r[side + "_switches"] = (u.ru_nvcsw + u.ru_nivcsw) / count
+    r["broker_cpu_us"] = broker_cpu * 1e6 / count
+    return r
 
 
 def scenario_events(broker, plan, res):
@@ -513,6 +541,10 @@ def scenario_xy_mqtt(broker, plan, res):
 # --------------------------------------------------------------------------------------------------
 # summary and docs
 
+# Per message, from event_run: each process's CPU (us) and context switches, the broker's CPU (us).
+CPU_KEYS = ("pub_cpu_us", "sub_cpu_us", "broker_cpu_us", "pub_switches", "sub_switches")
+
+
 def med(xs):
     return statistics.median(xs) if xs else 0.0
 
@@ -538,6 +570,9 @@ def summarize(res):
                             "lat_p50_ms": med([r["lat_p50_ms"] for r in rs]),
                             "pub_median": med([r["pub_msgs_per_s"] for r in rs]),
                             "complete": all(r["complete"] for r in rs)})
+        for k in CPU_KEYS:
+            if all(k in r for r in rs):
+                s["events"][-1][k] = med([r[k] for r in rs])
     s["events_inflight20"] = []
     iv = {}
     for r in res.get("events_inflight20", []):
@@ -573,6 +608,11 @@ def summarize(res):
                           "drain_msgs_per_s")}
         s["recovery"]["runs"] = len(rec)
     return s
+
+
+def cpu_total(e):
+    """CPU per message, us: publisher, subscriber and broker together."""
+    return e["pub_cpu_us"] + e["sub_cpu_us"] + e["broker_cpu_us"]
 
 
 def ev_value(s, cfg, size):
@@ -634,6 +674,16 @@ def targets(s):
         add("process events vs raw Paho QoS 2 with Paho's trace at errors", "%.0f vs %.0f msg/s = %.2fx" % (
             p["median"], qq["median"], p["median"] / qq["median"]), "-", None,
             "not the issue's baseline: raw Paho driven as xymqtt drives it (F19)")
+    pr = ev_value(s, "paho_qos2_records", 100)
+    if p and pr:
+        add("process events vs raw Paho QoS 2 doing its own persistence work (records in memory)",
+            "%.0f vs %.0f msg/s = %.2fx" % (p["median"], pr["median"], p["median"] / pr["median"]), "-", None,
+            "Paho's records in a map: what Paho itself costs a persistent client, with no store behind it")
+    if p and q and all(k in p and k in q for k in CPU_KEYS):
+        tp, tq = cpu_total(p), cpu_total(q)
+        add("process events, CPU per message (publisher + subscriber + broker) vs raw Paho QoS 2",
+            "%.0f vs %.0f us = %.2fx" % (tp, tq, tp / tq), "-", None,
+            "medians, 100 B, same run; on 2 cores throughput follows it (section 1, where the time goes)")
     for cfg, goal in (("xy_lmdb_process", 0.8), ("xy_lmdb_fsync", None)):
         x, r = ev_value(s, cfg, 65536), ev_value(s, "paho_qos2", 65536)
         if x and r:
@@ -684,7 +734,8 @@ LABEL = {k: l for k, l, _, _ in EVENT_CONFIGS}
 CHART_LABEL = {"xy_lmdb_fsync": "xymqtt LMDB fsync", "xy_lmdb_process": "xymqtt LMDB process",
                "xy_lmdb_ungrouped_fsync": "xymqtt LMDB fsync, not grouped",
                "xy_sqlite_fsync": "xymqtt SQLite fsync", "paho_qos2": "Paho QoS 2",
-               "paho_qos2_quiet": "Paho QoS 2, trace at errors", "paho_qos1": "Paho QoS 1",
+               "paho_qos2_quiet": "Paho QoS 2, trace at errors", "paho_qos2_records": "Paho QoS 2, records in memory",
+               "paho_qos1": "Paho QoS 1",
                "paho_sync_rm1_fsync": "Paho QoS 2 + fdatasync, RM 1", "paho_sync_fsync": "Paho QoS 2 + fdatasync"}
 
 
@@ -858,6 +909,30 @@ def render_md(res, s, charts, path, findings_path):
             L.append("| %s | %s | %s (%s) | %s | %s | %s | %.0f ms |" % (
                 label, fmt(e["count"]), fmt(e["median"]), fmt(e["best"]), vs_q2, vs_b, fmt(e["pub_median"]),
                 e["lat_p50_ms"]) + ("" if e["complete"] else " INCOMPLETE"))
+        L.append("")
+    cpu_rows = [e for e in s["events"] if all(k in e for k in CPU_KEYS)]
+    if cpu_rows:
+        L.append("### Where the time goes: CPU per message")
+        L.append("")
+        L.append("Each process's CPU (user and system, from its start to its exit: setup included) divided by the "
+                 "messages, medians of the runs above; the broker's over the same run. Publisher, subscriber and "
+                 "broker share %s cores, so when all three are busy the end-to-end rate cannot pass cores / total "
+                 "CPU per message (last column but one): a configuration goes faster than another only by costing "
+                 "less CPU per message." % res["machine"]["cores"])
+        L.append("")
+        L.append("| configuration | size | e2e msg/s | publisher us | subscriber us | broker us | total us | "
+                 "vs raw Paho QoS 2 | cores / total | switches per message (pub / sub) |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        labels = {k: label for k, label, _, _ in EVENT_CONFIGS}
+        for e in cpu_rows:
+            q2 = ev_value(s, "paho_qos2", e["size"])
+            t = cpu_total(e)
+            vs = "%.2fx" % (t / cpu_total(q2)) if q2 and all(k in q2 for k in CPU_KEYS) else "-"
+            L.append("| %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %s | %s | %.2f / %.2f |" % (
+                labels.get(e["config"], e["config"]), "%d B" % e["size"] if e["size"] < 1024 else
+                "%d KiB" % (e["size"] // 1024), fmt(e["median"]), e["pub_cpu_us"], e["sub_cpu_us"],
+                e["broker_cpu_us"], t, vs, fmt(res["machine"]["cores"] * 1e6 / t), e["pub_switches"],
+                e["sub_switches"]))
         L.append("")
     if s.get("events_inflight20"):
         L.append("### 100 B payloads, broker with `%s` (benchmark-only setting, see Findings)" % INFLIGHT20)
