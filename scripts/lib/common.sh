@@ -18,8 +18,9 @@ XYMQTT_APT_PACKAGES=(
 )
 # Only when no `node` is on PATH (a Node.js installed outside apt is fine).
 XYMQTT_APT_NODE_PACKAGES=(nodejs npm)
-# Optional: a second broker that clusters (ejabberd's mod_mqtt), for scripts/cluster and tests/cluster
-# only. Not part of the list above: the test suite does not need it (tests/cluster skips without it).
+# A second broker that clusters (ejabberd's mod_mqtt), for scripts/cluster and tests/cluster. Not part of
+# the list above: scripts/test installs it apart (XYMQTT_CLUSTER_NO_INSTALL=1 leaves it out, and
+# tests/cluster then skips), and the demo does not need it.
 XYMQTT_APT_CLUSTER_PACKAGES=(ejabberd)
 
 xymqtt_log() { printf '==> %s\n' "$*" >&2; }
@@ -114,8 +115,14 @@ xymqtt_ensure_interop_deps() {
   touch "${stamp}"
 }
 
-# Installs the clustered broker (XYMQTT_APT_CLUSTER_PACKAGES) when missing, for scripts/cluster and
-# scripts/reliability, then stops and disables the system service that Debian's package starts (the
+# @return 0 when the clustered broker's packages are all installed.
+xymqtt_cluster_packages_present() {
+  command -v dpkg-query >/dev/null 2>&1 || return 1
+  [[ -z "$(xymqtt_missing_packages "${XYMQTT_APT_CLUSTER_PACKAGES[@]}")" ]]
+}
+
+# Installs the clustered broker (XYMQTT_APT_CLUSTER_PACKAGES) when missing, for scripts/test, scripts/cluster
+# and scripts/reliability, then stops and disables the system service that Debian's package starts (the
 # cluster runs its own nodes). XYMQTT_CLUSTER_NO_INSTALL=1: fail instead.
 xymqtt_ensure_cluster_packages() {
   command -v dpkg-query >/dev/null 2>&1 || xymqtt_die "dpkg-query not found: the cluster scripts set up Debian 12's ejabberd"
