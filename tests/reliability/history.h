@@ -71,6 +71,10 @@ public:
         std::string note;                 ///< what the test observed of it (shown when it is over its bound)
         /// If set, the only messages (stream, n) whose duplicates it can explain.
         std::shared_ptr<const std::set<std::pair<std::string, std::uint64_t>>> only;
+        /// @return whether a copy of message (stream, n) handled at `time` can be this fault's doing.
+        bool may_explain(const std::string& stream, std::uint64_t n, std::int64_t time) const {
+            return start <= time && (!only || only->count({stream, n}) != 0);
+        }
     };
 
     struct duplicate {
@@ -299,7 +303,7 @@ inline history::report history::check() const {
             std::vector<std::size_t> explaining;  // most recent first: the greedy pass tries them in this order
             for (auto it = order.rbegin(); it != order.rend(); ++it) {
                 const auto& f = faults_[*it];
-                if (f.start <= d.time && f.end >= since && (!f.only || f.only->count({d.stream, d.n})))
+                if (f.end >= since && f.may_explain(d.stream, d.n, d.time))
                     explaining.push_back(*it);
             }
             d.unexpected = explaining.empty();
@@ -381,7 +385,7 @@ inline void history::charge(report& r, const std::vector<std::vector<std::size_t
         auto& dup = r.duplicates[d];
         if (owner[d] < 0)
             for (auto it = order.rbegin(); it != order.rend(); ++it)
-                if (const auto& f = r.faults[*it]; f.start <= dup.time && (!f.only || f.only->count({dup.stream, dup.n}))) {
+                if (r.faults[*it].may_explain(dup.stream, dup.n, dup.time)) {
                     owner[d] = int(*it);
                     break;
                 }
