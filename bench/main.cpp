@@ -1,7 +1,8 @@
 // xybench: the benchmark programs of docs/benchmarks.md, one mode per process (bench/run.py starts them).
 //
 //   xybench xy-pub | xy-sub       events through xymqtt (--store lmdb|sqlite --durability fsync|process)
-//   xybench paho-pub | paho-sub   events through raw Paho C++ (--qos 1|2, no persistence)
+//   xybench paho-pub | paho-sub   events through raw Paho C++ (--qos 1|2; no persistence, or Paho's records
+//                                 in a map with --paho-persistence memory)
 //   xybench serve | call          commands through xymqtt (serve: --delay-ms D --concurrency N; call: --outstanding K)
 //   xybench paho-echo | paho-ping raw Paho QoS 2 ping-pong
 //   xybench disk                  synced-commit rates of the stores and of fdatasync on this filesystem
