@@ -80,7 +80,7 @@ TEST_CASE("stream_logger writes the lines at and above its level, with the clien
     CHECK(out.str() == "xymqtt svc-1 warning: connection lost: eof\nxymqtt svc-1 error: store full\n");
 }
 
-TEST_CASE("XYMQTT_LOG_LEVEL chooses the default logger's level; off silences it; anything else is refused",
+TEST_CASE("XYMQTT_LOG_LEVEL chooses the default logger's level, off silences it, anything else is refused",
           "[logging]") {
     {
         scoped_env e("XYMQTT_LOG_LEVEL", nullptr);

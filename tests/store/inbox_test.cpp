@@ -635,7 +635,7 @@ TEST_CASE("inbox: a commit that keeps failing leaves the delivery stored once th
     CHECK_FALSE(r.incoming(id_of(1)));
 }
 
-TEST_CASE("inbox: effects are committed with the removal; publishes are handed over and after_commit runs after it",
+TEST_CASE("inbox: effects are committed with the removal, publishes are handed over and after_commit runs after it",
           "[inbox]") {
     journal j;
     inbox_rig r;
@@ -690,7 +690,7 @@ TEST_CASE("inbox: effects are committed with the removal; publishes are handed o
     CHECK(in.handled() == 2);
 }
 
-TEST_CASE("inbox: recover parks what a previous run left; a lane opened later takes its deliveries in order",
+TEST_CASE("inbox: recover parks what a previous run left, a lane opened later takes its deliveries in order",
           "[inbox]") {
     journal j;
     inbox_rig r;
@@ -770,7 +770,7 @@ TEST_CASE("inbox: the relabelling of a recovered delivery stored for no lane nev
     next_host.stop();
 }
 
-TEST_CASE("inbox: removing a lane's last handler stops it; its deliveries wait parked for the next lane", "[inbox]") {
+TEST_CASE("inbox: removing a lane's last handler stops it, its deliveries wait parked for the next lane", "[inbox]") {
     journal j;
     gate first;
     inbox_rig r;
@@ -811,7 +811,7 @@ TEST_CASE("inbox: removing a lane's last handler stops it; its deliveries wait p
     CHECK(r.s->count(table::incoming) == 0);
 }
 
-TEST_CASE("inbox: resubscribing while a delivery is handled never runs it twice; the count never wraps", "[inbox]") {
+TEST_CASE("inbox: resubscribing while a delivery is handled never runs it twice, the count never wraps", "[inbox]") {
     journal j;
     at_work work(j);
     gate first;
@@ -898,7 +898,7 @@ TEST_CASE("inbox: a retry on a lane unsubscribed meanwhile keeps its attempt cou
     check_gave_up(j, r, id_of(1), 2, "second failed");
 }
 
-TEST_CASE("inbox: halt lets the delivery at work finish and starts no other; join ends the lanes", "[inbox]") {
+TEST_CASE("inbox: halt lets the delivery at work finish and starts no other, join ends the lanes", "[inbox]") {
     journal j;
     gate first;
     inbox_rig r;
@@ -949,7 +949,7 @@ TEST_CASE("inbox: a delivery whose removal is refused as the client closes stays
     CHECK(r.host.storage_failures().empty());  // closing is no storage failure
 }
 
-TEST_CASE("inbox: with effects::later a lane runs up to its concurrency; the delivery stays stored until it finishes",
+TEST_CASE("inbox: with effects::later a lane runs up to its concurrency, the delivery stays stored until it finishes",
           "[inbox]") {
     journal j;
     std::mutex fmu;

@@ -293,7 +293,7 @@ struct hook_log {
 
 }  // namespace
 
-TEST_CASE("outbox: publishes go out in sequence order after up, within the window; a delivery frees it", "[outbox]") {
+TEST_CASE("outbox: publishes go out in sequence order after up, within the window, a delivery frees it", "[outbox]") {
     outbox_rig r;
     auto& ob = r.start();
     // 1..6 committed on this thread with other writes, 7..12 submitted with promises.
@@ -370,7 +370,7 @@ TEST_CASE("outbox: nothing is handed over before up, nor after down until the ne
     CHECK(r.host.while_down() == 0);
 }
 
-TEST_CASE("outbox: a publish lost with the current connection is sent again first; a stale connection's loss is not",
+TEST_CASE("outbox: a publish lost with the current connection is sent again first, a stale connection's loss is not",
           "[outbox]") {
     outbox_rig r;
     auto& ob = r.start();
@@ -558,7 +558,7 @@ TEST_CASE("outbox: the publishes a previous run left are recovered and sent firs
     CHECK(r.s->count(table::outgoing) == 0);
 }
 
-TEST_CASE("outbox: fail_pending fails waiting promises with client_closed; their publishes stay stored", "[outbox]") {
+TEST_CASE("outbox: fail_pending fails waiting promises with client_closed, their publishes stay stored", "[outbox]") {
     outbox_rig r;
     auto& ob = r.start();
     auto p1 = std::make_shared<std::promise<void>>();
