@@ -1,5 +1,7 @@
 // Events against a real Mosquitto: round trips, offline delivery, retries, restarts, dead letters.
 #include <MQTTAsync.h>
+#include <pthread.h>
+#include <sched.h>
 #include <catch2/catch.hpp>
 #include <atomic>
 #include <mutex>
@@ -567,4 +569,43 @@ TEST_CASE("Paho's own trace is kept to errors unless the client is told to leave
         CHECK(lines > 0);
     else
         CHECK(lines == 0);
+}
+
+TEST_CASE("event handlers run on lanes of the SCHED_BATCH policy unless batch_lanes is false, commands never",
+          "[events]") {
+    // A lane of the normal policy preempts Paho's receive thread each time that thread wakes it for a
+    // message; a batch lane does not, but may start a little later, so a lane a call waits on keeps the
+    // normal policy (docs/benchmarks.md, F30).
+    const bool batch = GENERATE(true, false);
+    auto policy_here = [] {
+        int policy = -1;
+        sched_param param{};
+        pthread_getschedparam(pthread_self(), &policy, &param);
+        return policy;
+    };
+    const int normal = policy_here();
+    REQUIRE(normal != SCHED_BATCH);
+    temp_dir dir("lanes");
+    auto so = options_for(dir, "sub");
+    so.batch_lanes = batch;
+    const std::string topic = "test/" + so.client_id + "/t", command = "test/" + so.client_id + "/cmd";
+    recorder events, calls;
+    client sub(so);
+    sub.subscribe(topic, [&](const message&) { events.add(std::to_string(policy_here())); });
+    sub.command_register(command, [&](const invocation&, call_context&) {
+        calls.add(std::to_string(policy_here()));
+        return std::string("ok");
+    });
+    sub.connect();
+    REQUIRE(sub.wait_connected(10s));
+    auto pub = connected(options_for(dir, "pub"));
+    REQUIRE(eventually([&] {
+        pub->publish(topic, "x").get();
+        return events.size() > 0;
+    }));
+    wait_until_served(*pub, command);
+    INFO("batch_lanes " << batch << ", SCHED_BATCH is " << SCHED_BATCH << ", this thread's policy " << normal);
+    for (const auto& p : events.items()) CHECK(p == std::to_string(batch ? SCHED_BATCH : normal));
+    REQUIRE(calls.size() > 0);
+    for (const auto& p : calls.items()) CHECK(p == std::to_string(normal));
 }

@@ -307,11 +307,13 @@ std::vector<std::pair<std::string, stored_message>> client::impl::inbox_records(
     return out;
 }
 
-subscription_id client::impl::add_handler(const std::string& filter, lane_handler handler, unsigned concurrency) {
+subscription_id client::impl::add_handler(const std::string& filter, lane_handler handler, unsigned concurrency,
+                                          bool batch) {
     validate_topic_filter(filter);
     require_open();
     const subscription_id id = next_sub_++;
-    session_->subscribe(filter, [&] { return inbox_->add_handler(id, filter, std::move(handler), concurrency); });
+    session_->subscribe(filter,
+                        [&] { return inbox_->add_handler(id, filter, std::move(handler), concurrency, batch); });
     return id;
 }
 
@@ -474,7 +476,7 @@ void client::post(const std::string& topic, std::string payload, publish_options
 }
 subscription_id client::subscribe(const std::string& filter, message_handler handler) {
     if (!handler) throw error("subscribe needs a handler");
-    return impl_->add_handler(filter, [h = std::move(handler)](const message& m, effects&) { h(m); });
+    return impl_->add_handler(filter, [h = std::move(handler)](const message& m, effects&) { h(m); }, 1, true);
 }
 void client::unsubscribe(subscription_id id) { impl_->remove_handler(id); }
 void client::unsubscribe(const std::string& filter) { impl_->remove_filter(filter); }

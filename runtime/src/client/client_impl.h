@@ -38,7 +38,8 @@ public:
     void post(const std::string& topic, std::string payload, publish_options opts,
               std::shared_ptr<std::promise<void>> prom);
     /// @param concurrency deliveries of the lane whose handlers may be at work at once (see effects::later)
-    subscription_id add_handler(const std::string& filter, lane_handler handler, unsigned concurrency = 1);
+    /// @param batch an event subscription's lane (SCHED_BATCH with batch_lanes), not one a call waits on
+    subscription_id add_handler(const std::string& filter, lane_handler handler, unsigned concurrency, bool batch);
     void remove_handler(subscription_id id);
     void remove_filter(const std::string& filter);
 
@@ -196,7 +197,7 @@ private:
     public:
         explicit command_link(impl& c) : c_(c) {}
         subscription_id subscribe(const std::string& filter, lane_handler handler, unsigned concurrency) override {
-            return c_.add_handler(filter, std::move(handler), concurrency);
+            return c_.add_handler(filter, std::move(handler), concurrency, false);
         }
         void unsubscribe(subscription_id id) override { c_.remove_handler(id); }
         subscription_id new_subscription_id() override { return c_.next_sub_++; }

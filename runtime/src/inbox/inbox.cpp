@@ -1,5 +1,8 @@
 #include "inbox/inbox.h"
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <algorithm>
 #include <thread>
 
@@ -95,7 +98,8 @@ void inbox::take(std::vector<std::pair<std::string, stored_message>> recs) {
     for (auto& l : wake) l->cv.notify_one();
 }
 
-bool inbox::add_handler(subscription_id id, const std::string& filter, lane_handler handler, unsigned concurrency) {
+bool inbox::add_handler(subscription_id id, const std::string& filter, lane_handler handler, unsigned concurrency,
+                        bool batch) {
     bool opened = false;
     {
         std::lock_guard<std::mutex> lk(mu_);
@@ -110,6 +114,7 @@ bool inbox::add_handler(subscription_id id, const std::string& filter, lane_hand
             // be overtaken and the handled delivery written back. The committer commits in queue order; its
             // completions never take this lock, so queueing under it cannot deadlock.
             if (!o.second.empty()) host_.record(std::move(o.second));
+            l->batch = batch && opts_.batch_lanes;
             l->thread = std::thread([this, l] { lane_loop(l); });
             opened = true;
         }
@@ -160,6 +165,13 @@ std::optional<subscription_id> inbox::sole_handler(const std::string& filter) co
 
 void inbox::lane_loop(lane* l) {
     mark_handler_thread();
+    if (l->batch) {
+        // Woken by Paho's receive thread for each message, a lane of the normal policy preempts it (two
+        // context switches per message); a batch lane runs when a core is free or the receiver blocks.
+        const sched_param normal{};
+        if (const int rc = pthread_setschedparam(pthread_self(), SCHED_BATCH, &normal); rc != 0)
+            log(log_level::debug, "lane thread: SCHED_BATCH refused (" + std::to_string(rc) + "), policy unchanged");
+    }
     std::unique_lock<std::mutex> lk(mu_);
     while (!halted_ && !l->stopping) {
         // The first delivery whose handlers are not at work already (effects::later), while the lane's

@@ -80,8 +80,11 @@ public:
 
     // -- subscriptions
     /// Adds handler `id` on the lane of `filter`, opening the lane (and starting its thread) if it has none.
+    /// @param batch a lane opened here runs as SCHED_BATCH if client_options::batch_lanes: for event
+    ///        streams, not for lanes a call waits on (a batch lane may start a little later)
     /// @return whether a lane was opened (the filter needs a SUBSCRIBE).
-    bool add_handler(subscription_id id, const std::string& filter, lane_handler handler, unsigned concurrency);
+    bool add_handler(subscription_id id, const std::string& filter, lane_handler handler, unsigned concurrency,
+                     bool batch = false);
     /// Removes handler `id`. @return its filter if that was its lane's last handler (the lane stops, its
     /// deliveries wait parked), else nothing.
     std::optional<std::string> remove_handler(subscription_id id);

@@ -30,6 +30,7 @@ struct lane : std::enable_shared_from_this<lane> {
     std::string head_id;                          // delivery in progress, and the handlers done for it
     std::set<subscription_id> head_done;
     unsigned concurrency = 1;
+    bool batch = false;             // its thread runs as SCHED_BATCH (see inbox::add_handler)
     std::string running;            // the delivery whose handlers run now on the lane's thread
     std::set<std::string> working;  // deliveries whose handlers finish later (effects::later)
     std::condition_variable cv;
