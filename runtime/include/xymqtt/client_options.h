@@ -112,13 +112,14 @@ struct client_options {
     /// so by default constructing a client sets Paho's trace level to errors. Paho has one level per
     /// process. Nothing is changed when MQTT_C_CLIENT_TRACE or MQTT_C_CLIENT_TRACE_LEVEL is set.
     bool paho_trace = false;
-    /// Run the threads of the subscriptions' lanes, where handlers run, under Linux's SCHED_BATCH policy.
-    /// A lane woken for a message then does not preempt Paho's receive thread, which goes on reading and
-    /// acknowledging, and takes what arrived meanwhile in one go: in a stream of small events about half the
-    /// subscriber's context switches and a sixth of its CPU per message. A lane's share of the CPU is
-    /// unchanged; on a machine with no idle core a handler may start up to a scheduler time slice later
-    /// (a few ms). Threads that a handler starts inherit the policy. false: lanes keep the policy of the
-    /// thread that subscribed.
+    /// Run the lanes of event subscriptions (subscribe(), and the generated subscribe), whose threads run
+    /// their handlers, under Linux's SCHED_BATCH policy. A lane woken for a message then does not preempt
+    /// Paho's receive thread, which goes on reading and acknowledging, and takes what arrived meanwhile in
+    /// one go: in a stream of small events about half the subscriber's context switches and a sixth of its
+    /// CPU per message. A lane's share of the CPU is unchanged; on a machine with no idle core a handler may
+    /// start up to a scheduler time slice later (a few ms). Threads that a handler starts inherit the
+    /// policy. Lanes of command servers and of call results keep the policy of the thread that registered
+    /// them, as all lanes do when this is false: a caller waits on those.
     bool batch_lanes = true;
 
     xymqtt::hooks hooks;                               ///< Callbacks; all optional.
