@@ -923,13 +923,12 @@ def render_md(res, s, charts, path, findings_path):
         L.append("| configuration | size | e2e msg/s | publisher us | subscriber us | broker us | total us | "
                  "vs raw Paho QoS 2 | cores / total | switches per message (pub / sub) |")
         L.append("|---|---|---|---|---|---|---|---|---|---|")
-        labels = {k: label for k, label, _, _ in EVENT_CONFIGS}
         for e in cpu_rows:
             q2 = ev_value(s, "paho_qos2", e["size"])
             t = cpu_total(e)
             vs = "%.2fx" % (t / cpu_total(q2)) if q2 and all(k in q2 for k in CPU_KEYS) else "-"
             L.append("| %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %s | %s | %.2f / %.2f |" % (
-                labels.get(e["config"], e["config"]), "%d B" % e["size"] if e["size"] < 1024 else
+                LABEL.get(e["config"], e["config"]), "%d B" % e["size"] if e["size"] < 1024 else
                 "%d KiB" % (e["size"] // 1024), fmt(e["median"]), e["pub_cpu_us"], e["sub_cpu_us"],
                 e["broker_cpu_us"], t, vs, fmt(res["machine"]["cores"] * 1e6 / t), e["pub_switches"],
                 e["sub_switches"]))
