@@ -204,10 +204,7 @@ TEST_CASE("a repeated invoke is answered from the stored result, without running
         if (m.payload.find("dup-1") != std::string::npos) resolves.add(m.payload);
     });
     // xy-mqtt's JSON invoke, sent twice with the same messageId.
-    REQUIRE(eventually([&] {
-        raw->publish(p.command + "/invoke", R"({"messageId":"dup-1","n":"once"})").get();
-        return resolves.wait_size(1, 1s);
-    }, 20s));
+    publish_until_heard(*raw, p.command + "/invoke", R"({"messageId":"dup-1","n":"once"})", resolves, 1s);
     raw->publish(p.command + "/invoke", R"({"messageId":"dup-1","n":"once"})").get();
     REQUIRE(eventually([&] { return resolves.size() >= 2; }, 10s));
     CHECK(runs - before == 1);
@@ -220,10 +217,7 @@ TEST_CASE("undecodable invokes: 400 when the id is known, dead letter otherwise,
     auto raw = connected(options_for(p.dir, "raw"));
     recorder rejects;
     raw->subscribe(p.command + "/reject", [&](const message& m) { rejects.add(m.payload); });
-    REQUIRE(eventually([&] {
-        raw->publish(p.command + "/invoke", R"({"messageId":"m-400","n":"undecodable"})").get();
-        return rejects.wait_size(1, 1s);
-    }, 20s));
+    publish_until_heard(*raw, p.command + "/invoke", R"({"messageId":"m-400","n":"undecodable"})", rejects, 1s);
     CHECK(json::parse(rejects.items()[0])["status"] == 400);
     raw->publish(p.command + "/invoke", "this is not json").get();
     raw->publish(p.command + "/invoke", R"(["no","id"])").get();

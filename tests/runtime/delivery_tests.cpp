@@ -18,16 +18,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Publishes `probe` until the subscriber's handler for it has run: the broker has the subscriptions.
-void await_subscribed(client& pub, const std::string& topic, recorder& probes) {
-    REQUIRE(eventually([&] {
-        pub.publish(topic, "probe").get();
-        return probes.wait_size(1, 300ms);
-    }, 20s));
-}
-
 // A connecting subscriber on `test/<client id>/x` that counts how often each payload was handled; "probe"
-// goes to `probes` (await_subscribed).
+// goes to `probes` (publish_until_heard).
 struct counting_subscriber {
     explicit counting_subscriber(const client_options& so) : topic("test/" + so.client_id + "/x"), sub(so) {
         sub.subscribe(topic, [this](const message& m) {
@@ -80,7 +72,7 @@ TEST_CASE("overlapping subscriptions: each handler runs once per message", "[eve
     sub.connect();
     REQUIRE(sub.wait_connected(10s));
     auto pub = connected(options_for(dir, "pub"));
-    await_subscribed(*pub, base + "/ev", probes);
+    publish_until_heard(*pub, base + "/ev", "probe", probes);
     REQUIRE(sub.wait_inbox_empty(10s));
     const auto delivered_before = sub.stats().delivered;
     constexpr int n = 40;
@@ -191,7 +183,7 @@ TEST_CASE("an arrival that cannot be taken in is not acknowledged: it comes agai
     auto po = options_for(dir, "pub");
     po.mqtt_version = version;
     auto pub = connected(po);
-    await_subscribed(*pub, c.topic, c.probes);
+    publish_until_heard(*pub, c.topic, "probe", c.probes);
     pub->publish(c.topic, "before").get();
     pub->publish(c.topic, "boom").get();
     pub->publish(c.topic, "after").get();
@@ -255,7 +247,7 @@ TEST_CASE("a message whose commit outlasts its connection is handled once after 
     counting_subscriber c(so);
     REQUIRE(c.sub.wait_connected(10s));
     auto pub = connected(options_for(dir, "pub"));
-    await_subscribed(*pub, c.topic, c.probes);
+    publish_until_heard(*pub, c.topic, "probe", c.probes);
     pub->publish(c.topic, "boom").get();
     pub->publish(c.topic, "after").get();
     REQUIRE(eventually([&] { return c.distinct() == 2; }, 30s));
@@ -319,7 +311,7 @@ TEST_CASE("a new message under the packet id of a flow the broker forgot is deli
         sub.subscribe(topic, handler);
         sub.connect();
         REQUIRE(sub.wait_connected(10s));
-        await_subscribed(*pub, topic, probes);
+        publish_until_heard(*pub, topic, "probe", probes);
         REQUIRE(sub.wait_inbox_empty(10s));
     }
     {

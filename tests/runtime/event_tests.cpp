@@ -59,10 +59,7 @@ TEST_CASE("subscribing after connect reaches the broker", "[events]") {
     recorder got;
     sub->subscribe(topic, [&](const message& m) { got.add(m.payload); });
     // The SUBSCRIBE is asynchronous: publish until one arrives, then check a numbered run.
-    REQUIRE(eventually([&] {
-        pub->publish(topic, "probe").get();
-        return got.size() > 0;
-    }, 10s));
+    publish_until_heard(*pub, topic, "probe", got);
     pub->publish(topic, "after").get();
     REQUIRE(eventually([&] { return got.items().back() == "after"; }));
 }
@@ -81,11 +78,7 @@ TEST_CASE("an offline subscriber receives what was published while it was away",
         auto pub = connected(options_for(dir, "pub0"));
         // Until the subscription is in place a "hello" may go unheard, so it is published again; one more
         // may then still be on its way when this session closes.
-        REQUIRE(eventually([&] {
-            pub->publish(topic, "hello").get();
-            ++hellos;
-            return first.size() > 0;
-        }));
+        hellos = publish_until_heard(*pub, topic, "hello", first);
         sub.close();
         heard_first = first.size();
     }
@@ -131,10 +124,7 @@ TEST_CASE("a throwing handler is retried with backoff and messages stay in order
     sub.connect();
     REQUIRE(sub.wait_connected(10s));
     auto pub = connected(options_for(dir, "pub"));
-    REQUIRE(eventually([&] {
-        pub->publish(topic, "0").get();
-        return got.size() > 0;
-    }));
+    publish_until_heard(*pub, topic, "0", got);
     for (int i = 1; i <= 5; ++i) pub->publish(topic, std::to_string(i)).get();
     REQUIRE(eventually([&] { return got.items().back() == "5"; }));
     auto items = got.items();
@@ -236,10 +226,7 @@ TEST_CASE("undecodable payloads go to dead letters while later messages flow", "
     sub.connect();
     REQUIRE(sub.wait_connected(10s));
     auto pub = connected(options_for(dir, "pub"));
-    REQUIRE(eventually([&] {
-        pub->publish(topic, "ok-0").get();
-        return got.size() > 0;
-    }));
+    publish_until_heard(*pub, topic, "ok-0", got);
     pub->publish(topic, "bad-1").get();
     pub->publish(topic, "ok-2").get();
     REQUIRE(eventually([&] { return got.items().back() == "ok-2"; }));
@@ -274,10 +261,7 @@ TEST_CASE("max_attempts moves a failing message to dead letters", "[events]") {
     sub.connect();
     REQUIRE(sub.wait_connected(10s));
     auto pub = connected(options_for(dir, "pub"));
-    REQUIRE(eventually([&] {
-        pub->publish(topic, "first").get();
-        return got.size() > 0;
-    }));
+    publish_until_heard(*pub, topic, "first", got);
     pub->publish(topic, "always-fails").get();
     pub->publish(topic, "after").get();
     REQUIRE(eventually([&] { return got.items().back() == "after"; }));
@@ -299,10 +283,7 @@ TEST_CASE("MQTT 3.1.1 round trip", "[events]") {
     sub.connect();
     REQUIRE(sub.wait_connected(10s));
     auto pub = connected(po);
-    REQUIRE(eventually([&] {
-        pub->publish(topic, "v3").get();
-        return got.size() > 0;
-    }));
+    publish_until_heard(*pub, topic, "v3", got);
     CHECK(got.items()[0] == "v3");
 }
 
@@ -599,10 +580,7 @@ TEST_CASE("event handlers run on lanes of the SCHED_BATCH policy unless batch_la
     sub.connect();
     REQUIRE(sub.wait_connected(10s));
     auto pub = connected(options_for(dir, "pub"));
-    REQUIRE(eventually([&] {
-        pub->publish(topic, "x").get();
-        return events.size() > 0;
-    }));
+    publish_until_heard(*pub, topic, "x", events);
     wait_until_served(*pub, command);
     INFO("batch_lanes " << batch << ", SCHED_BATCH is " << SCHED_BATCH << ", this thread's policy " << normal);
     for (const auto& p : events.items()) CHECK(p == std::to_string(batch ? SCHED_BATCH : normal));

@@ -139,10 +139,7 @@ TEST_CASE("a broker that forgets the session gets the outbox again and the subsc
     client pub(po);
     pub.connect();
     REQUIRE(pub.wait_connected(10s));
-    REQUIRE(eventually([&] {
-        pub.publish(topic, "before").get();
-        return got.size() > 0;
-    }));
+    publish_until_heard(pub, topic, "before", got);
     // The broker goes away and comes back with no memory of either client.
     b.kill();
     std::remove(b.persistence_file().c_str());
@@ -175,10 +172,7 @@ TEST_CASE("a broker restart mid-stream loses nothing", "[events][broker]") {
     client pub(po);
     pub.connect();
     REQUIRE(pub.wait_connected(10s));
-    REQUIRE(eventually([&] {
-        pub.publish(topic, "x").get();
-        return got.size() > 0;
-    }));
+    publish_until_heard(pub, topic, "x", got);
     std::vector<std::future<void>> fs;
     for (int i = 0; i < 500; ++i) {
         fs.push_back(pub.publish(topic, std::to_string(i)));

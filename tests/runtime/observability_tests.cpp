@@ -143,10 +143,7 @@ TEST_CASE("metrics() gives counters and gauges that follow the client's work", "
     const std::string topic = "test/" + c->options().client_id + "/evt";
     recorder got;
     c->subscribe(topic, [&](const message& m) { got.add(m.payload); });
-    REQUIRE(eventually([&] {
-        c->publish(topic, "probe").get();
-        return got.size() > 0;
-    }, 20s));
+    publish_until_heard(*c, topic, "probe", got);
     auto read = [&] {
         std::map<std::string, metric> m;
         for (auto& x : c->metrics()) m.emplace(x.name, x);

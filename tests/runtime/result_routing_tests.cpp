@@ -135,10 +135,7 @@ TEST_CASE("per-client results with JSON calls, and a server answers a JSON peer 
     auto peer = connected(options_for(dir, "peer"));
     recorder shared;
     peer->subscribe(cmd + "/resolve", [&](const message& m) { shared.add(m.payload); });
-    REQUIRE(eventually([&] {
-        peer->publish(cmd + "/invoke", R"({"messageId":"peer-1","n":2})").get();
-        return shared.wait_size(1, 1s);
-    }, 20s));
+    publish_until_heard(*peer, cmd + "/invoke", R"({"messageId":"peer-1","n":2})", shared, 1s);
     CHECK(json::parse(shared.items()[0])["messageId"] == "peer-1");
 }
 
@@ -152,10 +149,7 @@ TEST_CASE("an invoke naming a response topic without correlation data is answere
     raw->subscribe("elsewhere/answers/#", [&](const message& m) { answers.add(m.topic + "|" + m.props.correlation_data); });
     publish_options po;
     po.props.response_topic = "elsewhere/answers";
-    REQUIRE(eventually([&] {
-        raw->publish(cmd + "/invoke", R"({"messageId":"nocorr-1","n":3})", po).get();
-        return answers.wait_size(1, 1s);
-    }, 20s));
+    publish_until_heard(*raw, cmd + "/invoke", R"({"messageId":"nocorr-1","n":3})", answers, 1s, po);
     CHECK(answers.items()[0] == "elsewhere/answers/resolve|");
 }
 

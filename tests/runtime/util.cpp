@@ -56,6 +56,17 @@ std::vector<std::string> read_lines(const std::string& path) {
     return out;
 }
 
+std::size_t publish_until_heard(client& pub, const std::string& topic, const std::string& payload,
+                                const recorder& heard, std::chrono::milliseconds each, const publish_options& opts) {
+    std::size_t published = 0;
+    REQUIRE(eventually([&] {
+        pub.publish(topic, payload, opts).get();
+        ++published;
+        return heard.wait_size(1, each);
+    }, std::chrono::seconds(30)));
+    return published;
+}
+
 void wait_until_served(client& caller, const std::string& command, const std::string& body,
                        std::chrono::milliseconds each) {
     REQUIRE(eventually([&] {

@@ -33,6 +33,17 @@ std::unique_ptr<client> connected(client_options opts);
 void wait_until_served(client& caller, const std::string& command, const std::string& body = "warm",
                        std::chrono::milliseconds each = std::chrono::milliseconds(500));
 
+class recorder;
+
+/// Publishes `payload` to `topic` until `heard` holds something, waiting up to `each` after each publish: a
+/// SUBSCRIBE is asynchronous, and what is published before the broker has it reaches nobody. Fails the test
+/// if nothing is heard within 30 s.
+/// @return how many were published (the ones not heard may still arrive later).
+std::size_t publish_until_heard(client& pub, const std::string& topic, const std::string& payload,
+                                const recorder& heard,
+                                std::chrono::milliseconds each = std::chrono::milliseconds(300),
+                                const publish_options& opts = {});
+
 /// Thread-safe record of what handlers saw.
 class recorder {
 public:
