@@ -4,15 +4,11 @@
 #include <sys/stat.h>
 
 #include <catch2/catch.hpp>
-#include <algorithm>
 #include <atomic>
-#include <cstdint>
-#include <cstring>
 #include <mutex>
 #include <fstream>
-#include <iterator>
-#include <set>
 
+#include <sqlite3.h>
 
 #include "rel_util.h"
 #include "support/child_process.h"
@@ -173,29 +169,21 @@ TEST_CASE("ACL: a denied publish fails with broker_error 0x87, never a silent su
 
 namespace {
 
-// Outbound publish records ("s5-<id>") among Paho's records in `store_dir`/paho/records, read beside the
-// client: a log of records, each a 12-byte header (CRC-32; key length, its top bit set for a removal; value
-// length) and then the key and the value, up to the first all-zero header (session_records_file.h).
+// Outbound publish records ("s5-<id>") in the Paho records of a SQLite store, read beside the client.
 int outbound_records(const std::string& store_dir) {
-    std::ifstream in(store_dir + "/paho/records", std::ios::binary);
-    const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::set<std::string> live;
-    for (std::size_t off = 0; off + 12 <= log.size();) {
-        std::uint32_t klen = 0, vlen = 0;
-        std::memcpy(&klen, log.data() + off + 4, 4);
-        std::memcpy(&vlen, log.data() + off + 8, 4);
-        const bool removal = klen & 0x80000000u;
-        klen &= ~0x80000000u;
-        if ((klen == 0 && vlen == 0) || off + 12 + klen + vlen > log.size()) break;
-        const std::string key = log.substr(off + 12, klen);
-        if (removal)
-            live.erase(key);
-        else
-            live.insert(key);
-        off += 12 + klen + vlen;
+    sqlite3* db = nullptr;
+    int n = -1;
+    if (sqlite3_open_v2((store_dir + "/paho.sqlite3").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 1000);
+        sqlite3_stmt* st = nullptr;
+        if (sqlite3_prepare_v2(db, "SELECT count(*) FROM paho_record WHERE key LIKE 's5-%'", -1, &st, nullptr) ==
+                SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW)
+            n = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
     }
-    return static_cast<int>(
-        std::count_if(live.begin(), live.end(), [](const std::string& k) { return k.rfind("s5-", 0) == 0; }));
+    sqlite3_close(db);
+    return n;
 }
 
 }  // namespace

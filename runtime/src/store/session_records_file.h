@@ -1,5 +1,5 @@
 /// @file session_records_file.h
-/// Paho's records for both stores: a log file in a shared mapping, indexed in memory.
+/// Paho's records for the LMDB store: a log file in a shared mapping, indexed in memory.
 ///
 /// Why: Paho writes or removes a record several times per packet (eight per published message), on its
 /// network threads and mostly under its global lock. As LMDB write transactions these were ~10 % of a
@@ -46,7 +46,7 @@ public:
     /// @throw storage_error (storage_full when the disk has no room for the file)
     session_records_file(const std::string& dir, bool durable_compaction,
                       std::size_t min_capacity = std::size_t(256) << 10);
-    /// For a store: durable compactions with fsync durability.
+    /// For the LMDB store: durable compactions with fsync durability.
     session_records_file(const std::string& dir, const store_options& opts);
     ~session_records_file() override;
     session_records_file(const session_records_file&) = delete;

@@ -1,9 +1,8 @@
-// The SQLite store: xy-mqtt's tables (id, at, packet) in dir/xymqtt.sqlite3, WAL journal, and Paho's
-// records in dir/paho/records (session_records_file.h), as in the LMDB store: Paho writes several per
-// packet, and as SQLite transactions they cost the publisher most of its CPU (docs/benchmarks.md, F31).
+// The SQLite store: xy-mqtt's tables (id, at, packet) in dir/xymqtt.sqlite3, WAL journal, and
+// Paho's records in dir/paho.sqlite3.
 //
-// The database has one connection, opened SQLITE_OPEN_NOMUTEX and guarded by our own mutex, with every
-// statement prepared once at open and reused.
+// Each database has one connection, opened SQLITE_OPEN_NOMUTEX and guarded by our own mutex, with
+// every statement prepared once at open and reused.
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -11,7 +10,6 @@
 #include <cerrno>
 #include <mutex>
 
-#include "store/session_records_file.h"
 #include "store/store_util.h"
 #include "xymqtt/exception.h"
 #include "xymqtt/store.h"
@@ -162,50 +160,100 @@ private:
 
 bool is_corruption(int rc) { return (rc & 0xff) == SQLITE_NOTADB || (rc & 0xff) == SQLITE_CORRUPT; }
 
-// Reads Paho's records from `path`, the database an earlier version kept them in. Opened read-write, so
-// that a WAL a killed process left is applied to what is read. @return the records, or none if the file
-// is not a readable records database (corrupt, or no such table): the tables are the source of truth, so
-// only duplicates can result. @throw storage_error for a failure that may pass (busy, I/O, full)
-std::vector<std::pair<std::string, std::string>> read_old_paho_records(const std::string& path) {
-    std::vector<std::pair<std::string, std::string>> rows;
-    sqlite3* db = nullptr;
-    int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
-    if (rc == SQLITE_OK) {
-        sqlite3_extended_result_codes(db, 1);
-        sqlite3_busy_timeout(db, 5000);
-        sqlite3_stmt* q = nullptr;
-        rc = sqlite3_prepare_v2(db, "SELECT key, value FROM paho_record", -1, &q, nullptr);
-        if (rc == SQLITE_OK) {
-            while ((rc = sqlite3_step(q)) == SQLITE_ROW) rows.emplace_back(column_string(q, 0), column_string(q, 1));
-            if (rc == SQLITE_DONE) rc = SQLITE_OK;
+class sqlite_session_records final : public session_records {
+public:
+    explicit sqlite_session_records(const std::string& path) : db_(path) {
+        int rc = open();
+        if (is_corruption(rc)) {
+            // Only duplicates are lost: the tables are the source of truth. Start afresh.
+            db_.close();
+            for (const char* suffix : {"", "-wal", "-shm"}) ::unlink((path + suffix).c_str());
+            rc = open();
         }
-        sqlite3_finalize(q);
+        if (rc != SQLITE_OK) db_.fail("open paho records", rc);
+        put_ = db_.prepare(
+            "INSERT INTO paho_record(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value=excluded.value");
+        get_ = db_.prepare("SELECT value FROM paho_record WHERE key=?1");
+        del_ = db_.prepare("DELETE FROM paho_record WHERE key=?1");
+        keys_ = db_.prepare("SELECT key FROM paho_record ORDER BY key");
+        clear_ = db_.prepare("DELETE FROM paho_record");
     }
-    const std::string msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-    sqlite3_close_v2(db);
-    if (rc == SQLITE_OK) return rows;
-    if (is_corruption(rc) || (rc & 0xff) == SQLITE_ERROR) return {};  // not a records database
-    const std::string what = "sqlite: read Paho's records in '" + path + "': " + msg + " (" + std::to_string(rc) + ")";
-    if ((rc & 0xff) == SQLITE_FULL) throw storage_full(what, rc);
-    throw storage_error(what, rc);
-}
 
-// Paho's records were kept in dir/paho.sqlite3 before they moved to dir/paho/records: a store written so
-// is moved over once. The old database goes first, so that a crash midway never reads its records again
-// over newer ones; then its WAL and shared-memory files (left alone they are only litter).
-void move_old_paho_records(const std::string& dir, detail::session_records_file& records, bool durable) {
-    const std::string old_path = dir + "/paho.sqlite3";
-    if (::access(old_path.c_str(), F_OK) == 0) {
-        auto rows = read_old_paho_records(old_path);
-        for (std::size_t i = 0; i < rows.size(); ++i)
-            records.put(rows[i].first, rows[i].second, durable && i + 1 == rows.size());  // the last syncs all
-        if (::unlink(old_path.c_str()) != 0 && errno != ENOENT)
-            detail::throw_file_error("sqlite store", "remove", old_path, errno);
-        if (durable)
-            if (const int err = detail::sync_dir(dir)) detail::throw_file_error("sqlite store", "sync", dir, err);
+    void put(const std::string& key, const std::string& value, bool sync) override {
+        std::lock_guard<std::mutex> lock(db_.mutex());
+        // A synced put commits with synchronous=FULL, which fsyncs the WAL holding it (and every
+        // record before it). The rest of the time NORMAL: no sync per commit, but checkpoints
+        // sync, so an earlier synced record is never lost to a WAL reset.
+        // (PRAGMA synchronous takes effect when prepared, not when stepped: hence exec, not a
+        // cached statement.)
+        if (sync) db_.exec("paho put", "PRAGMA synchronous=FULL");
+        try {
+            db_.bind_text("paho put", put_, 1, key);
+            db_.bind_blob("paho put", put_, 2, value);
+            db_.run("paho put", put_);
+        } catch (...) {
+            if (sync) db_.exec("paho put", "PRAGMA synchronous=NORMAL");
+            throw;
+        }
+        if (sync) db_.exec("paho put", "PRAGMA synchronous=NORMAL");
     }
-    for (const char* suffix : {"-wal", "-shm"}) ::unlink((old_path + suffix).c_str());
-}
+
+    std::optional<std::string> get(const std::string& key) const override {
+        std::lock_guard<std::mutex> lock(db_.mutex());
+        stmt_use use{get_};
+        db_.bind_text("paho get", get_, 1, key);
+        const int rc = sqlite3_step(get_);
+        if (rc == SQLITE_ROW) return column_string(get_, 0);
+        if (rc != SQLITE_DONE) db_.fail("paho get", rc);
+        return std::nullopt;
+    }
+
+    void remove(const std::string& key) override {
+        std::lock_guard<std::mutex> lock(db_.mutex());
+        db_.bind_text("paho remove", del_, 1, key);
+        db_.run("paho remove", del_);
+    }
+
+    std::vector<std::string> keys() const override {
+        std::lock_guard<std::mutex> lock(db_.mutex());
+        std::vector<std::string> out;
+        stmt_use use{keys_};
+        int rc;
+        while ((rc = sqlite3_step(keys_)) == SQLITE_ROW) out.push_back(column_string(keys_, 0));
+        if (rc != SQLITE_DONE) db_.fail("paho keys", rc);
+        return out;
+    }
+
+    void clear() override {
+        std::lock_guard<std::mutex> lock(db_.mutex());
+        db_.run("paho clear", clear_);
+    }
+
+private:
+    int open() {
+        int rc = db_.try_open("NORMAL");
+        if (rc != SQLITE_OK) return rc;
+        return create_table(
+            "CREATE TABLE IF NOT EXISTS paho_record (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID");
+    }
+
+    int create_table(const char* sql) {
+        try {
+            db_.exec("create paho table", sql);
+            return SQLITE_OK;
+        } catch (const storage_error& e) {
+            return e.code();
+        }
+    }
+
+    // Mutable: const readers use the connection under its mutex.
+    mutable sqlite_db db_;
+    sqlite3_stmt* put_ = nullptr;
+    sqlite3_stmt* get_ = nullptr;
+    sqlite3_stmt* del_ = nullptr;
+    sqlite3_stmt* keys_ = nullptr;
+    sqlite3_stmt* clear_ = nullptr;
+};
 
 class sqlite_store final : public store {
 public:
@@ -230,8 +278,7 @@ public:
             s.last = db_.prepare("SELECT id FROM " + name + " ORDER BY id DESC LIMIT 1");
             s.count = db_.prepare("SELECT count(*) FROM " + name);
         }
-        session_ = std::make_unique<detail::session_records_file>(dir + "/paho", opts);
-        move_old_paho_records(dir, *session_, opts.durability == durability::fsync);
+        session_ = std::make_unique<sqlite_session_records>(dir + "/paho.sqlite3");
     }
 
     ~sqlite_store() override {
@@ -335,7 +382,7 @@ private:
     xymqtt::durability durability_;
     mutable sqlite_db db_;
     std::array<table_stmts, detail::table_count> stmts_{};
-    std::unique_ptr<detail::session_records_file> session_;
+    std::unique_ptr<sqlite_session_records> session_;
 };
 
 }  // namespace
