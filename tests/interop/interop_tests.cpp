@@ -395,10 +395,7 @@ TEST_CASE("JSON events: a JavaScript publisher's events reach a C++ subscriber",
     sub->connect();
     REQUIRE(sub->wait_connected(10s));
     // A probe of our own proves the subscription is in place.
-    REQUIRE(eventually([&] {
-        sub->publish(topic, R"({"probe":true})").get();
-        return received.wait_size(1, 500ms);
-    }, 20s));
+    publish_until_heard(*sub, topic, R"({"probe":true})", received, 500ms);
 
     js_peer js({"publish", "--broker", shared_broker_uri(), "--id", unique_id("js-pub"), "--topic", topic, "--count", "3"});
     const auto rc = js.wait();

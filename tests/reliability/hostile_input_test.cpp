@@ -87,10 +87,7 @@ TEST_CASE("payloads: binary bytes arrive intact, 8 MiB works, a broker's size li
     const std::string topic = "rel/" + sub->options().client_id + "/p";
     sub->subscribe(topic, [&](const message& m) { got.add(m.payload); });
     auto pub = connected(options_for(dir, "pub", b.uri()));
-    REQUIRE(eventually([&] {
-        pub->publish(topic, "probe").get();
-        return got.wait_size(1, 500ms);
-    }, 20s));
+    publish_until_heard(*pub, topic, "probe", got, 500ms);
     const std::string binary("\0\xff\xfe{\"messageId\":\0}\n\r", 18);
     pub->publish(topic, binary).get();
     // Over the broker's limit: refused with a reason code, the publish fails, the stream goes on.
@@ -123,10 +120,7 @@ TEST_CASE("payloads: binary bytes arrive intact, 8 MiB works, a broker's size li
     const std::string t2 = "rel/" + s2->options().client_id + "/big";
     s2->subscribe(t2, [&](const message& m) { big_got.add(m.payload); });
     auto p2 = connected(options_for(d2, "pub"));
-    REQUIRE(eventually([&] {
-        p2->publish(t2, "probe").get();
-        return big_got.wait_size(1, 500ms);
-    }, 20s));
+    publish_until_heard(*p2, t2, "probe", big_got, 500ms);
     std::string eight(8 << 20, '\0');
     for (std::size_t i = 0; i < eight.size(); ++i) eight[i] = static_cast<char>(i * 131);
     p2->publish(t2, eight).get();
@@ -142,10 +136,7 @@ TEST_CASE("two callers using the same message id: the handler runs once, both ge
     auto b = connected(options_for(s.dir, "raw-b"));
     a->subscribe(s.command + "/resolve", [&](const message& m) { a_got.add(m.payload); });
     b->subscribe(s.command + "/resolve", [&](const message& m) { b_got.add(m.payload); });
-    REQUIRE(eventually([&] {
-        a->publish(s.command + "/invoke", R"({"messageId":"collide-1","n":"first"})").get();
-        return a_got.wait_size(1, 1s);
-    }, 20s));
+    publish_until_heard(*a, s.command + "/invoke", R"({"messageId":"collide-1","n":"first"})", a_got, 1s);
     b->publish(s.command + "/invoke", R"({"messageId":"collide-1","n":"second"})").get();
     REQUIRE(b_got.wait_size(2, 10s));  // b sees both resolves on the shared topic
     CHECK(s.runs - before == 1);  // the id is the call's identity: the second invoke is a repeat
@@ -160,10 +151,7 @@ TEST_CASE("JSON with wrong types: rejects or dead letters, and the next call sti
     recorder rejects;
     raw->subscribe(s.command + "/reject", [&](const message& m) { rejects.add(m.payload); });
     // "n" is a number: the handler throws nlohmann's type_error -> reject 500 with its text.
-    REQUIRE(eventually([&] {
-        raw->publish(s.command + "/invoke", R"({"messageId":"wt-1","n":42})").get();
-        return rejects.wait_size(1, 1s);
-    }, 20s));
+    publish_until_heard(*raw, s.command + "/invoke", R"({"messageId":"wt-1","n":42})", rejects, 1s);
     const auto rj = json::parse(rejects.items()[0]);
     CHECK(rj["messageId"] == "wt-1");
     CHECK(rj["status"] == 500);

@@ -65,10 +65,7 @@ TEST_CASE("TLS: verified by default, and wrong CA, wrong host name and missing c
         recorder got;
         const std::string topic = "rel/" + o.client_id + "/tls";
         c->subscribe(topic, [&](const message& m) { got.add(m.payload); });
-        REQUIRE(eventually([&] {
-            c->publish(topic, "over-tls").get();
-            return got.wait_size(1, 500ms);
-        }, 20s));
+        publish_until_heard(*c, topic, "over-tls", got, 500ms);
     }
     SECTION("a CA that did not sign the server certificate is refused") {
         auto o = opts("wrongca", "localhost", t.good);
@@ -141,10 +138,7 @@ struct acl_fixture {
         c = connected(opts("alice"));
         ok_topic = "allowed/" + c->options().client_id;
         c->subscribe(ok_topic, [this](const message& m) { got.add(m.payload); });
-        REQUIRE(eventually([&] {
-            c->publish(ok_topic, "allowed").get();
-            return got.wait_size(1, 500ms);
-        }, 20s));
+        publish_until_heard(*c, ok_topic, "allowed", got, 500ms);
     }
 };
 

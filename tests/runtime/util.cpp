@@ -63,7 +63,7 @@ std::size_t publish_until_heard(client& pub, const std::string& topic, const std
         pub.publish(topic, payload, opts).get();
         ++published;
         return heard.wait_size(1, each);
-    }, std::chrono::seconds(30)));
+    }, std::chrono::seconds(20)));
     return published;
 }
 

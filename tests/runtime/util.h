@@ -37,7 +37,7 @@ class recorder;
 
 /// Publishes `payload` to `topic` until `heard` holds something, waiting up to `each` after each publish: a
 /// SUBSCRIBE is asynchronous, and what is published before the broker has it reaches nobody. Fails the test
-/// if nothing is heard within 30 s.
+/// if nothing is heard within 20 s.
 /// @return how many were published (the ones not heard may still arrive later).
 std::size_t publish_until_heard(client& pub, const std::string& topic, const std::string& payload,
                                 const recorder& heard,
